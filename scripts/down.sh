@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Stop the service and worker that up.sh started (by their pid files). Idempotent.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+stop() {
+    local name="$1" file="$RUN_DIR/$1.pid" pid target
+    pid="$(cat "$file" 2>/dev/null || true)"
+    if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
+        rm -f "$file"
+        say "$name not running"
+        return 0
+    fi
+    # up.sh starts each under setsid: signal the whole group (uvicorn / RQ work horses too).
+    target="$pid"
+    [[ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" == "$pid" ]] && target="-$pid"
+    kill -TERM -- "$target" 2>/dev/null || true
+    for _ in $(seq 1 40); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.25
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        warn "$name (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
+        kill -KILL -- "$target" 2>/dev/null || true
+    fi
+    rm -f "$file"
+    say "stopped $name (pid $pid)"
+}
+
+stop api
+stop worker

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Make sure the Redis named by CPFLOW_REDIS_URL (default redis://127.0.0.1:6379/0) answers.
+# Local and down: start redis-server (no persistence; it only holds the job queue for dev use).
+# Missing: as root with apt-get, install Debian's redis-server; otherwise say what to do.
+# CPFLOW_NO_INSTALL=1 never installs packages. Idempotent.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+# redis://[user:password@]host[:port][/db]  ->  host, port
+url="${CPFLOW_REDIS_URL#*://}"
+url="${url##*@}"
+hostport="${url%%/*}"
+host="${hostport%%:*}"
+port=6379
+[[ "$hostport" == *:* ]] && port="${hostport##*:}"
+[[ -n "$host" ]] || host=127.0.0.1
+
+# PING over bash's /dev/tcp so that no redis-cli is needed. Any RESP reply (+PONG, or
+# -NOAUTH from a password-protected server) means a Redis is listening.
+ping_once() {
+    local reply=""
+    exec 3<>"/dev/tcp/$1/$2" || return 1
+    printf 'PING\r\n' >&3
+    IFS= read -r -t 2 reply <&3 || true
+    exec 3<&- 3>&-
+    [[ "$reply" == +* || "$reply" == -* ]]
+}
+
+redis_answers() {
+    timeout 5 bash -c "$(declare -f ping_once); ping_once '$host' '$port'" 2>/dev/null
+}
+
+wait_for_redis() {
+    local i
+    for i in $(seq 1 50); do
+        redis_answers && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+if redis_answers; then
+    say "redis answers at $host:$port"
+    exit 0
+fi
+
+case "$host" in
+    127.0.0.1 | localhost | ::1) ;;
+    *) die "redis at $host:$port (CPFLOW_REDIS_URL=$CPFLOW_REDIS_URL) does not answer. It is not local, so start it where it runs, or point CPFLOW_REDIS_URL at a running Redis." ;;
+esac
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [[ "$(id -u)" == "0" && "${CPFLOW_NO_INSTALL:-0}" != "1" ]] && command -v apt-get >/dev/null 2>&1; then
+        say "redis-server is not installed; installing Debian's redis-server with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q || die "apt-get update failed"
+        apt-get install -y -q redis-server || die "apt-get install redis-server failed"
+    else
+        die "Redis is not installed and not running at $host:$port. cpflow queues training jobs in Redis.
+  Fix one of these ways, then rerun:
+    - Debian/Ubuntu:  sudo apt-get install -y redis-server   (this script does it itself when run as root)
+    - macOS:          brew install redis && brew services start redis
+    - Docker:         docker run -d -p 6379:6379 redis:7
+    - or point CPFLOW_REDIS_URL at a Redis you already run."
+    fi
+fi
+
+say "starting redis-server on 127.0.0.1:$port (no persistence: dev queue only)"
+redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+    >/dev/null || die "redis-server failed to start on port $port"
+wait_for_redis || die "redis-server started but does not answer on 127.0.0.1:$port"
+say "redis answers at 127.0.0.1:$port"

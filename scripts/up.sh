@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The README's first command: install, make sure Redis answers, train the "demo" model if the
+# store lacks it, then start a training worker and the HTTP service in the background
+# (pid files in var/run/, logs in var/log/). Idempotent: what already runs is left running.
+#   CPFLOW_HOST / CPFLOW_PORT   where the service listens (default 127.0.0.1:8000)
+#   CPFLOW_STORE_DIR            model store (default ./var/store)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+cd "$ROOT"
+
+HOST="${CPFLOW_HOST:-127.0.0.1}"
+PORT="${CPFLOW_PORT:-8000}"
+DEMO="${CPFLOW_DEMO_MODEL:-demo}"
+
+bash "$ROOT/scripts/setup.sh"
+bash "$ROOT/scripts/ensure_redis.sh"
+
+# Each entry point must be importable before we start it; say which part is missing.
+missing="$("$PY" - <<'PY'
+import importlib
+
+needed = {
+    "cpflow-train": ("training.cli", "main"),
+    "cpflow-worker": ("service.worker_cli", "main"),
+    "cpflow-serve": ("service.cli", "main"),
+    "model store": ("model_store", "ModelStore"),
+}
+for label, (module, attr) in needed.items():
+    try:
+        ok = callable(getattr(importlib.import_module(module), attr, None))
+    except ImportError as exc:
+        print(f"  - {label}: cannot import {module} ({exc})")
+        continue
+    if not ok:
+        print(f"  - {label}: {module}.{attr} does not exist yet")
+PY
+)"
+if [[ -n "$missing" ]]; then
+    die "cpflow is not complete yet; these parts are missing:
+$missing
+The install, Redis and the test suite work already: bash scripts/test.sh"
+fi
+
+mkdir -p "$RUN_DIR" "$LOG_DIR" "$CPFLOW_STORE_DIR"
+
+has_model() {
+    "$PY" - "$1" <<'PY'
+import os
+import sys
+
+from model_store import ModelStore
+
+try:
+    names = {m["name"] for m in ModelStore(os.environ["CPFLOW_STORE_DIR"]).list_models()}
+except Exception as exc:  # an unreadable store is reported, then treated as empty
+    print(f"[cpflow] could not list the store: {exc}", file=sys.stderr)
+    names = set()
+sys.exit(0 if sys.argv[1] in names else 1)
+PY
+}
+
+if has_model "$DEMO"; then
+    say "store $CPFLOW_STORE_DIR already has model '$DEMO'"
+else
+    say "training model '$DEMO' on eight_gaussians into $CPFLOW_STORE_DIR (about a minute)"
+    start=$SECONDS
+    "$VENV/bin/cpflow-train" --dataset eight_gaussians --name "$DEMO" --preset demo \
+        2>&1 | tee "$LOG_DIR/train-demo.log"
+    has_model "$DEMO" || die "training finished but the store has no model '$DEMO' (log: var/log/train-demo.log)"
+    say "trained '$DEMO' in $((SECONDS - start)) s"
+fi
+
+running() {
+    local pid
+    pid="$(cat "$RUN_DIR/$1.pid" 2>/dev/null)" || return 1
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+}
+
+# setsid: each process leads its own group, so down.sh also stops its children.
+start_bg() {
+    local name="$1"
+    shift
+    if running "$name"; then
+        say "$name already running (pid $(cat "$RUN_DIR/$name.pid"))"
+        return 0
+    fi
+    setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+    echo $! >"$RUN_DIR/$name.pid"
+    say "started $name (pid $!, log var/log/$name.log)"
+}
+
+start_bg worker "$VENV/bin/cpflow-worker"
+start_bg api "$VENV/bin/cpflow-serve" --host "$HOST" --port "$PORT"
+
+say "waiting for http://$HOST:$PORT/healthz"
+for _ in $(seq 1 120); do
+    if "$PY" -c "import sys, urllib.request
+try:
+    urllib.request.urlopen('http://$HOST:$PORT/healthz', timeout=2)
+except Exception:
+    sys.exit(1)" 2>/dev/null; then
+        say "cpflow is up: API http://$HOST:$PORT, worker running, store $CPFLOW_STORE_DIR"
+        cat <<TXT
+
+Try it:
+  curl -s http://$HOST:$PORT/healthz
+  curl -s http://$HOST:$PORT/v1/models
+  curl -s -X POST http://$HOST:$PORT/v1/models/$DEMO/log_prob \\
+       -H 'Content-Type: application/json' -d '{"inputs": [[0.0, 0.0], [2.0, 0.0]]}'
+  curl -s -X POST http://$HOST:$PORT/v1/models/$DEMO/sample \\
+       -H 'Content-Type: application/json' -d '{"num_samples": 3, "seed": 0}'
+Stop it with: bash scripts/down.sh
+TXT
+        exit 0
+    fi
+    if ! running api; then
+        tail -n 30 "$LOG_DIR/api.log" >&2 || true
+        die "cpflow-serve exited (log above, var/log/api.log); is port $PORT free?"
+    fi
+    sleep 0.5
+done
+tail -n 30 "$LOG_DIR/api.log" >&2 || true
+die "cpflow-serve did not answer /healthz within 60 s (log: var/log/api.log)"
