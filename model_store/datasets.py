@@ -1,0 +1,196 @@
+"""Training data sets stored beside the models, keyed by the sha256 of their contents.
+
+Layout: ``<root>/datasets/<sha256>/{data.npy, record.json}``. The id of a data set is the
+sha256 of its canonical bytes (see :func:`array_sha256`), so a model manifest that records
+that digest points to exactly the data that trained it, and uploading the same data twice
+stores it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import fsio
+from .errors import CorruptDataset, DatasetNotFound, InvalidDataset
+from .manifest import utc_now
+
+__all__ = ["DatasetRecord", "DatasetStore", "array_sha256"]
+
+_ID_RE = re.compile(r"[0-9a-f]{64}")
+_DATA_FILE = "data.npy"
+_RECORD_FILE = "record.json"
+_MAX_LABEL = 200
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """sha256 of a 2-D array as float32, C order, little endian, prefixed by its shape.
+
+    The shape prefix keeps (n, d) and (n * d / 2, 2) views of the same numbers apart.
+    """
+    canonical = np.ascontiguousarray(array, dtype="<f4")
+    digest = hashlib.sha256(f"float32:{canonical.shape[0]}x{canonical.shape[1]}\n".encode())
+    digest.update(canonical.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """What the store knows about one data set (id == sha256)."""
+
+    id: str
+    name: str
+    rows: int
+    dim: int
+    sha256: str
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, for JSON responses."""
+        return asdict(self)
+
+
+def _validate_array(array: object) -> np.ndarray:
+    try:
+        values = np.asarray(array)
+    except Exception as exc:  # noqa: BLE001 - numpy raises many kinds
+        raise InvalidDataset(f"data set is not an array ({exc})") from None
+    if values.ndim != 2:
+        raise InvalidDataset(f"data set must be 2-D (rows, features), got shape {values.shape}")
+    if values.shape[0] < 1 or values.shape[1] < 1:
+        raise InvalidDataset(f"data set must have at least one row and one column: {values.shape}")
+    if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
+        raise InvalidDataset(f"data set must be numeric, got dtype {values.dtype}")
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise InvalidDataset("data set contains NaN or infinite values (in float32)")
+    return values
+
+
+def _validate_label(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidDataset("data set name must be a non-empty string")
+    if len(name) > _MAX_LABEL or not name.isprintable():
+        raise InvalidDataset(
+            f"data set name must be printable and at most {_MAX_LABEL} characters"
+        )
+    return name
+
+
+class DatasetStore:
+    """Content-addressed store of training arrays (float32, rows x dim)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _folder(self, dataset_id: str) -> Path:
+        if not isinstance(dataset_id, str) or _ID_RE.fullmatch(dataset_id) is None:
+            raise DatasetNotFound(f"data set {dataset_id!r} not found (ids are 64 hex digits)")
+        return self.root / dataset_id
+
+    def put(self, array: np.ndarray, name: str) -> DatasetRecord:
+        """Store ``array`` under its sha256 (atomically); an existing copy is reused."""
+        values = _validate_array(array)
+        label = _validate_label(name)
+        digest = array_sha256(values)
+        folder = self.root / digest
+        if (folder / _RECORD_FILE).exists():
+            return self.get(digest)
+        record = DatasetRecord(
+            id=digest,
+            name=label,
+            rows=int(values.shape[0]),
+            dim=int(values.shape[1]),
+            sha256=digest,
+            created_at=utc_now(),
+        )
+        buffer = io.BytesIO()
+        np.save(buffer, values, allow_pickle=False)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
+        os.mkdir(tmp)
+        try:
+            fsio.write_durable(tmp / _DATA_FILE, buffer.getvalue())
+            fsio.write_durable(tmp / _RECORD_FILE, json.dumps(record.to_dict()).encode())
+            fsio.fsync_dir(tmp)
+            try:
+                os.rename(tmp, folder)
+            except OSError:
+                # Someone stored the same content first: theirs is identical by construction.
+                if (folder / _RECORD_FILE).exists():
+                    return self.get(digest)
+                raise
+            fsio.fsync_dir(self.root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return record
+
+    def get(self, dataset_id: str) -> DatasetRecord:
+        """The record of a stored data set."""
+        folder = self._folder(dataset_id)
+        try:
+            raw = json.loads((folder / _RECORD_FILE).read_bytes())
+            return DatasetRecord(**raw)
+        except FileNotFoundError:
+            raise DatasetNotFound(f"data set {dataset_id!r} not found") from None
+        except (ValueError, TypeError) as exc:
+            raise CorruptDataset(
+                f"data set {dataset_id!r}: {_RECORD_FILE} is damaged ({exc})"
+            ) from None
+
+    def list(self) -> list[DatasetRecord]:
+        """All stored data sets, oldest first."""
+        try:
+            entries = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        records = []
+        for entry in entries:
+            if _ID_RE.fullmatch(entry):
+                try:
+                    records.append(self.get(entry))
+                except (DatasetNotFound, CorruptDataset):
+                    continue
+        return sorted(records, key=lambda r: (r.created_at, r.id))
+
+    def load(self, dataset_id: str) -> np.ndarray:
+        """The stored array (float32), after checking that it still matches its sha256."""
+        self.get(dataset_id)
+        path = self._folder(dataset_id) / _DATA_FILE
+        try:
+            values = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise DatasetNotFound(f"data set {dataset_id!r}: {_DATA_FILE} is missing") from None
+        except ValueError as exc:
+            raise CorruptDataset(
+                f"data set {dataset_id!r}: {_DATA_FILE} is damaged ({exc})"
+            ) from None
+        if values.ndim != 2 or array_sha256(values) != dataset_id:
+            raise CorruptDataset(
+                f"data set {dataset_id!r}: {_DATA_FILE} does not match its sha256; upload it again"
+            )
+        return values
+
+    def path(self, dataset_id: str) -> Path:
+        """Path of the stored .npy file (for tools that read it directly)."""
+        self.get(dataset_id)
+        return self._folder(dataset_id) / _DATA_FILE
+
+    def delete(self, dataset_id: str) -> None:
+        """Remove a data set (models that name it keep their recorded sha256)."""
+        folder = self._folder(dataset_id)
+        if not folder.is_dir():
+            raise DatasetNotFound(f"data set {dataset_id!r} not found")
+        trash = self.root / f".trash-{uuid.uuid4().hex}"
+        os.rename(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,96 @@
+"""The data set area: content-addressed by sha256, atomic, verified on load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model_store import (
+    CorruptDataset,
+    DatasetNotFound,
+    InvalidDataset,
+    ModelStore,
+    array_sha256,
+)
+
+
+def _data(rows: int = 50, dim: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+
+
+def test_put_get_load_roundtrip(tmp_path) -> None:
+    store = ModelStore(tmp_path)
+    data = _data()
+    record = store.datasets.put(data, "my data.csv")
+    assert record.id == record.sha256 == array_sha256(data)
+    assert (record.rows, record.dim, record.name) == (50, 3, "my data.csv")
+    assert (tmp_path / "datasets" / record.id / "data.npy").is_file()
+    assert store.datasets.get(record.id) == record
+    loaded = store.datasets.load(record.id)
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, data)
+    assert [r.id for r in store.datasets.list()] == [record.id]
+
+
+def test_same_content_is_stored_once(tmp_path) -> None:
+    store = ModelStore(tmp_path)
+    first = store.datasets.put(_data(), "a")
+    again = store.datasets.put(_data().astype(np.float64), "b")  # same float32 values
+    assert again == first
+    assert len(store.datasets.list()) == 1
+
+
+def test_digest_depends_on_shape_and_values() -> None:
+    data = _data(rows=4, dim=2)
+    assert array_sha256(data) != array_sha256(data.reshape(2, 4))
+    changed = data.copy()
+    changed[0, 0] = np.nextafter(changed[0, 0], np.float32(np.inf))
+    assert array_sha256(data) != array_sha256(changed)
+
+
+def test_altered_data_detected(tmp_path) -> None:
+    store = ModelStore(tmp_path)
+    record = store.datasets.put(_data(), "x")
+    path = store.datasets.path(record.id)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01  # flip a bit of the last float
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptDataset, match=record.id):
+        store.datasets.load(record.id)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros(3), np.zeros((0, 2)), np.array([[1.0, np.nan]]), np.array([["a", "b"]])],
+)
+def test_invalid_arrays_refused(tmp_path, bad) -> None:
+    with pytest.raises(InvalidDataset):
+        ModelStore(tmp_path).datasets.put(bad, "bad")
+
+
+def test_unknown_and_malformed_ids(tmp_path) -> None:
+    store = ModelStore(tmp_path)
+    for dataset_id in ["0" * 64, "../etc", "", "ABC"]:
+        with pytest.raises(DatasetNotFound):
+            store.datasets.get(dataset_id)
+        with pytest.raises(DatasetNotFound):
+            store.datasets.load(dataset_id)
+
+
+def test_delete(tmp_path) -> None:
+    store = ModelStore(tmp_path)
+    record = store.datasets.put(_data(), "x")
+    store.datasets.delete(record.id)
+    assert store.datasets.list() == []
+    with pytest.raises(DatasetNotFound):
+        store.datasets.get(record.id)
+    with pytest.raises(DatasetNotFound):
+        store.datasets.delete(record.id)
+    assert [p.name for p in (tmp_path / "datasets").iterdir()] == []  # no trash left
+
+
+def test_datasets_area_is_not_a_model(tmp_path) -> None:
+    store = ModelStore(tmp_path)
+    store.datasets.put(_data(), "x")
+    assert store.names() == []
+    assert store.list_models() == []

@@ -1,0 +1,74 @@
+"""Model and file names: one visible path component of portable characters."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_store import InvalidName, ModelStore, StoreError
+from model_store.names import MAX_NAME_LENGTH, validate_filename, validate_name
+
+BAD_NAMES = [
+    "",
+    "../x",
+    "..",
+    ".",
+    ".hidden",
+    "a/b",
+    "/abs",
+    "a\\b",
+    "with space",
+    "tab\tname",
+    "new\nline",
+    "-leading-dash",
+    "semi;colon",
+    "ünïcode",
+    "x" * (MAX_NAME_LENGTH + 1),
+    "datasets",  # reserved: the data set area lives beside the models
+]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_invalid_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidName):
+        validate_name(name)
+
+
+@pytest.mark.parametrize("name", ["moons", "Two_Moons-v2", "a.b.c", "0", "x" * MAX_NAME_LENGTH])
+def test_valid_names_pass(name: str) -> None:
+    assert validate_name(name) == name
+
+
+def test_non_string_refused() -> None:
+    with pytest.raises(InvalidName):
+        validate_name(3)  # type: ignore[arg-type]
+
+
+def test_invalid_name_is_a_store_error_and_value_error() -> None:
+    with pytest.raises(StoreError):
+        validate_name("../x")
+    with pytest.raises(ValueError):
+        validate_name("../x")
+
+
+@pytest.mark.parametrize("name", ["../x", ".hidden", "", "a/b"])
+def test_store_refuses_invalid_names_everywhere(tmp_path, name: str) -> None:
+    """Every public entry point validates before touching the file system."""
+    store = ModelStore(tmp_path)
+    for call in (
+        lambda: store.versions(name),
+        lambda: store.resolve(name),
+        lambda: store.manifest(name),
+        lambda: store.load(name),
+        lambda: store.delete(name, 1),
+        lambda: store.cleanup(name),
+        lambda: store.publish(name, object()),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(InvalidName):
+            call()
+    assert list(tmp_path.iterdir()) == []  # nothing created outside or inside the root
+
+
+@pytest.mark.parametrize("filename", ["../p.png", ".p.png", "a/b.png", ""])
+def test_plot_filenames_validated(filename: str) -> None:
+    with pytest.raises(InvalidName):
+        validate_filename(filename)
