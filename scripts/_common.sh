@@ -5,7 +5,7 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${CPFLOW_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
-VAR_DIR="$ROOT/var"
+VAR_DIR="${CPFLOW_VAR_DIR:-$ROOT/var}"
 RUN_DIR="$VAR_DIR/run"
 LOG_DIR="$VAR_DIR/log"
 
