@@ -3,10 +3,15 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
+# Alive and not a zombie (a zombie only waits for its parent to reap it).
+alive() {
+    kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z* ]]
+}
+
 stop() {
     local name="$1" file="$RUN_DIR/$1.pid" pid target
     pid="$(cat "$file" 2>/dev/null || true)"
-    if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
+    if [[ -z "$pid" ]] || ! alive "$pid"; then
         rm -f "$file"
         say "$name not running"
         return 0
@@ -16,10 +21,10 @@ stop() {
     [[ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" == "$pid" ]] && target="-$pid"
     kill -TERM -- "$target" 2>/dev/null || true
     for _ in $(seq 1 40); do
-        kill -0 "$pid" 2>/dev/null || break
+        alive "$pid" || break
         sleep 0.25
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if alive "$pid"; then
         warn "$name (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
         kill -KILL -- "$target" 2>/dev/null || true
     fi
