@@ -1,0 +1,189 @@
+"""Request and response schemas of the training-job and data-set routes.
+
+A job spec is validated whole at submit time (ranges here, data set and dimension in the
+router), so a bad spec is a 422 at once, never a job that fails later. The names of the
+``training`` fields are those of ``training.config.TrainConfig``; the ``model`` fields are
+those of ``cpflow.FlowConfig`` (without ``dim``, which comes from the data set).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "BuiltinDataset",
+    "DatasetPublic",
+    "JobAccepted",
+    "JobProgress",
+    "JobPublic",
+    "JobResult",
+    "JobSpec",
+    "ModelSpec",
+    "TrainingSpec",
+    "UploadedDataset",
+]
+
+BUILTIN_DATASETS: dict[str, int] = {
+    "eight_gaussians": 2,
+    "two_moons": 2,
+    "rings": 2,
+    "pinwheel": 2,
+    "two_spirals": 2,
+    "checkerboard": 2,
+    "swiss_roll": 2,
+    "sklearn:iris": 4,
+    "sklearn:wine": 13,
+    "sklearn:breast_cancer": 30,
+    "sklearn:diabetes": 10,
+    "sklearn:digits": 64,
+}
+"""Built-in data sets a job may name, with their dimension (checked against training.datasets
+by the tests, since the API does not import the training package)."""
+
+_Strict = ConfigDict(extra="forbid")
+
+
+class BuiltinDataset(BaseModel):
+    """Train on a data set that ships with cpflow."""
+
+    model_config = _Strict
+    builtin: str = Field(examples=["two_moons"])
+    num_samples: int | None = Field(
+        None, ge=30, le=5_000_000, description="rows to draw (toy sets) or keep; default: all"
+    )
+    seed: int = Field(0, ge=0, description="seed of sampling and of the train/val/test split")
+
+    @field_validator("builtin")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in BUILTIN_DATASETS:
+            raise ValueError(
+                f"unknown built-in data set {value!r}; choose one of "
+                + ", ".join(sorted(BUILTIN_DATASETS))
+            )
+        return value
+
+
+class UploadedDataset(BaseModel):
+    """Train on a data set uploaded with POST /v1/datasets."""
+
+    model_config = _Strict
+    id: str = Field(min_length=1, max_length=128, description="id returned by POST /v1/datasets")
+
+
+class ModelSpec(BaseModel):
+    """Architecture of the flow (cpflow.FlowConfig fields); ``dim`` is checked, not chosen."""
+
+    model_config = _Strict
+    dim: int | None = Field(None, ge=1, description="if given, must equal the data set's dim")
+    blocks: int = Field(4, ge=1, le=32)
+    hidden: int = Field(32, ge=2, le=1024)
+    depth: int = Field(3, ge=1, le=8)
+    icnn: Literal["vanilla", "augmented", "dense"] = "augmented"
+    activation: Literal["logistic", "gaussian", "laplace"] = "logistic"
+    symmetric_first: bool = True
+    actnorm: bool = True
+    dtype: Literal["float32", "float64"] = "float32"
+
+    def flow_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``FlowConfig(dim=..., **kwargs)``."""
+        return self.model_dump(exclude={"dim"})
+
+
+class TrainingSpec(BaseModel):
+    """Optimisation settings (training.config.TrainConfig fields, in safe ranges)."""
+
+    model_config = _Strict
+    iterations: int = Field(2000, ge=1, le=1_000_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    schedule: Literal["none", "plateau", "cosine"] = "none"
+    val_every: int = Field(100, ge=1, le=1_000_000)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class JobSpec(BaseModel):
+    """POST /v1/jobs body: what to train on, what to train, and under which model name."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="store name the trained model is published under (a new version)",
+    )
+    dataset: BuiltinDataset | UploadedDataset
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    timeout_s: int | None = Field(
+        None, ge=10, le=30 * 24 * 3600, description="wall-clock limit; default: the server's"
+    )
+
+    @field_validator("model_name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value == "datasets":
+            raise ValueError("model name 'datasets' is reserved; choose another")
+        return value
+
+
+class JobAccepted(BaseModel):
+    """202 answer of POST /v1/jobs."""
+
+    id: str
+    status: Literal["queued"] = "queued"
+
+
+class JobProgress(BaseModel):
+    """Where a running job stands (updated by the worker every few seconds)."""
+
+    iteration: int = 0
+    total: int | None = None
+    val_nll: float | None = None
+    seconds_per_iteration: float | None = None
+    eta_s: float | None = None
+
+
+class JobResult(BaseModel):
+    """What a succeeded job published."""
+
+    model: str
+    version: int
+    test_nll: float | None = None
+
+
+class JobPublic(BaseModel):
+    """A training job as GET /v1/jobs/{id} shows it."""
+
+    model_config = ConfigDict(protected_namespaces=())
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    model_name: str | None = None
+    dataset: dict[str, Any] | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    progress: JobProgress | None = None
+    result: JobResult | None = None
+    error: str | None = None
+    cancel_requested: bool = False
+
+
+class DatasetPublic(BaseModel):
+    """An uploaded data set."""
+
+    id: str
+    name: str
+    rows: int
+    dim: int
+    sha256: str
+    created_at: str | None = None
+
+
+JobSpecBody = Annotated[JobSpec, Field(description="the training job to run")]

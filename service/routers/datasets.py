@@ -1,0 +1,169 @@
+"""Data-set routes: upload (validated before anything is stored), list, inspect, delete.
+
+Data sets live in the model store's datasets area, keyed by the sha256 of their contents, so
+the same upload twice is one data set. Listing needs only the store; deleting asks Redis
+whether a queued or running job uses the data set (409 if so, 503 if Redis cannot say).
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from model_store.errors import DatasetNotFound, StoreError
+from service.deps import StoreDep
+from service.errors import ApiError, error_responses
+from service.job_schemas import DatasetPublic
+from service.queue import QueueUnavailable
+from service.routers.jobs import QueueDep, unavailable
+from service.uploads import UploadError, parse_upload
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["datasets"])
+
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".npy (2-D numeric array) or .csv (numbers, "
+                            "optionally one header row)",
+                        },
+                        "name": {"type": "string", "description": "label; default: file name"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _public(record: Any) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "rows": record.rows,
+        "dim": record.dim,
+        "sha256": record.sha256,
+        "created_at": record.created_at,
+    }
+
+
+@router.post(
+    "/datasets",
+    status_code=201,
+    response_model=DatasetPublic,
+    summary="Upload a data set (.npy or .csv); the same content twice is one data set (200)",
+    responses=error_responses(400, 401, 413, 415, 422),
+    openapi_extra=_UPLOAD_DOC,
+)
+async def upload_dataset(request: Request, response: Response, store: StoreDep) -> Any:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send multipart/form-data with a 'file' part (.npy or .csv) and an optional 'name'",
+        )
+    settings = request.app.state.settings
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except Exception as exc:  # noqa: BLE001 - malformed multipart, too many parts
+        raise ApiError(400, "bad_request", f"could not read the multipart body: {exc}") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(422, "validation_error", "file: missing; send the data as the 'file' part")
+    content = await upload.read()
+    await form.close()
+    if len(content) > settings.max_upload_bytes:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"the file has {len(content)} bytes; at most {settings.max_upload_bytes} are accepted",
+        )
+    filename = upload.filename or ""
+    name = form.get("name")
+    label = name.strip() if isinstance(name, str) and name.strip() else PurePath(filename).stem
+    try:
+        array = await run_in_threadpool(parse_upload, filename, content)
+    except UploadError as exc:
+        raise ApiError(422, "invalid_dataset", str(exc)) from None
+
+    def put() -> tuple[Any, bool]:
+        before = {r.id for r in store.datasets.list()}
+        record = store.datasets.put(array, label or "dataset")
+        return record, record.id in before
+
+    try:
+        record, existed = await run_in_threadpool(put)
+    except StoreError as exc:
+        raise ApiError(422, "invalid_dataset", str(exc)) from None
+    if existed:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/datasets/{record.id}"
+    return _public(record)
+
+
+@router.get(
+    "/datasets",
+    response_model=list[DatasetPublic],
+    summary="Uploaded data sets, oldest first",
+    responses=error_responses(401),
+)
+def list_datasets(store: StoreDep) -> list[dict[str, Any]]:
+    return [_public(r) for r in store.datasets.list()]
+
+
+def _record(store: Any, dataset_id: str) -> Any:
+    try:
+        return store.datasets.get(dataset_id)
+    except DatasetNotFound:
+        raise ApiError(404, "dataset_not_found", f"data set {dataset_id!r} not found") from None
+
+
+@router.get(
+    "/datasets/{dataset_id}",
+    response_model=DatasetPublic,
+    summary="One data set",
+    responses=error_responses(401, 404),
+)
+def get_dataset(dataset_id: str, store: StoreDep) -> dict[str, Any]:
+    return _public(_record(store, dataset_id))
+
+
+@router.delete(
+    "/datasets/{dataset_id}",
+    status_code=204,
+    summary="Delete a data set (409 while a queued or running job uses it)",
+    responses=error_responses(401, 404, 409, 503),
+)
+def delete_dataset(dataset_id: str, store: StoreDep, queue: QueueDep) -> Response:
+    _record(store, dataset_id)
+    try:
+        users = queue.active_jobs_using(dataset_id)
+    except QueueUnavailable as exc:
+        raise unavailable(exc) from None
+    if users:
+        raise ApiError(
+            409,
+            "dataset_in_use",
+            f"data set {dataset_id!r} is used by queued or running job(s) "
+            f"{', '.join(users)}; cancel them or wait until they end",
+        )
+    try:
+        store.datasets.delete(dataset_id)
+    except DatasetNotFound:
+        raise ApiError(404, "dataset_not_found", f"data set {dataset_id!r} not found") from None
+    return Response(status_code=204)

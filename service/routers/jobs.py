@@ -1,0 +1,231 @@
+"""Training-job routes: submit (validated whole), list, inspect, cancel, and follow as SSE.
+
+Handlers are plain ``def`` (run in the thread pool) because Redis calls block. A Redis outage
+turns into 503 with the error envelope here only; the scoring routes never touch Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from model_store.errors import DatasetNotFound, StoreError
+from service.deps import SettingsDep, StoreDep
+from service.errors import ApiError, error_responses
+from service.job_schemas import BUILTIN_DATASETS, JobAccepted, JobPublic, JobSpec
+from service.queue import (
+    TERMINAL,
+    JobNotCancellable,
+    JobNotFound,
+    JobQueue,
+    JobSettings,
+    JobStatus,
+    QueueUnavailable,
+    connect,
+)
+
+__all__ = ["QueueDep", "get_job_queue", "lifespan", "router", "unavailable"]
+
+router = APIRouter(tags=["jobs"])
+_lock = threading.Lock()
+
+
+def get_job_queue(request: Request) -> JobQueue:
+    """The app's JobQueue, built on first use from the settings (no Redis needed to start)."""
+    state = request.app.state
+    queue = getattr(state, "job_queue", None)
+    if queue is None:
+        with _lock:
+            queue = getattr(state, "job_queue", None)
+            if queue is None:
+                settings = state.settings
+                knobs = JobSettings()
+                queue = JobQueue(
+                    connect(settings.redis_url),
+                    queue_name=knobs.queue_name,
+                    job_timeout_s=settings.job_timeout_s,
+                    retention_s=settings.job_retention_s,
+                    lease_s=knobs.job_lease_s,
+                    heartbeat_s=knobs.job_heartbeat_s,
+                    store_dir=str(settings.store_dir),
+                )
+                state.job_queue = queue
+    return queue
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Close the job queue's Redis connections when the app stops."""
+    try:
+        yield
+    finally:
+        queue = getattr(app.state, "job_queue", None)
+        if queue is not None:
+            queue.connection.close()
+
+
+QueueDep = Annotated[JobQueue, Depends(get_job_queue)]
+
+
+def unavailable(exc: QueueUnavailable) -> ApiError:
+    return ApiError(503, "queue_unavailable", str(exc), headers={"Retry-After": "5"})
+
+
+def _dataset_dim(spec: JobSpec, store: Any) -> tuple[int, str | None]:
+    """The data set's dimension (and its id when uploaded); 422 when it does not exist."""
+    ref = spec.dataset
+    if hasattr(ref, "builtin"):
+        return BUILTIN_DATASETS[ref.builtin], None
+    try:
+        record = store.datasets.get(ref.id)
+    except DatasetNotFound:
+        raise ApiError(
+            422,
+            "dataset_not_found",
+            f"data set {ref.id!r} does not exist; upload it with POST /v1/datasets "
+            "and use the id it returns",
+        ) from None
+    except StoreError as exc:
+        raise ApiError(422, "dataset_unusable", str(exc)) from None
+    return record.dim, record.id
+
+
+def _check_model(spec: JobSpec, dim: int) -> None:
+    if spec.model.dim is not None and spec.model.dim != dim:
+        raise ApiError(
+            422,
+            "dimension_mismatch",
+            f"model.dim is {spec.model.dim} but the data set has {dim} columns; "
+            "drop model.dim or make it match",
+        )
+    from cpflow import FlowConfig
+
+    try:
+        FlowConfig(dim=dim, **spec.model.flow_kwargs())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ApiError(
+            422, "validation_error", f"model.{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from None
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Submit a training job (validated now; runs on a cpflow-worker)",
+    responses=error_responses(401, 422, 503),
+)
+def submit_job(
+    spec: JobSpec, response: Response, queue: QueueDep, store: StoreDep, settings: SettingsDep
+) -> JobAccepted:
+    dim, dataset_id = _dataset_dim(spec, store)
+    _check_model(spec, dim)
+    body = spec.model_dump(mode="json")
+    body["model"]["dim"] = dim
+    try:
+        record = queue.submit(
+            body, model_name=spec.model_name, dataset_id=dataset_id, timeout_s=spec.timeout_s
+        )
+    except QueueUnavailable as exc:
+        raise unavailable(exc) from None
+    response.headers["Location"] = f"/v1/jobs/{record['id']}"
+    return JobAccepted(id=record["id"])
+
+
+@router.get(
+    "/jobs",
+    response_model=list[JobPublic],
+    summary="Training jobs, newest first",
+    responses=error_responses(401, 422, 503),
+)
+def list_jobs(
+    queue: QueueDep,
+    status: Annotated[JobStatus | None, Query(description="only jobs with this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    try:
+        return queue.list_jobs(status=status.value if status else None, limit=limit)
+    except QueueUnavailable as exc:
+        raise unavailable(exc) from None
+
+
+def _get(queue: JobQueue, job_id: str) -> dict[str, Any]:
+    try:
+        return queue.get(job_id)
+    except JobNotFound:
+        raise ApiError(
+            404, "job_not_found", f"job {job_id!r} not found (unknown, or past its retention)"
+        ) from None
+    except QueueUnavailable as exc:
+        raise unavailable(exc) from None
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobPublic,
+    summary="One training job: status, progress, result, error",
+    responses=error_responses(401, 404, 503),
+)
+def get_job(job_id: str, queue: QueueDep) -> dict[str, Any]:
+    return _get(queue, job_id)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobPublic,
+    summary="Cancel a job: a queued one at once, a running one within seconds",
+    responses=error_responses(401, 404, 409, 503),
+)
+def cancel_job(job_id: str, queue: QueueDep, response: Response) -> dict[str, Any]:
+    try:
+        job = queue.cancel(job_id)
+    except JobNotFound:
+        raise ApiError(404, "job_not_found", f"job {job_id!r} not found") from None
+    except JobNotCancellable as exc:
+        raise ApiError(409, "job_finished", str(exc)) from None
+    except QueueUnavailable as exc:
+        raise unavailable(exc) from None
+    if job["status"] not in {s.value for s in TERMINAL}:
+        response.status_code = 202  # the worker stops it at its next iteration
+    return job
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    summary="Server-sent events: the job's state each time it changes, until it ends",
+    responses=error_responses(401, 404, 503),
+    response_class=StreamingResponse,
+)
+async def job_events(
+    job_id: str,
+    queue: QueueDep,
+    interval_s: Annotated[float, Query(ge=0.1, le=30.0)] = 1.0,
+) -> StreamingResponse:
+    first = await asyncio.to_thread(_get, queue, job_id)
+
+    async def stream() -> AsyncIterator[bytes]:
+        job, last = first, None
+        while True:
+            text = json.dumps(job)
+            if text != last:
+                yield f"event: job\ndata: {text}\n\n".encode()
+                last = text
+            if job["status"] in {s.value for s in TERMINAL}:
+                return
+            await asyncio.sleep(interval_s)
+            try:
+                job = await asyncio.to_thread(queue.get, job_id)
+            except (QueueUnavailable, JobNotFound) as exc:
+                yield f"event: error\ndata: {json.dumps({'message': str(exc)})}\n\n".encode()
+                return
+
+    return StreamingResponse(stream(), media_type="text/event-stream")

@@ -1,0 +1,124 @@
+"""Parse and validate an uploaded data set (.npy or .csv) before anything is stored.
+
+Pure numpy on purpose: the API process must not import the training package, and an upload
+must be rejected (with a message saying what to fix) before it reaches the store.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+
+__all__ = ["MIN_ROWS", "UploadError", "parse_upload"]
+
+MIN_ROWS = 10
+"""Fewest rows an uploaded data set may have: training splits it into train/val/test."""
+
+MAX_DIM = 1024
+"""Most columns an uploaded data set may have."""
+
+
+class UploadError(ValueError):
+    """The upload is not a usable data set; the message says what to fix."""
+
+
+def parse_upload(
+    filename: str, content: bytes, *, min_rows: int = MIN_ROWS, max_dim: int = MAX_DIM
+) -> np.ndarray:
+    """Return the upload as a finite float64 array of shape (rows, dim), or raise UploadError."""
+    lower = (filename or "").lower()
+    if lower.endswith(".npy"):
+        array = _parse_npy(content)
+    elif lower.endswith((".csv", ".txt")):
+        array = _parse_csv(content)
+    else:
+        raise UploadError(f"file {filename!r}: send a .npy or .csv file")
+    return _check(array, min_rows=min_rows, max_dim=max_dim)
+
+
+def _parse_npy(content: bytes) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(content), allow_pickle=False)
+    except ValueError as exc:
+        raise UploadError(f"not a plain numeric .npy array ({exc}); save with np.save") from exc
+    except Exception as exc:  # truncated or not an .npy file at all
+        raise UploadError(f"not a readable .npy file ({exc}); save with np.save") from exc
+    if not isinstance(array, np.ndarray):
+        raise UploadError("the .npy file must hold one array, not an archive")
+    if array.dtype.kind not in "fiu":
+        raise UploadError(
+            f"array dtype {array.dtype} is not numeric; send float or integer values"
+        )
+    if array.ndim == 1:
+        raise UploadError(
+            f"array is 1-D with {array.shape[0]} values; send shape (rows, columns), "
+            "e.g. x.reshape(-1, 1) for one column"
+        )
+    if array.ndim != 2:
+        raise UploadError(f"array has shape {array.shape}; send a 2-D (rows, columns) array")
+    return array.astype(np.float64, copy=False)
+
+
+def _parse_csv(content: bytes) -> np.ndarray:
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UploadError("the .csv file is not UTF-8 text") from exc
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise UploadError("the .csv file has no rows")
+    # One non-numeric first row is a header; anywhere else text is an error.
+    if not _numeric_row(rows[0]) and len(rows) > 1:
+        rows = rows[1:]
+    width = len(rows[0])
+    values = []
+    for i, row in enumerate(rows, start=1):
+        if len(row) != width:
+            raise UploadError(
+                f"ragged rows: data row {i} has {len(row)} columns, the first has {width}; "
+                "every row needs the same number of values"
+            )
+        try:
+            values.append([float(c) for c in row])
+        except ValueError:
+            bad = next(c for c in row if not _is_float(c))
+            raise UploadError(
+                f"data row {i} has a non-numeric value {bad.strip()[:40]!r}; "
+                "only numbers (and one header row) are allowed"
+            ) from None
+    return np.asarray(values, dtype=np.float64)
+
+
+def _is_float(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _numeric_row(row: list[str]) -> bool:
+    return all(_is_float(c) for c in row)
+
+
+def _check(array: np.ndarray, *, min_rows: int, max_dim: int) -> np.ndarray:
+    rows, dim = array.shape
+    if dim < 1:
+        raise UploadError("the data set has no columns")
+    if dim > max_dim:
+        raise UploadError(f"the data set has {dim} columns; at most {max_dim} are supported")
+    if rows < min_rows:
+        raise UploadError(
+            f"the data set has {rows} row(s); at least {min_rows} are needed to split it "
+            "into train, validation and test sets"
+        )
+    finite = np.isfinite(array)
+    if not finite.all():
+        r, c = np.argwhere(~finite)[0]
+        raise UploadError(
+            f"value at row {r + 1}, column {c + 1} is {array[r, c]}; "
+            "every value must be finite (no NaN or infinity)"
+        )
+    return array

@@ -1,0 +1,287 @@
+"""The RQ job function: train a flow from a job spec and publish it, reporting to a job record.
+
+The API enqueues :func:`run_training_job` by its dotted path ``training.jobs.run_training_job``
+with ``kwargs={"spec": ...}`` (JSON only). ``spec["runtime"]`` says where the job's record
+lives in Redis (``record_key``) and how often to heartbeat; the record fields are described in
+``service/queue.py``. This module writes only these fields: status, started_at, finished_at,
+heartbeat_at, progress, result, error, worker; it reads ``cancel_requested``.
+
+Why a heartbeat thread: a worker killed with SIGKILL cannot say so; the API marks a running job
+whose heartbeat is older than its lease as failed. Why a parent check: RQ runs the job in a
+forked "work horse" in its own process group, which outlives a SIGKILLed worker; the horse
+notices that its parent is gone and stops instead of training on unsupervised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "JobRecorder",
+    "UploadSplits",
+    "execute_spec",
+    "run_training_job",
+    "run_with_recorder",
+    "split_upload",
+]
+
+log = logging.getLogger("cpflow.jobs")
+
+PROGRESS_INTERVAL_S = 1.0
+"""Least seconds between two progress writes to the record (validation events always go)."""
+
+
+class JobRecorder:
+    """Worker side of one job record: status changes, heartbeat, progress, cancel flag."""
+
+    def __init__(self, connection: Any, runtime: dict[str, Any]) -> None:
+        self.connection = connection
+        self.key = runtime["record_key"]
+        self.heartbeat_s = float(runtime.get("heartbeat_s", 5.0))
+        self.retention_s = int(runtime.get("retention_s", 7 * 24 * 3600))
+        self._parent = os.getppid()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_progress = 0.0
+        self.orphaned = False
+
+    # -- status -------------------------------------------------------------------------
+    def _set_if(self, allowed: set[str], fields: dict[str, str]) -> bool:
+        """Write ``fields`` only while the status is one of ``allowed`` (atomic)."""
+        done = False
+
+        def apply(pipe: Any) -> None:
+            nonlocal done
+            current = pipe.hget(self.key, "status")
+            done = current is not None and current.decode() in allowed
+            if done:
+                pipe.multi()
+                pipe.hset(self.key, mapping=fields)
+                if fields.get("status") in ("succeeded", "failed", "cancelled"):
+                    pipe.expire(self.key, self.retention_s)
+
+        self.connection.transaction(apply, self.key)
+        return done
+
+    def start(self) -> bool:
+        """queued -> running; False when the job was cancelled (or failed) meanwhile."""
+        if self.cancel_requested():
+            self.finish("cancelled", error="cancelled before it started")
+            return False
+        now = repr(time.time())
+        ok = self._set_if(
+            {"queued"},
+            {
+                "status": "running",
+                "started_at": now,
+                "heartbeat_at": now,
+                "worker": f"{socket.gethostname()}:{os.getpid()}",
+            },
+        )
+        if ok:
+            self._thread = threading.Thread(target=self._beat, name="job-heartbeat", daemon=True)
+            self._thread.start()
+        return ok
+
+    def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> bool:
+        """running (or queued) -> a final status, stopping the heartbeat."""
+        self._stop.set()
+        fields = {"status": status, "finished_at": repr(time.time())}
+        if result is not None:
+            fields["result"] = json.dumps(result)
+        if error is not None:
+            fields["error"] = error
+        return self._set_if({"queued", "running"}, fields)
+
+    # -- heartbeat, progress, cancel ----------------------------------------------------
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            if os.getppid() != self._parent:
+                self.orphaned = True  # the worker died; the horse must not go on alone
+                return
+            try:
+                self.connection.hset(self.key, "heartbeat_at", repr(time.time()))
+            except Exception as exc:  # noqa: BLE001 - a blip: the lease tolerates missed beats
+                log.warning("heartbeat failed: %s", exc)
+
+    def progress(self, values: dict[str, Any], *, force: bool = False) -> None:
+        """Write progress at most every PROGRESS_INTERVAL_S seconds (or now if ``force``)."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress = now
+        try:
+            self.connection.hset(self.key, "progress", json.dumps(values))
+        except Exception as exc:  # noqa: BLE001 - progress is best effort
+            log.warning("progress write failed: %s", exc)
+
+    def cancel_requested(self) -> bool:
+        try:
+            return self.connection.hget(self.key, "cancel_requested") == b"1"
+        except Exception:  # noqa: BLE001
+            return False  # keep training through a Redis blip
+
+    def should_stop(self) -> bool:
+        return self.orphaned or self.cancel_requested()
+
+
+def _progress_values(event: Any) -> dict[str, Any]:
+    return {
+        "iteration": int(event.iteration),
+        "total": int(event.total),
+        "val_nll": event.val_nll,
+        "seconds_per_iteration": event.seconds_per_iteration,
+        "eta_s": event.eta_s,
+    }
+
+
+def execute_spec(
+    spec: dict[str, Any],
+    *,
+    progress: Callable[[Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Load the data, train, publish; return ``{model, version, test_nll}``.
+
+    Raises ``training.trainer.TrainingCancelled`` when ``should_stop`` fires (nothing published).
+    """
+    from model_store import ModelStore
+    from training.pipeline import train_and_publish
+
+    runtime = spec.get("runtime", {})
+    store_dir = os.environ.get("CPFLOW_STORE_DIR") or runtime.get("store_dir")
+    if not store_dir:
+        raise RuntimeError("no model store: set CPFLOW_STORE_DIR for the worker")
+    store = ModelStore(store_dir)
+    training = dict(spec.get("training", {}))
+    training.setdefault("device", os.environ.get("CPFLOW_DEVICE", "auto"))
+    model = {k: v for k, v in spec.get("model", {}).items() if k != "dim"}
+    dataset = spec["dataset"]
+    published = train_and_publish(
+        _dataset_source(dataset, store),
+        spec["model_name"],
+        store,
+        flow_config=model,
+        train_config=training,
+        num_samples=dataset.get("num_samples"),
+        dataset_seed=dataset.get("seed", 0),
+        progress=progress,
+        should_stop=should_stop,
+        job_id=runtime.get("job_id"),
+    )
+    metrics = published.manifest.get("training", {}).get("metrics", {})
+    return {
+        "model": published.name,
+        "version": published.version,
+        "test_nll": metrics.get("test_nll"),
+    }
+
+
+@dataclass(frozen=True)
+class UploadSplits:
+    """Train/val/test splits of an uploaded array (what ``training.trainer.train`` reads)."""
+
+    name: str
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    sha256: str
+    meta: dict[str, Any]
+
+
+def split_upload(
+    array: np.ndarray, *, name: str, sha256: str, seed: int = 0, fractions=(0.8, 0.1)
+) -> UploadSplits:
+    """Shuffle rows with ``seed`` and cut 80/10/10 (at least one row in val and test)."""
+    n = len(array)
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * fractions[1]))
+    n_test = max(1, round(n * (1.0 - fractions[0] - fractions[1])))
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ValueError(f"data set {name!r} has {n} rows; too few to split")
+    x = np.asarray(array, dtype=np.float32)[order]
+    return UploadSplits(
+        name=name,
+        train=x[:n_train],
+        val=x[n_train : n_train + n_val],
+        test=x[n_train + n_val :],
+        sha256=sha256,
+        meta={"source": "upload", "rows": n, "seed": seed},
+    )
+
+
+def _dataset_source(dataset: dict[str, Any], store: Any) -> Any:
+    """The pipeline's data argument: a built-in name, or the uploaded array's splits."""
+    if "builtin" in dataset:
+        return dataset["builtin"]
+    record = store.datasets.get(dataset["id"])
+    return split_upload(
+        store.datasets.load(dataset["id"]),
+        name=record.name,
+        sha256=record.sha256,
+        seed=dataset.get("seed", 0),
+    )
+
+
+def run_training_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """RQ entry point: run one training job spec, keeping its record up to date."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_training_job must run inside an RQ worker")
+    threads = os.environ.get("CPFLOW_WORKER_TORCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    recorder = JobRecorder(job.connection, spec["runtime"])
+    return run_with_recorder(spec, recorder)
+
+
+def run_with_recorder(spec: dict[str, Any], recorder: JobRecorder) -> dict[str, Any]:
+    """The body of :func:`run_training_job`, usable without RQ (tests, tools)."""
+    from training.trainer import TrainingCancelled
+
+    if not recorder.start():
+        return {"status": "cancelled"}
+
+    def on_progress(event: Any) -> None:
+        recorder.progress(_progress_values(event), force=event.phase != "train")
+
+    try:
+        result = execute_spec(spec, progress=on_progress, should_stop=recorder.should_stop)
+    except TrainingCancelled as exc:
+        if recorder.orphaned:
+            recorder.finish("failed", error="worker lost: the worker process died mid-job")
+            return {"status": "failed"}
+        recorder.finish("cancelled", error=f"cancelled by request at iteration {exc.iteration}")
+        return {"status": "cancelled"}
+    except BaseException as exc:
+        recorder.finish("failed", error=_error_message(exc, spec))
+        raise
+    recorder.finish("succeeded", result=result)
+    return {"status": "succeeded", **result}
+
+
+def _error_message(exc: BaseException, spec: dict[str, Any]) -> str:
+    name = type(exc).__name__
+    if name == "JobTimeoutException":
+        limit = spec.get("runtime", {}).get("timeout_s")
+        return (
+            f"the job ran past its time limit of {limit} s; submit with a larger timeout_s "
+            "or fewer iterations"
+        )
+    text = str(exc) or name
+    return f"{name}: {text}"
