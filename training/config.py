@@ -1,0 +1,101 @@
+"""Trainer settings: one pydantic model that travels as JSON into manifests and job specs."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["TrainConfig"]
+
+
+class TrainConfig(BaseModel):
+    """How to train a CP-Flow: optimiser, schedule, budget, validation and checkpoints.
+
+    The budget is ``iterations`` (optimiser steps) unless ``epochs`` is given, in which case
+    it is ``epochs`` passes over the training split (rounded up to whole batches).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Optimiser (Adam).
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0, description="max global grad norm; None = off")
+
+    # Learning-rate schedule.
+    schedule: Literal["none", "plateau", "cosine"] = "none"
+    plateau_patience: int = Field(
+        6,
+        ge=1,
+        description="validations without improvement before each 10x decay (at most 2 decays),"
+        " as the paper's tabular code",
+    )
+    cosine_min_lr: float = Field(0.0, ge=0)
+
+    # Budget.
+    batch_size: int = Field(128, ge=1)
+    iterations: int | None = Field(2000, ge=1)
+    epochs: int | None = Field(None, ge=1)
+
+    # The CG solve inside the training surrogate (None keeps the FlowConfig's value).
+    cg_atol: float | None = Field(None, ge=0)
+    cg_rtol: float | None = Field(None, ge=0)
+
+    # Reproducibility and placement.
+    seed: int = 0
+    device: str = "cpu"
+    dtype: Literal["float32", "float64"] | None = None
+
+    # Data preparation.
+    standardize: bool = Field(
+        True,
+        description="fit the model's standardisation on the train split (per-coordinate or"
+        " isotropic, as FlowConfig.standardization says)",
+    )
+    init_batch_size: int = Field(
+        1024, ge=1, description="rows used for data-dependent ActNorm init"
+    )
+
+    # Validation (always a real likelihood, never the surrogate).
+    val_every: int = Field(100, ge=1)
+    val_max_points: int | None = Field(
+        2000, ge=1, description="fixed subset of val rows scored during training; None = all"
+    )
+    eval_batch_size: int = Field(1024, ge=1)
+    final_train_max_points: int | None = Field(
+        10000, ge=1, description="rows of the train split scored for the final train NLL"
+    )
+    exact_max_dim: int = Field(64, ge=1, description="exact log-det up to this dim, SLQ above")
+    slq_probes: int | None = Field(None, ge=1)
+    slq_steps: int | None = Field(None, ge=1)
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many validations without improvement"
+    )
+
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="a validation NLL must beat the best by this much to count"
+    )
+
+    # Checkpoints (private trainer state, never the store).
+    checkpoint_every: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainConfig:
+        if self.iterations is None and self.epochs is None:
+            raise ValueError("set iterations or epochs")
+        return self
+
+    def total_iterations(self, num_train: int) -> int:
+        """Optimiser steps this config runs on a training split of ``num_train`` rows."""
+        if self.epochs is not None:
+            return self.epochs * iterations_per_epoch(num_train, self.batch_size)
+        assert self.iterations is not None
+        return self.iterations
+
+
+def iterations_per_epoch(num_train: int, batch_size: int) -> int:
+    """Whole batches per pass; a split smaller than one batch is one (short) batch."""
+    return max(1, math.floor(num_train / batch_size))

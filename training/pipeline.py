@@ -1,0 +1,173 @@
+"""Data -> trained flow -> metrics and plots -> a new version in the model store.
+
+This is the one function the CLI and the queue worker both call, so a model trained from the
+command line and one trained through the HTTP API carry the same training summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig
+from training.presets import resolve_preset
+from training.trainer import ProgressEvent, TrainResult, train
+
+__all__ = ["build_configs", "load_splits", "train_and_publish", "training_summary"]
+
+log = logging.getLogger(__name__)
+
+
+def load_splits(
+    dataset: Any,
+    *,
+    num_samples: int | None = None,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+) -> Any:
+    """A data set name goes through ``training.datasets.load_dataset``; splits pass through."""
+    if isinstance(dataset, str):
+        from training.datasets import load_dataset
+
+        return load_dataset(dataset, num_samples=num_samples, seed=seed, data_dir=data_dir)
+    return dataset
+
+
+def build_configs(
+    *,
+    preset: str | None,
+    dataset: str | None,
+    flow_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+) -> tuple[str | None, dict[str, Any], TrainConfig, int | None]:
+    """Merge a preset with explicit overrides (explicit wins); ``dim`` is left to the data."""
+    flow: dict[str, Any] = {}
+    train_kw: dict[str, Any] = {}
+    num_samples = None
+    if preset:
+        dataset, flow, train_kw, num_samples = resolve_preset(preset, dataset)
+    flow.update({k: v for k, v in (flow_overrides or {}).items() if v is not None})
+    overrides = {k: v for k, v in (train_overrides or {}).items() if v is not None}
+    if "iterations" in overrides:
+        train_kw["epochs"] = None  # an explicit iteration budget replaces a preset's epochs
+    train_kw.update(overrides)
+    return dataset, flow, TrainConfig.model_validate(train_kw), num_samples
+
+
+def training_summary(
+    result: TrainResult,
+    *,
+    dataset_name: str,
+    dataset_sha256: str,
+    job_id: str | None,
+    preset: str | None,
+    num_train: int,
+) -> dict[str, Any]:
+    """What the manifest's ``training`` field records about this run."""
+    compact = [
+        {k: h.get(k) for k in ("iteration", "val_nll", "val_nll_stderr", "surrogate", "lr")}
+        for h in result.history
+    ]
+    return {
+        "dataset": dataset_name,
+        "sha256": dataset_sha256,
+        "num_train": num_train,
+        "preset": preset,
+        "config": result.train_config.model_dump(mode="json"),
+        "metrics": dict(result.metrics),
+        "wall_time_s": result.wall_time_s,
+        "parameter_count": result.parameter_count,
+        "iterations_run": result.iterations_run,
+        "best_iteration": result.best_iteration,
+        "stopped_early": result.stopped_early,
+        "seconds_per_iteration": (
+            result.extra.get("seconds_per_iteration")
+            if result.extra.get("seconds_per_iteration") is not None
+            else result.wall_time_s / max(result.iterations_run, 1)
+        ),
+        "job_id": job_id,
+        "history": compact,
+    }
+
+
+def train_and_publish(
+    dataset: Any,
+    model_name: str,
+    store: Any,
+    flow_config: Any = None,
+    train_config: TrainConfig | dict | None = None,
+    *,
+    preset: str | None = None,
+    num_samples: int | None = None,
+    data_dir: str | Path | None = None,
+    dataset_seed: int = 0,
+    job_id: str | None = None,
+    make_plots: bool = True,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    export_onnx: bool = False,
+) -> Any:
+    """Train on ``dataset`` (name or splits) and publish the best flow as a new version.
+
+    ``flow_config`` may be a FlowConfig or a dict of overrides without ``dim``;
+    ``train_config`` a TrainConfig or a dict. A ``preset`` fills what they leave out.
+    Returns the store's PublishedVersion.
+    """
+    from model_store import ModelStore
+
+    if not hasattr(store, "publish"):
+        store = ModelStore(store)
+    ds_name = dataset if isinstance(dataset, str) else getattr(dataset, "name", "custom")
+    flow_overrides = (
+        flow_config.model_dump() if hasattr(flow_config, "model_dump") else dict(flow_config or {})
+    )
+    train_overrides = (
+        train_config.model_dump(exclude_unset=True)
+        if isinstance(train_config, TrainConfig)
+        else dict(train_config or {})
+    )
+    ds_resolved, flow_kw, cfg, preset_samples = build_configs(
+        preset=preset,
+        dataset=ds_name if isinstance(dataset, str) else None,
+        flow_overrides=flow_overrides,
+        train_overrides=train_overrides,
+    )
+    if isinstance(dataset, str):
+        ds_name = ds_resolved or dataset
+    splits = load_splits(
+        ds_name if isinstance(dataset, str) else dataset,
+        num_samples=num_samples or preset_samples,
+        seed=dataset_seed,
+        data_dir=data_dir,
+    )
+    result = train(
+        flow_kw,
+        splits,
+        cfg,
+        progress=progress,
+        should_stop=should_stop,
+        checkpoint_dir=checkpoint_dir,
+    )
+    plots = None
+    if make_plots:
+        from training.plots import make_plots as _make_plots
+
+        try:
+            plots = _make_plots(result.flow, splits.train, result.history)
+        except Exception:  # a figure must never lose a trained model
+            log.exception("plotting failed; publishing without plots")
+            plots = None
+    summary = training_summary(
+        result,
+        dataset_name=str(getattr(splits, "name", ds_name)),
+        dataset_sha256=str(getattr(splits, "sha256", "")),
+        job_id=job_id,
+        preset=preset,
+        num_train=len(splits.train),
+    )
+    return store.publish(
+        model_name, result.flow, training=summary, plots=plots, export_onnx=export_onnx
+    )

@@ -1,0 +1,240 @@
+"""Figures for a trained model, as PNG bytes for ``store.publish(plots=...)``.
+
+2-D models get the paper's Fig. 1 views (data, learned density, samples, the first block's
+convex potential, the mesh distorted by its gradient map, the encoding); every model gets a
+training curve; OT runs get transport cost against KL (Fig. 4).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+__all__ = [
+    "PNG_MAGIC",
+    "density_figure",
+    "make_plots",
+    "ot_figure",
+    "potential_figure",
+    "training_curve",
+]
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _bounds(data: np.ndarray, pad: float = 0.15) -> tuple[float, float, float, float]:
+    lo = np.quantile(data, 0.002, axis=0)
+    hi = np.quantile(data, 0.998, axis=0)
+    span = np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - pad * span, hi + pad * span
+    return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
+
+
+def _grid(bounds: tuple[float, float, float, float], n: int) -> tuple[np.ndarray, ...]:
+    xs = np.linspace(bounds[0], bounds[1], n)
+    ys = np.linspace(bounds[2], bounds[3], n)
+    gx, gy = np.meshgrid(xs, ys)
+    return gx, gy, np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+def _flow_tensor(flow: torch.nn.Module, arr: np.ndarray) -> torch.Tensor:
+    p = next(iter(flow.parameters()), None)
+    if p is None:
+        p = next(iter(flow.buffers()))
+    return torch.as_tensor(arr, dtype=p.dtype, device=p.device)
+
+
+def _log_prob_grid(flow: Any, pts: np.ndarray, batch: int = 4096) -> np.ndarray:
+    out = []
+    for s in range(0, len(pts), batch):
+        with torch.no_grad():
+            lp = flow.log_prob(_flow_tensor(flow, pts[s : s + batch]), method="exact")
+        out.append(lp.detach().double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def density_figure(
+    flow: Any, data: np.ndarray, *, n_samples: int = 2000, grid: int = 150, seed: int = 0
+) -> bytes:
+    """Data, learned density exp(log p) on a grid, and samples drawn from the flow (2-D)."""
+    data = np.asarray(data, dtype=np.float64)
+    bounds = _bounds(data)
+    gx, _, pts = _grid(bounds, grid)
+    density = np.exp(_log_prob_grid(flow, pts)).reshape(gx.shape)
+    gen = torch.Generator().manual_seed(seed)
+    samples, info = flow.sample(n_samples, generator=gen)
+    samples = samples.detach().double().cpu().numpy()
+    residual = float(info.residual.max()) if hasattr(info, "residual") else float("nan")
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    shown = data[: min(len(data), 5000)]
+    axes[0].hist2d(shown[:, 0], shown[:, 1], bins=100, range=[bounds[:2], bounds[2:]])
+    axes[0].set_title("data")
+    axes[1].imshow(density, origin="lower", extent=bounds, aspect="auto")
+    axes[1].set_title("learned density")
+    axes[2].hist2d(samples[:, 0], samples[:, 1], bins=100, range=[bounds[:2], bounds[2:]])
+    axes[2].set_title(f"samples (max residual {residual:.1e})")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _png(fig)
+
+
+def _first_block_view(
+    flow: Any,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Any] | None:
+    """(raw x -> the first block's input, the first block) when the flow exposes its layers."""
+    layers = getattr(flow, "layers", None)
+    stand = getattr(flow, "standardization", None)
+    if layers is None or stand is None:
+        return None
+    index = next((i for i, m in enumerate(layers) if hasattr(m, "potential")), None)
+    if index is None:
+        return None
+
+    def pre(x: torch.Tensor) -> torch.Tensor:
+        h = stand(x)
+        for layer in list(layers)[:index]:
+            h = layer(h)
+        return h
+
+    return pre, layers[index]
+
+
+def _block_potential(block: Any, u: torch.Tensor) -> torch.Tensor:
+    if hasattr(block, "potential"):
+        return block.potential(u)
+    raise AttributeError("block has no potential()")
+
+
+def _block_map(block: Any, u: torch.Tensor) -> torch.Tensor:
+    if hasattr(block, "gradient_map"):
+        return block.gradient_map(u)
+    return block(u)
+
+
+def potential_figure(flow: Any, data: np.ndarray, *, grid: int = 120, lines: int = 25) -> bytes:
+    """Fig. 1 (b-d): the first block's convex potential, the mesh its gradient map distorts,
+    and the encoding z = transform(x) of the data coloured by angle (2-D)."""
+    data = np.asarray(data, dtype=np.float64)
+    bounds = _bounds(data)
+    view = _first_block_view(flow)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+
+    if view is not None:
+        pre, block = view
+        gx, gy, pts = _grid(bounds, grid)
+        with torch.no_grad():
+            u = pre(_flow_tensor(flow, pts))
+            pot = _block_potential(block, u).detach().double().cpu().numpy().reshape(gx.shape)
+        axes[0].contour(gx, gy, pot, levels=25)
+        axes[0].set_title("potential F (first block)")
+
+        def mapped(pts_: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                out = _block_map(block, pre(_flow_tensor(flow, pts_)))
+            return out.detach().double().cpu().numpy()
+
+        mesh_title = "mesh under grad F (first block)"
+    else:
+        axes[0].text(0.5, 0.5, "potential not exposed by this flow", ha="center")
+
+        def mapped(pts_: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                out = flow.transform(_flow_tensor(flow, pts_))
+            return out.detach().double().cpu().numpy()
+
+        mesh_title = "mesh under the flow's transform"
+
+    t = np.linspace(0.0, 1.0, 200)
+    for k in np.linspace(0.0, 1.0, lines):
+        x0 = bounds[0] + k * (bounds[1] - bounds[0])
+        y0 = bounds[2] + k * (bounds[3] - bounds[2])
+        vert = np.stack([np.full_like(t, x0), bounds[2] + t * (bounds[3] - bounds[2])], 1)
+        horiz = np.stack([bounds[0] + t * (bounds[1] - bounds[0]), np.full_like(t, y0)], 1)
+        for line in (vert, horiz):
+            m = mapped(line)
+            axes[1].plot(m[:, 0], m[:, 1], lw=0.5, color="k")
+    axes[1].set_title(mesh_title)
+    axes[1].set_aspect("equal", adjustable="datalim")
+
+    shown = data[: min(len(data), 3000)]
+    with torch.no_grad():
+        z = flow.transform(_flow_tensor(flow, shown)).detach().double().cpu().numpy()
+    centred = shown - shown.mean(axis=0)
+    angle = np.arctan2(centred[:, 1], centred[:, 0])
+    axes[2].scatter(z[:, 0], z[:, 1], c=angle, s=2, cmap="hsv")
+    axes[2].set_title("encoding z = f(x)")
+    axes[2].set_aspect("equal", adjustable="datalim")
+    return _png(fig)
+
+
+def training_curve(history: Sequence[Mapping[str, Any]]) -> bytes:
+    """Validation NLL (real likelihood) and the surrogate loss (gradient proxy) per iteration."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    its = [h["iteration"] for h in history if h.get("val_nll") is not None]
+    val = [h["val_nll"] for h in history if h.get("val_nll") is not None]
+    err = [h.get("val_nll_stderr") or 0.0 for h in history if h.get("val_nll") is not None]
+    ax1.errorbar(its, val, yerr=err if any(err) else None, marker="o", ms=3)
+    ax1.set_xlabel("iteration")
+    ax1.set_ylabel("validation NLL (nats)")
+    ax1.set_title("validation NLL")
+    ax1.grid(alpha=0.3)
+    s_its = [h["iteration"] for h in history if h.get("surrogate") is not None]
+    sur = [h["surrogate"] for h in history if h.get("surrogate") is not None]
+    ax2.plot(s_its, sur, marker=".", color="tab:orange")
+    ax2.set_xlabel("iteration")
+    ax2.set_title("surrogate loss (not an NLL)")
+    ax2.grid(alpha=0.3)
+    return _png(fig)
+
+
+def ot_figure(
+    curves: Mapping[str, Sequence[tuple[float, float]]], optimum: float, *, title: str = ""
+) -> bytes:
+    """Fig. 4: transport cost E|x - f(x)|^2 against KL(p_data || p_model) per model."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    styles = ["-", "--", "-.", ":"]
+    max_kl = 0.0
+    for i, (label, pts) in enumerate(curves.items()):
+        arr = np.asarray(pts, dtype=float)
+        if arr.size == 0:
+            continue
+        max_kl = max(max_kl, float(np.nanmax(arr[:, 0])))
+        ax.plot(arr[:, 0], arr[:, 1], styles[i % 4], lw=2, marker=".", label=label)
+    ax.axhline(optimum, color="red", ls=":", lw=2, label="optimal $W_2^2$")
+    ax.set_xscale("symlog", linthresh=1e-2)
+    ax.set_xlabel(r"$D_{KL}(p\,\|\,q)$ (nats)")
+    ax.set_ylabel("transport cost")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if not math.isfinite(max_kl):
+        max_kl = 1.0
+    return _png(fig)
+
+
+def make_plots(flow: Any, train_data: np.ndarray, history: Sequence[Mapping[str, Any]]) -> dict:
+    """Every figure that applies to this model, keyed by file name."""
+    plots = {"training_curve.png": training_curve(history)}
+    if np.asarray(train_data).shape[1] == 2:
+        plots["density.png"] = density_figure(flow, train_data)
+        plots["potential.png"] = potential_figure(flow, train_data)
+    return plots
