@@ -1,0 +1,118 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` wires settings, the inference engine, middlewares, error handlers and
+the routers. /v1 routers are found by module name in :data:`V1_ROUTERS`: a module that is not
+there yet (jobs, datasets) is skipped, so new resources plug in by adding
+``service/routers/<name>.py`` exposing ``router`` (and optionally ``lifespan(app)``, an async
+context manager entered with the app's).
+
+Run it with ``cpflow-serve`` or ``uvicorn --factory service.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import ModuleType
+
+from fastapi import APIRouter, FastAPI, Security
+from fastapi.routing import APIRoute
+
+import cpflow
+from service.auth import ApiKeyMiddleware, bearer_scheme
+from service.engine import InferenceEngine
+from service.errors import install_error_handlers
+from service.logging import configure_logging
+from service.metrics import ServiceMetrics
+from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.routers import health
+from service.settings import Settings, get_settings
+
+__all__ = ["V1_ROUTERS", "create_app"]
+
+V1_ROUTERS = ("models", "inference", "datasets", "jobs")
+
+_DESCRIPTION = """\
+Convex Potential Flows over HTTP: log-densities (exact or stochastic Lanczos), samples by
+inverting the flow, and transport maps, from models trained into the cpflow model store.
+
+Errors always come as `{"error": {"code": "...", "message": "..."}}`. When the server has API
+keys (CPFLOW_API_KEYS), every /v1 route needs `Authorization: Bearer <key>`.
+"""
+
+
+def _unique_id(route: APIRoute) -> str:
+    tag = route.tags[0] if route.tags else "default"
+    return f"{tag}-{route.name}"
+
+
+def _load_router_modules() -> list[ModuleType]:
+    modules = []
+    for name in V1_ROUTERS:
+        qualified = f"service.routers.{name}"
+        try:
+            modules.append(importlib.import_module(qualified))
+        except ModuleNotFoundError as exc:
+            if exc.name != qualified:  # the module exists but one of its imports is missing
+                raise
+    return modules
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service app for ``settings`` (default: from the CPFLOW_* environment)."""
+    settings = settings if settings is not None else get_settings()
+    configure_logging(settings.log_level)
+    metrics = ServiceMetrics()
+    engine = InferenceEngine(settings, metrics)
+    modules = _load_router_modules()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        async with AsyncExitStack() as stack:
+            for module in modules:
+                hook = getattr(module, "lifespan", None)
+                if hook is not None:
+                    await stack.enter_async_context(hook(app))
+            try:
+                yield
+            finally:
+                engine.close()
+
+    app = FastAPI(
+        title="cpflow",
+        version=cpflow.__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=_unique_id,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.engine = engine
+    install_error_handlers(app)
+
+    app.include_router(health.router)
+    v1 = APIRouter(prefix="/v1", dependencies=[Security(bearer_scheme)])
+    for module in modules:
+        v1.include_router(module.router)
+    app.include_router(v1)
+    # Route templates for metrics labels, keyed by route object: recent FastAPI versions put the
+    # router's own (unprefixed) route in the ASGI scope.
+    templates = {id(r): getattr(r, "path", "") for r in health.router.routes}
+    for module in modules:
+        templates.update({id(r): "/v1" + getattr(r, "path", "") for r in module.router.routes})
+
+    def route_template(route: object) -> str:
+        return templates.get(id(route)) or getattr(route, "path", None) or "unmatched"
+
+    def body_limit(path: str) -> int:
+        if path.startswith("/v1/datasets"):
+            return settings.max_upload_bytes
+        return settings.max_body_bytes
+
+    # Added innermost first: RequestContext wraps everything, so 401/413 are logged and counted.
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, route_template=route_template)
+    return app

@@ -1,0 +1,49 @@
+"""Typed FastAPI dependencies shared by the routers (settings, engine, store, metrics).
+
+Everything hangs off ``app.state`` (set up by :func:`service.app.create_app`), so routers added
+later (jobs, datasets) reach the same objects with ``SettingsDep``, ``StoreDep`` and so on.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from model_store import ModelStore
+from service.engine import InferenceEngine
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+__all__ = [
+    "EngineDep",
+    "MetricsDep",
+    "SettingsDep",
+    "StoreDep",
+    "get_engine",
+    "get_metrics",
+    "get_settings_dep",
+    "get_store",
+]
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_engine(request: Request) -> InferenceEngine:
+    return request.app.state.engine
+
+
+def get_store(request: Request) -> ModelStore:
+    return request.app.state.engine.store
+
+
+def get_metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]

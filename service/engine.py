@@ -1,0 +1,394 @@
+"""The inference engine: models from the store, on the device, computed off the event loop.
+
+- Models load on first use (``ModelStore.load``) and stay in an LRU of ``model_cache_size``
+  versions. "latest" is re-resolved against the store at most every ``poll_interval_s``, so a
+  newly published version is served without a restart.
+- All torch work runs in a bounded thread pool (``inference_threads``) so the event loop keeps
+  answering /healthz while a long sampling request runs; store I/O uses a separate pool.
+- Exact log_prob and forward transport go through a per-model :class:`MicroBatcher`.
+- A version that fails to load (corrupt files) is remembered for a short while and reported,
+  without affecting other models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from model_store import ModelStore
+from service.batching import MicroBatcher
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+__all__ = [
+    "InferenceEngine",
+    "LogProbResult",
+    "SampleResult",
+    "ServedModel",
+    "TransportResult",
+    "resolve_device",
+]
+
+log = logging.getLogger("cpflow.engine")
+T = TypeVar("T")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as given (checked)."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"CPFLOW_DEVICE={spec} but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"CPFLOW_DEVICE={spec} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return device
+
+
+@dataclass
+class ServedModel:
+    """A loaded model version with its batchers."""
+
+    name: str
+    version: int
+    flow: Any
+    manifest: dict[str, Any]
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+    batchers: dict[str, MicroBatcher] = field(default_factory=dict)
+
+
+@dataclass
+class LogProbResult:
+    log_prob: torch.Tensor
+    stderr: torch.Tensor | None
+    method: str
+    seed: int | None
+
+
+@dataclass
+class SampleResult:
+    samples: torch.Tensor
+    max_residual: float | None
+    converged: bool
+    iterations: int | None
+    seed: int
+
+
+@dataclass
+class TransportResult:
+    outputs: torch.Tensor
+    max_residual: float | None
+    converged: bool | None
+
+
+def _dtype_of(flow: Any) -> torch.dtype:
+    name = getattr(getattr(flow, "config", None), "dtype", None)
+    if name in ("float32", "float64"):
+        return getattr(torch, name)
+    for p in flow.parameters():
+        return p.dtype
+    return torch.float32
+
+
+def _inverse_summary(info: Any) -> tuple[float | None, bool, int | None]:
+    residual = getattr(info, "residual", None)
+    converged = getattr(info, "converged", None)
+    iterations = getattr(info, "iterations", None)
+    max_res = None
+    if residual is not None and residual.numel() > 0:
+        max_res = float(residual.max())
+    ok = bool(converged.all()) if converged is not None else True
+    return max_res, ok, int(iterations) if iterations is not None else None
+
+
+class InferenceEngine:
+    """Serves models from a :class:`ModelStore` on one device."""
+
+    def __init__(
+        self, settings: Settings, metrics: ServiceMetrics, store: ModelStore | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store = store if store is not None else ModelStore(settings.store_dir)
+        self.device = resolve_device(settings.device)
+        self.threads = settings.resolved_inference_threads(self.device.type)
+        self.torch_threads = settings.resolved_torch_threads(self.device.type)
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="cpflow-infer")
+        self._io = ThreadPoolExecutor(2, thread_name_prefix="cpflow-store")
+        self._cache: OrderedDict[tuple[str, int], ServedModel] = OrderedDict()
+        self._loading: dict[tuple[str, int], asyncio.Task[ServedModel]] = {}
+        self._failures: dict[tuple[str, int], tuple[BaseException, float]] = {}
+        self._latest: dict[str, tuple[int, float]] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Apply the torch thread setting (process-wide) before any inference."""
+        torch.set_num_threads(self.torch_threads)
+        log.info(
+            "engine started",
+            extra={
+                "device": str(self.device),
+                "inference_threads": self.threads,
+                "torch_threads": self.torch_threads,
+                "store_dir": str(self.settings.store_dir),
+            },
+        )
+
+    def close(self) -> None:
+        """Stop the pools; running computations finish in the background."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the inference pool and await its result."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call in the I/O pool (never queued behind inference)."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, lambda: fn(*args))
+
+    # ---------------------------------------------------------------- models
+
+    def loaded(self) -> list[tuple[str, int]]:
+        """Keys (name, version) of the models in memory, least recently used first."""
+        return list(self._cache)
+
+    def is_loaded(self, name: str, version: int) -> bool:
+        return (name, version) in self._cache
+
+    async def resolve(self, name: str, version: int | None) -> int:
+        """The version to serve: the pinned one, or the store's latest (polled at most every
+        ``poll_interval_s``)."""
+        if version is not None:
+            return version
+        now = time.monotonic()
+        cached = self._latest.get(name)
+        if cached is not None and now - cached[1] < self.settings.poll_interval_s:
+            return cached[0]
+        latest = await self.io(self.store.resolve, name, "latest")
+        self._latest[name] = (int(latest), now)
+        return int(latest)
+
+    async def get(self, name: str, version: int | None = None) -> ServedModel:
+        """The served model for ``name`` at ``version`` (None: latest), loading it if needed."""
+        v = await self.resolve(name, version)
+        key = (name, v)
+        model = self._cache.get(key)
+        if model is not None:
+            self._cache.move_to_end(key)
+            return model
+        failure = self._failures.get(key)
+        if failure is not None:
+            if time.monotonic() - failure[1] < max(self.settings.poll_interval_s, 1.0):
+                raise failure[0]
+            del self._failures[key]
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(name, v))
+            self._loading[key] = task
+            task.add_done_callback(lambda _t, key=key: self._loading.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _load(self, name: str, version: int) -> ServedModel:
+        from model_store import CorruptModel, ModelNotFound
+
+        key = (name, version)
+        start = time.perf_counter()
+        try:
+            loaded = await self.io(self._load_sync, name, version)
+        except ModelNotFound:
+            self.metrics.model_loads.labels("not_found").inc()
+            raise
+        except CorruptModel as exc:
+            self.metrics.model_loads.labels("corrupt").inc()
+            self._failures[key] = (exc, time.monotonic())
+            log.error("model failed to load", extra={"model": name, "version": version,
+                                                     "error": str(exc)})  # fmt: skip
+            raise
+        except Exception as exc:
+            self.metrics.model_loads.labels("error").inc()
+            self._failures[key] = (exc, time.monotonic())
+            log.exception("model failed to load", extra={"model": name, "version": version})
+            raise
+        self.metrics.model_loads.labels("ok").inc()
+        model = self._serve(loaded)
+        self._cache[key] = model
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.settings.model_cache_size:
+            old, _ = self._cache.popitem(last=False)
+            log.info("model evicted", extra={"model": old[0], "version": old[1]})
+        self.metrics.loaded_models.set(len(self._cache))
+        log.info(
+            "model loaded",
+            extra={"model": name, "version": version, "dim": model.dim,
+                   "load_s": round(time.perf_counter() - start, 3)},
+        )  # fmt: skip
+        return model
+
+    def _load_sync(self, name: str, version: int) -> Any:
+        loaded = self.store.load(name, version, device=str(self.device))
+        loaded.flow.eval()
+        for p in loaded.flow.parameters():
+            p.requires_grad_(False)
+        return loaded
+
+    def _serve(self, loaded: Any) -> ServedModel:
+        flow = loaded.flow
+        model = ServedModel(
+            name=loaded.name,
+            version=int(loaded.version),
+            flow=flow,
+            manifest=loaded.manifest,
+            dim=int(flow.dim),
+            dtype=_dtype_of(flow),
+            device=self.device,
+        )
+        label = f"{model.name}@{model.version}"
+
+        def observer(op: str) -> Callable[[int, int], None]:
+            rows_h = self.metrics.batch_rows.labels(label, op)
+            reqs_h = self.metrics.batch_requests.labels(label, op)
+
+            def observe(rows: int, requests: int) -> None:
+                rows_h.observe(rows)
+                reqs_h.observe(requests)
+
+            return observe
+
+        device = self.device
+        max_rows = self.settings.max_coalesce_rows
+
+        def exact(x: torch.Tensor) -> torch.Tensor:
+            return flow.log_prob(x.to(device), method="exact").detach().cpu()
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return flow.transform(x.to(device)).detach().cpu()
+
+        model.batchers["log_prob_exact"] = MicroBatcher(
+            exact, self.run, max_rows, observer("log_prob")
+        )
+        model.batchers["forward"] = MicroBatcher(forward, self.run, max_rows, observer("forward"))
+        return model
+
+    # ---------------------------------------------------------------- operations
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    async def log_prob(
+        self,
+        model: ServedModel,
+        x: torch.Tensor,
+        method: str,
+        *,
+        probes: int | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
+    ) -> LogProbResult:
+        """log p(x) per row; ``method`` auto is resolved with ``exact_max_dim``."""
+        if method == "auto":
+            method = "exact" if model.dim <= self.settings.exact_max_dim else "slq"
+        label = model.name
+        self.metrics.rows.labels(label, "log_prob").inc(x.shape[0])
+        if method == "exact":
+            lp = await model.batchers["log_prob_exact"].submit(x)
+            return LogProbResult(lp, None, "exact", None)
+        seed = secrets.randbits(63) if seed is None else seed
+        flow, device = model.flow, self.device
+
+        def slq() -> tuple[torch.Tensor, torch.Tensor]:
+            lp, se = flow.log_prob(
+                x.to(device),
+                method="slq",
+                probes=probes,
+                steps=steps,
+                generator=self._generator(seed),
+                return_stderr=True,
+            )
+            return lp.detach().cpu(), (se.detach().cpu() if se is not None else None)
+
+        lp, se = await self.run(slq)
+        return LogProbResult(lp, se, "slq", seed)
+
+    async def sample(
+        self,
+        model: ServedModel,
+        n: int,
+        *,
+        seed: int | None = None,
+        tolerance: float | None = None,
+        max_iterations: int | None = None,
+    ) -> SampleResult:
+        """n samples in data units, drawn by inverting the flow on seeded normal draws."""
+        seed = secrets.randbits(63) if seed is None else seed
+        flow = model.flow
+
+        def draw() -> tuple[torch.Tensor, Any]:
+            x, info = flow.sample(
+                n, generator=self._generator(seed), tol=tolerance, max_iter=max_iterations
+            )
+            return x.detach().cpu(), info
+
+        x, info = await self.run(draw)
+        max_res, ok, iters = _inverse_summary(info)
+        self._observe_inversion(model, n, max_res, info, iters, "sample")
+        return SampleResult(x, max_res, ok, iters, seed)
+
+    async def transport(
+        self,
+        model: ServedModel,
+        x: torch.Tensor,
+        direction: str,
+        *,
+        tolerance: float | None = None,
+        max_iterations: int | None = None,
+    ) -> TransportResult:
+        """forward: x -> z = f(x); inverse: z -> x with its residual."""
+        if direction == "forward":
+            self.metrics.rows.labels(model.name, "transport_forward").inc(x.shape[0])
+            z = await model.batchers["forward"].submit(x)
+            return TransportResult(z, None, None)
+        flow, device = model.flow, self.device
+
+        def invert() -> tuple[torch.Tensor, Any]:
+            out, info = flow.inverse(x.to(device), tol=tolerance, max_iter=max_iterations)
+            return out.detach().cpu(), info
+
+        out, info = await self.run(invert)
+        max_res, ok, iters = _inverse_summary(info)
+        self._observe_inversion(model, x.shape[0], max_res, info, iters, "transport_inverse")
+        return TransportResult(out, max_res, ok)
+
+    def _observe_inversion(
+        self,
+        model: ServedModel,
+        rows: int,
+        max_res: float | None,
+        info: Any,
+        iters: int | None,
+        op: str,
+    ) -> None:
+        m = self.metrics
+        m.rows.labels(model.name, op).inc(rows)
+        if iters is not None:
+            m.inversion_iterations.labels(model.name).observe(iters)
+        if max_res is not None:
+            m.inversion_residual.labels(model.name).observe(max_res)
+        converged = getattr(info, "converged", None)
+        if converged is not None:
+            m.inversion_unconverged.labels(model.name).inc(int((~converged).sum()))

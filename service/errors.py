@@ -1,0 +1,206 @@
+"""The error envelope ``{"error": {"code", "message"}}`` and the handlers that produce it.
+
+Every failure the service returns, from a malformed body to a corrupted model, goes through
+:class:`ApiError` or one of the handlers here, so clients parse one shape only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = [
+    "ApiError",
+    "ErrorBody",
+    "ErrorResponse",
+    "error_payload",
+    "error_responses",
+    "install_error_handlers",
+]
+
+log = logging.getLogger("cpflow.service")
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a machine-readable code and a message saying what to fix."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+        self.details = details
+
+
+class ErrorBody(BaseModel):
+    """What went wrong: a stable machine code and a human message."""
+
+    code: str = Field(examples=["validation_error"])
+    message: str = Field(examples=["inputs row 3 has 5 values; model 'moons' expects 2"])
+    details: list[dict[str, Any]] | None = Field(
+        default=None, description="Per-field problems, for validation errors only."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The envelope of every error response."""
+
+    error: ErrorBody
+
+
+def error_payload(
+    code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The JSON body for an error."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return {"error": body}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries documenting the envelope for the given statuses."""
+    return {
+        s: {"model": ErrorResponse, "description": _STATUS_CODES.get(s, "error")} for s in statuses
+    }
+
+
+def _loc_text(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) if parts else "body"
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str, int]:
+    """Turn pydantic errors into (code, message, status) a caller can act on."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx") or {}
+        pos = first.get("loc", ("body", "?"))[-1]
+        return (
+            "malformed_json",
+            f"request body is not valid JSON ({ctx.get('error', 'decode error')} at char {pos})",
+            400,
+        )
+    shown = []
+    for err in errors[:5]:
+        loc = _loc_text(err.get("loc", ()))
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field; remove it"
+        elif err.get("type") == "finite_number":
+            msg = "must be a finite number (no NaN or Infinity)"
+        shown.append(f"{loc}: {msg}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "validation_error", "; ".join(shown) + more, 422
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception type the app can raise into the envelope."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(
+            error_payload(exc.code, exc.message, exc.details),
+            status_code=exc.status,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        code, message, status = _validation_message(errors)
+        details = [
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": e.get("msg", ""),
+                "type": e.get("type", ""),
+            }
+            for e in errors[:20]
+        ]
+        return JSONResponse(error_payload(code, message, details), status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such route; see /docs for the API"
+        elif exc.status_code == 405:
+            message = "method not allowed on this route; see /docs for the API"
+        return JSONResponse(
+            error_payload(code, message),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    _install_store_handlers(app)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_payload("internal_error", f"internal error ({type(exc).__name__}); see logs"),
+            status_code=500,
+        )
+
+
+def _install_store_handlers(app: FastAPI) -> None:
+    """Model-store errors: missing things are 404, bad names 422, damaged files 503."""
+    from model_store import (
+        CorruptDataset,
+        CorruptModel,
+        DatasetNotFound,
+        InvalidDataset,
+        InvalidName,
+        ModelNotFound,
+        StoreError,
+    )
+
+    mapping: list[tuple[type[Exception], int, str]] = [
+        (ModelNotFound, 404, "model_not_found"),
+        (DatasetNotFound, 404, "dataset_not_found"),
+        (InvalidName, 422, "invalid_name"),
+        (InvalidDataset, 422, "invalid_dataset"),
+        (CorruptModel, 503, "model_corrupt"),
+        (CorruptDataset, 503, "dataset_corrupt"),
+        (StoreError, 503, "store_error"),
+    ]
+    for exc_type, status, code in mapping:
+
+        async def _handler(
+            _: Request, exc: Exception, status: int = status, code: str = code
+        ) -> JSONResponse:
+            return JSONResponse(error_payload(code, str(exc)), status_code=status)
+
+        app.add_exception_handler(exc_type, _handler)

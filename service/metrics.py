@@ -1,0 +1,96 @@
+"""Prometheus metrics of the service, kept in a registry owned by each app instance.
+
+A registry per app (not the global default) lets tests build many apps in one process. With
+``--workers > 1`` each worker process reports its own series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class ServiceMetrics:
+    """All series the service exports; one instance per app."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "cpflow_http_requests",
+            "HTTP requests handled, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "cpflow_http_request_duration_seconds",
+            "HTTP request latency by route template and model.",
+            ["route", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rows = Counter(
+            "cpflow_rows_scored",
+            "Input rows processed (log_prob, transport) or samples drawn, by model and operation.",
+            ["model", "operation"],
+            registry=r,
+        )
+        self.inversion_iterations = Histogram(
+            "cpflow_inversion_iterations",
+            "Solver iterations of one inversion call (sample, transport inverse).",
+            ["model"],
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000),
+            registry=r,
+        )
+        self.inversion_residual = Histogram(
+            "cpflow_inversion_max_residual",
+            "Largest residual max|f(x)-z| of one inversion call.",
+            ["model"],
+            buckets=(1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+            registry=r,
+        )
+        self.inversion_unconverged = Counter(
+            "cpflow_inversion_unconverged_rows",
+            "Rows whose inversion did not reach the tolerance.",
+            ["model"],
+            registry=r,
+        )
+        self.loaded_models = Gauge(
+            "cpflow_loaded_models", "Model versions held in memory.", registry=r
+        )
+        self.model_loads = Counter(
+            "cpflow_model_loads",
+            "Model loads from the store, by outcome (ok, not_found, corrupt, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "cpflow_microbatch_rows",
+            "Rows per coalesced forward pass of the micro-batcher.",
+            ["model", "operation"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "cpflow_microbatch_requests",
+            "Requests merged into one forward pass by the micro-batcher.",
+            ["model", "operation"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every series."""
+        return generate_latest(self.registry)

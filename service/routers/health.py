@@ -1,0 +1,80 @@
+"""Operational routes: liveness, readiness and Prometheus metrics (never behind auth)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from service.deps import EngineDep, MetricsDep, SettingsDep
+from service.metrics import CONTENT_TYPE_LATEST
+from service.schemas import HealthResponse, ReadyResponse
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers", response_model=HealthResponse)
+async def healthz() -> HealthResponse:
+    """Answers from the event loop without touching models, so it stays fast under load."""
+    return HealthResponse(status="ok")
+
+
+def _ping_redis(url: str) -> dict[str, Any]:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return {"ok": True, "error": None}
+    except Exception as exc:  # noqa: BLE001 - any failure is reported, never raised
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the model store is readable (Redis reported, not required)",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "store not readable"}},
+)
+async def readyz(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
+    """503 when the store cannot be listed; Redis being down only shows in ``redis``."""
+    store: dict[str, Any] = {"ok": True, "path": str(settings.store_dir), "models": 0,
+                             "error": None}  # fmt: skip
+
+    def list_store() -> int:
+        if not settings.store_dir.is_dir():
+            raise FileNotFoundError(f"store directory {settings.store_dir} does not exist")
+        return len(engine.store.names())
+
+    redis_task = asyncio.create_task(asyncio.to_thread(_ping_redis, settings.redis_url))
+    try:
+        store["models"] = await engine.io(list_store)
+    except Exception as exc:  # noqa: BLE001 - reported in the body
+        store.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+    redis_status = await redis_task
+    body = ReadyResponse(
+        status="ready" if store["ok"] else "unavailable",
+        device=str(engine.device),
+        store=store,
+        redis=redis_status,
+        loaded_models=len(engine.loaded()),
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if store["ok"] else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"example": "cpflow_loaded_models 1.0\n"}}}},
+)
+async def metrics(metrics: MetricsDep) -> Response:
+    """Requests, latency by route and model, rows scored, inversion figures, loaded models."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

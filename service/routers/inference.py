@@ -1,0 +1,298 @@
+"""Inference routes: log_prob, sample and transport, for the latest or a pinned version."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from fastapi import APIRouter, Depends, Request
+
+from service.deps import EngineDep, SettingsDep
+from service.engine import InferenceEngine, ServedModel
+from service.errors import ApiError, error_responses
+from service.routers.models import ModelName, VersionNumber
+from service.schemas import (
+    LogProbRequest,
+    LogProbResponse,
+    SampleRequest,
+    SampleResponse,
+    TransportRequest,
+    TransportResponse,
+)
+from service.settings import Settings
+
+__all__ = ["require_json", "router", "rows_to_tensor"]
+
+_DTYPE_MAX = {torch.float32: "3.4e38", torch.float64: "1.8e308"}
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared as JSON (``application/json`` or ``*+json``)."""
+    ctype = request.headers.get("content-type", "")
+    main = ctype.split(";", 1)[0].strip().lower()
+    if main != "application/json" and not (
+        main.startswith("application/") and main.endswith("+json")
+    ):
+        shown = main or "none"
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the body as JSON with 'Content-Type: application/json' (got {shown})",
+        )
+
+
+router = APIRouter(prefix="/models", tags=["inference"], dependencies=[Depends(require_json)])
+_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 503)
+
+
+def check_row_count(rows: list[list[float]], settings: Settings) -> None:
+    if len(rows) > settings.max_batch:
+        raise ApiError(
+            422,
+            "too_many_rows",
+            f"inputs has {len(rows)} rows; at most {settings.max_batch} per request "
+            "(CPFLOW_MAX_BATCH): split the batch",
+        )
+
+
+def rows_to_tensor(rows: list[list[float]], model: ServedModel) -> torch.Tensor:
+    """Check every row has the model's dimension and fits its dtype; return an (n, d) tensor."""
+    dim = model.dim
+    for i, row in enumerate(rows):
+        if len(row) != dim:
+            raise ApiError(
+                422,
+                "wrong_dimension",
+                f"inputs row {i} has {len(row)} values; model {model.name!r} version "
+                f"{model.version} expects {dim} per row",
+            )
+    x = torch.tensor(rows, dtype=model.dtype)
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        i, j = (int(v) for v in (~finite).nonzero()[0])
+        limit = _DTYPE_MAX.get(model.dtype, "the dtype's range")
+        raise ApiError(
+            422,
+            "value_out_of_range",
+            f"inputs[{i}][{j}] = {rows[i][j]!r} overflows to infinity in "
+            f"{str(model.dtype).removeprefix('torch.')} (largest magnitude about {limit}): "
+            "rescale the data",
+        )
+    return x
+
+
+def _floats(t: torch.Tensor) -> list[Any]:
+    """A tensor as nested lists, non-finite entries (overflow) as None (JSON null)."""
+    values = t.tolist()
+    if bool(torch.isfinite(t).all()):
+        return values
+    if t.dim() == 1:
+        return [v if math.isfinite(v) else None for v in values]
+    return [[v if math.isfinite(v) else None for v in row] for row in values]
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+async def _model(
+    engine: InferenceEngine, request: Request, name: str, version: int | None
+) -> ServedModel:
+    model = await engine.get(name, version)
+    request.state.metric_model = model.name  # only known names: bounded label cardinality
+    return model
+
+
+# ------------------------------------------------------------------------ log_prob
+
+
+async def _log_prob(
+    name: str, version: int | None, body: LogProbRequest, engine: InferenceEngine,
+    settings: Settings, request: Request,
+) -> LogProbResponse:  # fmt: skip
+    check_row_count(body.inputs, settings)
+    model = await _model(engine, request, name, version)
+    x = rows_to_tensor(body.inputs, model)
+    slq = body.slq
+    result = await engine.log_prob(
+        model,
+        x,
+        body.method,
+        probes=slq.probes if slq else None,
+        steps=slq.steps if slq else None,
+        seed=body.seed,
+    )
+    return LogProbResponse(
+        model=model.name,
+        version=model.version,
+        method=result.method,
+        log_prob=_floats(result.log_prob),
+        stderr=_floats(result.stderr) if result.stderr is not None else None,
+        seed=result.seed,
+    )
+
+
+_LOG_PROB_DOC = (
+    "log p(x) of each row under the model's density, in the units of the data sent. "
+    "`exact` builds each block's Hessian and takes a Cholesky log-det; `slq` estimates it by "
+    "stochastic Lanczos quadrature and returns a standard error per row (repeatable with "
+    "`seed`); `auto` is exact up to CPFLOW_EXACT_MAX_DIM dimensions. Concurrent exact "
+    "requests to one model are computed together in one batch."
+)
+
+
+@router.post(
+    "/{name}/log_prob",
+    summary="Log-density of rows (latest version)",
+    description=_LOG_PROB_DOC,
+    response_model=LogProbResponse,
+    responses=_ERRORS,
+)
+async def log_prob(
+    name: ModelName, body: LogProbRequest, engine: EngineDep, settings: SettingsDep,
+    request: Request,
+) -> LogProbResponse:  # fmt: skip
+    return await _log_prob(name, None, body, engine, settings, request)
+
+
+@router.post(
+    "/{name}/versions/{version}/log_prob",
+    summary="Log-density of rows (pinned version)",
+    description=_LOG_PROB_DOC,
+    response_model=LogProbResponse,
+    responses=_ERRORS,
+)
+async def log_prob_version(
+    name: ModelName, version: VersionNumber, body: LogProbRequest, engine: EngineDep,
+    settings: SettingsDep, request: Request,
+) -> LogProbResponse:  # fmt: skip
+    return await _log_prob(name, version, body, engine, settings, request)
+
+
+# ------------------------------------------------------------------------ sample
+
+
+async def _sample(
+    name: str, version: int | None, body: SampleRequest, engine: InferenceEngine,
+    settings: Settings, request: Request,
+) -> SampleResponse:  # fmt: skip
+    if body.num_samples > settings.max_samples:
+        raise ApiError(
+            422,
+            "too_many_samples",
+            f"num_samples is {body.num_samples}; at most {settings.max_samples} per request "
+            "(CPFLOW_MAX_SAMPLES)",
+        )
+    model = await _model(engine, request, name, version)
+    result = await engine.sample(
+        model,
+        body.num_samples,
+        seed=body.seed,
+        tolerance=body.tolerance,
+        max_iterations=body.max_iterations,
+    )
+    return SampleResponse(
+        model=model.name,
+        version=model.version,
+        samples=_floats(result.samples),
+        max_residual=_finite_or_none(result.max_residual),
+        converged=result.converged,
+        seed=result.seed,
+    )
+
+
+_SAMPLE_DOC = (
+    "Draws standard-normal z (seeded: same seed, same samples on the same device) and inverts "
+    "the flow block by block with batched L-BFGS. `max_residual` is the largest "
+    "max|f(x) - z| reached and `converged` says whether every sample met `tolerance`."
+)
+
+
+@router.post(
+    "/{name}/sample",
+    summary="Draw samples (latest version)",
+    description=_SAMPLE_DOC,
+    response_model=SampleResponse,
+    responses=_ERRORS,
+)
+async def sample(
+    name: ModelName, body: SampleRequest, engine: EngineDep, settings: SettingsDep,
+    request: Request,
+) -> SampleResponse:  # fmt: skip
+    return await _sample(name, None, body, engine, settings, request)
+
+
+@router.post(
+    "/{name}/versions/{version}/sample",
+    summary="Draw samples (pinned version)",
+    description=_SAMPLE_DOC,
+    response_model=SampleResponse,
+    responses=_ERRORS,
+)
+async def sample_version(
+    name: ModelName, version: VersionNumber, body: SampleRequest, engine: EngineDep,
+    settings: SettingsDep, request: Request,
+) -> SampleResponse:  # fmt: skip
+    return await _sample(name, version, body, engine, settings, request)
+
+
+# ------------------------------------------------------------------------ transport
+
+
+async def _transport(
+    name: str, version: int | None, body: TransportRequest, engine: InferenceEngine,
+    settings: Settings, request: Request,
+) -> TransportResponse:  # fmt: skip
+    check_row_count(body.inputs, settings)
+    model = await _model(engine, request, name, version)
+    x = rows_to_tensor(body.inputs, model)
+    result = await engine.transport(
+        model,
+        x,
+        body.direction,
+        tolerance=body.tolerance,
+        max_iterations=body.max_iterations,
+    )
+    return TransportResponse(
+        model=model.name,
+        version=model.version,
+        direction=body.direction,
+        outputs=_floats(result.outputs),
+        max_residual=_finite_or_none(result.max_residual),
+        converged=result.converged,
+    )
+
+
+_TRANSPORT_DOC = (
+    "forward maps data x to the base space z = f(x) (the flow's transport map; for one block "
+    "the Brenier optimal-transport map); inverse solves f(x) = z and reports the residual."
+)
+
+
+@router.post(
+    "/{name}/transport",
+    summary="Transport rows forward (x -> z) or inverse (z -> x) (latest version)",
+    description=_TRANSPORT_DOC,
+    response_model=TransportResponse,
+    responses=_ERRORS,
+)
+async def transport(
+    name: ModelName, body: TransportRequest, engine: EngineDep, settings: SettingsDep,
+    request: Request,
+) -> TransportResponse:  # fmt: skip
+    return await _transport(name, None, body, engine, settings, request)
+
+
+@router.post(
+    "/{name}/versions/{version}/transport",
+    summary="Transport rows forward or inverse (pinned version)",
+    description=_TRANSPORT_DOC,
+    response_model=TransportResponse,
+    responses=_ERRORS,
+)
+async def transport_version(
+    name: ModelName, version: VersionNumber, body: TransportRequest, engine: EngineDep,
+    settings: SettingsDep, request: Request,
+) -> TransportResponse:  # fmt: skip
+    return await _transport(name, version, body, engine, settings, request)

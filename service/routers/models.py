@@ -1,0 +1,136 @@
+"""Model catalogue: list models, describe a version, serve its plots."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import FileResponse
+
+from service.deps import EngineDep
+from service.errors import error_responses
+from service.schemas import ModelDetail, ModelsResponse, ModelSummary
+
+__all__ = ["ModelName", "VersionNumber", "router"]
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+ModelName = Annotated[
+    str, Path(description="Model name, as published to the store.", examples=["moons"])
+]
+VersionNumber = Annotated[
+    int, Path(ge=1, le=2**31, description="A published version number.", examples=[1])
+]
+
+
+def plot_urls(name: str, version: int, manifest: dict[str, Any]) -> dict[str, str]:
+    """File name -> URL of each plot stored with a version."""
+    plots = manifest.get("plots") or []
+    names = list(plots) if isinstance(plots, list | dict) else []
+    return {str(p): f"/v1/models/{name}/versions/{version}/plots/{p}" for p in names}
+
+
+def _metrics_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    training = manifest.get("training") or {}
+    return training.get("metrics") if isinstance(training, dict) else None
+
+
+@router.get(
+    "",
+    summary="List models (latest version of each)",
+    response_model=ModelsResponse,
+    responses=error_responses(401),
+)
+async def list_models(engine: EngineDep) -> ModelsResponse:
+    """Every model in the store with its latest version, dimension and test metrics."""
+    rows = await engine.io(engine.store.list_models)
+    models = [ModelSummary(**{k: row.get(k) for k in ModelSummary.model_fields}) for row in rows]
+    return ModelsResponse(models=models, count=len(models))
+
+
+async def _detail(engine: Any, name: str, version: int | None) -> ModelDetail:
+    versions = await engine.io(engine.store.versions, name)
+    number = await engine.io(engine.store.resolve, name, "latest" if version is None else version)
+    manifest = await engine.io(engine.store.manifest, name, number)
+    return ModelDetail(
+        name=name,
+        version=number,
+        latest_version=versions[-1] if versions else number,
+        versions=versions,
+        dim=int(manifest.get("dim", 0)),
+        created_at=manifest.get("created_at"),
+        library_version=manifest.get("library_version"),
+        flow_config=manifest.get("flow_config") or {},
+        standardization=manifest.get("standardization"),
+        training=manifest.get("training"),
+        metrics=_metrics_of(manifest),
+        plots=plot_urls(name, number, manifest),
+        onnx=manifest.get("onnx"),
+        loaded=engine.is_loaded(name, number),
+    )
+
+
+@router.get(
+    "/{name}",
+    summary="Describe a model (latest version): manifest summary, versions, plot URLs",
+    response_model=ModelDetail,
+    responses=error_responses(401, 404, 503),
+)
+async def get_model(name: ModelName, engine: EngineDep, request: Request) -> ModelDetail:
+    """The latest version's manifest summary, every published version, metrics and plots."""
+    detail = await _detail(engine, name, None)
+    request.state.metric_model = name
+    return detail
+
+
+@router.get(
+    "/{name}/versions/{version}",
+    summary="Describe one version of a model",
+    response_model=ModelDetail,
+    responses=error_responses(401, 404, 503),
+)
+async def get_model_version(
+    name: ModelName, version: VersionNumber, engine: EngineDep, request: Request
+) -> ModelDetail:
+    """The pinned version's manifest summary, every published version, metrics and plots."""
+    detail = await _detail(engine, name, version)
+    request.state.metric_model = name
+    return detail
+
+
+_PNG = {200: {"content": {"image/png": {}}, "description": "The PNG image."}}
+
+
+async def _plot(engine: Any, name: str, version: int | str, file: str) -> FileResponse:
+    path = await engine.io(engine.store.plot_path, name, version, file)
+    if not path.is_file():
+        from model_store import CorruptModel
+
+        number = await engine.io(engine.store.resolve, name, version)
+        raise CorruptModel(name, number, f"plots/{file}", "is missing")
+    media = "image/png" if file.lower().endswith(".png") else None
+    return FileResponse(path, media_type=media)
+
+
+@router.get(
+    "/{name}/plots/{file}",
+    summary="A plot of the latest version (PNG)",
+    response_class=FileResponse,
+    responses={**_PNG, **error_responses(401, 404, 503)},
+)
+async def get_plot(name: ModelName, file: str, engine: EngineDep) -> FileResponse:
+    """A plot stored with the latest version (density, samples, transport...)."""
+    return await _plot(engine, name, "latest", file)
+
+
+@router.get(
+    "/{name}/versions/{version}/plots/{file}",
+    summary="A plot of one version (PNG)",
+    response_class=FileResponse,
+    responses={**_PNG, **error_responses(401, 404, 503)},
+)
+async def get_version_plot(
+    name: ModelName, version: VersionNumber, file: str, engine: EngineDep
+) -> FileResponse:
+    """A plot stored with a pinned version."""
+    return await _plot(engine, name, version, file)

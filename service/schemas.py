@@ -1,0 +1,285 @@
+"""Request and response bodies of the v1 API (pydantic), with the examples /docs shows.
+
+Request models forbid unknown fields so a typo ("num_sample") is a 422, not a silently
+ignored option. Numbers are strict: strings, booleans, nested lists, NaN and Infinity are
+rejected by validation; limits that depend on settings or on the model (row count,
+dimension, float32 range) are checked by the routes, which know them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+__all__ = [
+    "HealthResponse",
+    "InputRows",
+    "LogProbRequest",
+    "LogProbResponse",
+    "ModelDetail",
+    "ModelSummary",
+    "ModelsResponse",
+    "ReadyResponse",
+    "SampleRequest",
+    "SampleResponse",
+    "SlqOptions",
+    "TransportRequest",
+    "TransportResponse",
+    "VersionSummary",
+]
+
+# StrictFloat accepts JSON integers and floats but not strings or booleans; allow_inf_nan=False
+# keeps NaN/Infinity out (the JSON parser accepts them as an extension).
+Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+InputRows = Annotated[
+    list[list[Number]],
+    Field(
+        min_length=1,
+        description="Rows of raw (unstandardised) data, each a list of `dim` finite numbers.",
+    ),
+]
+Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SlqOptions(_Request):
+    """Stochastic Lanczos quadrature settings (defaults come from the model's config)."""
+
+    probes: StrictInt | None = Field(
+        default=None, ge=1, le=1024, description="Random probe vectors per row."
+    )
+    steps: StrictInt | None = Field(default=None, ge=1, le=512, description="Lanczos steps.")
+
+
+class LogProbRequest(_Request):
+    """Score rows under the model's density."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"inputs": [[0.5, -1.2], [1.0, 0.3]], "method": "exact"},
+                {"inputs": [[0.5, -1.2]], "method": "slq", "slq": {"probes": 8, "steps": 20},
+                 "seed": 7},
+            ]
+        },
+    )  # fmt: skip
+
+    inputs: InputRows
+    method: Literal["exact", "slq", "auto"] = Field(
+        default="auto",
+        description="exact: Cholesky log-det of each Hessian; slq: stochastic Lanczos estimate "
+        "with a standard error per row; auto: exact up to CPFLOW_EXACT_MAX_DIM dimensions.",
+    )
+    slq: SlqOptions | None = Field(default=None, description="SLQ settings (method slq/auto).")
+    seed: Seed | None = Field(
+        default=None, description="Seed of the SLQ probes; same seed, same estimate."
+    )
+
+
+class LogProbResponse(BaseModel):
+    """log p(x) per row, in the units of the data sent."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "moons", "version": 3, "method": "exact",
+                 "log_prob": [-1.93, -2.41], "stderr": None},
+            ]
+        }
+    )  # fmt: skip
+
+    model: str
+    version: int
+    method: Literal["exact", "slq"] = Field(description="The method actually used.")
+    log_prob: list[float | None] = Field(
+        description="Natural-log density per row; null where it overflows (extreme inputs)."
+    )
+    stderr: list[float | None] | None = Field(
+        description="Standard error of each SLQ estimate; null for exact."
+    )
+    seed: int | None = Field(default=None, description="Seed the SLQ probes used.")
+
+
+class SampleRequest(_Request):
+    """Draw samples by inverting the flow on standard-normal draws."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"num_samples": 16, "seed": 0, "tolerance": 1e-5}]},
+    )
+
+    num_samples: StrictInt = Field(
+        ge=1, description="How many samples (at most CPFLOW_MAX_SAMPLES)."
+    )
+    seed: Seed | None = Field(default=None, description="Same seed, same samples.")
+    tolerance: Number | None = Field(
+        default=None, gt=0, le=1.0, description="Stop when max|f(x) - z| is below this."
+    )
+    max_iterations: StrictInt | None = Field(
+        default=None, ge=1, le=100_000, description="Most solver iterations per block."
+    )
+
+
+class SampleResponse(BaseModel):
+    """Samples in the data's units, with how exactly they invert the flow."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "moons", "version": 3, "samples": [[0.41, -0.22], [1.73, 0.05]],
+                 "max_residual": 3.1e-6, "converged": True, "seed": 0},
+            ]
+        }
+    )  # fmt: skip
+
+    model: str
+    version: int
+    samples: list[list[float | None]]
+    max_residual: float | None = Field(description="Largest max|f(x) - z| over the samples.")
+    converged: bool = Field(description="Whether every sample reached the tolerance.")
+    seed: int = Field(description="The seed used (random when none was sent).")
+
+
+class TransportRequest(_Request):
+    """Map rows through the flow: forward x -> z (data to base), inverse z -> x."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"inputs": [[0.5, -1.2]], "direction": "forward"},
+                {"inputs": [[0.1, 0.7]], "direction": "inverse", "tolerance": 1e-6},
+            ]
+        },
+    )
+
+    inputs: InputRows
+    direction: Literal["forward", "inverse"] = Field(default="forward")
+    tolerance: Number | None = Field(
+        default=None, gt=0, le=1.0, description="Inverse only: stop below this residual."
+    )
+    max_iterations: StrictInt | None = Field(
+        default=None, ge=1, le=100_000, description="Inverse only: most iterations per block."
+    )
+
+
+class TransportResponse(BaseModel):
+    """Mapped rows; the inverse also reports how exactly it solved."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "moons", "version": 3, "direction": "forward",
+                 "outputs": [[0.12, -0.93]], "max_residual": None, "converged": None},
+            ]
+        }
+    )  # fmt: skip
+
+    model: str
+    version: int
+    direction: Literal["forward", "inverse"]
+    outputs: list[list[float | None]]
+    max_residual: float | None = Field(description="Inverse: largest max|f(x) - z|; else null.")
+    converged: bool | None = Field(default=None, description="Inverse: all rows converged.")
+
+
+class VersionSummary(BaseModel):
+    """One stored version."""
+
+    version: int
+    created_at: str | None = None
+    metrics: dict[str, Any] | None = None
+    plots: dict[str, str] = Field(default_factory=dict, description="Plot file name -> URL.")
+
+
+class ModelSummary(BaseModel):
+    """A model's latest version, as listed by GET /v1/models."""
+
+    name: str
+    version: int
+    dim: int
+    created_at: str | None = None
+    metrics: dict[str, Any] | None = None
+
+
+class ModelsResponse(BaseModel):
+    """Every model in the store."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"models": [{"name": "moons", "version": 3, "dim": 2,
+                             "created_at": "2026-11-28T12:00:00Z",
+                             "metrics": {"test_nll": 1.52}}], "count": 1},
+            ]
+        }
+    )  # fmt: skip
+
+    models: list[ModelSummary]
+    count: int
+
+
+class ModelDetail(BaseModel):
+    """Manifest summary of one version plus the list of versions."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "moons", "version": 3, "latest_version": 3, "versions": [1, 2, 3],
+                 "dim": 2, "created_at": "2026-11-28T12:00:00Z", "library_version": "0.1.0",
+                 "flow_config": {"dim": 2, "blocks": 5, "hidden": 32},
+                 "training": {"dataset": "two_moons", "metrics": {"test_nll": 1.52}},
+                 "metrics": {"test_nll": 1.52},
+                 "plots": {"density.png": "/v1/models/moons/versions/3/plots/density.png"},
+                 "onnx": None, "loaded": True},
+            ]
+        }
+    )  # fmt: skip
+
+    name: str
+    version: int
+    latest_version: int
+    versions: list[int]
+    dim: int
+    created_at: str | None = None
+    library_version: str | None = None
+    flow_config: dict[str, Any]
+    standardization: Any = None
+    training: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    plots: dict[str, str] = Field(default_factory=dict, description="Plot file name -> URL.")
+    onnx: Any = None
+    loaded: bool = Field(description="Whether this version is in the server's memory now.")
+
+
+class HealthResponse(BaseModel):
+    """Liveness."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    """Readiness: the store is readable; Redis is reported, not required."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ready", "device": "cpu",
+                 "store": {"ok": True, "path": "/data/store", "models": 2, "error": None},
+                 "redis": {"ok": False, "error": "Connection refused"}, "loaded_models": 1},
+            ]
+        }
+    )  # fmt: skip
+
+    status: Literal["ready", "unavailable"]
+    device: str
+    store: dict[str, Any]
+    redis: dict[str, Any]
+    loaded_models: int

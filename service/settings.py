@@ -1,0 +1,148 @@
+"""Service settings, read from ``CPFLOW_*`` environment variables by pydantic-settings.
+
+Use :func:`get_settings` (cached) rather than a module-level instance, so importing the app
+never needs a full environment and tests can build their own :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class Settings(BaseSettings):
+    """Everything the HTTP service (and its job routes) can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CPFLOW_", env_ignore_empty=True, extra="ignore", frozen=True
+    )
+
+    store_dir: Path = Field(
+        default=Path("./var/store"),
+        description="Root directory of the model store (manifests, weights, plots, datasets).",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL for the training-job queue; /readyz reports whether it answers.",
+    )
+    device: str = Field(
+        default="auto",
+        description="Inference device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.",
+    )
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        repr=False,
+        description="Comma-separated API keys. Unset or empty: no auth. Set: every /v1 route "
+        "needs 'Authorization: Bearer <key>'; /healthz, /readyz and /metrics stay open.",
+    )
+    max_batch: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most input rows one log_prob/transport request may send.",
+    )
+    max_samples: int = Field(
+        default=10_000, ge=1, description="Most samples one /sample request may ask for."
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSON request body in bytes; larger bodies get 413.",
+    )
+    max_upload_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Largest dataset upload (multipart body under /v1/datasets) in bytes.",
+    )
+    exact_max_dim: int = Field(
+        default=64,
+        ge=1,
+        description="log_prob method=auto uses the exact Hessian log-det up to this dimension, "
+        "stochastic Lanczos quadrature (SLQ) above it.",
+    )
+    model_cache_size: int = Field(
+        default=8, ge=1, description="How many loaded model versions stay in memory (LRU)."
+    )
+    poll_interval_s: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="Least time between two store look-ups of a model's latest version; a newly "
+        "published version is served at most this long after it appears.",
+    )
+    inference_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Threads running inference off the event loop. Default: min(4, CPU cores) "
+        "on CPU, 2 on CUDA.",
+    )
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op threads (torch.set_num_threads). Default: CPU cores divided "
+        "by inference_threads, at least 1, so the pool does not oversubscribe the cores.",
+    )
+    max_coalesce_rows: int = Field(
+        default=4096,
+        ge=1,
+        description="Most rows the per-model micro-batcher merges from concurrent small "
+        "requests into one forward pass.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Level of the structured JSON logs."
+    )
+    job_timeout_s: int = Field(
+        default=24 * 3600, ge=1, description="Wall-clock limit of one training job (RQ timeout)."
+    )
+    job_retention_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        description="How long finished training jobs and their results stay visible.",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE_RE.match(value):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def resolved_inference_threads(self, device_type: str) -> int:
+        """Inference pool size: the setting, or a default sized to the device."""
+        if self.inference_threads is not None:
+            return self.inference_threads
+        return 2 if device_type == "cuda" else max(1, min(4, os.cpu_count() or 1))
+
+    def resolved_torch_threads(self, device_type: str) -> int:
+        """torch intra-op thread count: the setting, or cores per inference thread."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        cores = os.cpu_count() or 1
+        return max(1, cores // self.resolved_inference_threads(device_type))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
