@@ -299,9 +299,11 @@ class JobQueue:
             self.connection.hset(key, "cancel_requested", "1")
             if raw["status"] == JobStatus.QUEUED:
                 try:
-                    Job.fetch(
+                    rq_job = Job.fetch(
                         job_id, connection=self.connection, serializer=JSONSerializer
-                    ).cancel()
+                    )
+                    rq_job.cancel()
+                    self.connection.expire(rq_job.key, self.retention_s)  # RQ keeps it forever
                 except (NoSuchJobError, InvalidJobOperation):
                     pass  # already picked up: the job function sees cancel_requested and stops
                 self._transition(

@@ -121,4 +121,13 @@ def _check(array: np.ndarray, *, min_rows: int, max_dim: int) -> np.ndarray:
             f"value at row {r + 1}, column {c + 1} is {array[r, c]}; "
             "every value must be finite (no NaN or infinity)"
         )
+    # Data sets are stored (and trained on) as float32: a value beyond its range would be inf.
+    with np.errstate(over="ignore"):
+        fits = np.isfinite(array.astype(np.float32))
+    if not fits.all():
+        r, c = np.argwhere(~fits)[0]
+        raise UploadError(
+            f"value at row {r + 1}, column {c + 1} ({array[r, c]:g}) overflows float32 "
+            f"(|x| > {float(np.finfo(np.float32).max):.3g}); rescale the data"
+        )
     return array

@@ -22,7 +22,7 @@ import sys
 from rq import Worker
 from rq.serializers import JSONSerializer
 
-from service.queue import DEFAULT_QUEUE_NAME, connect
+from service.queue import JobSettings, connect
 
 __all__ = ["main"]
 
@@ -34,12 +34,26 @@ def _parser() -> argparse.ArgumentParser:
         "pin each with CUDA_VISIBLE_DEVICES).",
     )
     p.add_argument("--redis-url", help="default: CPFLOW_REDIS_URL")
-    p.add_argument("--queue", help="queue name (default: CPFLOW_QUEUE_NAME or cpflow-training)")
+    p.add_argument("--queue", help="queue name (default: CPFLOW_QUEUE_NAME, else cpflow-training)")
     p.add_argument("--name", help="worker name (default: host-pid)")
     p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     p.add_argument("--log-level", default=os.environ.get("CPFLOW_LOG_LEVEL", "INFO"))
     return p
+
+
+def _preload() -> None:
+    """Import the training code (and torch's lazily imported optimiser machinery) once here,
+    so each forked job starts at once. CPU only: CUDA is never touched in this process."""
+    try:
+        importlib.import_module("training.jobs")
+        importlib.import_module("training.pipeline")
+        importlib.import_module("training.plots")
+        import torch
+
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # imports torch._dynamo
+    except ImportError as exc:  # pragma: no cover - reported; the job will fail with it
+        logging.getLogger("cpflow.worker").warning("could not preload training code: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,16 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings()
     redis_url = args.redis_url or settings.redis_url
-    queue_name = args.queue or getattr(settings, "queue_name", DEFAULT_QUEUE_NAME)
+    queue_name = args.queue or JobSettings().queue_name
     # The job function reads the store root from the environment (it does not import service).
-    os.environ.setdefault("CPFLOW_STORE_DIR", str(settings.store_dir))
+    os.environ.setdefault("CPFLOW_STORE_DIR", str(settings.store_dir.resolve()))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    # Preload the training code once, so each forked job starts at once (no CUDA touched).
-    try:
-        importlib.import_module("training.jobs")
-        importlib.import_module("training.pipeline")
-    except ImportError as exc:  # pragma: no cover - reported, the job will fail with it
-        logging.getLogger("cpflow.worker").warning("could not preload training code: %s", exc)
+    _preload()
     connection = connect(redis_url, timeout_s=10.0)
     worker = Worker(
         [queue_name],

@@ -1,0 +1,180 @@
+"""Fixtures for the jobs tests: a private Redis namespace, a store, and a live stack.
+
+Isolation: every test session uses the shared Redis at 127.0.0.1:6379 on database 13 with a
+queue name of its own (``cpflow-test-<random>``); job records and RQ keys are namespaced by it
+and deleted at teardown, so parallel runs do not see each other's jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+from jobs_procs import Proc, start_server, start_worker, wait_for
+
+REDIS_URL = "redis://127.0.0.1:6379/13"
+
+# Small numbers keep the suite fast; they are settings, not assertions.
+LEASE_S = 2.0
+HEARTBEAT_S = 0.25
+TINY_MODEL = {"blocks": 1, "hidden": 8, "depth": 1}
+SHORT_TRAINING = {"iterations": 30, "batch_size": 32, "val_every": 10, "lr": 5e-3}
+LONG_TRAINING = {"iterations": 1_000_000, "batch_size": 32, "val_every": 50, "lr": 1e-3}
+
+
+def _redis_up() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_conn() -> redis.Redis:
+    if not _redis_up():
+        pytest.fail(f"Redis is not answering at {REDIS_URL}; start it (scripts/ensure_redis.sh)")
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def purge(conn: redis.Redis, queue_name: str) -> None:
+    """Delete every key of ``queue_name``: job records, RQ queue/registries, RQ jobs."""
+    job_ids = {m.decode() for m in conn.zrange(f"cpflow:{queue_name}:jobs", 0, -1)}
+    for key in conn.scan_iter(match="rq:job:*", count=1000, _type="HASH"):  # db 13: tests only
+        if conn.hget(key, "origin") == queue_name.encode():
+            job_ids.add(key.decode().split(":")[2])
+    keys = set(conn.scan_iter(match=f"*{queue_name}*", count=1000))
+    for job_id in job_ids:
+        keys.update(conn.scan_iter(match=f"*{job_id}*", count=1000))
+    if keys:
+        conn.delete(*keys)
+    conn.srem("rq:queues", f"rq:queue:{queue_name}")
+
+
+@pytest.fixture
+def queue_name(redis_conn: redis.Redis) -> Iterator[str]:
+    name = f"cpflow-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    purge(redis_conn, name)
+
+
+def stack_env(store_dir: Path, queue_name: str, redis_url: str = REDIS_URL) -> dict[str, str]:
+    """Environment shared by the service and the workers of one test stack."""
+    return {
+        "CPFLOW_STORE_DIR": str(store_dir),
+        "CPFLOW_REDIS_URL": redis_url,
+        "CPFLOW_QUEUE_NAME": queue_name,
+        "CPFLOW_JOB_LEASE_S": str(LEASE_S),
+        "CPFLOW_JOB_HEARTBEAT_S": str(HEARTBEAT_S),
+        "CPFLOW_DEVICE": "cpu",
+        "CPFLOW_POLL_INTERVAL_S": "0",
+        "CPFLOW_INFERENCE_THREADS": "1",
+        "CPFLOW_TORCH_THREADS": "1",
+        "CPFLOW_WORKER_TORCH_THREADS": "1",
+        "CPFLOW_LOG_LEVEL": "WARNING",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+class Stack:
+    """A running uvicorn service (and the workers a test starts) on one store and queue."""
+
+    def __init__(self, tmp: Path, queue_name: str) -> None:
+        self.tmp = tmp
+        self.store_dir = tmp / "store"
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.queue_name = queue_name
+        self.env = stack_env(self.store_dir, queue_name)
+        self.server, self.url = start_server(self.env, tmp / "server.log")
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+        self.workers: list[Proc] = []
+
+    def start_worker(self) -> Proc:
+        proc = start_worker(self.env, self.tmp / f"worker{len(self.workers)}.log")
+        self.workers.append(proc)
+        return proc
+
+    def job(self, job_id: str) -> dict:
+        r = self.client.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_status(self, job_id: str, statuses: set[str], timeout: float = 90) -> dict:
+        def check() -> dict | None:
+            job = self.job(job_id)
+            return job if job["status"] in statuses else None
+
+        try:
+            return wait_for(check, timeout, f"job {job_id} to reach {statuses}", step=0.2)
+        except AssertionError:
+            logs = "\n".join(f"--- {w.log.name}\n{w.tail()}" for w in self.workers)
+            raise AssertionError(f"job {job_id}: {self.job(job_id)}\n{logs}") from None
+
+    def wait_progress(self, job_id: str, timeout: float = 90) -> dict:
+        """Until the job is running and has reported at least one training iteration."""
+
+        def check() -> dict | None:
+            job = self.job(job_id)
+            if job["status"] not in ("queued", "running"):
+                raise AssertionError(f"job ended early: {job}")
+            progress = job.get("progress") or {}
+            return job if progress.get("iteration", 0) >= 1 else None
+
+        return wait_for(check, timeout, f"job {job_id} to make progress", step=0.2)
+
+    def upload(self, array: np.ndarray, name: str = "data") -> dict:
+        text = "x,y\n" + "\n".join(",".join(f"{v:.6f}" for v in row) for row in array)
+        r = self.client.post(
+            "/v1/datasets", files={"file": (f"{name}.csv", text.encode())}, data={"name": name}
+        )
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    def submit(self, dataset_id: str, model_name: str, training: dict, **extra) -> str:
+        body = {
+            "model_name": model_name,
+            "dataset": {"id": dataset_id},
+            "model": TINY_MODEL,
+            "training": training,
+            **extra,
+        }
+        r = self.client.post("/v1/jobs", json=body)
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "queued"
+        return r.json()["id"]
+
+    def close(self) -> None:
+        self.client.close()
+        for proc in self.workers:
+            proc.stop()
+        self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_conn: redis.Redis) -> Iterator[Stack]:
+    """One uvicorn service for a test module (workers are started by the tests that need them)."""
+    name = f"cpflow-test-{uuid.uuid4().hex[:10]}"
+    s = Stack(tmp_path_factory.mktemp("stack"), name)
+    try:
+        yield s
+    finally:
+        s.close()
+        purge(redis_conn, name)
+
+
+def two_blobs(n: int = 240, seed: int = 0) -> np.ndarray:
+    """A 2-D data set with structure (two Gaussian blobs)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2)) * 0.5
+    x[: n // 2] += 2.0
+    return x
+
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -1,0 +1,192 @@
+"""Process helpers for the jobs integration tests: uvicorn, cpflow-worker, redis-server.
+
+Every process is started in its own session and killed (with its descendants) at teardown,
+so no test leaves a server, worker or work horse behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+__all__ = [
+    "ROOT",
+    "Proc",
+    "descendants",
+    "free_port",
+    "kill_tree",
+    "start_redis",
+    "start_server",
+    "start_worker",
+    "wait_for",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, step: float = 0.1):
+    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout``.
+
+    The timeout only bounds a hang; no test asserts on how fast something happened.
+    """
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
+            last_exc = exc
+        time.sleep(step)
+    raise AssertionError(
+        f"timed out after {timeout} s waiting for {what} (last error: {last_exc})"
+    )
+
+
+def descendants(pid: int) -> list[int]:
+    """All descendant pids of ``pid`` (from /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Kill ``proc`` and everything it started (work horses live in their own groups)."""
+    if proc.poll() is not None:
+        return
+    for pid in [*descendants(proc.pid), proc.pid]:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+class Proc:
+    """A started subprocess with its log file (shown when a test fails)."""
+
+    def __init__(self, popen: subprocess.Popen, log: Path) -> None:
+        self.popen = popen
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        kill_tree(self.popen)
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> Proc:
+    handle = open(log, "ab")  # noqa: SIM115 - lives as long as the process
+    popen = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    handle.close()
+    return Proc(popen, log)
+
+
+def start_server(env: dict[str, str], log: Path) -> tuple[Proc, str]:
+    """uvicorn serving ``service.app:create_app`` on a free port; returns (proc, base URL)."""
+    port = free_port()
+    cmd = [
+        str(VENV_BIN / "python"),
+        "-m",
+        "uvicorn",
+        "service.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = _spawn(cmd, env, log)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"uvicorn exited:\n{proc.tail()}")
+        return httpx.get(url + "/healthz", timeout=2).status_code == 200
+
+    wait_for(healthy, 90, "uvicorn to answer /healthz", step=0.2)
+    return proc, url
+
+
+def start_worker(env: dict[str, str], log: Path) -> Proc:
+    """A real ``cpflow-worker`` process (RQ worker forking a work horse per job)."""
+    cmd = [str(VENV_BIN / "cpflow-worker"), "--log-level", "INFO"]
+    return _spawn(cmd, env, log)
+
+
+def start_redis(port: int, workdir: Path, log: Path) -> Proc:
+    """A private redis-server with an append-only file (jobs survive its restart)."""
+    cmd = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(workdir),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+    ]
+    proc = _spawn(cmd, {}, log)
+
+    def up() -> bool:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"redis-server exited:\n{proc.tail()}")
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    wait_for(up, 20, f"redis-server on port {port}")
+    return proc

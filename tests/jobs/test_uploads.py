@@ -1,0 +1,77 @@
+"""Upload parsing: what a .csv/.npy upload becomes, and every way it is refused."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from service.uploads import MIN_ROWS, UploadError, parse_upload
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+def test_csv_with_header_round_trips_values() -> None:
+    x = np.random.default_rng(0).normal(size=(12, 3))
+    text = "a,b,c\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in x) + "\n\n"
+    out = parse_upload("d.csv", text.encode())
+    # repr() of a float64 round-trips exactly, so the parse must be exact.
+    np.testing.assert_array_equal(out, x)
+
+
+def test_csv_without_header_and_integers() -> None:
+    rows = "\n".join(f"{i},{2 * i}" for i in range(MIN_ROWS))
+    out = parse_upload("d.CSV", rows.encode())
+    assert out.shape == (MIN_ROWS, 2)
+    np.testing.assert_array_equal(out[:, 1], 2 * np.arange(MIN_ROWS))
+
+
+def test_npy_float32_and_int_accepted() -> None:
+    x = np.arange(40, dtype=np.int32).reshape(20, 2)
+    np.testing.assert_array_equal(parse_upload("x.npy", _npy(x)), x.astype(np.float64))
+    y = np.ones((15, 4), dtype=np.float32)
+    assert parse_upload("y.npy", _npy(y)).shape == (15, 4)
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "fragment"),
+    [
+        ("t.csv", b"a,b\n1,2\n3,hello\n" + b"4,5\n" * 20, "non-numeric value 'hello'"),
+        ("n.csv", b"1,2\n" * 20 + b"nan,1\n", "finite"),
+        ("i.csv", b"1,2\n" * 20 + b"inf,1\n", "finite"),
+        ("r.csv", b"1,2\n" * 20 + b"1,2,3\n", "ragged rows"),
+        ("s.csv", b"a,b\n1,2\n", f"at least {MIN_ROWS}"),
+        ("e.csv", b"", "no rows"),
+        ("b.csv", b"\xff\xfe\x00garbage", "UTF-8"),
+        ("x.json", b"[[1,2]]", ".npy or .csv"),
+        ("bad.npy", b"not an npy file", ".npy"),
+        # 1e300 is finite in float64 but the store keeps float32: refuse, do not store inf.
+        ("big.csv", b"1,2\n" * 20 + b"1e300,1\n", "float32"),
+    ],
+)
+def test_bad_uploads_are_refused_with_a_reason(filename: str, content: bytes, fragment: str):
+    with pytest.raises(UploadError) as info:
+        parse_upload(filename, content)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("array", "fragment"),
+    [
+        (np.arange(30.0), "1-D"),
+        (np.zeros((4, 5, 6)), "2-D"),
+        (np.array([["a", "b"]] * 20), "not numeric"),
+        (np.array([[1.0, np.nan]] * 20), "finite"),
+        (np.ones((1, 3)), f"at least {MIN_ROWS}"),
+        (np.array([[object(), 1]] * 20, dtype=object), "npy"),
+    ],
+)
+def test_bad_npy_arrays_are_refused(array: np.ndarray, fragment: str) -> None:
+    with pytest.raises(UploadError) as info:
+        parse_upload("a.npy", _npy(array))
+    assert fragment in str(info.value)
