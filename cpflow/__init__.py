@@ -1,3 +1,18 @@
 """Convex Potential Flows: invertible maps as gradients of convex potentials."""
 
 __version__ = "0.1.0"
+
+from .block import CPFlowBlock
+from .config import FlowConfig
+from .flow import CPFlow, InverseInfo, TrainStats
+from .icnn import ICNN
+
+__all__ = [
+    "ICNN",
+    "CPFlow",
+    "CPFlowBlock",
+    "FlowConfig",
+    "InverseInfo",
+    "TrainStats",
+    "__version__",
+]

@@ -1,0 +1,83 @@
+r"""Softplus-type activations: convex, non-decreasing, >= ReLU and tending to ReLU at +-inf.
+
+Each activation gives its value and first two derivatives in closed form, which the ICNN uses
+to build gradients and Hessians analytically (no autograd, ONNX-friendly ops only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["ACTIVATIONS", "Activation", "make_activation"]
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+
+
+def _logistic(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    s = torch.sigmoid(u)
+    return torch.nn.functional.softplus(u), s, s * (1.0 - s)
+
+
+def _gaussian(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    # s(u) = E[relu(u + e)], e ~ N(0, 1) = u Phi(u) + phi(u); s' = Phi, s'' = phi.
+    pdf = torch.exp(-0.5 * u * u) * _INV_SQRT_2PI
+    cdf = 0.5 * (1.0 + torch.erf(u * _INV_SQRT_2))
+    return u * cdf + pdf, cdf, pdf
+
+
+def _laplace(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    # s(u) = E[relu(u + e)], e ~ Laplace(0, 1): s' is the Laplace CDF, s'' its density.
+    e = 0.5 * torch.exp(-torch.abs(u))
+    pos = u >= 0
+    value = torch.where(pos, u + e, e)
+    d1 = torch.where(pos, 1.0 - e, e)
+    return value, d1, e
+
+
+_FUNCS = {"logistic": _logistic, "gaussian": _gaussian, "laplace": _laplace}
+_AT_ZERO = {"logistic": math.log(2.0), "gaussian": _INV_SQRT_2PI, "laplace": 0.5}
+ACTIVATIONS = tuple(_FUNCS)
+
+
+class Activation:
+    """A softplus-type activation, optionally symmetrised (s(u) - u/2) and zero-offset.
+
+    The symmetrised form is only convex-safe on the first ICNN layer (it is not monotone); the
+    ICNN enforces that.
+    """
+
+    def __init__(self, name: str, *, symmetric: bool = False, zero_offset: bool = False) -> None:
+        if name not in _FUNCS:
+            raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")
+        self.name = name
+        self.symmetric = symmetric
+        self.zero_offset = zero_offset
+        self._f = _FUNCS[name]
+        self._offset = _AT_ZERO[name] if zero_offset else 0.0
+
+    def all(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(s(u), s'(u), s''(u)) in one pass."""
+        v, d1, d2 = self._f(u)
+        if self.symmetric:
+            v = v - 0.5 * u
+            d1 = d1 - 0.5
+        if self._offset:
+            v = v - self._offset
+        return v, d1, d2
+
+    def __call__(self, u: Tensor) -> Tensor:
+        return self.all(u)[0]
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r}, symmetric={self.symmetric}, zero_offset={self.zero_offset})"
+
+
+def make_activation(
+    name: str, *, symmetric: bool = False, zero_offset: bool = False
+) -> Activation:
+    """Build an activation by name (``logistic``, ``gaussian`` or ``laplace``)."""
+    return Activation(name, symmetric=symmetric, zero_offset=zero_offset)

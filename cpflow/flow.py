@@ -1,0 +1,348 @@
+r"""CPFlow: standardisation -> [ActNorm -> CP-Flow block] x blocks -> N(0, I).
+
+``log_prob`` is exact (batched analytic Hessians + Cholesky) or estimated by SLQ;
+``training_loss`` is the CG surrogate of Algorithm 2 (its value is NOT a log-likelihood);
+``inverse`` solves one strongly convex problem per block and sample, last block first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .block import CPFlowBlock
+from .config import FlowConfig
+from .icnn import ICNN
+from .inverse import minimize_batched
+from .layers import ActNorm, Standardization
+from .logdet import conjugate_gradient, rademacher, slq_logdet
+
+__all__ = ["CPFlow", "InverseInfo", "TrainStats"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class InverseInfo:
+    """How exact an inverse is: residual (n,) = max|transform(x) - z| per sample, converged (n,)
+    per sample (every block solved to tolerance and residual <= tol), iterations = max solver
+    iterations over blocks and samples."""
+
+    residual: Tensor
+    converged: Tensor
+    iterations: int
+    tol: float = 0.0
+
+    @property
+    def max_residual(self) -> float:
+        return float(self.residual.max()) if self.residual.numel() else 0.0
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
+
+
+@dataclass
+class TrainStats:
+    """Diagnostics of one surrogate evaluation (floats, ready to log).
+
+    ``base_nll`` is the -log N(z) part only; the loss itself is a gradient surrogate, NOT an
+    NLL. ``hessian_rayleigh_*`` are v^T H v / v^T v over probes (a cheap view of H's spread).
+    """
+
+    cg_iterations_mean: float
+    cg_iterations_max: int
+    cg_converged_fraction: float
+    cg_residual_max: float
+    base_nll: float
+    hessian_rayleigh_min: float
+    hessian_rayleigh_max: float
+    per_block_cg_iterations: list[float] = field(default_factory=list)
+
+
+class CPFlow(nn.Module):
+    """A convex potential flow over R^d with a standard normal base (see module docstring)."""
+
+    def __init__(self, config: FlowConfig) -> None:
+        super().__init__()
+        if not isinstance(config, FlowConfig):
+            config = FlowConfig.model_validate(config)
+        self.config = config
+        self.dim = config.dim
+        self.standardization = Standardization(config.dim)
+        layers: list[nn.Module] = []
+        for _ in range(config.blocks):
+            if config.actnorm:
+                layers.append(ActNorm(config.dim))
+            icnn = ICNN(
+                config.dim,
+                config.hidden,
+                config.depth,
+                config.icnn,
+                config.activation,
+                symmetric_first=config.symmetric_first,
+                zero_offset=config.zero_offset,
+                actnorm=config.icnn_actnorm,
+            )
+            layers.append(CPFlowBlock(icnn))
+        self.layers = nn.ModuleList(layers)
+        self.to(config.torch_dtype)
+
+    # -- helpers --------------------------------------------------------------------------------
+    @property
+    def _ref(self) -> Tensor:
+        return self.standardization.mean
+
+    def _as_input(self, x: Tensor) -> Tensor:
+        x = torch.as_tensor(x)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected inputs of shape (n, {self.dim}), got {tuple(x.shape)}")
+        return x.to(dtype=self._ref.dtype, device=self._ref.device)
+
+    @staticmethod
+    def _base_log_prob(z: Tensor) -> Tensor:
+        return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * _LOG_2PI
+
+    def blocks(self) -> list[CPFlowBlock]:
+        return [m for m in self.layers if isinstance(m, CPFlowBlock)]
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def set_standardization(self, mean: Tensor, std: Tensor) -> None:
+        """Fix the affine input layer z = (x - mean) / std (a scalar std if the config says
+        ``standardization="isotropic"``). It is a buffer: saved with the weights."""
+        self.standardization.set(mean, std, isotropic=self.config.standardization == "isotropic")
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Data-dependent ActNorm initialisation on a batch x (raw data), layer by layer."""
+        h = self.standardization(self._as_input(x))
+        for layer in self.layers:
+            if isinstance(layer, ActNorm):
+                layer.initialize(h)
+            else:
+                layer.icnn.initialize(h)
+            h = layer(h)
+
+    @property
+    def initialized(self) -> bool:
+        """True once every ActNorm has been data-initialised (or loaded initialised)."""
+        flags = [b for name, b in self.named_buffers() if name.endswith("initialized")]
+        return all(bool(f) for f in flags)
+
+    # -- forward maps ---------------------------------------------------------------------------
+    def transform(self, x: Tensor) -> Tensor:
+        """Forward map x -> z (standardisation, ActNorms and block gradients; no autograd)."""
+        h = self.standardization(self._as_input(x))
+        for layer in self.layers:
+            h = layer(h)
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.transform(x)
+
+    def _const_logdet(self) -> Tensor:
+        total = self.standardization.logdet()
+        for layer in self.layers:
+            if isinstance(layer, ActNorm):
+                total = total + layer.logdet()
+        return total
+
+    def log_prob(
+        self,
+        x: Tensor,
+        method: str = "exact",
+        *,
+        probes: int | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        return_stderr: bool = False,
+    ):
+        """log p(x) (n,) of raw inputs. ``exact``: Cholesky of analytic Hessians; ``slq``:
+        stochastic Lanczos quadrature (with a standard error across probes); ``auto``: exact up
+        to ``config.exact_max_dim`` dimensions. With ``return_stderr`` returns (value, stderr),
+        stderr None for exact."""
+        if method == "auto":
+            method = "exact" if self.dim <= self.config.exact_max_dim else "slq"
+        if method not in ("exact", "slq"):
+            raise ValueError(f"unknown method {method!r}; use 'exact', 'slq' or 'auto'")
+        h = self.standardization(self._as_input(x))
+        stderr = None
+        if method == "exact":
+            logdet = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
+            for layer in self.layers:
+                if isinstance(layer, CPFlowBlock):
+                    h, ld = layer.forward_and_logdet(h)
+                    logdet = logdet + ld
+                else:
+                    h = layer(h)
+        else:
+            p = probes or self.config.slq_probes
+            m = steps or self.config.slq_steps
+            per_probe = torch.zeros(p, h.shape[0], dtype=h.dtype, device=h.device)
+            for layer in self.layers:
+                if isinstance(layer, CPFlowBlock):
+                    y, hvp = layer.linearize(h)
+                    v = rademacher(
+                        (p, *h.shape), dtype=h.dtype, device=h.device, generator=generator
+                    )
+                    per_probe = per_probe + slq_logdet(hvp, v, m)
+                    h = y
+                else:
+                    h = layer(h)
+            logdet = per_probe.mean(0)
+            if p > 1:
+                stderr = per_probe.std(0, unbiased=True) / math.sqrt(p)
+            else:
+                stderr = torch.full_like(logdet, float("nan"))
+        out = self._base_log_prob(h) + logdet + self._const_logdet()
+        return (out, stderr) if return_stderr else out
+
+    # -- training -------------------------------------------------------------------------------
+    def training_loss(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, TrainStats]:
+        """Surrogate loss (Algorithm 2) whose backward() is an unbiased estimate of the gradient
+        of the mean NLL of x.
+
+        WARNING: the returned loss VALUE IS NOT A NEGATIVE LOG-LIKELIHOOD (the log-det terms are
+        replaced by z^T H v with z = CG(H, v) detached). Use ``log_prob`` to report NLLs.
+        """
+        cfg = self.config
+        h = self.standardization(self._as_input(x))
+        n = h.shape[0]
+        surrogate = torch.zeros(n, dtype=h.dtype, device=h.device)
+        it_means, it_max, conv, res_max, ray = [], 0, [], 0.0, []
+        for layer in self.layers:
+            if not isinstance(layer, CPFlowBlock):
+                h = layer(h)
+                continue
+            v = rademacher(tuple(h.shape), dtype=h.dtype, device=h.device, generator=generator)
+            with torch.no_grad():
+                _, hvp_ng = layer.linearize(h.detach())
+                cg = conjugate_gradient(
+                    hvp_ng, v, atol=cfg.cg_atol, rtol=cfg.cg_rtol, max_iter=cfg.cg_max_iter
+                )
+            y, hvp = layer.linearize(h)
+            Hv = hvp(v)
+            surrogate = surrogate + (cg.solution * Hv).sum(-1)
+            with torch.no_grad():
+                ray.append((v * Hv).sum(-1) / (v * v).sum(-1))
+            it_means.append(float(cg.iterations.float().mean()))
+            it_max = max(it_max, int(cg.iterations.max()))
+            conv.append(cg.converged.float())
+            res_max = max(res_max, float(cg.residual_inf.max()))
+            h = y
+        base = self._base_log_prob(h)
+        loss = -(base + surrogate + self._const_logdet()).mean()
+        rq = torch.cat(ray) if ray else torch.ones(1)
+        stats = TrainStats(
+            cg_iterations_mean=sum(it_means) / max(len(it_means), 1),
+            cg_iterations_max=it_max,
+            cg_converged_fraction=float(torch.stack(conv).mean()) if conv else 1.0,
+            cg_residual_max=res_max,
+            base_nll=float(-base.mean().detach()),
+            hessian_rayleigh_min=float(rq.min()),
+            hessian_rayleigh_max=float(rq.max()),
+            per_block_cg_iterations=it_means,
+        )
+        return loss, stats
+
+    # -- inverse and sampling -------------------------------------------------------------------
+    @torch.no_grad()
+    def inverse(
+        self,
+        z: Tensor,
+        tol: float | None = None,
+        max_iter: int | None = None,
+        *,
+        solver: str | None = None,
+    ) -> tuple[Tensor, InverseInfo]:
+        """x with transform(x) = z, blocks inverted last to first by batched per-sample convex
+        minimisation. The returned InverseInfo says, per sample, how exact x is."""
+        cfg = self.config
+        tol = cfg.default_inverse_tol if tol is None else float(tol)
+        max_iter = cfg.inverse_max_iter if max_iter is None else int(max_iter)
+        solver = solver or cfg.inverse_solver
+        z = self._as_input(z)
+        x, ok, iters = self._inverse_pass(z, tol, max_iter, solver)
+        residual = (self.transform(x) - z).abs().amax(-1)
+        # Errors of early blocks are amplified by later ones: refine the few that miss tol.
+        for _ in range(2):
+            miss = (residual > tol).nonzero().squeeze(1)
+            if miss.numel() == 0:
+                break
+            xr, okr, itr = self._inverse_pass(z[miss], tol * 0.05, max_iter, solver)
+            rr = (self.transform(xr) - z[miss]).abs().amax(-1)
+            better = rr < residual[miss]
+            x[miss] = torch.where(better.unsqueeze(-1), xr, x[miss])
+            ok[miss] = torch.where(better, okr, ok[miss])
+            residual[miss] = torch.minimum(rr, residual[miss])
+            iters = max(iters, itr)
+        converged = ok & (residual <= tol) & torch.isfinite(residual)
+        return x, InverseInfo(residual, converged, iters, tol)
+
+    def _inverse_pass(
+        self, z: Tensor, tol: float, max_iter: int, solver: str
+    ) -> tuple[Tensor, Tensor, int]:
+        h = z
+        ok = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+        iters = 0
+        for layer in reversed(self.layers):
+            if isinstance(layer, CPFlowBlock):
+                res = invert_block(
+                    layer,
+                    h,
+                    tol=tol,
+                    max_iter=max_iter,
+                    solver=solver,
+                    history=self.config.lbfgs_history,
+                )
+                h = res.x
+                ok = ok & res.converged
+                iters = max(iters, int(res.iterations.max()) if res.iterations.numel() else 0)
+            else:
+                h = layer.inverse(h)
+        return self.standardization.inverse(h), ok, iters
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        tol: float | None = None,
+        max_iter: int | None = None,
+    ) -> tuple[Tensor, InverseInfo]:
+        """n samples in data units (inverse of base draws) plus their InverseInfo."""
+        gen_device = generator.device if generator is not None else self._ref.device
+        z = torch.randn(n, self.dim, generator=generator, device=gen_device, dtype=self._ref.dtype)
+        return self.inverse(z.to(self._ref.device), tol=tol, max_iter=max_iter)
+
+
+def invert_block(
+    block: CPFlowBlock,
+    y: Tensor,
+    *,
+    tol: float,
+    max_iter: int,
+    solver: str = "lbfgs",
+    history: int = 10,
+):
+    """Solve f(x) = y for one block: argmin_x F(x) - y^T x (Algorithm 1), per sample."""
+
+    def fg(x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        val, grad = block.value_and_grad(x)
+        yi = y[idx]
+        return val - (yi * x).sum(-1), grad - yi
+
+    def hess(x: Tensor, idx: Tensor) -> Tensor:
+        return block.forward_and_hessian(x)[1]
+
+    # f(x) = alpha x + (bounded ICNN gradient), so y / alpha is close for far-out points
+    alpha, _ = block.coefficients()
+    x0 = y / alpha
+    return minimize_batched(
+        fg, x0, tol=tol, max_iter=max_iter, history=history, method=solver, hessian=hess
+    )

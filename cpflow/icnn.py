@@ -1,0 +1,287 @@
+r"""Input-convex neural networks with analytic gradients, Hessians and Hessian-vector products.
+
+Every hidden layer k computes u_k = P_k z_src + A_k x + b_k (P_k >= 0 elementwise) followed by
+an optional positive-scale ActNorm and a softplus-type activation z_k = s(u_k). Because the
+only nonlinearities are the elementwise s, the Hessian of the scalar output G is
+
+    H = sum_k U_k^T diag(c_k * s''(u_k)) U_k,   U_k = du_k/dx,  c_k = dG/dz_k >= 0,
+
+which is positive semi-definite for any parameters (c_k >= 0 as every weight acting on hidden
+units is non-negative and s' >= 0 after the first layer). Gradients use the same adjoints c_k,
+so nothing here needs autograd: the maps are plain tensor programs (ONNX-exportable), and
+autograd is only used by callers that want parameter gradients.
+
+Kinds: ``vanilla`` (Amos et al.: x feeds every layer), ``augmented`` (CP-Flow eq. 7: half of
+each hidden layer after the first sees x only) and ``dense`` (each layer sees all previous
+hidden layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .activations import Activation
+from .layers import PositiveLinear
+
+__all__ = ["ICNN", "ICNNLinearization"]
+
+
+@dataclass
+class _Weights:
+    """Effective weights for one call (ActNorm folded in)."""
+
+    A: list[Tensor]  # (h, d)
+    b: list[Tensor]  # (h,)
+    P: list[Tensor | None]  # (h_pos, H_src)
+    w_out: Tensor  # (H_out,)
+    a_out: Tensor  # (d,)
+
+
+class ICNNLinearization:
+    """Cached quantities at a batch of points x to apply the ICNN Hessian to vectors.
+
+    ``hvp(v)`` costs two passes of size (n, hidden) per layer; v may carry extra leading
+    dimensions (e.g. several probes) that broadcast against the batch.
+    """
+
+    def __init__(self, net: ICNN, w: _Weights, s1: list[Tensor], c2: list[Tensor]) -> None:
+        self.net = net
+        self.w = w
+        self.s1 = s1  # s'(u_k)   (n, h)
+        self.c2 = c2  # c_k s''(u_k)  (n, h)
+
+    def hvp(self, v: Tensor) -> Tensor:
+        net, w = self.net, self.w
+        L = net.depth
+        t: list[Tensor] = []
+        jt: list[Tensor] = []
+        for k in range(L):
+            tk = v @ w.A[k].T
+            Pk = w.P[k]
+            if Pk is not None:
+                src = net._gather(jt, k)
+                tk = net._add_pos(tk, src @ Pk.T, k)
+            t.append(tk)
+            jt.append(self.s1[k] * tk)
+        # reverse sweep through the tangent network
+        acc: list[Tensor | None] = [None] * L
+        out = None
+        for k in reversed(range(L)):
+            rk = self.c2[k] * t[k]
+            if acc[k] is not None:
+                rk = rk + self.s1[k] * acc[k]
+            term = rk @ w.A[k]
+            out = term if out is None else out + term
+            Pk = w.P[k]
+            if Pk is not None:
+                back = rk[..., : net.pos_rows[k]] @ Pk
+                net._scatter_back(acc, back, k)
+        return out
+
+
+class ICNN(nn.Module):
+    """Scalar input-convex network G: R^d -> R with explicit gradient and Hessian."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 32,
+        depth: int = 3,
+        kind: str = "augmented",
+        activation: str = "logistic",
+        *,
+        symmetric_first: bool = True,
+        zero_offset: bool = False,
+        actnorm: bool = True,
+    ) -> None:
+        super().__init__()
+        if kind not in ("vanilla", "augmented", "dense"):
+            raise ValueError(f"unknown ICNN kind {kind!r}")
+        if kind == "augmented" and hidden < 2:
+            raise ValueError("augmented ICNN needs hidden >= 2")
+        self.dim, self.hidden, self.depth, self.kind = dim, hidden, depth, kind
+        self.acts = [
+            Activation(activation, symmetric=(k == 0 and symmetric_first), zero_offset=zero_offset)
+            for k in range(depth)
+        ]
+        self.sources: list[list[int]] = [[]]
+        self.pos_rows: list[int] = [0]
+        for k in range(1, depth):
+            self.sources.append(list(range(k)) if kind == "dense" else [k - 1])
+            self.pos_rows.append(hidden - hidden // 2 if kind == "augmented" else hidden)
+        self.out_sources = list(range(depth)) if kind == "dense" else [depth - 1]
+        self.lin_x = nn.ModuleList(nn.Linear(dim, hidden) for _ in range(depth))
+        self.pos = nn.ModuleList(
+            PositiveLinear(hidden * len(self.sources[k]), self.pos_rows[k])
+            for k in range(1, depth)
+        )
+        self.out_pos = PositiveLinear(hidden * len(self.out_sources), 1)
+        self.out_x = nn.Linear(dim, 1, bias=False)  # a constant never matters
+        self.norms = (
+            nn.ModuleList(_HiddenActNorm(hidden) for _ in range(depth)) if actnorm else None
+        )
+
+    # -- wiring helpers ---------------------------------------------------------------------
+    def _gather(self, zs: list[Tensor], k: int) -> Tensor:
+        src = self.sources[k]
+        return zs[src[0]] if len(src) == 1 else torch.cat([zs[j] for j in src], dim=-1)
+
+    def _gather_out(self, zs: list[Tensor]) -> Tensor:
+        src = self.out_sources
+        return zs[src[0]] if len(src) == 1 else torch.cat([zs[j] for j in src], dim=-1)
+
+    def _add_pos(self, pre: Tensor, pos: Tensor, k: int) -> Tensor:
+        hp = self.pos_rows[k]
+        if hp == self.hidden:
+            return pre + pos
+        return torch.cat([pre[..., :hp] + pos, pre[..., hp:]], dim=-1)
+
+    def _scatter_back(self, acc: list[Tensor | None], back: Tensor, k: int) -> None:
+        h = self.hidden
+        for i, j in enumerate(self.sources[k]):
+            piece = back[..., i * h : (i + 1) * h]
+            acc[j] = piece if acc[j] is None else acc[j] + piece
+
+    def _weights(self) -> _Weights:
+        A, b, P = [], [], []
+        for k in range(self.depth):
+            Ak, bk = self.lin_x[k].weight, self.lin_x[k].bias
+            Pk = self.pos[k - 1].effective_weight() if k > 0 else None
+            if self.norms is not None:
+                sc, sh = self.norms[k].scale(), self.norms[k].shift
+                Ak = Ak * sc[:, None]
+                bk = (bk + sh) * sc
+                if Pk is not None:
+                    Pk = Pk * sc[: self.pos_rows[k], None]
+            A.append(Ak)
+            b.append(bk)
+            P.append(Pk)
+        return _Weights(A, b, P, self.out_pos.effective_weight()[0], self.out_x.weight[0])
+
+    # -- passes -----------------------------------------------------------------------------
+    def _forward(self, x: Tensor, w: _Weights, order: int):
+        us, zs, s1, s2 = [], [], [], []
+        for k in range(self.depth):
+            pre = x @ w.A[k].T + w.b[k]
+            if w.P[k] is not None:
+                pre = self._add_pos(pre, self._gather(zs, k) @ w.P[k].T, k)
+            z, d1, d2 = self.acts[k].all(pre)
+            us.append(pre)
+            zs.append(z)
+            s1.append(d1)
+            s2.append(d2)
+        return us, zs, s1, s2
+
+    def _adjoints(self, w: _Weights, s1: list[Tensor], n_shape) -> tuple[list[Tensor], Tensor]:
+        """c_k = dG/dz_k and the gradient dG/dx."""
+        L, h = self.depth, self.hidden
+        acc: list[Tensor | None] = [None] * L
+        for i, j in enumerate(self.out_sources):
+            acc[j] = w.w_out[i * h : (i + 1) * h].expand(*n_shape, h)
+        cs: list[Tensor] = [None] * L  # type: ignore[list-item]
+        grad = w.a_out.expand(*n_shape, self.dim)
+        for k in reversed(range(L)):
+            ck = acc[k]
+            if ck is None:  # unreachable layer (cannot happen with our wirings)
+                ck = torch.zeros_like(s1[k])
+            cs[k] = ck
+            delta = s1[k] * ck
+            grad = grad + delta @ w.A[k]
+            if w.P[k] is not None:
+                self._scatter_back(acc, delta[..., : self.pos_rows[k]] @ w.P[k], k)
+        return cs, grad
+
+    def forward(self, x: Tensor) -> Tensor:
+        """G(x), shape (n,)."""
+        w = self._weights()
+        _, zs, _, _ = self._forward(x, w, 0)
+        return self._gather_out(zs) @ w.w_out + x @ w.a_out
+
+    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(G(x) (n,), grad G(x) (n, d)) with one forward and one adjoint pass."""
+        w = self._weights()
+        _, zs, s1, _ = self._forward(x, w, 1)
+        value = self._gather_out(zs) @ w.w_out + x @ w.a_out
+        _, grad = self._adjoints(w, s1, x.shape[:-1])
+        return value, grad
+
+    def grad(self, x: Tensor) -> Tensor:
+        """grad G(x), shape (n, d), without autograd."""
+        w = self._weights()
+        _, _, s1, _ = self._forward(x, w, 1)
+        return self._adjoints(w, s1, x.shape[:-1])[1]
+
+    def grad_and_hessian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(grad G (n, d), Hessian of G (n, d, d)) by forward-mode Jacobians of the layers."""
+        w = self._weights()
+        _, _, s1, s2 = self._forward(x, w, 2)
+        cs, grad = self._adjoints(w, s1, x.shape[:-1])
+        n = x.shape[0]
+        Js: list[Tensor] = []
+        H = x.new_zeros(n, self.dim, self.dim)
+        for k in range(self.depth):
+            Ak = w.A[k]
+            if w.P[k] is None:
+                U = Ak.expand(n, *Ak.shape)
+            else:
+                src = (
+                    Js[self.sources[k][0]]
+                    if len(self.sources[k]) == 1
+                    else torch.cat([Js[j] for j in self.sources[k]], dim=1)
+                )
+                pu = torch.matmul(w.P[k], src)  # (n, h_pos, d)
+                hp = self.pos_rows[k]
+                if hp == self.hidden:
+                    U = pu + Ak
+                else:
+                    U = torch.cat([pu + Ak[:hp], Ak[hp:].expand(n, self.hidden - hp, self.dim)], 1)
+            Js.append(s1[k].unsqueeze(-1) * U)
+            wk = (cs[k] * s2[k]).unsqueeze(-1)
+            H = H + torch.bmm((U * wk).transpose(1, 2), U)
+        return grad, H
+
+    def linearize(self, x: Tensor) -> tuple[Tensor, ICNNLinearization]:
+        """(grad G (n, d), an object applying the Hessian at x to vectors)."""
+        w = self._weights()
+        _, _, s1, s2 = self._forward(x, w, 2)
+        cs, grad = self._adjoints(w, s1, x.shape[:-1])
+        c2 = [c * d2 for c, d2 in zip(cs, s2, strict=True)]
+        return grad, ICNNLinearization(self, w, s1, c2)
+
+    # -- data-dependent initialisation --------------------------------------------------------
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Initialise the hidden ActNorms so pre-activations on x have zero mean, unit variance."""
+        if self.norms is None:
+            return
+        # layer by layer: each initialisation changes what later layers see
+        for k in range(self.depth):
+            norm = self.norms[k]
+            us = self._forward(x, self._weights(), 0)[0]
+            raw = us[k] / norm.scale() - norm.shift  # undo the folded ActNorm of layer k
+            norm.initialize_from(raw)
+
+
+class _HiddenActNorm(nn.Module):
+    """Positive-scale ActNorm on ICNN pre-activations (folded into the weights when used)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(features))
+        self.log_scale = nn.Parameter(torch.zeros(features))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def scale(self) -> Tensor:
+        return torch.exp(self.log_scale)
+
+    @torch.no_grad()
+    def initialize_from(self, raw: Tensor) -> None:
+        norm = self
+        mean = raw.mean(0)
+        std = raw.std(0, unbiased=False) if raw.shape[0] > 1 else torch.ones_like(mean)
+        norm.shift.copy_(-mean)
+        norm.log_scale.copy_(-torch.log(std.clamp_min(1e-3)))
+        norm.initialized.fill_(True)
