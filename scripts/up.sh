@@ -65,7 +65,8 @@ else
     say "training model '$DEMO' on eight_gaussians into $CPFLOW_STORE_DIR (about a minute)"
     start=$SECONDS
     "$VENV/bin/cpflow-train" --dataset eight_gaussians --name "$DEMO" --preset demo \
-        2>&1 | tee "$LOG_DIR/train-demo.log"
+        2>&1 | tee "$LOG_DIR/train-demo.log" \
+        || die "cpflow-train failed: the demo model could not be trained (output above, also in var/log/train-demo.log)"
     has_model "$DEMO" || die "training finished but the store has no model '$DEMO' (log: var/log/train-demo.log)"
     say "trained '$DEMO' in $((SECONDS - start)) s"
 fi
