@@ -1,0 +1,83 @@
+"""OnnxTransport: forward transport x -> z of a stored model through onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import fsio
+from .errors import CorruptModel, StoreError
+
+if TYPE_CHECKING:
+    from .store import LoadedModel
+
+__all__ = ["OnnxTransport"]
+
+
+class OnnxTransport:
+    """An onnxruntime session over a model's ``model.onnx`` (forward transport only).
+
+    Args:
+        path: the ONNX file.
+        expected_sha256: if given, the bytes are checked before the session is built.
+        device: "cpu", or "cuda[:N]" to use the CUDA provider when onnxruntime has it.
+        threads: intra-op threads (None: onnxruntime's default).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        expected_sha256: str | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+        label: tuple[str, int] | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        data = self.path.read_bytes()
+        if expected_sha256 is not None and fsio.sha256_bytes(data) != expected_sha256:
+            name, version = label or (str(self.path.parent.parent.name), -1)
+            raise CorruptModel(name, version, self.path.name, "does not match its sha256")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda") and "CUDAExecutionProvider" in (
+            ort.get_available_providers()
+        ):
+            index = int(str(device).partition(":")[2] or 0)
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(data, options, providers=providers)
+        (inp,) = self.session.get_inputs()
+        self.input_name = inp.name
+        self.dim = int(inp.shape[1])
+        self.dtype = np.float64 if inp.type == "tensor(double)" else np.float32
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, **kwargs: object) -> OnnxTransport:
+        """Session for a model loaded from the store; StoreError if it has no ONNX export."""
+        if loaded.onnx_path is None:
+            raise StoreError(
+                f"model {loaded.name!r} version {loaded.version} has no ONNX export; "
+                "publish it with export_onnx=True"
+            )
+        return cls(
+            loaded.onnx_path,
+            expected_sha256=loaded.onnx_sha256,
+            label=(loaded.name, loaded.version),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """z = f(x) for a batch (n, dim); returns an array of the model's dtype."""
+        values = np.ascontiguousarray(x, dtype=self.dtype)
+        if values.ndim != 2 or values.shape[1] != self.dim:
+            raise ValueError(f"inputs must have shape (n, {self.dim}), got {values.shape}")
+        return self.session.run(None, {self.input_name: values})[0]
+
+    __call__ = forward

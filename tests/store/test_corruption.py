@@ -1,0 +1,138 @@
+"""Damaged versions are caught at load with an error naming model, version and file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from store_flows import make_flow
+
+from model_store import CorruptModel, ModelStore
+from model_store.manifest import MANIFEST_DIGEST_FILE, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE
+
+
+@pytest.fixture
+def two_models(store: ModelStore):
+    """Two models in one store: 'victim' gets damaged, 'bystander' must keep loading."""
+    victim = store.publish("victim", make_flow(2, seed=1, blocks=1, hidden=4),
+                           plots={"curve.png": b"plot-bytes"})  # fmt: skip
+    store.publish("bystander", make_flow(2, seed=2, blocks=1, hidden=4))
+    return store, victim.path
+
+
+def _expect_corrupt(store: ModelStore, filename: str) -> CorruptModel:
+    with pytest.raises(CorruptModel) as caught:
+        store.load("victim")
+    err = caught.value
+    assert (err.name, err.version, err.file) == ("victim", 1, filename)
+    message = str(err)
+    assert "'victim'" in message and "version 1" in message and filename in message
+    # The other model is untouched and still loads and answers.
+    other = store.load("bystander")
+    assert other.flow.transform(torch.zeros(1, 2)).isfinite().all()
+    assert [m["name"] for m in store.list_models()] == ["bystander"] or filename not in (
+        MANIFEST_FILE,
+        MANIFEST_DIGEST_FILE,
+    )
+    return err
+
+
+def test_every_byte_of_the_weights_is_covered(two_models) -> None:
+    """Flip one bit at many offsets spread over the whole file, header and tensor data alike."""
+    store, folder = two_models
+    path = folder / WEIGHTS_FILE
+    original = path.read_bytes()
+    size = len(original)
+    offsets = sorted({0, 1, 7, 8, 9, size // 3, size // 2, size - 2, size - 1,
+                      *range(0, size, max(1, size // 25))})  # fmt: skip
+    for offset in offsets:
+        damaged = bytearray(original)
+        damaged[offset] ^= 0x01
+        path.write_bytes(bytes(damaged))
+        _expect_corrupt(store, WEIGHTS_FILE)
+    path.write_bytes(original)
+    store.load("victim")  # restored bytes load again
+
+
+@pytest.mark.parametrize("keep", [0, 100, -1])
+def test_truncated_weights(two_models, keep: int) -> None:
+    store, folder = two_models
+    path = folder / WEIGHTS_FILE
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep >= 0 else data[:-1])
+    _expect_corrupt(store, WEIGHTS_FILE)
+
+
+def test_truncated_plot_and_missing_files(two_models) -> None:
+    store, folder = two_models
+    plot = folder / "plots" / "curve.png"
+    plot.write_bytes(b"plot-byt")
+    _expect_corrupt(store, "plots/curve.png")
+    plot.unlink()
+    _expect_corrupt(store, "plots/curve.png")
+
+
+def test_missing_weights(two_models) -> None:
+    store, folder = two_models
+    (folder / WEIGHTS_FILE).unlink()
+    _expect_corrupt(store, WEIGHTS_FILE)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["training"].update(parameter_count=1),
+        lambda m: m["flow_config"].update(hidden=5),
+        lambda m: m.update(version=2),
+        lambda m: m["files"].update({WEIGHTS_FILE: "0" * 64}),
+    ],
+)
+def test_edited_manifest(two_models, edit) -> None:
+    store, folder = two_models
+    path = folder / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _expect_corrupt(store, MANIFEST_FILE)
+    with pytest.raises(CorruptModel):
+        store.manifest("victim")
+
+
+def test_whitespace_edit_and_truncated_manifest(two_models) -> None:
+    store, folder = two_models
+    path = folder / MANIFEST_FILE
+    raw = path.read_bytes()
+    path.write_bytes(raw + b" ")
+    _expect_corrupt(store, MANIFEST_FILE)
+    path.write_bytes(raw[: len(raw) // 2])
+    _expect_corrupt(store, MANIFEST_FILE)
+    path.unlink()
+    _expect_corrupt(store, MANIFEST_FILE)
+
+
+def test_missing_manifest_digest(two_models) -> None:
+    store, folder = two_models
+    (folder / MANIFEST_DIGEST_FILE).unlink()
+    _expect_corrupt(store, MANIFEST_DIGEST_FILE)
+
+
+def test_unlisted_file_is_refused(two_models) -> None:
+    store, folder = two_models
+    (folder / ONNX_FILE).write_bytes(b"not listed")
+    _expect_corrupt(store, ONNX_FILE)
+
+
+def test_consistent_forgery_of_config_is_still_caught(two_models) -> None:
+    """Manifest edited and its digest recomputed: weights no longer fit the config."""
+    from model_store.fsio import sha256_bytes
+    from model_store.manifest import dump_manifest
+
+    store, folder = two_models
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["flow_config"]["hidden"] = 6
+    raw = dump_manifest(manifest)
+    (folder / MANIFEST_FILE).write_bytes(raw)
+    (folder / MANIFEST_DIGEST_FILE).write_text(sha256_bytes(raw) + "\n")
+    err = _expect_corrupt(store, WEIGHTS_FILE)
+    assert "flow_config" in str(err)

@@ -1,0 +1,70 @@
+"""ONNX export of the forward transport: parity with torch via onnxruntime, OnnxTransport."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from store_flows import make_flow
+
+from model_store import CorruptModel, StoreError
+from model_store.manifest import ONNX_FILE
+from model_store.onnx_export import PARITY_POINTS, PARITY_TOLERANCE, parity_points
+from model_store.onnx_runtime import OnnxTransport
+
+
+@pytest.mark.parametrize("dim", [2, 8, 43])
+def test_onnx_parity_recorded_and_reproducible(store, dim: int) -> None:
+    """Export on publish; the manifest records parity on 10,000 points within 1e-5 (float32).
+
+    The test recomputes the difference independently on the same points with a fresh session
+    over the stored file, against the loaded flow's autograd transform.
+    """
+    flow = make_flow(dim, seed=dim, blocks=2, hidden=8)
+    published = store.publish(f"onnx{dim}", flow, export_onnx=True)
+    info = published.manifest["onnx"]
+    assert info["exported"] is True, info.get("reason")
+    assert info["parity_points"] == PARITY_POINTS == 10_000
+    assert 0.0 <= info["parity_max_abs_diff"] <= PARITY_TOLERANCE == 1e-5
+    assert isinstance(info["opset"], int)
+    assert ONNX_FILE in published.manifest["files"]
+
+    loaded = store.load(f"onnx{dim}")
+    assert loaded.onnx_path == published.path / ONNX_FILE
+    session = OnnxTransport.from_loaded(loaded, threads=1)
+    assert session.dim == dim
+    x = parity_points(loaded.flow)
+    got = np.concatenate([session(x[s : s + 2500]) for s in range(0, len(x), 2500)])
+    want = loaded.flow.transform(torch.from_numpy(x)).detach().numpy()
+    assert got.shape == want.shape == (PARITY_POINTS, dim)
+    diff = float(np.abs(got - want).max())
+    assert diff <= PARITY_TOLERANCE
+    # The map is far from the identity, so agreement is not trivial.
+    assert float(np.abs(want - x).max()) > 0.1
+    # Dynamic batch axis: a single row works too.
+    np.testing.assert_allclose(session(x[:1]), want[:1], atol=PARITY_TOLERANCE, rtol=0)
+
+
+def test_onnx_transport_rejects_bad_inputs_and_files(store) -> None:
+    published = store.publish("o", make_flow(2, seed=0, blocks=1, hidden=4), export_onnx=True)
+    loaded = store.load("o")
+    session = OnnxTransport.from_loaded(loaded)
+    with pytest.raises(ValueError, match=r"\(n, 2\)"):
+        session(np.zeros((3, 5), dtype=np.float32))
+    # The file is verified by load(), and again by the session when given the digest.
+    path = published.path / ONNX_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptModel, match=ONNX_FILE):
+        store.load("o")
+    with pytest.raises(CorruptModel, match=ONNX_FILE):
+        OnnxTransport.from_loaded(loaded)
+
+
+def test_model_without_export(store) -> None:
+    store.publish("plain", make_flow(2, seed=0, blocks=1, hidden=4))
+    loaded = store.load("plain")
+    assert loaded.onnx_path is None and loaded.manifest["onnx"] == {"exported": False}
+    with pytest.raises(StoreError, match="export_onnx=True"):
+        OnnxTransport.from_loaded(loaded)
