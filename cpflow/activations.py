@@ -18,15 +18,21 @@ _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 
 
 def _logistic(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    # log(1 + e^u) = relu(u) + log1p(e^-|u|): exact in both tails (torch's softplus switches
+    # to the identity above 20, a 2e-9 jump that breaks convexity checks)
     s = torch.sigmoid(u)
-    return torch.nn.functional.softplus(u), s, s * (1.0 - s)
+    value = torch.clamp_min(u, 0.0) + torch.log1p(torch.exp(-torch.abs(u)))
+    return value, s, s * (1.0 - s)
 
 
 def _gaussian(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # s(u) = E[relu(u + e)], e ~ N(0, 1) = u Phi(u) + phi(u); s' = Phi, s'' = phi.
+    # written as relu(u) + s(-|u|) (s(u) - s(-u) = u) so the tails are not a cancellation
     pdf = torch.exp(-0.5 * u * u) * _INV_SQRT_2PI
     cdf = 0.5 * (1.0 + torch.erf(u * _INV_SQRT_2))
-    return u * cdf + pdf, cdf, pdf
+    a = torch.abs(u)
+    tail = pdf - a * 0.5 * (1.0 - torch.erf(a * _INV_SQRT_2))
+    return torch.clamp_min(u, 0.0) + tail, cdf, pdf
 
 
 def _laplace(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -6,16 +6,15 @@ The Jacobian of f is the Hessian H = softplus(w0) I + softplus(w1) H_G, symmetri
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .icnn import ICNN
+from .icnn import ICNN, ICNNLinearization
 from .layers import softplus_inv
+from .logdet import CGResult, conjugate_gradient
 
-__all__ = ["CPFlowBlock"]
+__all__ = ["BlockHVP", "CPFlowBlock", "cholesky_logdet"]
 
 
 class CPFlowBlock(nn.Module):
@@ -60,15 +59,49 @@ class CPFlowBlock(nn.Module):
         y, H = self.forward_and_hessian(x)
         return y, cholesky_logdet(H)
 
-    def linearize(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-        """(f(x), v -> H(x) v); the closure broadcasts over leading probe dimensions."""
+    def linearize(self, x: Tensor) -> tuple[Tensor, BlockHVP]:
+        """(f(x), v -> H(x) v); the operator broadcasts over leading probe dimensions."""
         a, b = self.coefficients()
         g, lin = self.icnn.linearize(x)
+        return a * x + b * g, BlockHVP(a, b, lin)
 
-        def hvp(v: Tensor) -> Tensor:
-            return a * v + b * lin.hvp(v)
+    def logdet_surrogate(
+        self,
+        x: Tensor,
+        v: Tensor,
+        *,
+        atol: float,
+        rtol: float = 0.0,
+        max_iter: int | None = None,
+    ) -> tuple[Tensor, Tensor, CGResult, Tensor]:
+        """(f(x), s, cg, rayleigh) with s = stop_grad(H^-1 v)^T H v per sample (Algorithm 2)
+        and rayleigh = v^T H v / v^T v (detached, a cheap look at the spread of H).
 
-        return a * x + b * g, hvp
+        d s / d theta = v^T H^-1 (dH/dtheta) v, an unbiased estimate of d log det H / d theta
+        for Rademacher v (exact CG). The VALUE of s is not log det H. CG runs without autograd
+        on detached inputs, so memory does not grow with its iterations.
+        """
+        with torch.no_grad():
+            _, op = self.linearize(x.detach())
+            cg = conjugate_gradient(op, v, atol=atol, rtol=rtol, max_iter=max_iter)
+        y, op = self.linearize(x)
+        hv = op(v)
+        with torch.no_grad():
+            rayleigh = (v * hv).sum(-1) / (v * v).sum(-1)
+        return y, (cg.solution * hv).sum(-1), cg, rayleigh
+
+
+class BlockHVP:
+    """v -> H v for H = alpha I + beta H_G at a fixed batch of points."""
+
+    def __init__(self, alpha: Tensor, beta: Tensor, lin: ICNNLinearization) -> None:
+        self.alpha, self.beta, self.lin = alpha, beta, lin
+
+    def __call__(self, v: Tensor) -> Tensor:
+        return self.alpha * v + self.beta * self.lin.hvp(v)
+
+    def restrict(self, idx: Tensor) -> BlockHVP:
+        return BlockHVP(self.alpha, self.beta, self.lin.restrict(idx))
 
 
 def cholesky_logdet(H: Tensor) -> Tensor:

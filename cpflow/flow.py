@@ -18,7 +18,7 @@ from .config import FlowConfig
 from .icnn import ICNN
 from .inverse import minimize_batched
 from .layers import ActNorm, Standardization
-from .logdet import conjugate_gradient, rademacher, slq_logdet
+from .logdet import rademacher, slq_logdet
 
 __all__ = ["CPFlow", "InverseInfo", "TrainStats"]
 
@@ -220,16 +220,11 @@ class CPFlow(nn.Module):
                 h = layer(h)
                 continue
             v = rademacher(tuple(h.shape), dtype=h.dtype, device=h.device, generator=generator)
-            with torch.no_grad():
-                _, hvp_ng = layer.linearize(h.detach())
-                cg = conjugate_gradient(
-                    hvp_ng, v, atol=cfg.cg_atol, rtol=cfg.cg_rtol, max_iter=cfg.cg_max_iter
-                )
-            y, hvp = layer.linearize(h)
-            Hv = hvp(v)
-            surrogate = surrogate + (cg.solution * Hv).sum(-1)
-            with torch.no_grad():
-                ray.append((v * Hv).sum(-1) / (v * v).sum(-1))
+            y, surr, cg, rq = layer.logdet_surrogate(
+                h, v, atol=cfg.cg_atol, rtol=cfg.cg_rtol, max_iter=cfg.cg_max_iter
+            )
+            surrogate = surrogate + surr
+            ray.append(rq)
             it_means.append(float(cg.iterations.float().mean()))
             it_max = max(it_max, int(cg.iterations.max()))
             conv.append(cg.converged.float())

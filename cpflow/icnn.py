@@ -53,6 +53,13 @@ class ICNNLinearization:
         self.s1 = s1  # s'(u_k)   (n, h)
         self.c2 = c2  # c_k s''(u_k)  (n, h)
 
+    def restrict(self, idx: Tensor) -> ICNNLinearization:
+        """The same linearisation for the samples idx only (for solvers that drop converged
+        samples)."""
+        return ICNNLinearization(
+            self.net, self.w, [s[idx] for s in self.s1], [c[idx] for c in self.c2]
+        )
+
     def hvp(self, v: Tensor) -> Tensor:
         net, w = self.net, self.w
         L = net.depth

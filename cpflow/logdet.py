@@ -111,11 +111,13 @@ def conjugate_gradient(
     """
     d = v.shape[-1]
     max_iter = d if max_iter is None else max_iter
+    thresh = atol + rtol * v.abs().amax(-1)
+    if v.ndim == 2 and hasattr(hvp, "restrict"):
+        return _cg_compact(hvp, v, thresh, max_iter)
     z = torch.zeros_like(v)
     r = v.clone()
     p = r.clone()
     rs = (r * r).sum(-1)
-    thresh = atol + rtol * v.abs().amax(-1)
     iters = torch.zeros(v.shape[:-1], dtype=torch.long, device=v.device)
     active = r.abs().amax(-1) > thresh
     tiny = torch.finfo(v.dtype).tiny
@@ -133,5 +135,39 @@ def conjugate_gradient(
         rs = torch.where(active, rs_new, rs)
         iters = iters + active.long()
         active = active & (r.abs().amax(-1) > thresh)
+    res = r.abs().amax(-1)
+    return CGResult(z, iters, res <= thresh, res)
+
+
+def _cg_compact(hvp, v: Tensor, thresh: Tensor, max_iter: int) -> CGResult:
+    """CG that applies H only to the samples still above their tolerance."""
+    n = v.shape[0]
+    z = torch.zeros_like(v)
+    r = v.clone()
+    p = r.clone()
+    rs = (r * r).sum(-1)
+    iters = torch.zeros(n, dtype=torch.long, device=v.device)
+    tiny = torch.finfo(v.dtype).tiny
+    act = (r.abs().amax(-1) > thresh).nonzero().squeeze(1)
+    op, op_n = hvp, n
+    for _ in range(max_iter):
+        k = act.numel()
+        if k == 0:
+            break
+        if k != op_n:
+            op, op_n = hvp.restrict(act), k
+        pa = p[act]
+        Hp = op(pa)
+        rsa = rs[act]
+        alpha = rsa / (pa * Hp).sum(-1).clamp_min(tiny)
+        z[act] = z[act] + alpha.unsqueeze(-1) * pa
+        ra = r[act] - alpha.unsqueeze(-1) * Hp
+        rs_new = (ra * ra).sum(-1)
+        beta = rs_new / rsa.clamp_min(tiny)
+        p[act] = ra + beta.unsqueeze(-1) * pa
+        r[act] = ra
+        rs[act] = rs_new
+        iters[act] += 1
+        act = act[ra.abs().amax(-1) > thresh[act]]
     res = r.abs().amax(-1)
     return CGResult(z, iters, res <= thresh, res)

@@ -1,0 +1,328 @@
+r"""Convolutional input-convex networks and the convolutional CP-Flow block.
+
+:class:`ConvICNN` is a scalar potential G of an image x (C, H, W), convex in x for any
+parameters. Layer k computes
+
+    pre_k = A_k * x + P_k * z_{k-1}   (A_k a free 3x3 convolution with bias, P_k a 3x3
+                                       convolution with weights softplus(W) / fan_in >= 0)
+    u_k   = exp(l_k) (pre_k + m_k)    (per-channel ActNorm, positive scale)
+    z_k   = s(u_k)                    (softplus-type; the first may be symmetrised s(u) - u/2)
+
+and G(x) = sum_{c,h,w} w_c z_L[c, h, w], w_c >= 0: a spatial average times H*W, so that the
+gradient per pixel is O(1) whatever the resolution. Convexity: z_0 is convex (s of an affine
+map), and a non-negative combination of convex functions passed through a convex non-decreasing
+s stays convex; the positive ActNorm scale keeps that. Only the first activation may be
+non-monotone, because only positive weights act on z_0.
+
+Gradients and Hessian-vector products are written out (adjoint and tangent sweeps through the
+convolutions), so no autograd is needed to evaluate the block map or H v; autograd is used only
+for parameter gradients. All public maps take flat rows (n, C*H*W): that is the layout of
+:mod:`cpflow.logdet` (CG, SLQ) and :mod:`cpflow.inverse`, which are reused unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .activations import Activation
+from .block import cholesky_logdet
+from .layers import ActNorm, softplus_inv
+
+__all__ = ["ChannelActNorm", "ConvCPFlowBlock", "ConvICNN", "PositiveConv2d"]
+
+
+class PositiveConv2d(nn.Module):
+    """3x3 (or k x k) convolution with weights softplus(W) / fan_in >= 0, no bias, stride 1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel = in_channels, out_channels, kernel
+        self.padding = kernel // 2
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel, kernel))
+        nn.init.normal_(self.weight, mean=0.0, std=1.0)
+
+    def effective_weight(self) -> Tensor:
+        """The non-negative kernel actually applied."""
+        return F.softplus(self.weight) / (self.in_channels * self.kernel * self.kernel)
+
+
+class ChannelActNorm(ActNorm):
+    """Per-channel ActNorm on images (n, C, H, W): y = exp(log_scale_c) (x + shift_c).
+
+    The core :class:`~cpflow.layers.ActNorm` with the channel axis at dim 1; its log-det per
+    image is H * W * sum(log_scale). The scale is positive, as convexity inside an ICNN needs.
+    """
+
+    def __init__(self, channels: int, height: int = 1, width: int = 1) -> None:
+        super().__init__(channels)
+        self.height, self.width = height, width
+
+    def _view(self, t: Tensor) -> Tensor:
+        return t.view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Zero mean, unit variance per channel over (n, H, W) of x (n, C, H, W)."""
+        x = x.reshape(x.shape[0], self.features, -1).transpose(0, 1).reshape(self.features, -1)
+        mean = x.mean(1)
+        std = x.std(1, unbiased=False) if x.shape[1] > 1 else torch.ones_like(mean)
+        self.shift.copy_(-mean)
+        self.log_scale.copy_(-torch.log(std.clamp_min(1e-6)))
+        self.initialized.fill_(True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x + self._view(self.shift)) * self._view(self.scale())
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y * self._view(torch.exp(-self.log_scale)) - self._view(self.shift)
+
+    def logdet(self) -> Tensor:
+        return self.log_scale.sum() * (self.height * self.width)
+
+
+class _ConvLinearization:
+    """Cached quantities of a ConvICNN at a batch x to apply its Hessian to vectors."""
+
+    def __init__(self, net: ConvICNN, w: dict, s1: list[Tensor], c2: list[Tensor], n: int):
+        self.net, self.w, self.s1, self.c2, self.n = net, w, s1, c2, n
+
+    def hvp(self, v: Tensor) -> Tensor:
+        """H v for v (..., n, d); leading dimensions are folded into the batch."""
+        net, w = self.net, self.w
+        lead = v.shape[:-2]
+        reps = 1
+        for s in lead:
+            reps *= int(s)
+        vi = v.reshape(reps * self.n, *net.shape)
+
+        def rep(t: Tensor) -> Tensor:
+            if reps == 1:
+                return t
+            return t.unsqueeze(0).expand(reps, *t.shape).reshape(reps * t.shape[0], *t.shape[1:])
+
+        s1 = [rep(t) for t in self.s1]
+        c2 = [rep(t) for t in self.c2]
+        ts: list[Tensor] = []  # du_k
+        dz = None
+        for k in range(net.depth):
+            pre = F.conv2d(vi, w["A"][k], padding=net.padding)
+            if k > 0:
+                pre = pre + F.conv2d(dz, w["P"][k], padding=net.padding)
+            du = pre * w["sc"][k]
+            ts.append(du)
+            dz = s1[k] * du
+        out = None
+        acc = None  # tangent of dG/dz_k flowing back
+        for k in reversed(range(net.depth)):
+            r = c2[k] * ts[k]
+            if acc is not None:
+                r = r + s1[k] * acc
+            g = r * w["sc"][k]
+            term = F.conv_transpose2d(g, w["A"][k], padding=net.padding)
+            out = term if out is None else out + term
+            if k > 0:
+                acc = F.conv_transpose2d(g, w["P"][k], padding=net.padding)
+        return out.reshape(*lead, self.n, net.dim)
+
+
+class ConvICNN(nn.Module):
+    """Scalar convex potential of an image, with explicit gradient and Hessian-vector products.
+
+    Inputs are flat rows (n, C*H*W) or images (n, C, H, W); outputs of ``grad`` are flat.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        hidden: int = 64,
+        depth: int = 4,
+        activation: str = "logistic",
+        *,
+        kernel: int = 3,
+        symmetric_first: bool = True,
+        zero_offset: bool = False,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError("depth must be >= 1")
+        c, h, wd = (int(s) for s in shape)
+        self.shape = (c, h, wd)
+        self.dim = c * h * wd
+        self.hidden, self.depth, self.kernel, self.padding = hidden, depth, kernel, kernel // 2
+        self.acts = [
+            Activation(activation, symmetric=(k == 0 and symmetric_first), zero_offset=zero_offset)
+            for k in range(depth)
+        ]
+        self.conv_x = nn.ModuleList(
+            nn.Conv2d(c, hidden, kernel, padding=self.padding) for _ in range(depth)
+        )
+        self.pos = nn.ModuleList(PositiveConv2d(hidden, hidden, kernel) for _ in range(depth - 1))
+        self.norms = nn.ModuleList(ChannelActNorm(hidden, h, wd) for _ in range(depth))
+        self.out_weight = nn.Parameter(torch.zeros(hidden))
+
+    # -- weights and passes ---------------------------------------------------------------------
+    def _weights(self) -> dict:
+        A, b, P, sc = [], [], [], []
+        for k in range(self.depth):
+            A.append(self.conv_x[k].weight)
+            b.append((self.conv_x[k].bias + self.norms[k].shift).view(1, -1, 1, 1))
+            P.append(self.pos[k - 1].effective_weight() if k > 0 else None)
+            sc.append(self.norms[k].scale().view(1, -1, 1, 1))
+        w_out = (F.softplus(self.out_weight) / self.hidden).view(1, -1, 1, 1)
+        return {"A": A, "b": b, "P": P, "sc": sc, "w_out": w_out}
+
+    def _img(self, x: Tensor) -> Tensor:
+        return x.reshape(-1, *self.shape)
+
+    def _forward(self, x: Tensor, w: dict):
+        us, zs, s1, s2 = [], [], [], []
+        z = None
+        for k in range(self.depth):
+            pre = F.conv2d(x, w["A"][k], padding=self.padding) + w["b"][k]
+            if k > 0:
+                pre = pre + F.conv2d(z, w["P"][k], padding=self.padding)
+            u = pre * w["sc"][k]
+            z, d1, d2 = self.acts[k].all(u)
+            us.append(u)
+            zs.append(z)
+            s1.append(d1)
+            s2.append(d2)
+        return us, zs, s1, s2
+
+    def _adjoints(self, w: dict, s1: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        """c_k = dG/dz_k (per layer) and grad_x G (n, C, H, W)."""
+        cs: list[Tensor] = [None] * self.depth  # type: ignore[list-item]
+        c = w["w_out"].expand_as(s1[-1])
+        grad = None
+        for k in reversed(range(self.depth)):
+            cs[k] = c
+            g = s1[k] * c * w["sc"][k]  # dG/dpre_k
+            term = F.conv_transpose2d(g, w["A"][k], padding=self.padding)
+            grad = term if grad is None else grad + term
+            if k > 0:
+                c = F.conv_transpose2d(g, w["P"][k], padding=self.padding)
+        return cs, grad
+
+    # -- public maps ----------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """G(x), shape (n,)."""
+        w = self._weights()
+        zs = self._forward(self._img(x), w)[1]
+        return (zs[-1] * w["w_out"]).sum((1, 2, 3))
+
+    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(G(x) (n,), grad G(x) (n, d)) from one forward and one adjoint pass."""
+        w = self._weights()
+        xi = self._img(x)
+        _, zs, s1, _ = self._forward(xi, w)
+        value = (zs[-1] * w["w_out"]).sum((1, 2, 3))
+        return value, self._adjoints(w, s1)[1].reshape(xi.shape[0], self.dim)
+
+    def grad(self, x: Tensor) -> Tensor:
+        """grad G(x) as flat rows (n, d), without autograd."""
+        return self.value_and_grad(x)[1]
+
+    def linearize(self, x: Tensor) -> tuple[Tensor, _ConvLinearization]:
+        """(grad G (n, d), an object whose ``hvp`` applies the Hessian of G at x)."""
+        w = self._weights()
+        xi = self._img(x)
+        _, _, s1, s2 = self._forward(xi, w)
+        cs, grad = self._adjoints(w, s1)
+        c2 = [c * d2 for c, d2 in zip(cs, s2, strict=True)]
+        n = xi.shape[0]
+        return grad.reshape(n, self.dim), _ConvLinearization(self, w, s1, c2, n)
+
+    def grad_and_hessian(self, x: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor]:
+        """(grad G (n, d), Hessian (n, d, d)) from d Hessian-vector products (basis vectors)."""
+        g, lin = self.linearize(x)
+        return g, hessian_from_hvp(lin.hvp, g.shape[0], self.dim, g.dtype, g.device, chunk)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Data-dependent init of the hidden ActNorms, layer by layer, on a batch x."""
+        xi = self._img(x)
+        for k in range(self.depth):
+            norm = self.norms[k]
+            w = self._weights()
+            u = self._forward(xi, w)[0][k]
+            raw = u / w["sc"][k] - norm.shift.view(1, -1, 1, 1)
+            norm.initialize(raw)
+
+
+def hessian_from_hvp(
+    hvp: Callable[[Tensor], Tensor],
+    n: int,
+    d: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    chunk: int = 64,
+) -> Tensor:
+    """Dense (n, d, d) Hessians from HVPs against basis vectors, ``chunk`` columns at a time."""
+    cols = []
+    for start in range(0, d, chunk):
+        stop = min(start + chunk, d)
+        basis = torch.zeros(stop - start, n, d, dtype=dtype, device=device)
+        idx = torch.arange(start, stop, device=device)
+        basis[torch.arange(stop - start, device=device), :, idx] = 1.0
+        cols.append(hvp(basis))  # (k, n, d): column j of H for every sample
+    H = torch.cat(cols, 0).permute(1, 2, 0)
+    return 0.5 * (H + H.transpose(1, 2))  # symmetric up to round-off
+
+
+class ConvCPFlowBlock(nn.Module):
+    """f = grad F with F(x) = softplus(w0)|x|^2/2 + softplus(w1) G(x), G a ConvICNN.
+
+    The same potential as :class:`cpflow.CPFlowBlock`, on flat image rows; H >= softplus(w0) I.
+    """
+
+    def __init__(self, icnn: ConvICNN) -> None:
+        super().__init__()
+        self.icnn = icnn
+        self.dim = icnn.dim
+        self.shape = icnn.shape
+        self.w0 = nn.Parameter(torch.tensor(softplus_inv(1.0)))
+        self.w1 = nn.Parameter(torch.tensor(0.0))
+
+    def coefficients(self) -> tuple[Tensor, Tensor]:
+        """(alpha, beta) = (softplus(w0), softplus(w1))."""
+        return F.softplus(self.w0), F.softplus(self.w1)
+
+    def potential(self, x: Tensor) -> Tensor:
+        """F(x), shape (n,)."""
+        a, b = self.coefficients()
+        return 0.5 * a * (x * x).sum(-1) + b * self.icnn(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """f(x) = grad F(x) on flat rows, computed without autograd."""
+        a, b = self.coefficients()
+        return a * x + b * self.icnn.grad(x)
+
+    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(F(x), f(x)) from one pass (what the inverse solver needs)."""
+        a, b = self.coefficients()
+        gv, gg = self.icnn.value_and_grad(x)
+        return 0.5 * a * (x * x).sum(-1) + b * gv, a * x + b * gg
+
+    def linearize(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """(f(x), v -> H(x) v); v may carry leading probe dimensions."""
+        a, b = self.coefficients()
+        g, lin = self.icnn.linearize(x)
+
+        def hvp(v: Tensor) -> Tensor:
+            return a * v + b * lin.hvp(v)
+
+        return a * x + b * g, hvp
+
+    def forward_and_hessian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(f(x) (n, d), H(x) (n, d, d)) from d Hessian-vector products."""
+        y, hvp = self.linearize(x)
+        return y, hessian_from_hvp(hvp, x.shape[0], self.dim, x.dtype, x.device)
+
+    def forward_and_logdet(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(f(x), log det H(x)) by a batched Cholesky factorisation of the dense Hessian."""
+        y, H = self.forward_and_hessian(x)
+        return y, cholesky_logdet(H)
