@@ -55,6 +55,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -q || die "apt-get update failed"
         apt-get install -y -q redis-server || die "apt-get install redis-server failed"
+        command -v redis-server >/dev/null 2>&1 \
+            || die "redis-server was installed but is not on PATH ($PATH)"
+        # Debian's package may have started its own service already.
+        if [[ "$port" == 6379 ]] && wait_for_redis; then
+            say "redis answers at $host:$port (started by the Debian package)"
+            exit 0
+        fi
     else
         die "Redis is not installed and not running at $host:$port. cpflow queues training jobs in Redis.
   Fix one of these ways, then rerun:
@@ -66,7 +73,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 say "starting redis-server on 127.0.0.1:$port (no persistence: dev queue only)"
-redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
-    >/dev/null || die "redis-server failed to start on port $port"
-wait_for_redis || die "redis-server started but does not answer on 127.0.0.1:$port"
+start_log="$(redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" \
+    --appendonly no 2>&1)" || warn "redis-server said: $start_log"
+wait_for_redis || die "redis-server does not answer on 127.0.0.1:$port (is the port taken? $start_log)"
 say "redis answers at 127.0.0.1:$port"
