@@ -122,7 +122,7 @@ class JobSpec(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     timeout_s: int | None = Field(
-        None, ge=10, le=30 * 24 * 3600, description="wall-clock limit; default: the server's"
+        None, ge=1, le=30 * 24 * 3600, description="wall-clock limit; default: the server's"
     )
 
     @field_validator("model_name")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from redis.exceptions import RedisError
 
 __all__ = [
     "JobRecorder",
@@ -111,7 +112,7 @@ class JobRecorder:
                 return
             try:
                 self.connection.hset(self.key, "heartbeat_at", repr(time.time()))
-            except Exception as exc:  # noqa: BLE001 - a blip: the lease tolerates missed beats
+            except RedisError as exc:  # a blip: the lease tolerates a few missed beats
                 log.warning("heartbeat failed: %s", exc)
 
     def progress(self, values: dict[str, Any], *, force: bool = False) -> None:
@@ -122,13 +123,13 @@ class JobRecorder:
         self._last_progress = now
         try:
             self.connection.hset(self.key, "progress", json.dumps(values))
-        except Exception as exc:  # noqa: BLE001 - progress is best effort
+        except RedisError as exc:  # progress is best effort
             log.warning("progress write failed: %s", exc)
 
     def cancel_requested(self) -> bool:
         try:
             return self.connection.hget(self.key, "cancel_requested") == b"1"
-        except Exception:  # noqa: BLE001
+        except RedisError:
             return False  # keep training through a Redis blip
 
     def should_stop(self) -> bool:

@@ -51,6 +51,10 @@ def purge(conn: redis.Redis, queue_name: str) -> None:
     keys = set(conn.scan_iter(match=f"*{queue_name}*", count=1000))
     for job_id in job_ids:
         keys.update(conn.scan_iter(match=f"*{job_id}*", count=1000))
+    for key in conn.scan_iter(match="rq:worker:*", count=1000, _type="HASH"):
+        if conn.hget(key, "queues") == queue_name.encode():  # workers that were SIGKILLed
+            keys.update({key, key + b":executions"})
+            conn.srem("rq:workers", key)
     if keys:
         conn.delete(*keys)
     conn.srem("rq:queues", f"rq:queue:{queue_name}")
@@ -86,15 +90,17 @@ def stack_env(store_dir: Path, queue_name: str, redis_url: str = REDIS_URL) -> d
 class Stack:
     """A running uvicorn service (and the workers a test starts) on one store and queue."""
 
-    def __init__(self, tmp: Path, queue_name: str) -> None:
+    def __init__(self, tmp: Path, queue_name: str, *, with_worker: bool = True) -> None:
         self.tmp = tmp
         self.store_dir = tmp / "store"
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.queue_name = queue_name
         self.env = stack_env(self.store_dir, queue_name)
+        self.workers: list[Proc] = []
+        if with_worker:
+            self.start_worker()  # boots while uvicorn does
         self.server, self.url = start_server(self.env, tmp / "server.log")
         self.client = httpx.Client(base_url=self.url, timeout=30)
-        self.workers: list[Proc] = []
 
     def start_worker(self) -> Proc:
         proc = start_worker(self.env, self.tmp / f"worker{len(self.workers)}.log")
