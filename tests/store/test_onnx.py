@@ -68,3 +68,31 @@ def test_model_without_export(store) -> None:
     assert loaded.onnx_path is None and loaded.manifest["onnx"] == {"exported": False}
     with pytest.raises(StoreError, match="export_onnx=True"):
         OnnxTransport.from_loaded(loaded)
+
+
+def test_failed_parity_drops_the_export(store, monkeypatch) -> None:
+    """A parity failure is recorded with its reason and no model.onnx is stored."""
+    from model_store import onnx_export
+
+    real = onnx_export.export_forward_transport
+    monkeypatch.setattr(
+        onnx_export, "export_forward_transport", lambda flow: real(flow, tolerance=-1.0)
+    )
+    published = store.publish("p", make_flow(2, seed=0, blocks=1, hidden=4), export_onnx=True)
+    info = published.manifest["onnx"]
+    assert info["exported"] is False and "parity" in info["reason"]
+    assert info["parity_max_abs_diff"] is not None
+    assert ONNX_FILE not in published.manifest["files"]
+    assert not (published.path / ONNX_FILE).exists()
+    assert store.load("p").onnx_path is None
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_parity() -> None:
+    """torch's default (dynamo) exporter, slow to run: same parity requirement."""
+    from model_store.onnx_export import export_forward_transport
+
+    exported = export_forward_transport(make_flow(8, seed=1), exporter="dynamo")
+    assert exported.info["exporter"] == "dynamo"
+    assert exported.info["exported"] is True, exported.info.get("reason")
+    assert exported.info["parity_max_abs_diff"] <= PARITY_TOLERANCE
