@@ -27,8 +27,14 @@ def load_splits(
     seed: int = 0,
     data_dir: str | Path | None = None,
 ) -> Any:
-    """A data set name goes through ``training.datasets.load_dataset``; splits pass through."""
+    """A data set name goes through ``training.datasets.load_dataset`` (``wishart_gaussian:D``
+    builds the OT experiment's Gaussian); splits pass through."""
     if isinstance(dataset, str):
+        from training.ot import make_splits, parse_ot_dataset
+
+        ot_dim = parse_ot_dataset(dataset)
+        if ot_dim is not None:
+            return make_splits(ot_dim, num_samples=num_samples, seed=seed)[0]
         from training.datasets import load_dataset
 
         return load_dataset(dataset, num_samples=num_samples, seed=seed, data_dir=data_dir)

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.collections import LineCollection
 
 __all__ = [
     "PNG_MAGIC",
@@ -33,7 +34,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _png(fig: plt.Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return buf.getvalue()
 
@@ -162,15 +163,20 @@ def potential_figure(flow: Any, data: np.ndarray, *, grid: int = 120, lines: int
 
         mesh_title = "mesh under the flow's transform"
 
-    t = np.linspace(0.0, 1.0, 200)
+    t = np.linspace(0.0, 1.0, 100)
+    segments = []
     for k in np.linspace(0.0, 1.0, lines):
         x0 = bounds[0] + k * (bounds[1] - bounds[0])
         y0 = bounds[2] + k * (bounds[3] - bounds[2])
-        vert = np.stack([np.full_like(t, x0), bounds[2] + t * (bounds[3] - bounds[2])], 1)
-        horiz = np.stack([bounds[0] + t * (bounds[1] - bounds[0]), np.full_like(t, y0)], 1)
-        for line in (vert, horiz):
-            m = mapped(line)
-            axes[1].plot(m[:, 0], m[:, 1], lw=0.5, color="k")
+        segments.append(
+            np.stack([np.full_like(t, x0), bounds[2] + t * (bounds[3] - bounds[2])], 1)
+        )
+        segments.append(
+            np.stack([bounds[0] + t * (bounds[1] - bounds[0]), np.full_like(t, y0)], 1)
+        )
+    moved = mapped(np.concatenate(segments)).reshape(len(segments), len(t), 2)
+    axes[1].add_collection(LineCollection(list(moved), linewidths=0.5, colors="k"))
+    axes[1].autoscale()
     axes[1].set_title(mesh_title)
     axes[1].set_aspect("equal", adjustable="datalim")
 

@@ -90,7 +90,7 @@ PRESETS: dict[str, Preset] = {
         name="gaussian_ot",
         description="paper §5.2/E.3: one block, ICNN 5 hidden layers x 64 units, Gaussian "
         "softplus, no ActNorm, isotropic standardisation (the map is a Brenier map)",
-        default_dataset=None,
+        default_dataset="wishart_gaussian:2",
         flow={
             "blocks": 1,
             "depth": 5,

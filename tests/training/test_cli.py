@@ -1,0 +1,144 @@
+"""cpflow-train end to end: a tiny run into a temporary store, and clear failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model_store import ModelStore
+from training.cli import main
+from training.plots import PNG_MAGIC
+
+
+def test_cli_trains_and_publishes_a_loadable_model(tmp_path, capsys) -> None:
+    store_dir = tmp_path / "store"
+    rc = main(
+        [
+            "--dataset",
+            "wishart_gaussian:2",
+            "--name",
+            "ot-demo",
+            "--preset",
+            "gaussian_ot",
+            "--iterations",
+            "6",
+            "--num-samples",
+            "600",
+            "--hidden",
+            "8",
+            "--depth",
+            "2",
+            "--store-dir",
+            str(store_dir),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["name"] == "ot-demo" and out["version"] == 1
+    metrics = out["metrics"]
+    assert metrics["method"] == "exact"
+    store = ModelStore(store_dir)
+    loaded = store.load("ot-demo")
+    # Options override the preset; the preset fills the rest.
+    cfg = loaded.flow.config
+    assert (cfg.hidden, cfg.depth, cfg.blocks, cfg.actnorm) == (8, 2, 1, False)
+    training = loaded.manifest["training"]
+    assert training["dataset"] == "wishart_gaussian:2" and len(training["sha256"]) == 64
+    assert training["config"]["iterations"] == 6 and training["iterations_run"] == 6
+    assert training["wall_time_s"] > 0 and training["parameter_count"] > 0
+    assert training["job_id"] is None and training["preset"] == "gaussian_ot"
+    # The published test NLL is the loaded model's exact NLL on the same test split.
+    from training.pipeline import load_splits
+
+    splits = load_splits("wishart_gaussian:2", num_samples=600)
+    x = torch.as_tensor(splits.test)
+    with torch.no_grad():
+        direct = -float(loaded.flow.log_prob(x, method="exact").mean())
+    assert metrics["test_nll"] == pytest.approx(direct, abs=1e-4)  # float32, batch order
+    names = {
+        p if isinstance(p, str) else p.get("filename", p.get("name"))
+        for p in loaded.manifest["plots"]
+    }
+    assert {"training_curve.png", "density.png", "potential.png"} <= names
+    for name in ("training_curve.png", "density.png", "potential.png"):
+        assert store.plot_path("ot-demo", 1, name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_cli_no_plots_and_second_version(tmp_path, capsys) -> None:
+    args = [
+        "--dataset",
+        "wishart_gaussian:3",
+        "--name",
+        "m",
+        "--iterations",
+        "3",
+        "--blocks",
+        "1",
+        "--hidden",
+        "4",
+        "--depth",
+        "1",
+        "--num-samples",
+        "300",
+        "--store-dir",
+        str(tmp_path),
+        "--no-plots",
+        "--quiet",
+    ]
+    assert main(args) == 0 and main(args) == 0
+    store = ModelStore(tmp_path)
+    assert store.versions("m") == [1, 2]
+    assert store.manifest("m", 2)["plots"] == []
+
+
+def test_cli_reports_divergence_and_bad_presets(tmp_path, capsys) -> None:
+    rc = main(
+        [
+            "--dataset",
+            "wishart_gaussian:2",
+            "--name",
+            "x",
+            "--lr",
+            "1e12",
+            "--iterations",
+            "200",
+            "--val-every",
+            "1000",
+            "--num-samples",
+            "300",
+            "--store-dir",
+            str(tmp_path),
+            "--quiet",
+            "--no-plots",
+        ]
+    )
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "diverged at iteration" in err
+    assert ModelStore(tmp_path).list_models() == []  # nothing published
+    rc = main(
+        [
+            "--dataset",
+            "sklearn:wine",
+            "--name",
+            "x",
+            "--preset",
+            "tabular",
+            "--store-dir",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert rc == 1 and "covers the data sets" in capsys.readouterr().err
+
+
+def test_cli_store_dir_defaults_to_the_environment(tmp_path, monkeypatch) -> None:
+    from training.cli import build_parser
+
+    monkeypatch.setenv("CPFLOW_STORE_DIR", str(tmp_path / "env-store"))
+    assert build_parser().parse_args(["--name", "a"]).store_dir == str(tmp_path / "env-store")
+    monkeypatch.delenv("CPFLOW_STORE_DIR")
+    assert build_parser().parse_args(["--name", "a"]).store_dir == "./var/store"
