@@ -212,6 +212,15 @@ class JobQueue:
             "spec": json.dumps(spec),
             "created_at": repr(now),
             "timeout_s": str(timeout),
+            "progress": json.dumps(
+                {
+                    "iteration": 0,
+                    "total": spec.get("training", {}).get("iterations"),
+                    "val_nll": None,
+                    "seconds_per_iteration": None,
+                    "eta_s": None,
+                }
+            ),
         }
         with self._available():
             pipe = self.connection.pipeline()

@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import stack_env
-from jobs_procs import free_port, start_redis, start_server, wait_for
+from conftest import SHORT_TRAINING, TINY_MODEL, stack_env
+from jobs_procs import free_port, start_redis, start_server, start_worker, wait_for
 
 from cpflow import CPFlow, FlowConfig
 from model_store import ModelStore
@@ -33,7 +33,7 @@ def _publish_model(store_dir: Path) -> None:
     ModelStore(store_dir).publish("steady", flow, training={"note": "outage test"})
 
 
-def test_job_routes_503_while_redis_is_down_scoring_keeps_working(tmp_path: Path) -> None:
+def test_redis_outage_503_on_job_routes_scoring_200_then_all_recovers(tmp_path: Path) -> None:
     port = free_port()
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
@@ -41,16 +41,31 @@ def test_job_routes_503_while_redis_is_down_scoring_keeps_working(tmp_path: Path
     _publish_model(store_dir)
     env = stack_env(store_dir, f"outage-{uuid.uuid4().hex[:8]}", f"redis://127.0.0.1:{port}/0")
     redis_proc = start_redis(port, redis_dir, tmp_path / "redis1.log")
+    worker = start_worker(env, tmp_path / "worker.log")  # boots while uvicorn does
     server, url = start_server(env, tmp_path / "server.log")
     c = httpx.Client(base_url=url, timeout=30)
+
+    def finished(job_id: str) -> dict:
+        def check() -> dict | None:
+            job = c.get(f"/v1/jobs/{job_id}").json()
+            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+        return wait_for(check, 90, f"job {job_id} to end", step=0.2)
+
     try:
-        x = np.random.default_rng(0).normal(size=(20, 2)).round(5)
+        x = np.random.default_rng(0).normal(size=(60, 2)).round(5)
         csv = "a,b\n" + "\n".join(f"{a},{b}" for a, b in x)
         ds = c.post("/v1/datasets", files={"file": ("d.csv", csv.encode())}).json()["id"]
-        spec = {"model_name": "later", "dataset": {"id": ds}, "training": {"iterations": 5}}
+        spec = {
+            "model_name": "trained",
+            "dataset": {"id": ds},
+            "model": TINY_MODEL,
+            "training": SHORT_TRAINING,
+        }
         before = c.post("/v1/jobs", json=spec)
-        assert before.status_code == 202  # no worker here: it stays queued
-        job_id = before.json()["id"]
+        assert before.status_code == 202
+        first = before.json()["id"]
+        assert finished(first)["status"] == "succeeded"
 
         # Redis stops (SIGTERM: it flushes its append-only file and exits).
         redis_proc.popen.send_signal(signal.SIGTERM)
@@ -58,38 +73,41 @@ def test_job_routes_503_while_redis_is_down_scoring_keeps_working(tmp_path: Path
 
         for method, path, body in [
             ("GET", "/v1/jobs", None),
-            ("GET", f"/v1/jobs/{job_id}", None),
+            ("GET", f"/v1/jobs/{first}", None),
             ("POST", "/v1/jobs", spec),
-            ("DELETE", f"/v1/jobs/{job_id}", None),
+            ("DELETE", f"/v1/jobs/{first}", None),
         ]:
             r = c.request(method, path, json=body)
             assert r.status_code == 503, (method, path, r.text)
             assert r.json()["error"]["code"] == "queue_unavailable"
         scoring = [
-            ("log_prob", {"inputs": x[:3].tolist()}),
-            ("sample", {"num_samples": 4, "seed": 1}),
-            ("transport", {"inputs": x[:3].tolist(), "direction": "forward"}),
+            ("steady/log_prob", {"inputs": x[:3].tolist()}),
+            ("steady/sample", {"num_samples": 4, "seed": 1}),
+            ("steady/transport", {"inputs": x[:3].tolist(), "direction": "forward"}),
+            ("trained/log_prob", {"inputs": x[:3].tolist()}),
         ]
         for route, body in scoring:
-            r = c.post(f"/v1/models/steady/{route}", json=body)
+            r = c.post(f"/v1/models/{route}", json=body)
             assert r.status_code == 200, (route, r.text)
         assert c.get("/v1/datasets").status_code == 200  # the store alone answers this
         assert c.get("/readyz").json()["redis"]["ok"] is False
 
-        # Redis is back on the same port and data directory: the service recovers by itself,
-        # and the job queued before the outage is still there.
+        # Redis is back on the same port and data directory: the service and the worker
+        # recover by themselves, and the job record from before the outage is still there.
         redis_proc = start_redis(port, redis_dir, tmp_path / "redis2.log")
-
-        def recovered() -> bool:
-            return c.get("/v1/jobs").status_code == 200
-
-        wait_for(recovered, 30, "job routes to answer again")
-        assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+        wait_for(lambda: c.get("/v1/jobs").status_code == 200, 30, "job routes to answer")
+        assert c.get(f"/v1/jobs/{first}").json()["status"] == "succeeded"
         again = c.post("/v1/jobs", json=spec)
         assert again.status_code == 202
-        assert [j["id"] for j in c.get("/v1/jobs").json()] == [again.json()["id"], job_id]
-        assert c.delete(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+        second = again.json()["id"]
+        assert [j["id"] for j in c.get("/v1/jobs").json()] == [second, first]
+        job = finished(second)
+        assert job["status"] == "succeeded", (job, worker.tail())
+        assert job["result"]["version"] == 2
+        r = c.post("/v1/models/trained/log_prob", json={"inputs": x[:3].tolist()})
+        assert r.status_code == 200 and r.json()["version"] == 2
     finally:
         c.close()
+        worker.stop()
         server.stop()
         redis_proc.stop()
