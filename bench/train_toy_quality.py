@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,16 @@ from training.plots import make_plots
 from training.trainer import evaluate_nll, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _log_validation(ev) -> None:
+    if ev.phase == "validate":
+        print(
+            f"it {ev.iteration}/{ev.total} val_nll {ev.val_nll:.4f} "
+            f"s/it {ev.seconds_per_iteration or 0:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -52,7 +63,7 @@ def main() -> None:
     splits = SimpleNamespace(name=args.dataset, train=train_x, val=val_x, test=fresh, sha256="")
 
     t0 = time.perf_counter()
-    result = train(flow_kw, splits, cfg)
+    result = train(flow_kw, splits, cfg, progress=_log_validation)
     wall = time.perf_counter() - t0
     floor = float(-np.mean(toy_log_density(args.dataset, fresh.astype(np.float64))))
     x = torch.as_tensor(fresh, dtype=torch.float32)

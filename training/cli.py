@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: CPFLOW_DEVICE or cpu)")
     p.add_argument("--num-samples", type=int, help="rows to generate for toy data sets")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--store-dir",
         default=os.environ.get("CPFLOW_STORE_DIR", "./var/store"),
@@ -66,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from tqdm import tqdm
 
     from model_store import ModelStore

@@ -38,7 +38,9 @@ _TOY_TRAIN = {
     "iterations": 2000,
     "val_every": 250,
     "val_max_points": 2000,
-    "schedule": "none",
+    # Table 5 gives a constant Adam lr; a cosine decay to zero over the same budget lowers the
+    # final NLL at a fixed iteration count (measured: see the README's results table).
+    "schedule": "cosine",
 }
 
 # Table 7 (tabular): the paper's tabular code trains with Adam betas (0.9, 0.99), weight decay
