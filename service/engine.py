@@ -287,6 +287,15 @@ class InferenceEngine:
 
     # ---------------------------------------------------------------- operations
 
+    def _iterations(self, model: ServedModel, requested: int | None) -> int | None:
+        """The solver's iteration budget: the request's, or the model's default, never above
+        ``max_inverse_iterations`` (one request must not occupy a thread for hours)."""
+        cap = self.settings.max_inverse_iterations
+        if requested is not None:
+            return min(requested, cap)
+        default = getattr(getattr(model.flow, "config", None), "inverse_max_iter", None)
+        return cap if default is None or default > cap else None
+
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
 
@@ -337,6 +346,7 @@ class InferenceEngine:
         """n samples in data units, drawn by inverting the flow on seeded normal draws."""
         seed = secrets.randbits(63) if seed is None else seed
         flow = model.flow
+        max_iterations = self._iterations(model, max_iterations)
 
         def draw() -> tuple[torch.Tensor, Any]:
             x, info = flow.sample(
@@ -364,6 +374,7 @@ class InferenceEngine:
             z = await model.batchers["forward"].submit(x)
             return TransportResult(z, None, None)
         flow, device = model.flow, self.device
+        max_iterations = self._iterations(model, max_iterations)
 
         def invert() -> tuple[torch.Tensor, Any]:
             out, info = flow.inverse(x.to(device), tol=tolerance, max_iter=max_iterations)

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     max_samples: int = Field(
         default=10_000, ge=1, description="Most samples one /sample request may ask for."
     )
+    max_inverse_iterations: int = Field(
+        default=10_000,
+        ge=1,
+        description="Largest max_iterations a sample or inverse-transport request may ask for "
+        "(bounds the work one request can cause).",
+    )
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=1024,

@@ -56,6 +56,16 @@ def check_row_count(rows: list[list[float]], settings: Settings) -> None:
         )
 
 
+def check_iterations(max_iterations: int | None, settings: Settings) -> None:
+    if max_iterations is not None and max_iterations > settings.max_inverse_iterations:
+        raise ApiError(
+            422,
+            "too_many_iterations",
+            f"max_iterations is {max_iterations}; at most {settings.max_inverse_iterations} "
+            "(CPFLOW_MAX_INVERSE_ITERATIONS)",
+        )
+
+
 def rows_to_tensor(rows: list[list[float]], model: ServedModel) -> torch.Tensor:
     """Check every row has the model's dimension and fits its dtype; return an (n, d) tensor."""
     dim = model.dim
@@ -184,6 +194,7 @@ async def _sample(
             f"num_samples is {body.num_samples}; at most {settings.max_samples} per request "
             "(CPFLOW_MAX_SAMPLES)",
         )
+    check_iterations(body.max_iterations, settings)
     model = await _model(engine, request, name, version)
     result = await engine.sample(
         model,
@@ -245,6 +256,7 @@ async def _transport(
     settings: Settings, request: Request,
 ) -> TransportResponse:  # fmt: skip
     check_row_count(body.inputs, settings)
+    check_iterations(body.max_iterations, settings)
     model = await _model(engine, request, name, version)
     x = rows_to_tensor(body.inputs, model)
     result = await engine.transport(
