@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
+import torch
 from torch import Tensor, nn
 
 from .flow import CPFlow
 
-__all__ = ["ExplicitTransform"]
+__all__ = ["ExplicitTransform", "export_onnx"]
 
 
 class ExplicitTransform(nn.Module):
@@ -25,3 +29,27 @@ class ExplicitTransform(nn.Module):
         for layer in self.flow.layers:
             h = layer(h)
         return h
+
+
+def export_onnx(flow: CPFlow, path: str | Path, *, dynamo: bool = False, opset: int = 17) -> Path:
+    """Write the forward map x (n, d) -> z (n, d) to an ONNX file with a dynamic batch axis.
+
+    ``dynamo=False`` uses the TorchScript tracer (seconds); ``dynamo=True`` the torch.export
+    based exporter (slower to run, same graph semantics).
+    """
+    path = Path(path)
+    module = ExplicitTransform(flow).eval()
+    ref = flow.standardization.mean
+    example = torch.zeros(2, flow.dim, dtype=ref.dtype, device=ref.device)
+    kwargs = {
+        "input_names": ["x"],
+        "output_names": ["z"],
+        "dynamic_axes": {"x": {0: "n"}, "z": {0: "n"}},
+        "opset_version": opset,
+        "dynamo": dynamo,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with torch.no_grad():
+            torch.onnx.export(module, (example,), str(path), **kwargs)
+    return path

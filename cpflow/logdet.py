@@ -42,48 +42,53 @@ def slq_logdet(
 ) -> Tensor:
     """Per-probe SLQ estimates of log det H, shape (p, n), for probe vectors (p, n, d).
 
-    Lanczos runs ``min(steps, d)`` iterations with full re-orthogonalisation (twice, for
-    stability in float32). A breakdown (invariant subspace found) is handled by zeroing the
+    Lanczos runs ``min(steps, d)`` iterations with full re-orthogonalisation (twice in
+    float32). A breakdown (invariant subspace found) is handled by zeroing the
     remaining off-diagonals, which leaves the quadrature exact.
     """
     p, n, d = probes.shape
     m = min(steps, d)
     dtype = probes.dtype
     tiny = torch.finfo(dtype).tiny
-    norm2 = (probes * probes).sum(-1)  # (p, n)
-    q = probes / norm2.sqrt().unsqueeze(-1)
-    Q = probes.new_zeros(p, n, m, d)
-    alphas = probes.new_zeros(p, n, m)
-    betas = probes.new_zeros(p, n, max(m - 1, 0))
-    q_prev = torch.zeros_like(q)
-    beta_prev = probes.new_zeros(p, n)
     eps = torch.finfo(dtype).eps
+    passes = 1 if dtype == torch.float64 else 2  # float32: "twice is enough" (Kahan/Parlett)
+    B = p * n  # probes and samples flattened into one batch for the Lanczos vectors
+    v = probes.reshape(B, d)
+    norm2 = (v * v).sum(-1)
+    q = v / norm2.sqrt().unsqueeze(-1)
+    Q = v.new_zeros(B, m, d)
+    alphas = v.new_zeros(B, m)
+    betas = v.new_zeros(B, max(m - 1, 0))
+    q_prev = torch.zeros_like(q)
+    beta_prev = v.new_zeros(B)
     for j in range(m):
-        Q[:, :, j] = q
-        w = hvp(q)
+        Q[:, j] = q
+        w = hvp(q.view(p, n, d)).reshape(B, d)
         a = (w * q).sum(-1)
-        alphas[:, :, j] = a
+        alphas[:, j] = a
         if j == m - 1:
             break
         w = w - a.unsqueeze(-1) * q - beta_prev.unsqueeze(-1) * q_prev
-        Qj = Q[:, :, : j + 1]
-        for _ in range(2):
-            coef = torch.einsum("pnkd,pnd->pnk", Qj, w)
-            w = w - torch.einsum("pnk,pnkd->pnd", coef, Qj)
+        Qj = Q[:, : j + 1]
+        for _ in range(passes):  # full re-orthogonalisation against every earlier vector
+            coef = (Qj * w.unsqueeze(1)).sum(-1, keepdim=True)  # (B, j+1, 1)
+            w = w - (coef * Qj).sum(1)
         b = torch.linalg.vector_norm(w, dim=-1)
-        scale = a.abs() + beta_prev + 1.0
-        ok = b > 100 * eps * scale
+        ok = b > 100 * eps * (a.abs() + beta_prev + 1.0)
         b = torch.where(ok, b, torch.zeros_like(b))
-        betas[:, :, j] = b
+        betas[:, j] = b
         q_prev = q
         q = torch.where(ok.unsqueeze(-1), w / b.clamp_min(tiny).unsqueeze(-1), torch.zeros_like(w))
         beta_prev = b
     T = torch.diag_embed(alphas)
     if m > 1:
-        T = T + torch.diag_embed(betas, 1) + torch.diag_embed(betas, -1)
+        idx = torch.arange(m - 1, device=v.device)
+        T[:, idx, idx + 1] = betas
+        T[:, idx + 1, idx] = betas
     theta, V = torch.linalg.eigh(T)
-    tau2 = V[..., 0, :] ** 2
-    return norm2 * (tau2 * torch.log(theta.clamp_min(tiny))).sum(-1)
+    tau2 = V[:, 0, :] ** 2
+    est = norm2 * (tau2 * torch.log(theta.clamp_min(tiny))).sum(-1)
+    return est.view(p, n)
 
 
 @dataclass
