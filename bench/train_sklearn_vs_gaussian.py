@@ -82,6 +82,7 @@ def main() -> None:
             "stopped_early": result.stopped_early,
             "wall_time_s": wall,
             "seconds_per_iteration": wall / max(result.iterations_run, 1),
+            "step_seconds_per_iteration": result.extra.get("seconds_per_iteration"),
             "parameter_count": result.parameter_count,
             "flow": flow_kw,
             "plot": str(curve.relative_to(RESULTS.parent.parent)),

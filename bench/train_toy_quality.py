@@ -92,6 +92,7 @@ def main() -> None:
         "val_curve": [(h["iteration"], h["val_nll"]) for h in result.history],
         "wall_time_s": wall,
         "seconds_per_iteration": wall / max(result.iterations_run, 1),
+        "step_seconds_per_iteration": result.extra.get("seconds_per_iteration"),
         "parameter_count": result.parameter_count,
         "plots": paths,
     }

@@ -467,6 +467,8 @@ def train(
         emit("validate")
 
     sec_per_it: float | None = None
+    step_time = 0.0  # optimiser steps only (this process), for seconds/iteration
+    steps_here = 0
     flow.train()
     if iteration == 0 and not history:
         validate()  # the starting point: the curve and the "best" both begin here
@@ -496,7 +498,7 @@ def train(
                 if not _finite(x)
                 else f"lower the learning rate (lr={lr:g}) or set grad_clip"
             )
-            raise TrainingDiverged(step, f"surrogate loss is {float(loss)}", hint)
+            raise TrainingDiverged(step, f"surrogate loss is {float(loss.detach())}", hint)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, cfg.grad_clip if cfg.grad_clip is not None else math.inf
@@ -522,6 +524,8 @@ def train(
             cg_window.append(float(cg_mean))
         dt = time.perf_counter() - t_it
         sec_per_it = dt if sec_per_it is None else 0.9 * sec_per_it + 0.1 * dt
+        step_time += dt
+        steps_here += 1
         emit(
             "train",
             surrogate_loss=loss_value,
@@ -581,4 +585,5 @@ def train(
         stopped_early=stopped_early,
         flow_config=fcfg,
         train_config=cfg,
+        extra={"seconds_per_iteration": step_time / steps_here if steps_here else None},
     )
