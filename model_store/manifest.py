@@ -12,6 +12,7 @@ __all__ = [
     "MANIFEST_DIGEST_FILE",
     "MANIFEST_FILE",
     "ONNX_FILE",
+    "ONNX_LOG_PROB_FILE",
     "PLOTS_DIR",
     "WEIGHTS_FILE",
     "check_manifest",
@@ -26,6 +27,7 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_DIGEST_FILE = "manifest.sha256"
 WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILE = "model.onnx"
+ONNX_LOG_PROB_FILE = "log_prob.onnx"
 PLOTS_DIR = "plots"
 
 _REQUIRED = {

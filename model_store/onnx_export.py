@@ -13,6 +13,7 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "PARITY_TOLERANCE",
     "OnnxExport",
     "export_forward_transport",
+    "export_log_prob",
     "parity_points",
 ]
 
@@ -69,7 +71,18 @@ def _torch_transform(flow: CPFlow, x: np.ndarray) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def _onnx_transform(data: bytes, x: np.ndarray) -> np.ndarray:
+def _torch_log_prob(flow: CPFlow, x: np.ndarray) -> np.ndarray:
+    """Reference exact log-densities from the library, in chunks."""
+    import torch
+
+    outs = []
+    for start in range(0, len(x), _CHUNK):
+        batch = torch.from_numpy(x[start : start + _CHUNK])
+        outs.append(flow.log_prob(batch, method="exact").detach().cpu().numpy())
+    return np.concatenate(outs)
+
+
+def _onnx_run(data: bytes, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -81,7 +94,7 @@ def _onnx_transform(data: bytes, x: np.ndarray) -> np.ndarray:
     )
 
 
-def _export_torchscript(module: Any, example: Any, opset: int) -> bytes:
+def _export_torchscript(module: Any, example: Any, opset: int, output: str) -> bytes:
     """The TorchScript exporter: deprecated since torch 2.9 but ~100x faster to run."""
     import torch
 
@@ -94,14 +107,14 @@ def _export_torchscript(module: Any, example: Any, opset: int) -> bytes:
             buffer,
             dynamo=False,
             input_names=["x"],
-            output_names=["z"],
-            dynamic_axes={"x": {0: "batch"}, "z": {0: "batch"}},
+            output_names=[output],
+            dynamic_axes={"x": {0: "batch"}, output: {0: "batch"}},
             opset_version=opset,
         )
     return buffer.getvalue()
 
 
-def _export_dynamo(module: Any, example: Any, opset: int) -> bytes:
+def _export_dynamo(module: Any, example: Any, opset: int, output: str) -> bytes:
     """The torch.export-based exporter (torch's default since 2.9); tens of seconds per model."""
     import torch
 
@@ -113,7 +126,7 @@ def _export_dynamo(module: Any, example: Any, opset: int) -> bytes:
             None,
             dynamo=True,
             input_names=["x"],
-            output_names=["z"],
+            output_names=[output],
             dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
             opset_version=opset,
             verbose=False,
@@ -124,18 +137,81 @@ def _export_dynamo(module: Any, example: Any, opset: int) -> bytes:
 _EXPORTERS = {"torchscript": _export_torchscript, "dynamo": _export_dynamo}
 
 
-def _export_bytes(module: Any, example: Any, opset: int, exporter: str) -> tuple[bytes, str]:
+def _export_bytes(
+    module: Any, example: Any, opset: int, exporter: str, output: str = "z"
+) -> tuple[bytes, str]:
     """Trace ``module`` to ONNX bytes with a dynamic batch axis; returns (bytes, exporter used).
 
     "auto" tries the fast TorchScript exporter first and falls back to dynamo.
     """
     if exporter != "auto":
-        return _EXPORTERS[exporter](module, example, opset), exporter
+        return _EXPORTERS[exporter](module, example, opset, output), exporter
     try:
-        return _export_torchscript(module, example, opset), "torchscript"
+        return _export_torchscript(module, example, opset, output), "torchscript"
     except Exception as exc:  # noqa: BLE001 - fall back to the other exporter
         log.info("TorchScript ONNX export failed (%s); trying the dynamo exporter", exc)
-    return _export_dynamo(module, example, opset), "dynamo"
+    return _export_dynamo(module, example, opset, output), "dynamo"
+
+
+def _check_export(
+    graph: str,
+    module: Any,
+    reference: Any,
+    x: np.ndarray,
+    *,
+    output: str,
+    tolerance: float,
+    relative: bool,
+    opset: int,
+    exporter: str,
+    dtype: str,
+) -> OnnxExport:
+    """Export ``module``, run it with onnxruntime on ``x`` and compare with ``reference(x)``.
+
+    ``relative``: the bound is tolerance * max(1, |reference|) per value (log-densities reach
+    hundreds, where one float32 ulp alone exceeds 1e-5); otherwise it is absolute.
+    """
+    import onnxruntime
+    import torch
+
+    info: dict[str, Any] = {
+        "exported": False,
+        "graph": graph,
+        "input": "x",
+        "output": output,
+        "opset": opset,
+        "dtype": dtype,
+        "parity_points": len(x),
+        "parity_tolerance": tolerance,
+        "parity_tolerance_kind": "relative_above_1" if relative else "absolute",
+        "parity_max_abs_diff": None,
+        "torch_version": torch.__version__,
+        "onnxruntime_version": onnxruntime.__version__,
+    }
+    try:
+        with torch.no_grad():
+            data, used = _export_bytes(module, torch.from_numpy(x[:4]), opset, exporter, output)
+        info["exporter"] = used
+        got = _onnx_run(data, x).astype(np.float64)
+    except Exception as exc:  # noqa: BLE001 - report, do not fail the publish
+        info["reason"] = f"export failed: {type(exc).__name__}: {exc}"
+        log.warning("ONNX export of %s failed: %s", graph, info["reason"])
+        return OnnxExport(None, info)
+    want = reference(x).astype(np.float64)
+    error = np.abs(got - want)
+    diff = float(np.max(error))
+    info["parity_max_abs_diff"] = diff if np.isfinite(diff) else None
+    info["output_max_abs"] = float(np.max(np.abs(want)))
+    scaled = error / np.maximum(1.0, np.abs(want)) if relative else error
+    worst = float(np.max(scaled))
+    if relative:
+        info["parity_max_scaled_diff"] = worst if np.isfinite(worst) else None
+    if not (np.isfinite(worst) and worst <= tolerance):
+        info["reason"] = f"parity check failed: {worst:.3g} > {tolerance:g} ({graph})"
+        log.warning("ONNX export of %s dropped: %s", graph, info["reason"])
+        return OnnxExport(None, info)
+    info["exported"] = True
+    return OnnxExport(data, info)
 
 
 def export_forward_transport(
@@ -147,52 +223,58 @@ def export_forward_transport(
     seed: int = 0,
     exporter: Literal["auto", "torchscript", "dynamo"] = "auto",
 ) -> OnnxExport:
-    """Export x -> z and check it against torch; never raises for an export problem.
+    """Export x -> z and check it against ``flow.transform``; never raises for an export problem.
 
     ``exporter``: "auto" (TorchScript, else dynamo), or force one. A failed export or parity
-    check returns ``data=None`` with the reason in ``info`` so that
-    publishing a trained model does not fail because of ONNX.
+    check returns ``data=None`` with the reason in ``info`` so that publishing a trained model
+    does not fail because of ONNX. Parity: max |onnx - torch| <= tolerance (absolute).
     """
-    import onnxruntime
-    import torch
-
-    info: dict[str, Any] = {
-        "exported": False,
-        "graph": "forward_transport",
-        "input": "x",
-        "output": "z",
-        "opset": opset,
-        "dtype": flow.config.dtype,
-        "parity_points": points,
-        "parity_tolerance": tolerance,
-        "parity_max_abs_diff": None,
-        "torch_version": torch.__version__,
-        "onnxruntime_version": onnxruntime.__version__,
-    }
-    try:
-        from cpflow.export import ExplicitTransform
-    except ImportError as exc:
-        info["reason"] = f"cpflow.export.ExplicitTransform is not available ({exc})"
-        return OnnxExport(None, info)
-
     reference = copy.deepcopy(flow).cpu().eval()
     x = parity_points(reference, points, seed)
     try:
+        from cpflow.export import ExplicitTransform
+
         module = ExplicitTransform(reference).eval()
-        with torch.no_grad():
-            data, used = _export_bytes(module, torch.from_numpy(x[:4]), opset, exporter)
-        info["exporter"] = used
-        got = _onnx_transform(data, x)
-    except Exception as exc:  # noqa: BLE001 - report, do not fail the publish
-        info["reason"] = f"export failed: {type(exc).__name__}: {exc}"
-        log.warning("ONNX export failed: %s", info["reason"])
-        return OnnxExport(None, info)
-    want = _torch_transform(reference, x)
-    diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-    info["parity_max_abs_diff"] = diff if np.isfinite(diff) else None
-    if not (np.isfinite(diff) and diff <= tolerance):
-        info["reason"] = f"parity check failed: max |onnx - torch| = {diff:.3g} > {tolerance:g}"
-        log.warning("ONNX export dropped: %s", info["reason"])
-        return OnnxExport(None, info)
-    info["exported"] = True
-    return OnnxExport(data, info)
+    except Exception as exc:  # noqa: BLE001 - ImportError or a flow it cannot wrap
+        return OnnxExport(None, {"exported": False, "graph": "forward_transport",
+                                 "reason": f"no explicit transform ({exc})"})  # fmt: skip
+    exported = _check_export(
+        "forward_transport", module, partial(_torch_transform, reference), x,
+        output="z", tolerance=tolerance, relative=False, opset=opset, exporter=exporter,
+        dtype=flow.config.dtype,
+    )  # fmt: skip
+    if flow.config.dtype == "float32" and exported.info.get("parity_max_abs_diff") is not None:
+        # For scale: how far torch's own float32 result is from float64 on the same points.
+        exact = _torch_transform(copy.deepcopy(reference).double(), x.astype(np.float64))
+        want = _torch_transform(reference, x)
+        exported.info["torch_float32_rounding_max_abs"] = float(np.max(np.abs(want - exact)))
+    return exported
+
+
+def export_log_prob(
+    flow: CPFlow,
+    *,
+    opset: int = DEFAULT_OPSET,
+    points: int = PARITY_POINTS,
+    tolerance: float = PARITY_TOLERANCE,
+    seed: int = 0,
+    exporter: Literal["auto", "torchscript", "dynamo"] = "auto",
+) -> OnnxExport:
+    """Export the exact log-density x -> log p(x) for dim <= LOG_PROB_MAX_DIM.
+
+    Parity against ``flow.log_prob(x, method="exact")``: |onnx - torch| <= tolerance *
+    max(1, |log p|) per point (a relative bound: log-densities reach hundreds).
+    """
+    from .explicit_logprob import LOG_PROB_MAX_DIM, ExplicitLogProb
+
+    if flow.dim > LOG_PROB_MAX_DIM:
+        return OnnxExport(None, {"exported": False, "graph": "log_prob",
+                                 "reason": f"dim {flow.dim} > {LOG_PROB_MAX_DIM}: the unrolled "
+                                           "Cholesky is only exported for small dimensions"})  # fmt: skip
+    reference = copy.deepcopy(flow).cpu().eval()
+    x = parity_points(reference, points, seed)
+    return _check_export(
+        "log_prob", ExplicitLogProb(reference).eval(), partial(_torch_log_prob, reference), x,
+        output="log_prob", tolerance=tolerance, relative=True, opset=opset, exporter=exporter,
+        dtype=flow.config.dtype,
+    )  # fmt: skip

@@ -1,4 +1,4 @@
-"""OnnxTransport: forward transport x -> z of a stored model through onnxruntime."""
+"""onnxruntime sessions over a stored model's exports: forward transport and exact log-prob."""
 
 from __future__ import annotations
 
@@ -13,17 +13,18 @@ from .errors import CorruptModel, StoreError
 if TYPE_CHECKING:
     from .store import LoadedModel
 
-__all__ = ["OnnxTransport"]
+__all__ = ["OnnxLogProb", "OnnxTransport"]
 
 
-class OnnxTransport:
-    """An onnxruntime session over a model's ``model.onnx`` (forward transport only).
+class _OnnxSession:
+    """An onnxruntime session over one exported graph with input x (n, dim).
 
     Args:
         path: the ONNX file.
         expected_sha256: if given, the bytes are checked before the session is built.
         device: "cpu", or "cuda[:N]" to use the CUDA provider when onnxruntime has it.
         threads: intra-op threads (None: onnxruntime's default).
+        label: (model name, version) for error messages.
     """
 
     def __init__(
@@ -40,13 +41,13 @@ class OnnxTransport:
         self.path = Path(path)
         data = self.path.read_bytes()
         if expected_sha256 is not None and fsio.sha256_bytes(data) != expected_sha256:
-            name, version = label or (str(self.path.parent.parent.name), -1)
+            name, version = label or (self.path.parent.parent.name, -1)
             raise CorruptModel(name, version, self.path.name, "does not match its sha256")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads is not None:
             options.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
+        providers: list = ["CPUExecutionProvider"]
         if str(device).startswith("cuda") and "CUDAExecutionProvider" in (
             ort.get_available_providers()
         ):
@@ -57,6 +58,17 @@ class OnnxTransport:
         self.input_name = inp.name
         self.dim = int(inp.shape[1])
         self.dtype = np.float64 if inp.type == "tensor(double)" else np.float32
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Run the graph on a batch (n, dim); returns an array of the model's dtype."""
+        values = np.ascontiguousarray(x, dtype=self.dtype)
+        if values.ndim != 2 or values.shape[1] != self.dim:
+            raise ValueError(f"inputs must have shape (n, {self.dim}), got {values.shape}")
+        return self.session.run(None, {self.input_name: values})[0]
+
+
+class OnnxTransport(_OnnxSession):
+    """Forward transport z = f(x) of a stored model through onnxruntime (``model.onnx``)."""
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, **kwargs: object) -> OnnxTransport:
@@ -74,10 +86,24 @@ class OnnxTransport:
         )
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """z = f(x) for a batch (n, dim); returns an array of the model's dtype."""
-        values = np.ascontiguousarray(x, dtype=self.dtype)
-        if values.ndim != 2 or values.shape[1] != self.dim:
-            raise ValueError(f"inputs must have shape (n, {self.dim}), got {values.shape}")
-        return self.session.run(None, {self.input_name: values})[0]
+        """z = f(x) for a batch (n, dim)."""
+        return self(x)
 
-    __call__ = forward
+
+class OnnxLogProb(_OnnxSession):
+    """Exact log p(x) of a stored model through onnxruntime (``log_prob.onnx``, small d)."""
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, **kwargs: object) -> OnnxLogProb:
+        """Session for a model loaded from the store; StoreError if it has no such export."""
+        if loaded.onnx_log_prob_path is None:
+            raise StoreError(
+                f"model {loaded.name!r} version {loaded.version} has no ONNX log-prob export "
+                "(only small dimensions are exported, with export_onnx=True)"
+            )
+        return cls(
+            loaded.onnx_log_prob_path,
+            expected_sha256=loaded.onnx_log_prob_sha256,
+            label=(loaded.name, loaded.version),
+            **kwargs,  # type: ignore[arg-type]
+        )

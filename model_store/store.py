@@ -6,6 +6,7 @@ Layout under the root (CPFLOW_STORE_DIR)::
     <name>/<version>/manifest.sha256     sha256 of manifest.json
     <name>/<version>/weights.safetensors flow.state_dict()
     <name>/<version>/model.onnx          optional: forward transport x -> z
+    <name>/<version>/log_prob.onnx       optional: exact log p(x), small dimensions only
     <name>/<version>/plots/<file>        optional
     <name>/.lock                         flock taken to allocate versions and clean up
     <name>/.last_version                 highest version ever published (never reused)
@@ -37,6 +38,7 @@ from .manifest import (
     MANIFEST_DIGEST_FILE,
     MANIFEST_FILE,
     ONNX_FILE,
+    ONNX_LOG_PROB_FILE,
     PLOTS_DIR,
     WEIGHTS_FILE,
     check_manifest,
@@ -81,6 +83,8 @@ class LoadedModel:
     manifest: dict[str, Any]
     onnx_path: Path | None = None
     onnx_sha256: str | None = field(default=None, repr=False)
+    onnx_log_prob_path: Path | None = None
+    onnx_log_prob_sha256: str | None = field(default=None, repr=False)
 
 
 def _parse_version(text: str) -> int | None:
@@ -301,6 +305,10 @@ class ModelStore:
             manifest=manifest,
             onnx_path=onnx_path,
             onnx_sha256=manifest["files"].get(ONNX_FILE),
+            onnx_log_prob_path=(
+                folder / ONNX_LOG_PROB_FILE if ONNX_LOG_PROB_FILE in manifest["files"] else None
+            ),
+            onnx_log_prob_sha256=manifest["files"].get(ONNX_LOG_PROB_FILE),
         )
 
     def plot_path(self, name: str, version: int | str, filename: str) -> Path:
@@ -422,13 +430,18 @@ class ModelStore:
                 fsio.fsync_dir(tmp / PLOTS_DIR)
             onnx_info: dict[str, Any] = {"exported": False}
             if export_onnx:
-                from .onnx_export import export_forward_transport
+                from . import onnx_export
 
-                exported = export_forward_transport(flow)
+                exported = onnx_export.export_forward_transport(flow)
                 onnx_info = exported.info
                 if exported.data is not None:
                     _write_file(tmp / ONNX_FILE, exported.data)
                     files[ONNX_FILE] = fsio.sha256_bytes(exported.data)
+                density = onnx_export.export_log_prob(flow)
+                onnx_info["log_prob"] = density.info
+                if density.data is not None:
+                    _write_file(tmp / ONNX_LOG_PROB_FILE, density.data)
+                    files[ONNX_LOG_PROB_FILE] = fsio.sha256_bytes(density.data)
             base = {
                 "format_version": FORMAT_VERSION,
                 "name": name,

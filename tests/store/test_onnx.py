@@ -8,9 +8,24 @@ import torch
 from store_flows import make_flow
 
 from model_store import CorruptModel, StoreError
-from model_store.manifest import ONNX_FILE
+from model_store.explicit_logprob import LOG_PROB_MAX_DIM, unrolled_cholesky_logdet
+from model_store.manifest import ONNX_FILE, ONNX_LOG_PROB_FILE
 from model_store.onnx_export import PARITY_POINTS, PARITY_TOLERANCE, parity_points
-from model_store.onnx_runtime import OnnxTransport
+from model_store.onnx_runtime import OnnxLogProb, OnnxTransport
+
+
+def _autograd_transform(flow, x: torch.Tensor) -> torch.Tensor:
+    """Independent reference: each block's map as torch.autograd.grad of its potential F."""
+    from cpflow import CPFlowBlock
+
+    h = flow.standardization(x)
+    for layer in flow.layers:
+        if isinstance(layer, CPFlowBlock):
+            h = h.detach().requires_grad_(True)
+            (h,) = torch.autograd.grad(layer.potential(h).sum(), h)
+        else:
+            h = layer(h)
+    return h.detach()
 
 
 @pytest.mark.parametrize("dim", [2, 8, 43])
@@ -43,6 +58,24 @@ def test_onnx_parity_recorded_and_reproducible(store, dim: int) -> None:
     assert float(np.abs(want - x).max()) > 0.1
     # Dynamic batch axis: a single row works too.
     np.testing.assert_allclose(session(x[:1]), want[:1], atol=PARITY_TOLERANCE, rtol=0)
+    # The exported graph is the gradient map: compare with autograd of the potentials in
+    # float64 (1e-4: float32 rounding of outputs up to ~30 is ~1e-5 on its own).
+    exact = _autograd_transform(loaded.flow.double(), torch.from_numpy(x[:2000]).double())
+    assert float(np.abs(got[:2000] - exact.numpy()).max()) <= 1e-4
+
+    density = info["log_prob"]
+    if dim <= LOG_PROB_MAX_DIM:
+        assert density["exported"] is True, density.get("reason")
+        assert density["parity_max_scaled_diff"] <= PARITY_TOLERANCE
+        lp_session = OnnxLogProb.from_loaded(loaded, threads=1)
+        lp = lp_session(x[:2000]).astype(np.float64)
+        lp_want = loaded.flow.log_prob(exact.new_tensor(x[:2000]), method="exact")
+        lp_want = lp_want.detach().numpy()
+        # Against float64 torch: relative 1e-5 above |log p| = 1 (float32 ulps grow with |log p|).
+        assert float((np.abs(lp - lp_want) / np.maximum(1.0, np.abs(lp_want))).max()) <= 1e-5
+    else:
+        assert density["exported"] is False and "small dimensions" in density["reason"]
+        assert ONNX_LOG_PROB_FILE not in published.manifest["files"]
 
 
 def test_onnx_transport_rejects_bad_inputs_and_files(store) -> None:
@@ -96,3 +129,13 @@ def test_dynamo_exporter_parity() -> None:
     assert exported.info["exporter"] == "dynamo"
     assert exported.info["exported"] is True, exported.info.get("reason")
     assert exported.info["parity_max_abs_diff"] <= PARITY_TOLERANCE
+
+
+def test_unrolled_cholesky_matches_linalg() -> None:
+    """The exportable log-det equals torch.linalg.slogdet on random SPD matrices (float64)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 7, 7, generator=gen, dtype=torch.float64)
+    spd = a @ a.transpose(1, 2) + 0.1 * torch.eye(7, dtype=torch.float64)
+    sign, want = torch.linalg.slogdet(spd)
+    assert bool((sign > 0).all())
+    torch.testing.assert_close(unrolled_cholesky_logdet(spd), want, atol=1e-10, rtol=1e-10)
