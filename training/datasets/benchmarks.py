@@ -184,11 +184,14 @@ def _read_numeric_csv(path: Path) -> np.ndarray:
         import pandas as pd
     except ImportError:
         pd = None
-    if pd is not None:
-        frame = pd.read_csv(path, index_col=False)
-        return frame.to_numpy(dtype=np.float64)
-    rows = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
-    return rows
+    try:
+        if pd is not None:
+            return pd.read_csv(path, index_col=False).to_numpy(dtype=np.float64)
+        return np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
+    except ValueError as exc:  # pandas' parser errors are ValueErrors too
+        raise DatasetError(
+            f"hepmass: {path.name} is not a numeric CSV with a header ({exc})"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- MINIBOONE
