@@ -45,11 +45,13 @@ def _readme_index() -> set[tuple[str, str]]:
     return {(method, _template(path)) for method, path in rows}
 
 
-def _readme_settings() -> set[str]:
-    names = set()
-    for row in re.findall(r"^\| (`CPFLOW_[^|]+)\|", README, re.MULTILINE):
-        names.update(re.findall(r"`(CPFLOW_[A-Z0-9_]+)`", row))
-    return names
+def _readme_settings() -> dict[str, str]:
+    """Variable name -> the default column of its row in the configuration table."""
+    table = {}
+    for names, default in re.findall(r"^\| (`CPFLOW_[^|]+)\| ([^|]+) \|", README, re.MULTILINE):
+        for name in re.findall(r"`(CPFLOW_[A-Z0-9_]+)`", names):
+            table[name] = default.strip()
+    return table
 
 
 def test_readme_gives_the_two_commands_and_they_exist() -> None:
@@ -104,6 +106,30 @@ def test_configuration_table_names_every_setting() -> None:
     prefix = Settings.model_config.get("env_prefix", "CPFLOW_")
     expected = {prefix + name.upper() for name in Settings.model_fields}
     documented = _readme_settings()
-    assert expected <= documented, f"README lacks settings: {sorted(expected - documented)}"
-    unknown = documented - expected - {"CPFLOW_HOST", "CPFLOW_PORT"}
+    assert expected <= set(documented), f"README lacks: {sorted(expected - set(documented))}"
+    unknown = set(documented) - expected - {"CPFLOW_HOST", "CPFLOW_PORT"}
     assert not unknown, f"README documents settings that do not exist: {sorted(unknown)}"
+
+
+def test_configuration_table_gives_the_real_defaults() -> None:
+    try:
+        from service.settings import Settings
+    except ModuleNotFoundError as exc:
+        pytest.skip(f"service settings not built yet ({exc.name})")
+    documented = _readme_settings()
+    checked = 0
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if default is None or isinstance(default, tuple | list | dict):
+            continue  # computed or empty defaults are described in words
+        cell = documented["CPFLOW_" + name.upper()]
+        shown = re.match(r"`([^`]+)`", cell)
+        assert shown, f"CPFLOW_{name.upper()}: default column {cell!r} has no `value`"
+        if isinstance(default, Path):
+            assert Path(shown.group(1)) == default, name
+        elif isinstance(default, bool | int | float):
+            assert float(shown.group(1)) == float(default), name
+        else:
+            assert shown.group(1) == str(default), name
+        checked += 1
+    assert checked >= 10
