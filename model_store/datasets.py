@@ -31,6 +31,9 @@ _ID_RE = re.compile(r"[0-9a-f]{64}")
 _DATA_FILE = "data.npy"
 _RECORD_FILE = "record.json"
 _MAX_LABEL = 200
+_LOCK_FILE = ".lock"
+_TMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
 
 
 def array_sha256(array: np.ndarray) -> str:
@@ -117,8 +120,11 @@ class DatasetStore:
         buffer = io.BytesIO()
         np.save(buffer, values, allow_pickle=False)
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
-        os.mkdir(tmp)
+        with fsio.locked(self.root / _LOCK_FILE):
+            self._cleanup_locked()
+            tmp = self.root / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+            os.mkdir(tmp)
+            tmp_fd = fsio.try_lock_dir(tmp)  # owner mark, dropped by the kernel if we die
         try:
             fsio.write_durable(tmp / _DATA_FILE, buffer.getvalue())
             fsio.write_durable(tmp / _RECORD_FILE, json.dumps(record.to_dict()).encode())
@@ -133,7 +139,35 @@ class DatasetStore:
             fsio.fsync_dir(self.root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            if tmp_fd is not None:
+                os.close(tmp_fd)
         return record
+
+    def _cleanup_locked(self) -> list[str]:
+        """Remove temp folders of dead writers and leftover trash; caller holds the lock."""
+        removed = []
+        for entry in sorted(os.listdir(self.root)):
+            path = self.root / entry
+            if entry.startswith(_TRASH_PREFIX):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(entry)
+            elif entry.startswith(_TMP_PREFIX) and path.is_dir():
+                fd = fsio.try_lock_dir(path)
+                if fd is None:
+                    continue  # its writer is alive
+                try:
+                    shutil.rmtree(path, ignore_errors=True)
+                finally:
+                    os.close(fd)
+                removed.append(entry)
+        return removed
+
+    def cleanup(self) -> list[str]:
+        """Remove what dead writers left behind; return the removed entries."""
+        if not self.root.is_dir():
+            return []
+        with fsio.locked(self.root / _LOCK_FILE):
+            return self._cleanup_locked()
 
     def get(self, dataset_id: str) -> DatasetRecord:
         """The record of a stored data set."""
@@ -191,6 +225,11 @@ class DatasetStore:
         folder = self._folder(dataset_id)
         if not folder.is_dir():
             raise DatasetNotFound(f"data set {dataset_id!r} not found")
-        trash = self.root / f".trash-{uuid.uuid4().hex}"
-        os.rename(folder, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        with fsio.locked(self.root / _LOCK_FILE):
+            trash = self.root / f"{_TRASH_PREFIX}{uuid.uuid4().hex}"
+            try:
+                os.rename(folder, trash)
+            except FileNotFoundError:
+                raise DatasetNotFound(f"data set {dataset_id!r} not found") from None
+            fsio.fsync_dir(self.root)
+            shutil.rmtree(trash, ignore_errors=True)

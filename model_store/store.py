@@ -352,14 +352,15 @@ class ModelStore:
         return removed
 
     def cleanup(self, name: str | None = None) -> list[str]:
-        """Remove temp folders of dead publishers (all names, or one); return what went."""
+        """Remove temp folders of dead publishers (all names and the data set area, or one
+        name); return what went."""
         names = [validate_name(name)] if name is not None else None
         if names is None:
             try:
                 names = [e for e in sorted(os.listdir(self.root)) if _is_model_dir(self.root, e)]
             except FileNotFoundError:
                 return []
-        removed = []
+        removed = [] if name is not None else [f"datasets/{e}" for e in self.datasets.cleanup()]
         for each in names:
             name_dir = self.root / each
             if not name_dir.is_dir():
@@ -409,7 +410,9 @@ class ModelStore:
         weights, config_json = _serialise_weights(flow)
 
         name_dir = self.root / name
-        name_dir.mkdir(parents=True, exist_ok=True)
+        if not name_dir.is_dir():
+            name_dir.mkdir(parents=True, exist_ok=True)
+            fsio.fsync_dir(self.root)
         with self._name_lock(name_dir):
             self._cleanup_locked(name_dir)
             tmp = name_dir / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"

@@ -86,7 +86,8 @@ def test_delete(tmp_path) -> None:
         store.datasets.get(record.id)
     with pytest.raises(DatasetNotFound):
         store.datasets.delete(record.id)
-    assert [p.name for p in (tmp_path / "datasets").iterdir()] == []  # no trash left
+    leftovers = [p.name for p in (tmp_path / "datasets").iterdir() if p.name != ".lock"]
+    assert leftovers == []  # no trash left
 
 
 def test_datasets_area_is_not_a_model(tmp_path) -> None:
@@ -94,3 +95,48 @@ def test_datasets_area_is_not_a_model(tmp_path) -> None:
     store.datasets.put(_data(), "x")
     assert store.names() == []
     assert store.list_models() == []
+
+
+def _put_then_hang(root: str, marker: str) -> None:
+    """Forked child: store a data set but hang right after writing data.npy."""
+    import time
+    from pathlib import Path
+
+    from model_store import fsio
+
+    original = fsio.write_durable
+
+    def slow(path, data):
+        original(path, data)
+        Path(marker).write_text("paused")
+        time.sleep(120)
+
+    fsio.write_durable = slow
+    ModelStore(root).datasets.put(_data(), "killed")
+
+
+def test_killed_upload_leaves_nothing_visible(tmp_path) -> None:
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    marker = tmp_path / "paused"
+    proc = multiprocessing.get_context("fork").Process(
+        target=_put_then_hang, args=(str(tmp_path), str(marker)), daemon=True
+    )
+    proc.start()
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.is_alive() and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(30)
+    store = ModelStore(tmp_path)
+    assert store.datasets.list() == []
+    with pytest.raises(DatasetNotFound):
+        store.datasets.get(array_sha256(_data()))
+    removed = store.cleanup()
+    assert len(removed) == 1 and removed[0].startswith("datasets/.tmp-")
+    record = store.datasets.put(_data(), "again")  # the same content stores fine afterwards
+    np.testing.assert_array_equal(store.datasets.load(record.id), _data())
