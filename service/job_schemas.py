@@ -121,6 +121,7 @@ class JobSpec(BaseModel):
     dataset: BuiltinDataset | UploadedDataset
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    plots: bool = Field(True, description="store density/curve plots with the model")
     timeout_s: int | None = Field(
         None, ge=1, le=30 * 24 * 3600, description="wall-clock limit; default: the server's"
     )

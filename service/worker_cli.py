@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="worker name (default: host-pid)")
     p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p.add_argument(
+        "--max-reconnect-wait",
+        type=float,
+        default=5.0,
+        help="longest pause (s) between attempts to reach Redis again after it went away",
+    )
     p.add_argument("--log-level", default=os.environ.get("CPFLOW_LOG_LEVEL", "INFO"))
     return p
 
@@ -75,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         serializer=JSONSerializer,
         name=args.name or f"cpflow-{socket.gethostname()}-{os.getpid()}",
     )
+    # RQ backs off up to 60 s between reconnection attempts; cap it so that a worker resumes
+    # within a few seconds of Redis coming back.
+    worker.max_connection_wait_time = args.max_reconnect_wait
     worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=args.log_level.upper())
     return 0
 

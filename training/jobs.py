@@ -179,6 +179,7 @@ def execute_spec(
         progress=progress,
         should_stop=should_stop,
         job_id=runtime.get("job_id"),
+        make_plots=bool(spec.get("plots", True)),
     )
     metrics = published.manifest.get("training", {}).get("metrics", {})
     return {
@@ -200,25 +201,22 @@ class UploadSplits:
     meta: dict[str, Any]
 
 
-def split_upload(
-    array: np.ndarray, *, name: str, sha256: str, seed: int = 0, fractions=(0.8, 0.1)
-) -> UploadSplits:
-    """Shuffle rows with ``seed`` and cut 80/10/10 (at least one row in val and test)."""
-    n = len(array)
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, round(n * fractions[1]))
-    n_test = max(1, round(n * (1.0 - fractions[0] - fractions[1])))
-    n_train = n - n_val - n_test
-    if n_train < 1:
-        raise ValueError(f"data set {name!r} has {n} rows; too few to split")
-    x = np.asarray(array, dtype=np.float32)[order]
+def split_upload(array: np.ndarray, *, name: str, sha256: str, seed: int = 0) -> UploadSplits:
+    """Seeded train/val/test split of an uploaded array, cut as ``training.datasets`` cuts files.
+
+    ``sha256`` stays the data set's id in the store, so the manifest names the exact upload.
+    """
+    from training.datasets import random_split
+
+    x = np.ascontiguousarray(array, dtype=np.float32)
+    train, val, test = random_split(x, seed=seed)
     return UploadSplits(
         name=name,
-        train=x[:n_train],
-        val=x[n_train : n_train + n_val],
-        test=x[n_train + n_val :],
+        train=train,
+        val=val,
+        test=test,
         sha256=sha256,
-        meta={"source": "upload", "rows": n, "seed": seed},
+        meta={"source": "upload", "rows": len(x), "seed": seed},
     )
 
 

@@ -149,6 +149,7 @@ class Stack:
             "dataset": {"id": dataset_id},
             "model": TINY_MODEL,
             "training": training,
+            "plots": False,  # plots cost seconds; the end-to-end test turns them on
             **extra,
         }
         r = self.client.post("/v1/jobs", json=body)

@@ -11,17 +11,28 @@ import pytest
 from service.job_schemas import BUILTIN_DATASETS
 
 
-def test_every_toy_data_set_is_offered_with_dim_2() -> None:
-    from training.datasets.toy import TOY_DATASETS
+def test_every_training_data_set_is_offered() -> None:
+    from training.datasets import SKLEARN_DATASETS, TOY_DATASETS
 
-    for name in TOY_DATASETS:
-        assert BUILTIN_DATASETS.get(name) == 2, name
+    offered = set(BUILTIN_DATASETS)
+    assert set(TOY_DATASETS) <= offered
+    assert {f"sklearn:{n}" for n in SKLEARN_DATASETS} <= offered
+    assert len(offered) == len(TOY_DATASETS) + len(SKLEARN_DATASETS)  # nothing extra
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_DATASETS))
-def test_builtin_loads_with_the_declared_dimension(name: str) -> None:
-    datasets = pytest.importorskip("training.datasets")
-    if not hasattr(datasets, "load_dataset"):
-        pytest.skip("training.datasets.load_dataset has not landed yet")
-    splits = datasets.load_dataset(name, num_samples=200 if "sklearn" not in name else None)
+@pytest.mark.parametrize("name", sorted(n for n in BUILTIN_DATASETS if ":" not in n))
+def test_toy_set_loads_with_the_declared_dimension(name: str) -> None:
+    from training.datasets import load_dataset
+
+    splits = load_dataset(name, num_samples=200)
     assert splits.train.shape[1] == BUILTIN_DATASETS[name]
+
+
+def test_sklearn_dimensions_match_the_source() -> None:
+    """Read straight from scikit-learn (the training loader may only dequantise, not drop)."""
+    from sklearn import datasets as skd
+
+    for name, dim in BUILTIN_DATASETS.items():
+        if name.startswith("sklearn:"):
+            loader = getattr(skd, f"load_{name.split(':', 1)[1]}")
+            assert loader().data.shape[1] == dim, name

@@ -49,7 +49,7 @@ def test_upload_train_and_score_without_restart(stack: Stack) -> None:
     assert ds["rows"] == len(data) and ds["dim"] == 2
     assert stack.client.get("/v1/models/blobs-model").status_code == 404  # not there yet
 
-    job_id = stack.submit(ds["id"], "blobs-model", SHORT_TRAINING)
+    job_id = stack.submit(ds["id"], "blobs-model", SHORT_TRAINING, plots=True)
     job = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"})
     assert job["status"] == "succeeded", job
     assert job["error"] is None and job["started_at"] and job["finished_at"]
@@ -66,6 +66,7 @@ def test_upload_train_and_score_without_restart(stack: Stack) -> None:
     assert manifest["training"]["job_id"] == job_id
     assert manifest["training"]["sha256"] == ds["id"]
     assert manifest["training"]["metrics"]["test_nll"] == pytest.approx(result["test_nll"])
+    assert manifest["plots"]  # the full pipeline ran, figures included
 
     # The service (started before the model existed) answers from it, and agrees with the
     # stored model evaluated here, in process (float32: 1e-4 relative is ample).

@@ -61,6 +61,7 @@ def test_redis_outage_503_on_job_routes_scoring_200_then_all_recovers(tmp_path: 
             "dataset": {"id": ds},
             "model": TINY_MODEL,
             "training": SHORT_TRAINING,
+            "plots": False,
         }
         before = c.post("/v1/jobs", json=spec)
         assert before.status_code == 202

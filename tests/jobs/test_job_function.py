@@ -1,0 +1,67 @@
+"""The job function in process (no RQ): built-in data, upload splits, progress and result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from conftest import SHORT_TRAINING, TINY_MODEL
+
+from model_store import ModelStore
+from service.queue import JobQueue
+from training.jobs import JobRecorder, run_with_recorder, split_upload
+
+
+def test_split_upload_keeps_every_row_once_and_the_store_id() -> None:
+    x = np.arange(200, dtype=np.float64).reshape(100, 2)
+    s = split_upload(x, name="u", sha256="abc", seed=3)
+    rows = np.concatenate([s.train, s.val, s.test])
+    assert len(s.val) >= 1 and len(s.test) >= 1 and len(s.train) > len(s.val)
+    np.testing.assert_array_equal(np.sort(rows[:, 0]), x[:, 0])  # a permutation of the rows
+    assert s.sha256 == "abc" and s.train.dtype == np.float32
+    again = split_upload(x, name="u", sha256="abc", seed=3)
+    np.testing.assert_array_equal(again.test, s.test)  # seeded
+
+
+def test_builtin_job_publishes_and_records_its_result(
+    redis_conn: redis.Redis, queue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store_dir = tmp_path / "store"
+    monkeypatch.setenv("CPFLOW_STORE_DIR", str(store_dir))
+    queue = JobQueue(redis_conn, queue_name=queue_name, heartbeat_s=0.2)
+    spec = {
+        "model_name": "g8",
+        "dataset": {"builtin": "eight_gaussians", "num_samples": 400, "seed": 0},
+        "model": {**TINY_MODEL, "dim": 2},
+        "training": SHORT_TRAINING,
+        "plots": False,
+    }
+    job = queue.submit(spec, model_name="g8", dataset_id=None)
+    runtime = {
+        "job_id": job["id"],
+        "record_key": f"cpflow:{queue_name}:job:{job['id']}",
+        "heartbeat_s": 0.2,
+    }
+    events = []
+    recorder = JobRecorder(redis_conn, runtime)
+    original = recorder.progress
+    recorder.progress = lambda values, force=False: (
+        events.append(values),
+        original(values, force=force),
+    )
+    out = run_with_recorder({**spec, "runtime": runtime}, recorder)
+    assert out["status"] == "succeeded" and out["model"] == "g8" and out["version"] == 1
+    done = queue.get(job["id"])
+    assert done["status"] == "succeeded" and done["result"]["version"] == 1
+    assert np.isfinite(done["result"]["test_nll"])
+    # Progress went up to the full budget, with a real validation NLL.
+    iterations = [e["iteration"] for e in events]
+    assert iterations == sorted(iterations) and iterations[-1] == SHORT_TRAINING["iterations"]
+    assert all(e["total"] == SHORT_TRAINING["iterations"] for e in events)
+    manifest = ModelStore(store_dir).manifest("g8")
+    assert manifest["training"]["job_id"] == job["id"]
+    assert manifest["training"]["dataset"] == "eight_gaussians"
+    assert json.loads(json.dumps(done))  # the public view is plain JSON
