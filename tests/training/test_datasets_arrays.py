@@ -219,6 +219,7 @@ def test_load_dataset_from_files(tmp_path) -> None:
     assert load_dataset(f"file:{tmp_path / 'a.npy'}").sha256 == s.sha256
     small = load_dataset(f"file:{p}", num_samples=20, seed=1)
     assert sum(small.sizes.values()) == 20
+    assert load_dataset(f"file://{p}").sha256 == s.sha256  # URI form, file:///abs/path
     with pytest.raises(DatasetError, match="needs a path"):
         load_dataset("file:")
     with pytest.raises(DatasetError, match="exceeds the 40 rows"):

@@ -18,11 +18,11 @@ from training.datasets.toy import TOY_DATASETS, sample_toy, toy_log_density
 
 # Grid spacing per data set for the integral / histogram checks. The midpoint rule on a uniform
 # grid is spectrally accurate for smooth densities: its error is about exp(-2 pi^2 s^2 / h^2)
-# for the narrowest feature width s (rings: s = 0.08; two_spirals: 0.1), below 1e-8 here.
-# Checkerboard is piecewise constant on cells that the grid lines up with, so any h dividing 2
-# is exact.
-_SPACING = {name: 0.1 for name in TOY_DATASETS} | {"rings": 0.05, "checkerboard": 0.25}
-_HALF_WIDTH = 5.5  # every set has mass < 1e-6 outside [-5.5, 5.5]^2
+# for the narrowest feature width s: rings s = 0.08 at h = 1/16 gives 1e-14, two_spirals
+# s = 0.1 at h = 1/8 gives 3e-6, the others (s >= 0.2) < 1e-20. Checkerboard is piecewise
+# constant on cells that the grid lines up with, so it is exact.
+_SPACING = {name: 0.125 for name in TOY_DATASETS} | {"rings": 0.0625}
+_HALF_WIDTH = 5.0  # every set has mass < 1e-6 outside [-5, 5]^2
 
 
 def _grid(h: float) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +70,8 @@ def test_density_matches_histogram_of_samples(name, grid_densities) -> None:
 @pytest.mark.parametrize("name", TOY_DATASETS)
 def test_true_density_beats_a_kde_on_fresh_samples(name) -> None:
     """Gibbs: E_p[log p] >= E_p[log q] for any q; a KDE should come close but never win."""
-    fit = sample_toy(name, 4000, seed=1, dtype=np.float64)
-    fresh = sample_toy(name, 4000, seed=2, dtype=np.float64)
+    fit = sample_toy(name, 2000, seed=1, dtype=np.float64)
+    fresh = sample_toy(name, 2000, seed=2, dtype=np.float64)
     kde = gaussian_kde(fit.T, bw_method=0.1)
     log_q = np.log(np.maximum(kde(fresh.T), 1e-300))
     log_p = toy_log_density(name, fresh)

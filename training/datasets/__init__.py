@@ -124,7 +124,9 @@ def load_dataset(
     raw = name.strip()
     lowered = raw.lower()
     if lowered.startswith("file:"):
-        return _load_file(raw[len("file:") :], num_samples, seed)
+        # file:/abs/x.csv, file:relative/x.csv, or the URI form file:///abs/x.csv
+        path = raw[len("file://") :] if lowered.startswith("file://") else raw[len("file:") :]
+        return _load_file(path, num_samples, seed)
     if lowered.startswith("sklearn:"):
         return load_sklearn(raw[len("sklearn:") :], num_samples=num_samples, seed=seed)
     if lowered in BENCHMARK_DATASETS:
