@@ -58,9 +58,10 @@ def strong_wolfe_batched(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per-sample strong-Wolfe line search (bracketing + cubic zoom, Nocedal & Wright 3.5).
 
-    Returns (step, x_new, f_new, g_new, ok). The sufficient-decrease test allows a slack of a
-    few ulps of |f0| so that float32 round-off near the optimum does not reject good steps; a
-    sample whose search fails gets step 0 and ok False.
+    Returns (step, x_new, f_new, g_new, ok). Function-value comparisons allow a slack of a few
+    ulps of |f0|: near the optimum, decreases fall below round-off and the search must then be
+    steered by directional derivatives (which stay accurate), as in approximate-Wolfe searches.
+    A sample whose search fails gets step 0 and ok False.
     """
     k = x.shape[0]
     dtype = x.dtype
@@ -94,14 +95,14 @@ def strong_wolfe_batched(
 
         # --- bracketing phase
         B = is_live & (stage == 0)
-        c_up = armijo_bad | (~first & (fa >= f_prev))
+        c_up = armijo_bad | (~first & (fa >= f_prev + slack))
         zA = B & c_up
         doneB = B & ~c_up & curv
         zB = B & ~c_up & ~curv & (gda >= 0)
         ext = B & ~c_up & ~curv & (gda < 0)
         # --- zoom phase
         Z = is_live & (stage == 1)
-        z_up = armijo_bad | (fa >= lo_f)
+        z_up = armijo_bad | (fa >= lo_f + slack)
         Z1 = Z & z_up
         Z2 = Z & ~z_up & curv
         Z3 = Z & ~z_up & ~curv
