@@ -109,3 +109,25 @@ def test_eight_concurrent_publishers_get_distinct_versions(store, tmp_path) -> N
         seeds.add(result["seed"])
     assert seeds == set(range(8))
     assert _hidden(store, "race") == []
+
+
+def test_threads_of_one_process_also_exclude_each_other(store, monkeypatch) -> None:
+    """The service publishes from worker threads: each lock takes its own open file, so flock
+    also serialises threads of one process (with a widened allocate -> rename window)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import model_store.store as store_module
+
+    original = store_module.ModelStore._allocate_locked
+
+    def delayed(self, name_dir):
+        version = original(self, name_dir)
+        time.sleep(0.05)
+        return version
+
+    monkeypatch.setattr(store_module.ModelStore, "_allocate_locked", delayed)
+    flows = [make_flow(2, seed, blocks=1, hidden=4) for seed in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        versions = sorted(pool.map(lambda f: store.publish("threads", f).version, flows))
+    assert versions == [1, 2, 3, 4]
+    assert all(store.verify("threads", v)["version"] == v for v in versions)
