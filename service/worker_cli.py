@@ -18,7 +18,9 @@ import logging
 import os
 import socket
 import sys
+import time
 
+import redis
 from rq import Worker
 from rq.serializers import JSONSerializer
 
@@ -62,6 +64,17 @@ def _preload() -> None:
         logging.getLogger("cpflow.worker").warning("could not preload training code: %s", exc)
 
 
+def _wait_for_redis(connection: redis.Redis, max_wait_s: float) -> None:
+    delay = 0.5
+    while True:
+        try:
+            connection.ping()
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            time.sleep(delay)
+            delay = min(delay * 2, max_wait_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start the worker loop; returns when it is stopped (SIGTERM finishes the current job)."""
     args = _parser().parse_args(argv)
@@ -74,18 +87,31 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("CPFLOW_STORE_DIR", str(settings.store_dir.resolve()))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     _preload()
+    log = logging.getLogger("cpflow.worker")
+    base_name = args.name or f"cpflow-{socket.gethostname()}-{os.getpid()}"
     connection = connect(redis_url, timeout_s=10.0)
-    worker = Worker(
-        [queue_name],
-        connection=connection,
-        serializer=JSONSerializer,
-        name=args.name or f"cpflow-{socket.gethostname()}-{os.getpid()}",
-    )
-    # RQ backs off up to 60 s between reconnection attempts; cap it so that a worker resumes
-    # within a few seconds of Redis coming back.
-    worker.max_connection_wait_time = args.max_reconnect_wait
-    worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=args.log_level.upper())
-    return 0
+    restarts = 0
+    while True:
+        worker = Worker(
+            [queue_name],
+            connection=connection,
+            serializer=JSONSerializer,
+            name=base_name if restarts == 0 else f"{base_name}-r{restarts}",
+        )
+        # RQ backs off up to 60 s between reconnection attempts; cap it so that a worker
+        # resumes within a few seconds of Redis coming back.
+        worker.max_connection_wait_time = args.max_reconnect_wait
+        try:
+            worker.work(
+                burst=args.burst, max_jobs=args.max_jobs, logging_level=args.log_level.upper()
+            )
+            return 0
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            # RQ only survives an outage while it waits for work; one that hits its
+            # bookkeeping (e.g. right after a job) ends work(). Wait for Redis, start afresh.
+            log.error("lost Redis (%s); waiting for it to come back", exc)
+            _wait_for_redis(connection, args.max_reconnect_wait)
+            restarts += 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,6 +42,10 @@ PROGRESS_INTERVAL_S = 1.0
 """Least seconds between two progress writes to the record (validation events always go)."""
 
 
+FINISH_RETRY_S = 60.0
+"""How long a finished job keeps trying to record its outcome while Redis is unreachable."""
+
+
 class JobRecorder:
     """Worker side of one job record: status changes, heartbeat, progress, cancel flag."""
 
@@ -102,7 +106,15 @@ class JobRecorder:
             fields["result"] = json.dumps(result)
         if error is not None:
             fields["error"] = error
-        return self._set_if({"queued", "running"}, fields)
+        # The outcome matters most (a model may be published): ride out a short Redis outage.
+        deadline = time.monotonic() + FINISH_RETRY_S
+        while True:
+            try:
+                return self._set_if({"queued", "running"}, fields)
+            except RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     # -- heartbeat, progress, cancel ----------------------------------------------------
     def _beat(self) -> None:
