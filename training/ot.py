@@ -20,6 +20,8 @@ __all__ = [
     "GaussianOTProblem",
     "OTSplits",
     "make_problem",
+    "make_splits",
+    "ot_monitor",
     "parse_ot_dataset",
     "transport_cost",
 ]
@@ -35,6 +37,7 @@ class OTSplits:
     test: np.ndarray
     sha256: str
     meta: dict[str, Any] = field(default_factory=dict)
+    problem: GaussianOTProblem | None = None
 
 
 @dataclass
@@ -93,7 +96,7 @@ def make_splits(
     a, b = int(0.8 * n), int(0.9 * n)
     digest = hashlib.sha256(x.tobytes()).hexdigest()
     meta = {"w2_squared": problem.w2_squared, "mean": problem.mean.tolist()}
-    splits = OTSplits(f"wishart_gaussian:{dim}", x[:a], x[a:b], x[b:], digest, meta)
+    splits = OTSplits(f"wishart_gaussian:{dim}", x[:a], x[a:b], x[b:], digest, meta, problem)
     return splits, problem
 
 
@@ -117,3 +120,24 @@ def transport_cost(transform: Any, x: np.ndarray) -> float:
     with torch.no_grad():
         z = transform(xt).double()
     return float(((xt - z) ** 2).sum(1).mean())
+
+
+def ot_monitor(problem: GaussianOTProblem, x: np.ndarray) -> tuple[list[tuple[float, float]], Any]:
+    """A trainer ``on_validate`` hook recording (KL(p||q), transport cost) on rows ``x``.
+
+    KL uses exact log densities of both the data distribution and the model, so it is a plain
+    Monte Carlo estimate over ``x``.
+    """
+    curve: list[tuple[float, float]] = []
+    x64 = np.asarray(x, dtype=np.float64)
+    log_p = problem.log_density(x64)
+
+    def hook(flow: Any, iteration: int) -> dict[str, float]:
+        with torch.no_grad():
+            log_q = flow.log_prob(torch.as_tensor(x64), method="exact").double().cpu().numpy()
+        kl = float(np.mean(log_p - log_q))
+        cost = transport_cost(flow.transform, x64)
+        curve.append((kl, cost))
+        return {"kl": kl, "transport_cost": cost}
+
+    return curve, hook

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from training.config import TrainConfig
 from training.presets import resolve_preset
 from training.trainer import ProgressEvent, TrainResult, train
@@ -149,6 +151,12 @@ def train_and_publish(
         seed=dataset_seed,
         data_dir=data_dir,
     )
+    problem = getattr(splits, "problem", None)
+    ot_curve, hook = None, None
+    if problem is not None:  # the OT experiment: follow KL and transport cost as Fig. 4
+        from training.ot import ot_monitor
+
+        ot_curve, hook = ot_monitor(problem, np.asarray(splits.test)[:2000])
     result = train(
         flow_kw,
         splits,
@@ -156,13 +164,19 @@ def train_and_publish(
         progress=progress,
         should_stop=should_stop,
         checkpoint_dir=checkpoint_dir,
+        on_validate=hook,
     )
     plots = None
     if make_plots:
         from training.plots import make_plots as _make_plots
+        from training.plots import ot_figure
 
         try:
             plots = _make_plots(result.flow, splits.train, result.history)
+            if ot_curve:
+                plots["ot_transport_vs_kl.png"] = ot_figure(
+                    {"CP-Flow": ot_curve}, problem.w2_squared, title=str(splits.name)
+                )
         except Exception:  # a figure must never lose a trained model
             log.exception("plotting failed; publishing without plots")
             plots = None
@@ -174,6 +188,12 @@ def train_and_publish(
         preset=preset,
         num_train=len(splits.train),
     )
+    if ot_curve:
+        summary["ot"] = {
+            "w2_squared_optimum": problem.w2_squared,
+            "final_kl": ot_curve[-1][0],
+            "final_transport_cost": ot_curve[-1][1],
+        }
     return store.publish(
         model_name, result.flow, training=summary, plots=plots, export_onnx=export_onnx
     )

@@ -71,7 +71,7 @@ def _log_prob_grid(flow: Any, pts: np.ndarray, batch: int = 4096) -> np.ndarray:
 
 
 def density_figure(
-    flow: Any, data: np.ndarray, *, n_samples: int = 2000, grid: int = 150, seed: int = 0
+    flow: Any, data: np.ndarray, *, n_samples: int = 1500, grid: int = 120, seed: int = 0
 ) -> bytes:
     """Data, learned density exp(log p) on a grid, and samples drawn from the flow (2-D)."""
     data = np.asarray(data, dtype=np.float64)

@@ -50,6 +50,11 @@ def test_cli_trains_and_publishes_a_loadable_model(tmp_path, capsys) -> None:
     assert training["config"]["iterations"] == 6 and training["iterations_run"] == 6
     assert training["wall_time_s"] > 0 and training["parameter_count"] > 0
     assert training["job_id"] is None and training["preset"] == "gaussian_ot"
+    # An OT run records how far its map is from the closed-form optimum.
+    from training.ot import make_problem
+
+    assert training["ot"]["w2_squared_optimum"] == pytest.approx(make_problem(2).w2_squared)
+    assert training["ot"]["final_transport_cost"] > 0 and training["ot"]["final_kl"] > -0.5
     # The published test NLL is the loaded model's exact NLL on the same test split.
     from training.pipeline import load_splits
 
@@ -62,8 +67,9 @@ def test_cli_trains_and_publishes_a_loadable_model(tmp_path, capsys) -> None:
         p if isinstance(p, str) else p.get("filename", p.get("name"))
         for p in loaded.manifest["plots"]
     }
-    assert {"training_curve.png", "density.png", "potential.png"} <= names
-    for name in ("training_curve.png", "density.png", "potential.png"):
+    figures = ("training_curve.png", "density.png", "potential.png", "ot_transport_vs_kl.png")
+    assert set(figures) <= names
+    for name in figures:
         assert store.plot_path("ot-demo", 1, name).read_bytes().startswith(PNG_MAGIC)
 
 
