@@ -62,8 +62,9 @@ def test_density_matches_histogram_of_samples(name, grid_densities) -> None:
     x = sample_toy(name, 300_000, seed=11, dtype=np.float64)
     counts, _, _ = np.histogram2d(x[:, 0], x[:, 1], bins=[edges, edges])
     tv = 0.5 * np.abs(counts / len(x) - mass).sum()
-    # Sampling noise alone gives TV ~ 0.5 * sum sqrt(2 p / (pi n)) <= 0.01 for <= 400 occupied
-    # bins; a density off by 10% in scale or misplaced by a fraction of a bin exceeds 0.03.
+    # Sampling noise alone gives TV ~ 0.5 * sum sqrt(2 p / (pi n)) ~ 0.01 (measured 0.007-0.011);
+    # a misplaced or misweighted component moves whole bins (eight_gaussians with a 10% wider
+    # sigma: TV 0.065). Widths below the bin size are checked by the floor tests instead.
     assert tv < 0.02, tv
 
 
