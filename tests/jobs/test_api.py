@@ -48,7 +48,8 @@ def _upload(client: TestClient, content: bytes, filename: str = "d.csv", name: s
 
 def _stored(client: TestClient) -> list[str]:
     root = client.store_dir / "datasets"
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+    # Everything but the store's lock file: data sets, and any leftover temp folders.
+    return sorted(p.name for p in root.iterdir() if p.name != ".lock") if root.exists() else []
 
 
 def _data(n: int = 40, d: int = 2) -> np.ndarray:
@@ -198,3 +199,28 @@ def test_redis_unreachable_gives_503_on_job_routes_only(
             assert r.status_code == 503, (method, path, r.text)
             assert r.json()["error"]["code"] == "queue_unavailable"
             assert r.headers["retry-after"] == "5"
+
+
+def test_job_and_dataset_routes_need_the_api_key_when_configured(
+    tmp_path: Path, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CPFLOW_QUEUE_NAME", queue_name)
+    settings = Settings(
+        store_dir=tmp_path / "store", redis_url="redis://127.0.0.1:6379/13", api_keys=("s3cret",)
+    )
+    with TestClient(create_app(settings)) as c:
+        for method, path in [
+            ("GET", "/v1/jobs"),
+            ("POST", "/v1/jobs"),
+            ("GET", "/v1/jobs/x"),
+            ("DELETE", "/v1/jobs/x"),
+            ("GET", "/v1/datasets"),
+            ("POST", "/v1/datasets"),
+        ]:
+            r = c.request(method, path)
+            assert r.status_code == 401, (method, path)
+            assert r.json()["error"]["code"] == "unauthorized"
+        auth = {"Authorization": "Bearer s3cret"}
+        assert c.get("/v1/jobs", headers=auth).json() == []
+        r = c.post("/v1/datasets", headers=auth, files={"file": ("d.csv", _csv(_data()))})
+        assert r.status_code == 201 and r.json()["name"] == "d"  # label defaults to file stem
