@@ -32,7 +32,9 @@ class DatasetSplits:
     """A data set split three ways: float32 arrays (n, d) plus its identity hash and metadata.
 
     ``sha256`` identifies the exact numbers (see ``splits_sha256``); ``meta`` says where the data
-    came from and how it was preprocessed (JSON-serialisable).
+    came from and how it was preprocessed (JSON-serialisable). The arrays are left writable so
+    that torch.as_tensor can share them without a warning; do not modify them in place (the
+    hash would no longer describe them).
     """
 
     name: str
@@ -79,7 +81,6 @@ def make_splits(
             raise DatasetError(f"{name}: the {label} split is empty; use more rows")
         if not np.all(np.isfinite(a)):
             raise DatasetError(f"{name}: the {label} split has NaN or inf after preprocessing")
-        a.setflags(write=False)
         parts.append(a)
     dims = {a.shape[1] for a in parts}
     if len(dims) != 1:
