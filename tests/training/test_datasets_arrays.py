@@ -59,9 +59,17 @@ def test_csv_text_cell_names_line_and_column(tmp_path) -> None:
     assert "not a number" in msg
 
 
-def test_csv_mixed_first_row_is_data_with_text(tmp_path) -> None:
-    with pytest.raises(DatasetError, match=r"line 1, column 1 holds 'a'"):
+def test_csv_header_with_a_numeric_name(tmp_path) -> None:
+    with pytest.raises(
+        DatasetError, match=r"line 1 looks like a header, but its column 2 \('1'\)"
+    ):
         load_array_file(_csv(tmp_path, "a,1\n" + _rows(10, 2)))
+
+
+def test_csv_text_in_first_data_row(tmp_path) -> None:
+    text = "a,1\nb,2\n" + _rows(10, 2)
+    with pytest.raises(DatasetError, match=r"line 1, column 1 holds 'a', which is not a number"):
+        load_array_file(_csv(tmp_path, text))
 
 
 def test_csv_empty_cell(tmp_path) -> None:

@@ -197,11 +197,19 @@ def _read_csv(data: bytes, source: str) -> tuple[np.ndarray, list[str] | None]:
 
     names: list[str] | None = None
     first_no, first = rows[0]
-    if first and not any(_is_number(c) for c in first):
+    numeric = [_is_number(c) for c in first]
+    if first and not any(numeric):
         names = [c.strip() for c in first]
         rows = rows[1:]
         if not rows:
             raise DatasetError(f"{source}: only a header line ({first_no}), no data rows")
+    elif not all(numeric) and len(rows) > 1 and all(_is_number(c) for c in rows[1][1]):
+        j = numeric.index(True)
+        raise DatasetError(
+            f"{source}: line {first_no} looks like a header, but its column {j + 1} "
+            f"({first[j].strip()!r}) is a number; give every column a non-numeric name or "
+            "remove the header line"
+        )
     width = len(names) if names is not None else len(rows[0][1])
     for no, cells in rows:
         if len(cells) != width:
