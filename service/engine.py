@@ -279,10 +279,13 @@ class InferenceEngine:
         def forward(x: torch.Tensor) -> torch.Tensor:
             return flow.transform(x.to(device)).detach().cpu()
 
+        wait = self.settings.batch_wait_ms / 1000
         model.batchers["log_prob_exact"] = MicroBatcher(
-            exact, self.run, max_rows, observer("log_prob")
+            exact, self.run, max_rows, observer("log_prob"), max_wait_s=wait
         )
-        model.batchers["forward"] = MicroBatcher(forward, self.run, max_rows, observer("forward"))
+        model.batchers["forward"] = MicroBatcher(
+            forward, self.run, max_rows, observer("forward"), max_wait_s=wait
+        )
         return model
 
     # ---------------------------------------------------------------- operations

@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         description="Most rows the per-model micro-batcher merges from concurrent small "
         "requests into one forward pass.",
     )
+    batch_wait_ms: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=1000.0,
+        description="Under concurrency, how long (at most; also at most a quarter of the last "
+        "pass) the micro-batcher waits for callers it just answered to send their next request, "
+        "so they join the next pass. 0 disables. A lone client never waits.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Level of the structured JSON logs."
     )

@@ -48,7 +48,7 @@ def fuzz_server(store_dir, tmp_path_factory):
     env = {
         "CPFLOW_STORE_DIR": str(store_dir),
         "CPFLOW_MAX_BATCH": "64",
-        "CPFLOW_MAX_SAMPLES": "8",
+        "CPFLOW_MAX_SAMPLES": "16",
         "CPFLOW_MAX_INVERSE_ITERATIONS": "5",
         "CPFLOW_MAX_BODY_BYTES": str(64 * 1024),
         "CPFLOW_REDIS_URL": "redis://127.0.0.1:1/0",
