@@ -90,15 +90,15 @@ def stack_env(store_dir: Path, queue_name: str, redis_url: str = REDIS_URL) -> d
 class Stack:
     """A running uvicorn service (and the workers a test starts) on one store and queue."""
 
-    def __init__(self, tmp: Path, queue_name: str, *, with_worker: bool = True) -> None:
+    def __init__(self, tmp: Path, queue_name: str, *, workers: int = 2) -> None:
         self.tmp = tmp
         self.store_dir = tmp / "store"
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.queue_name = queue_name
         self.env = stack_env(self.store_dir, queue_name)
         self.workers: list[Proc] = []
-        if with_worker:
-            self.start_worker()  # boots while uvicorn does
+        for _ in range(workers):
+            self.start_worker()  # they boot while uvicorn does
         self.server, self.url = start_server(self.env, tmp / "server.log")
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
@@ -166,7 +166,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_conn: redis.Redis) -> Iterator[Stack]:
-    """One uvicorn service for a test module (workers are started by the tests that need them)."""
+    """One uvicorn service and two cpflow-workers for a test module."""
     name = f"cpflow-test-{uuid.uuid4().hex[:10]}"
     s = Stack(tmp_path_factory.mktemp("stack"), name)
     try:

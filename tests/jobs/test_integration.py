@@ -88,37 +88,38 @@ def test_upload_train_and_score_without_restart(stack: Stack) -> None:
 
 
 def test_cancel_queued_and_running(stack: Stack) -> None:
-    """One worker: A runs, B waits. Cancelling B is immediate; A stops within seconds."""
-    if not stack.workers or stack.workers[0].popen.poll() is not None:
-        stack.start_worker()
+    """Two workers busy with A1 and A2, so B waits. Cancelling B is immediate; a running
+    job stops within seconds; neither publishes anything."""
     ds = stack.upload(two_blobs(seed=1), "cancel-data")
-    a = stack.submit(ds["id"], "cancel-a", LONG_TRAINING)
-    stack.wait_progress(a)
+    a1 = stack.submit(ds["id"], "cancel-a1", LONG_TRAINING)
+    a2 = stack.submit(ds["id"], "cancel-a2", LONG_TRAINING)
+    stack.wait_progress(a1)
+    stack.wait_progress(a2)
     b = stack.submit(ds["id"], "cancel-b", SHORT_TRAINING)
-    assert stack.job(b)["status"] == "queued"  # the only worker is busy with A
+    assert stack.job(b)["status"] == "queued"  # both workers are busy
 
     r = stack.client.delete(f"/v1/jobs/{b}")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    r = stack.client.delete(f"/v1/jobs/{a}")
-    assert r.status_code == 202 and r.json()["cancel_requested"] is True
-    job_a = stack.wait_status(a, {"cancelled", "failed", "succeeded"}, timeout=60)
-    assert job_a["status"] == "cancelled", job_a
-    assert "cancelled by request" in job_a["error"]
+    for a in (a1, a2):
+        r = stack.client.delete(f"/v1/jobs/{a}")
+        assert r.status_code == 202 and r.json()["cancel_requested"] is True
+    for a in (a1, a2):
+        job = stack.wait_status(a, {"cancelled", "failed", "succeeded"}, timeout=60)
+        assert job["status"] == "cancelled", job
+        assert "cancelled by request" in job["error"]
 
-    # Nothing was published for either, and B never started.
-    store = ModelStore(stack.store_dir)
-    assert "cancel-a" not in store.names() and "cancel-b" not in store.names()
+    # Nothing was published, and B never started.
+    names = ModelStore(stack.store_dir).names()
+    assert not {"cancel-a1", "cancel-a2", "cancel-b"} & set(names)
     job_b = stack.job(b)
     assert job_b["status"] == "cancelled" and job_b["started_at"] is None
-    # The worker is free again: a new short job runs to the end.
+    # The workers are free again: a new short job runs to the end.
     c = stack.submit(ds["id"], "cancel-c", SHORT_TRAINING)
     assert stack.wait_status(c, {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
 
 
 def test_failing_jobs_end_failed_with_their_message(stack: Stack) -> None:
     """A job that raises (damaged data), and one past its time limit."""
-    if not stack.workers or stack.workers[0].popen.poll() is not None:
-        stack.start_worker()
     ds = stack.upload(two_blobs(seed=2), "to-damage")
     data_file = stack.store_dir / "datasets" / ds["id"] / "data.npy"
     np.save(data_file, np.zeros((5, 2), dtype=np.float32))  # on-disk damage after upload
