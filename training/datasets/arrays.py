@@ -176,67 +176,78 @@ def _sniff_delimiter(line: str) -> str | None:
     return None  # whitespace-separated (or a single column)
 
 
+def _split_cells(lines: list[str], delim: str | None) -> list[list[str]]:
+    if delim is None:
+        return [ln.split() for ln in lines]
+    return list(csv.reader(lines, delimiter=delim, skipinitialspace=True))
+
+
 def _read_csv(data: bytes, source: str) -> tuple[np.ndarray, list[str] | None]:
-    """Parse delimited text of numbers; the first line is a header when none of its cells is a number."""
+    """Parse delimited text of numbers; the first line is a header when none of its cells is a number.
+
+    A fast C parser (numpy.loadtxt) reads well-formed files; anything it rejects is parsed again
+    cell by cell, to name the first bad line and column.
+    """
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DatasetError(
             f"{source}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8"
         ) from exc
-    lines = text.splitlines()
-    numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln.strip()]
+    numbered = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
     if not numbered:
         raise DatasetError(f"{source}: the file is empty")
     delim = _sniff_delimiter(numbered[0][1])
-    if delim is None:
-        rows = [(no, ln.split()) for no, ln in numbered]
-    else:
-        parsed = csv.reader([ln for _, ln in numbered], delimiter=delim, skipinitialspace=True)
-        rows = [(no, cells) for (no, _), cells in zip(numbered, parsed, strict=True)]
 
     names: list[str] | None = None
-    first_no, first = rows[0]
+    head = _split_cells([ln for _, ln in numbered[:2]], delim)
+    first_no, first = numbered[0][0], head[0]
     numeric = [_is_number(c) for c in first]
     if first and not any(numeric):
         names = [c.strip() for c in first]
-        rows = rows[1:]
-        if not rows:
+        numbered = numbered[1:]
+        if not numbered:
             raise DatasetError(f"{source}: only a header line ({first_no}), no data rows")
-    elif not all(numeric) and len(rows) > 1 and all(_is_number(c) for c in rows[1][1]):
+    elif not all(numeric) and len(head) > 1 and all(_is_number(c) for c in head[1]):
         j = numeric.index(True)
         raise DatasetError(
             f"{source}: line {first_no} looks like a header, but its column {j + 1} "
             f"({first[j].strip()!r}) is a number; give every column a non-numeric name or "
             "remove the header line"
         )
-    width = len(names) if names is not None else len(rows[0][1])
+    width = len(names) if names is not None else len(first)
+    body = [ln for _, ln in numbered]
+
+    if '"' not in text:
+        try:
+            values = np.loadtxt(body, delimiter=delim, comments=None, dtype=np.float64, ndmin=2)
+        except ValueError:
+            values = None
+        if values is not None and values.shape == (len(body), width):
+            return values, names
+
+    rows = list(zip((no for no, _ in numbered), _split_cells(body, delim), strict=True))
     for no, cells in rows:
         if len(cells) != width:
-            ref = "the header" if names is not None else f"line {rows[0][0]}"
+            ref = "the header" if names is not None else f"line {first_no}"
             raise DatasetError(
                 f"{source}: line {no} has {len(cells)} column(s) but {ref} has {width}; "
                 "every row needs the same number of values"
             )
-    try:
-        values = np.array([[float(c) for c in cells] for _, cells in rows], dtype=np.float64)
-    except ValueError:
-        values = None
-    if values is None:  # find the first bad cell, to name it
-        for no, cells in rows:
-            for j, cell in enumerate(cells):
-                if _is_number(cell):
-                    continue
-                where = f"line {no}, {_col(j, names)}"
-                if not cell.strip():
-                    raise DatasetError(
-                        f"{source}: {where} is empty (missing value); fill or remove that row"
-                    )
+    for no, cells in rows:  # find the first bad cell, to name it
+        for j, cell in enumerate(cells):
+            if _is_number(cell):
+                continue
+            where = f"line {no}, {_col(j, names)}"
+            if not cell.strip():
                 raise DatasetError(
-                    f"{source}: {where} holds {cell.strip()[:40]!r}, which is not a number; only "
-                    "numeric columns are supported (drop text columns such as labels or IDs)"
+                    f"{source}: {where} is empty (missing value); fill or remove that row"
                 )
-        raise DatasetError(f"{source}: could not parse the numbers")  # pragma: no cover
+            raise DatasetError(
+                f"{source}: {where} holds {cell.strip()[:40]!r}, which is not a number; only "
+                "numeric columns are supported (drop text columns such as labels or IDs)"
+            )
+    values = np.array([[float(c) for c in cells] for _, cells in rows], dtype=np.float64)
     return values, names
 
 
