@@ -42,6 +42,9 @@ PROGRESS_INTERVAL_S = 1.0
 """Least seconds between two progress writes to the record (validation events always go)."""
 
 
+CANCEL_POLL_S = 0.5
+"""Least seconds between two looks at the job's cancel flag (the trainer asks every step)."""
+
 FINISH_RETRY_S = 60.0
 """How long a finished job keeps trying to record its outcome while Redis is unreachable."""
 
@@ -58,6 +61,8 @@ class JobRecorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_progress = 0.0
+        self._last_cancel_check = -CANCEL_POLL_S
+        self._cancelled = False
         self.orphaned = False
 
     # -- status -------------------------------------------------------------------------
@@ -145,7 +150,14 @@ class JobRecorder:
             return False  # keep training through a Redis blip
 
     def should_stop(self) -> bool:
-        return self.orphaned or self.cancel_requested()
+        """Polled by the trainer every iteration; asks Redis at most every CANCEL_POLL_S."""
+        if self.orphaned:
+            return True
+        now = time.monotonic()
+        if now - self._last_cancel_check >= CANCEL_POLL_S:
+            self._last_cancel_check = now
+            self._cancelled = self.cancel_requested()
+        return self._cancelled
 
 
 def _progress_values(event: Any) -> dict[str, Any]:

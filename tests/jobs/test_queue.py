@@ -9,6 +9,7 @@ import time
 
 import pytest
 import redis
+from jobs_procs import wait_for
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
@@ -86,7 +87,7 @@ def test_cancel_running_sets_the_flag_the_worker_polls(queue: JobQueue) -> None:
     assert rec.should_stop() is False
     job = queue.cancel(job_id)
     assert job["status"] == "running" and job["cancel_requested"] is True
-    assert rec.should_stop() is True
+    wait_for(rec.should_stop, 5, "the worker to see the cancel flag")  # polled every 0.5 s
     assert rec.finish("cancelled", error="stopped") is True
     assert queue.get(job_id)["status"] == "cancelled"
 
