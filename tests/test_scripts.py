@@ -30,6 +30,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_ping(port: int, attempts: int = 100) -> bool:
+    """True once a Redis on 127.0.0.1:port answers PING (polled every 0.1 s)."""
+    for _ in range(attempts):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_script_syntax_and_strict_mode(script: Path) -> None:
     assert _run(["bash", "-n", str(script)]).returncode == 0
@@ -47,12 +61,9 @@ def test_ensure_redis_accepts_a_running_redis() -> None:
         stdout=subprocess.DEVNULL,
     )
     try:
+        assert _wait_for_ping(port), "the test's own redis-server did not come up"
         url = f"redis://127.0.0.1:{port}/0"
-        for _ in range(50):
-            res = _run(["bash", "scripts/ensure_redis.sh"], {"CPFLOW_REDIS_URL": url})
-            if res.returncode == 0:
-                break
-            time.sleep(0.1)
+        res = _run(["bash", "scripts/ensure_redis.sh"], {"CPFLOW_REDIS_URL": url})
         assert res.returncode == 0, res.stderr
         assert f"redis answers at 127.0.0.1:{port}" in res.stdout
         assert "starting" not in res.stdout
