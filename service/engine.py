@@ -3,8 +3,10 @@
 - Models load on first use (``ModelStore.load``) and stay in an LRU of ``model_cache_size``
   versions. "latest" is re-resolved against the store at most every ``poll_interval_s``, so a
   newly published version is served without a restart.
-- All torch work runs in a bounded thread pool (``inference_threads``) so the event loop keeps
-  answering /healthz while a long sampling request runs; store I/O uses a separate pool.
+- All torch work runs off the event loop, in bounded thread pools (``inference_threads``
+  each), so /healthz answers while a long sampling request runs. Quick batched passes (exact
+  log_prob, forward transport) and long solves (sample, inverse transport, SLQ) have separate
+  pools: a burst of sampling requests cannot starve scoring. Store I/O has its own pool.
 - Exact log_prob and forward transport go through a per-model :class:`MicroBatcher`.
 - A version that fails to load (corrupt files) is remembered for a short while and reported,
   without affecting other models.
@@ -128,6 +130,7 @@ class InferenceEngine:
         self.threads = settings.resolved_inference_threads(self.device.type)
         self.torch_threads = settings.resolved_torch_threads(self.device.type)
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="cpflow-infer")
+        self._long = ThreadPoolExecutor(self.threads, thread_name_prefix="cpflow-solve")
         self._io = ThreadPoolExecutor(2, thread_name_prefix="cpflow-store")
         self._cache: OrderedDict[tuple[str, int], ServedModel] = OrderedDict()
         self._loading: dict[tuple[str, int], asyncio.Task[ServedModel]] = {}
@@ -137,8 +140,12 @@ class InferenceEngine:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        """Apply the torch thread setting (process-wide) before any inference."""
+        """Apply the torch thread setting (process-wide) and make sure the store root exists."""
         torch.set_num_threads(self.torch_threads)
+        try:
+            self.settings.store_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # read-only mount: /readyz will say so
+            log.warning("cannot create the store directory", extra={"error": str(exc)})
         log.info(
             "engine started",
             extra={
@@ -152,11 +159,16 @@ class InferenceEngine:
     def close(self) -> None:
         """Stop the pools; running computations finish in the background."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._long.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in the inference pool and await its result."""
+        """Run a quick inference pass ``fn`` in the inference pool and await its result."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def run_long(self, fn: Callable[[], T]) -> T:
+        """Run a long solve (sampling, inversion, SLQ) in its own pool and await it."""
+        return await asyncio.get_running_loop().run_in_executor(self._long, fn)
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call in the I/O pool (never queued behind inference)."""
@@ -334,7 +346,7 @@ class InferenceEngine:
             )
             return lp.detach().cpu(), (se.detach().cpu() if se is not None else None)
 
-        lp, se = await self.run(slq)
+        lp, se = await self.run_long(slq)
         return LogProbResult(lp, se, "slq", seed)
 
     async def sample(
@@ -357,7 +369,7 @@ class InferenceEngine:
             )
             return x.detach().cpu(), info
 
-        x, info = await self.run(draw)
+        x, info = await self.run_long(draw)
         max_res, ok, iters = _inverse_summary(info)
         self._observe_inversion(model, n, max_res, info, iters, "sample")
         return SampleResult(x, max_res, ok, iters, seed)
@@ -383,7 +395,7 @@ class InferenceEngine:
             out, info = flow.inverse(x.to(device), tol=tolerance, max_iter=max_iterations)
             return out.detach().cpu(), info
 
-        out, info = await self.run(invert)
+        out, info = await self.run_long(invert)
         max_res, ok, iters = _inverse_summary(info)
         self._observe_inversion(model, x.shape[0], max_res, info, iters, "transport_inverse")
         return TransportResult(out, max_res, ok)

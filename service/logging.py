@@ -43,10 +43,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Send the ``cpflow`` loggers (and uvicorn's error log) to stderr as JSON lines."""
+    """Send the service's loggers (``cpflow.*``, the model store's, uvicorn's error log) to
+    stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    for name in ("cpflow", "uvicorn.error"):
+    for name in ("cpflow", "model_store", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)

@@ -87,8 +87,8 @@ class Settings(BaseSettings):
     inference_threads: int | None = Field(
         default=None,
         ge=1,
-        description="Threads running inference off the event loop. Default: min(4, CPU cores) "
-        "on CPU, 2 on CUDA.",
+        description="Threads per inference pool (one pool for quick batched passes, one for "
+        "long solves: sample, inverse, SLQ). Default: min(4, CPU cores) on CPU, 2 on CUDA.",
     )
     torch_threads: int | None = Field(
         default=None,

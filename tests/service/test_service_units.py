@@ -150,3 +150,27 @@ def test_lru_keeps_at_most_model_cache_size_models(app_client):
 def test_body_limit_from_settings(app_client):
     r = app_client.post("/v1/models/toy2d/log_prob", json={"inputs": [[1.0, 2.0]] * 400})
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+
+def test_cli_hands_the_factory_to_uvicorn(monkeypatch):
+    import uvicorn
+
+    from service import cli
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    cli.main(["--host", "0.0.0.0", "--port", "9001", "--workers", "3"])
+    app, kw = calls[0]
+    assert app == "service.app:create_app" and kw["factory"] is True
+    assert (kw["host"], kw["port"], kw["workers"]) == ("0.0.0.0", 9001, 3)
+    with pytest.raises(SystemExit):
+        cli.main(["--workers", "0"])
+
+
+def test_store_dir_is_created_at_startup(tmp_path):
+    settings = Settings(store_dir=tmp_path / "new" / "store", device="cpu")
+    with TestClient(create_app(settings)) as c:
+        assert (tmp_path / "new" / "store").is_dir()
+        r = c.get("/readyz")
+        assert r.status_code == 200 and r.json()["store"]["models"] == 0
+        assert c.get("/v1/models").json() == {"models": [], "count": 0}
