@@ -50,7 +50,9 @@ class BuiltinDataset(BaseModel):
     """Train on a data set that ships with cpflow."""
 
     model_config = _Strict
-    builtin: str = Field(examples=["two_moons"])
+    builtin: str = Field(
+        examples=["two_moons"], json_schema_extra={"enum": sorted(BUILTIN_DATASETS)}
+    )
     num_samples: int | None = Field(
         None, ge=30, le=5_000_000, description="rows to draw (toy sets) or keep; default: all"
     )
