@@ -31,7 +31,7 @@ fi
     || die "$VENV uses $("$PY" --version 2>&1); cpflow needs >= 3.11. Remove $VENV and rerun."
 
 stamp="$VENV/.cpflow-install-stamp"
-want="$(cat pyproject.toml "$0" | cksum | cut -d' ' -f1)"
+want="$(cksum <pyproject.toml | cut -d' ' -f1)"
 have="$(cat "$stamp" 2>/dev/null || true)"
 if [[ "${CPFLOW_FORCE_INSTALL:-0}" != "1" && "$want" == "$have" ]] \
     && "$PY" -c 'import cpflow, pytest' >/dev/null 2>&1; then
@@ -41,7 +41,11 @@ fi
 
 say "installing cpflow and its dev tools into $VENV (a first install takes a few minutes)"
 start=$SECONDS
-"$PY" -m pip install --disable-pip-version-check --progress-bar off -e '.[dev]' \
-    || die "pip install -e '.[dev]' failed (see the pip output above)"
+pip_install() { "$PY" -m pip install --disable-pip-version-check --progress-bar off -e '.[dev]'; }
+if ! pip_install; then
+    warn "pip install failed; retrying once in 10 s (a registry hiccup is the usual cause)"
+    sleep 10
+    pip_install || die "pip install -e '.[dev]' failed (see the pip output above)"
+fi
 echo "$want" >"$stamp"
 say "install done in $((SECONDS - start)) s; torch $("$PY" -c 'import torch; print(torch.__version__)')"
