@@ -214,3 +214,13 @@ def test_worker_reserves_one_gpu() -> None:
 def test_dockerignore_keeps_local_state_out_of_images() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", ".git", "var"} <= ignored
+
+
+def test_dockerfiles_copy_every_package_of_the_distribution() -> None:
+    patterns = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*").rstrip(".") for p in patterns}
+    assert packages and all((ROOT / p / "__init__.py").is_file() for p in packages)
+    for name in ("Dockerfile.cpu", "Dockerfile.cuda"):
+        copied = set(_copied_to(ROOT / "docker" / name).values())
+        missing = packages - copied
+        assert not missing, f"{name} does not COPY {sorted(missing)}"
