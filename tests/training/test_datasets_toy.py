@@ -83,23 +83,35 @@ def test_true_density_beats_a_kde_on_fresh_samples(name) -> None:
     assert diff.mean() < 0.6  # the KDE is a reasonable density, so the gap is modest
 
 
+def _grid_entropy(name: str, h: float = 0.025) -> float:
+    _, pts = _grid(h)
+    lp = toy_log_density(name, pts)
+    return float(-(np.exp(lp) * lp).sum() * h * h)
+
+
 def test_floors_match_closed_form_entropy_approximations() -> None:
-    """Entropies from independent approximations: well separated Gaussians and thin rings."""
+    """The entropy (the floor) three ways: grid quadrature, Monte Carlo, independent formulas."""
     x = sample_toy("eight_gaussians", 200_000, seed=5, dtype=np.float64)
-    floor = -toy_log_density("eight_gaussians", x).mean()
+    lp = toy_log_density("eight_gaussians", x)
+    mc, se = -lp.mean(), lp.std() / np.sqrt(len(lp))
+    exact = _grid_entropy("eight_gaussians")
+    assert abs(mc - exact) < 4 * se  # se ~ 0.0015
     sigma2 = (0.5 / 1.414) ** 2
-    separated = np.log(8) + np.log(2 * np.pi * np.e * sigma2)  # upper bound, overlap lowers it
-    assert separated - 0.03 < floor < separated  # 2.825 in the issue; SE here ~0.002
-    assert abs(floor - 2.825) < 0.01
+    separated = np.log(8) + np.log(2 * np.pi * np.e * sigma2)  # an upper bound: overlap lowers it
+    assert separated - 0.01 < exact < separated
+    assert abs(exact - 2.825) < 0.02  # the issue's 20,000-point estimate (its se ~ 0.007)
 
     x = sample_toy("rings", 200_000, seed=5, dtype=np.float64)
-    floor = -toy_log_density("rings", x).mean()
+    lp = toy_log_density("rings", x)
+    mc, se = -lp.mean(), lp.std() / np.sqrt(len(lp))
+    exact = _grid_entropy("rings")
+    assert abs(mc - exact) < 4 * se
     radii = 3 * np.array([1, 0.75, 0.5, 0.25])
     thin = (
         np.log(4) + np.mean(np.log(2 * np.pi * radii)) + 0.5 * np.log(2 * np.pi * np.e * 0.08**2)
     )
-    assert abs(floor - thin) < 0.01  # curvature corrections are O(s^2 / r^2) ~ 1e-3
-    assert abs(floor - 2.629) < 0.015  # the issue's measured floor (SE ~0.006 there)
+    assert abs(exact - thin) < 0.003  # curvature corrections are O(s^2 / r^2) ~ 1e-3
+    assert abs(exact - 2.629) < 0.02  # the issue's 20,000-point estimate
 
     x = sample_toy("checkerboard", 1000, seed=5, dtype=np.float64)
     assert np.allclose(toy_log_density("checkerboard", x), -np.log(32.0))
