@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables used by the scripts that source this file
 # Shared helpers for scripts/*.sh: repo paths, logging, settings defaults.
 # Sourced, never run directly.
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop the service and worker that up.sh started (by their pid files). Idempotent.
 set -euo pipefail
+# shellcheck source=scripts/_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 # Alive and not a zombie (a zombie only waits for its parent to reap it).

@@ -4,6 +4,7 @@
 # Missing: as root with apt-get, install Debian's redis-server; otherwise say what to do.
 # CPFLOW_NO_INSTALL=1 never installs packages. Idempotent.
 set -euo pipefail
+# shellcheck source=scripts/_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 # redis://[user:password@]host[:port][/db]  ->  host, port
@@ -31,8 +32,7 @@ redis_answers() {
 }
 
 wait_for_redis() {
-    local i
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
         redis_answers && return 0
         sleep 0.2
     done

@@ -3,6 +3,7 @@
 # dev extra. Idempotent: a second run only reinstalls when pyproject.toml changed
 # (CPFLOW_FORCE_INSTALL=1 forces it).
 set -euo pipefail
+# shellcheck source=scripts/_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 cd "$ROOT"
 

@@ -3,6 +3,7 @@
 # one), then run the whole pytest suite. Arguments pass through to pytest, e.g.
 #   bash scripts/test.sh tests/core -x -q        bash scripts/test.sh -m slow
 set -euo pipefail
+# shellcheck source=scripts/_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 cd "$ROOT"
 

@@ -5,6 +5,7 @@
 #   CPFLOW_HOST / CPFLOW_PORT   where the service listens (default 127.0.0.1:8000)
 #   CPFLOW_STORE_DIR            model store (default ./var/store)
 set -euo pipefail
+# shellcheck source=scripts/_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 cd "$ROOT"
 

@@ -52,6 +52,14 @@ def test_script_syntax_and_strict_mode(script: Path) -> None:
         assert os.access(script, os.X_OK), f"{script} is not executable"
 
 
+def test_shellcheck_is_clean() -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (Debian: apt-get install shellcheck)")
+    scripts = [str(p) for p in SCRIPTS] + [str(p) for p in (ROOT / "docker").glob("*.sh")]
+    res = _run(["shellcheck", "-x", *scripts])
+    assert res.returncode == 0, res.stdout
+
+
 def test_ensure_redis_accepts_a_running_redis() -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
