@@ -15,14 +15,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve cpflow models over HTTP. Settings come from CPFLOW_* variables "
         "(CPFLOW_STORE_DIR, CPFLOW_DEVICE, CPFLOW_API_KEYS, ...).",
     )
-    parser.add_argument("--host", default=os.environ.get("CPFLOW_HOST", "127.0.0.1"),
-                        help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)")  # fmt: skip
-    parser.add_argument("--port", type=int, default=int(os.environ.get("CPFLOW_PORT", "8000")),
-                        help="TCP port (default 8000)")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=1,
-                        help="uvicorn worker processes (each loads its own models; default 1)")  # fmt: skip
-    parser.add_argument("--log-level", default=None,
-                        help="override CPFLOW_LOG_LEVEL (debug, info, warning, error)")  # fmt: skip
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("CPFLOW_HOST", "127.0.0.1"),
+        help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("CPFLOW_PORT", "8000")),
+        help="TCP port (default 8000)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes (each loads its own models; default 1)",
+    )
+    parser.add_argument(
+        "--log-level", default=None, help="override CPFLOW_LOG_LEVEL (debug, info, warning, error)"
+    )
     return parser
 
 

@@ -357,16 +357,23 @@ class InferenceEngine:
         seed: int | None = None,
         tolerance: float | None = None,
         max_iterations: int | None = None,
+        solver: str | None = None,
     ) -> SampleResult:
         """n samples in data units, drawn by inverting the flow on seeded normal draws."""
         seed = secrets.randbits(63) if seed is None else seed
-        flow = model.flow
+        flow, device = model.flow, self.device
         max_iterations = self._iterations(model, max_iterations)
 
         def draw() -> tuple[torch.Tensor, Any]:
-            x, info = flow.sample(
-                n, generator=self._generator(seed), tol=tolerance, max_iter=max_iterations
-            )
+            gen = self._generator(seed)
+            if solver is None:
+                x, info = flow.sample(n, generator=gen, tol=tolerance, max_iter=max_iterations)
+            else:
+                # flow.sample has no solver option: the same seeded draws, inverted explicitly.
+                z = torch.randn(n, model.dim, generator=gen, device=gen.device, dtype=model.dtype)
+                x, info = flow.inverse(
+                    z.to(device), tol=tolerance, max_iter=max_iterations, solver=solver
+                )
             return x.detach().cpu(), info
 
         x, info = await self.run_long(draw)
@@ -382,6 +389,7 @@ class InferenceEngine:
         *,
         tolerance: float | None = None,
         max_iterations: int | None = None,
+        solver: str | None = None,
     ) -> TransportResult:
         """forward: x -> z = f(x); inverse: z -> x with its residual."""
         if direction == "forward":
@@ -392,7 +400,10 @@ class InferenceEngine:
         max_iterations = self._iterations(model, max_iterations)
 
         def invert() -> tuple[torch.Tensor, Any]:
-            out, info = flow.inverse(x.to(device), tol=tolerance, max_iter=max_iterations)
+            kwargs = {"solver": solver} if solver is not None else {}
+            out, info = flow.inverse(
+                x.to(device), tol=tolerance, max_iter=max_iterations, **kwargs
+            )
             return out.detach().cpu(), info
 
         out, info = await self.run_long(invert)

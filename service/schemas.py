@@ -40,6 +40,14 @@ InputRows = Annotated[
     ),
 ]
 Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+Solver = Annotated[
+    Literal["lbfgs", "newton"] | None,
+    Field(
+        description="Inversion solver: lbfgs (batched L-BFGS, the paper's; the default unless "
+        "the model was configured otherwise) or newton (damped Newton with the analytic "
+        "Hessian; often fewer iterations in low dimension).",
+    ),
+]
 
 
 class _Request(BaseModel):
@@ -123,6 +131,7 @@ class SampleRequest(_Request):
     max_iterations: StrictInt | None = Field(
         default=None, ge=1, le=100_000, description="Most solver iterations per block."
     )
+    solver: Solver = None
 
 
 class SampleResponse(BaseModel):
@@ -166,6 +175,7 @@ class TransportRequest(_Request):
     max_iterations: StrictInt | None = Field(
         default=None, ge=1, le=100_000, description="Inverse only: most iterations per block."
     )
+    solver: Solver = None
 
 
 class TransportResponse(BaseModel):

@@ -202,6 +202,7 @@ async def _sample(
         seed=body.seed,
         tolerance=body.tolerance,
         max_iterations=body.max_iterations,
+        solver=body.solver,
     )
     return SampleResponse(
         model=model.name,
@@ -215,8 +216,9 @@ async def _sample(
 
 _SAMPLE_DOC = (
     "Draws standard-normal z (seeded: same seed, same samples on the same device) and inverts "
-    "the flow block by block with batched L-BFGS. `max_residual` is the largest "
-    "max|f(x) - z| reached and `converged` says whether every sample met `tolerance`."
+    "the flow block by block with batched L-BFGS (or damped Newton, `solver`). "
+    "`max_residual` is the largest max|f(x) - z| reached and `converged` says whether every "
+    "sample met `tolerance`."
 )
 
 
@@ -265,6 +267,7 @@ async def _transport(
         body.direction,
         tolerance=body.tolerance,
         max_iterations=body.max_iterations,
+        solver=body.solver,
     )
     return TransportResponse(
         model=model.name,

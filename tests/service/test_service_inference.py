@@ -154,3 +154,26 @@ def test_extreme_but_finite_input_gives_null_not_an_error(client):
     assert r.status_code == 200, r.text
     lp = r.json()["log_prob"]
     assert lp[0] is None and math.isfinite(lp[1])
+
+
+def test_newton_solver_option_gives_the_same_samples_and_inverse(client):
+    n, seed = 8, 77
+    lb = client.post(
+        "/v1/models/toy2d/sample", json={"num_samples": n, "seed": seed, "tolerance": 1e-5}
+    ).json()
+    nt = client.post(
+        "/v1/models/toy2d/sample",
+        json={"num_samples": n, "seed": seed, "tolerance": 1e-5, "solver": "newton"},
+    ).json()
+    assert nt["converged"] is True
+    # Same draws, a different solver: the same points up to the two tolerances (the inverse is
+    # 1-Lipschitz-bounded here, H >= softplus(w0) I, so a 1e-5 residual moves x by ~1e-5).
+    np.testing.assert_allclose(nt["samples"], lb["samples"], atol=1e-3)
+    z = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)).numpy()
+    inv = client.post(
+        "/v1/models/toy2d/transport",
+        json={"inputs": z.tolist(), "direction": "inverse", "solver": "newton", "tolerance": 1e-5},
+    ).json()
+    np.testing.assert_allclose(inv["outputs"], nt["samples"], atol=1e-4)
+    bad = client.post("/v1/models/toy2d/sample", json={"num_samples": 2, "solver": "adam"})
+    assert bad.status_code == 422
