@@ -133,3 +133,13 @@ def test_configuration_table_gives_the_real_defaults() -> None:
             assert shown.group(1) == str(default), name
         checked += 1
     assert checked >= 10
+
+
+def test_presets_named_in_the_readme_exist() -> None:
+    try:
+        from training.presets import PRESETS
+    except ModuleNotFoundError as exc:
+        pytest.skip(f"training presets not built yet ({exc.name})")
+    named = set(re.findall(r"--preset (\w+)", README))
+    assert "demo" in named
+    assert named <= set(PRESETS), f"unknown presets in README: {sorted(named - set(PRESETS))}"
