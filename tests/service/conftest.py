@@ -35,23 +35,22 @@ def client(server):
         yield c
 
 
-@pytest.fixture(scope="module")
-def auth_server(store_dir, tmp_path_factory):
-    env = {"CPFLOW_STORE_DIR": str(store_dir), "CPFLOW_API_KEYS": f"{API_KEY}, other-key"}
-    with run_server(env, log_path=tmp_path_factory.mktemp("logs") / "auth.log") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def fuzz_server(store_dir, tmp_path_factory):
-    """A server with tight work limits, so fuzzed requests stay cheap."""
+@pytest.fixture(scope="session")
+def limited_server(store_dir, tmp_path_factory):
+    """A server with API keys and tight work limits (so fuzzed requests stay cheap)."""
     env = {
         "CPFLOW_STORE_DIR": str(store_dir),
+        "CPFLOW_API_KEYS": f"{API_KEY}, other-key",
         "CPFLOW_MAX_BATCH": "64",
         "CPFLOW_MAX_SAMPLES": "16",
         "CPFLOW_MAX_INVERSE_ITERATIONS": "5",
         "CPFLOW_MAX_BODY_BYTES": str(64 * 1024),
         "CPFLOW_REDIS_URL": "redis://127.0.0.1:1/0",
     }
-    with run_server(env, log_path=tmp_path_factory.mktemp("logs") / "fuzz.log") as url:
+    with run_server(env, log_path=tmp_path_factory.mktemp("logs") / "limited.log") as url:
         yield url
+
+
+@pytest.fixture
+def auth_headers():
+    return {"Authorization": f"Bearer {API_KEY}"}

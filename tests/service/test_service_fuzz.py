@@ -16,13 +16,17 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from svc_procs import API_KEY
 
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 EXAMPLES_PER_MODE = int(os.environ.get("CPFLOW_FUZZ_EXAMPLES", "4"))
 
 
 @pytest.fixture(scope="module")
-def operations(fuzz_server):
-    schema = schemathesis.openapi.from_url(fuzz_server + "/openapi.json")
+def operations(limited_server):
+    schema = schemathesis.openapi.from_url(
+        limited_server + "/openapi.json"
+    )  # /openapi.json is open
     ops = []
     for result in schema.get_all_operations():
         op = result.ok()
@@ -37,7 +41,7 @@ def _fuzz(op, mode, base_url: str, seen: list, path_parameters: dict | None = No
     @settings(max_examples=EXAMPLES_PER_MODE, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
     def check(case):
-        response = case.call(base_url=base_url, timeout=60)
+        response = case.call(base_url=base_url, timeout=60, headers=AUTH)
         seen.append((op.path, response.status_code))
         assert response.status_code < 500, (case.as_curl_command(), response.text)
         if response.status_code >= 400:
@@ -52,29 +56,29 @@ def _fuzz(op, mode, base_url: str, seen: list, path_parameters: dict | None = No
         assert mode is GenerationMode.NEGATIVE
 
 
-def test_openapi_fuzz_finds_no_server_error(operations, fuzz_server):
+def test_openapi_fuzz_finds_no_server_error(operations, limited_server):
     seen: list[tuple[str, int]] = []
     for op in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            _fuzz(op, mode, fuzz_server, seen)
+            _fuzz(op, mode, limited_server, seen)
         # Random names rarely exist: also fuzz the bodies of a real 2-D model.
         real = {
             k: v for k, v in {"name": "moons", "version": 1}.items() if "{" + k + "}" in op.path
         }
         if real:
-            _fuzz(op, GenerationMode.POSITIVE, fuzz_server, seen, real)
+            _fuzz(op, GenerationMode.POSITIVE, limited_server, seen, real)
     assert len(seen) >= 50
     assert sum(status == 200 for _, status in seen) >= 10  # not only rejections
 
 
-def test_openapi_request_examples_succeed(fuzz_server):
+def test_openapi_request_examples_succeed(limited_server):
     """Every request example /docs shows works as-is against a real model (named 'moons')."""
     import httpx
 
-    spec = httpx.get(fuzz_server + "/openapi.json").json()
+    spec = httpx.get(limited_server + "/openapi.json").json()
     schemas = spec["components"]["schemas"]
     tried = 0
-    with httpx.Client(base_url=fuzz_server, timeout=60) as c:
+    with httpx.Client(base_url=limited_server, timeout=60, headers=AUTH) as c:
         for path, ops in spec["paths"].items():
             if not path.startswith("/v1/models"):
                 continue

@@ -187,8 +187,8 @@ def test_64_concurrent_mixed_requests_match_sequential_answers(server):
         assert a == b
 
 
-def test_auth_required_on_v1_when_keys_are_set(auth_server):
-    with httpx.Client(base_url=auth_server, timeout=30) as c:
+def test_auth_required_on_v1_when_keys_are_set(limited_server):
+    with httpx.Client(base_url=limited_server, timeout=30) as c:
         for path in ("/healthz", "/readyz", "/metrics"):
             assert c.get(path).status_code in (200, 503), path
         r = c.get("/v1/models")
