@@ -1,0 +1,284 @@
+"""Core library benchmark: ours vs the paper's algorithms (bench/baseline_paper.py), one run.
+
+Prints one JSON object: exact log_prob throughput (d=43), inversion time to max residual
+<= 1e-5 (d=8, 43), one training step (d=43), peak memory of a training step (CG surrogate vs
+back-propagating through the exact log-det, separate processes) and an SLQ-vs-exact table
+(d=64, 256). Same model, same weights, same inputs for both sides; ratios are baseline/ours.
+
+    .venv/bin/python bench/core_bench.py [--device cpu|cuda] [--quick] [--threads 2]
+        [--only logprob,inverse,train,memory,slq]
+
+Model: float32, 5 blocks, input-augmented ICNN 3 hidden layers x 64, batch 1024, with
+parameters perturbed away from initialisation (a stand-in for a trained model, so that the
+inverse problems are not trivially the identity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import baseline_paper as paper
+
+from cpflow import CPFlow, FlowConfig
+
+
+def make_model(
+    dim: int,
+    device: str,
+    *,
+    blocks: int = 5,
+    hidden: int = 64,
+    depth: int = 3,
+    seed: int = 0,
+    dtype: str = "float32",
+) -> tuple[CPFlow, torch.Tensor]:
+    """A reproducible non-identity model and a batch-1024 input set for it."""
+    g = torch.Generator().manual_seed(seed)
+    flow = CPFlow(FlowConfig(dim=dim, blocks=blocks, hidden=hidden, depth=depth, dtype=dtype))
+    tdt = flow.config.torch_dtype
+    data = torch.randn(4096, dim, generator=g, dtype=tdt) * (1 + torch.rand(dim, generator=g))
+    flow.set_standardization(data.mean(0), data.std(0))
+    flow.initialize(data[:2048])
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=tdt))
+        for b in flow.blocks():
+            b.w1.fill_(1.0)
+    flow.to(device)
+    x = data[2048 : 2048 + 1024].to(device)
+    return flow, x
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timeit(fn, device: str, repeats: int) -> tuple[float, object]:
+    """Median wall time of fn() over repeats (after one warm-up call), and its last result."""
+    out = fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def bench_logprob(device: str, quick: bool) -> dict:
+    flow, x = make_model(43, device)
+    with torch.no_grad():
+        t_ours, lp = timeit(lambda: flow.log_prob(x, "exact"), device, 2 if quick else 5)
+    t_base, lp_b = timeit(
+        lambda: paper.log_prob_exact(flow, x).detach(), device, 1 if quick else 3
+    )
+    n = x.shape[0]
+    return {
+        "dim": 43,
+        "batch": n,
+        "ours_s": t_ours,
+        "baseline_s": t_base,
+        "ours_samples_per_s": n / t_ours,
+        "baseline_samples_per_s": n / t_base,
+        "speedup": t_base / t_ours,
+        "target": 5.0,
+        "max_abs_diff": float((lp - lp_b).abs().max()),
+    }
+
+
+def bench_inverse(device: str, quick: bool) -> dict:
+    out = {}
+    tol = 1e-5
+    for dim in (8, 43):
+        flow, x = make_model(dim, device)
+        with torch.no_grad():
+            z = flow.transform(x)
+        rep = 1 if quick else 3
+        t_ours, (_xo, info) = timeit(lambda flow=flow, z=z: flow.inverse(z, tol=tol), device, rep)
+        t_newton, (_, info_n) = timeit(
+            lambda flow=flow, z=z: flow.inverse(z, tol=tol, solver="newton"), device, rep
+        )
+        t_base, (_xb, res_b, it_b) = timeit(
+            lambda flow=flow, z=z: paper.inverse_lbfgs(flow, z, tol, max_iter=2000), device, rep
+        )
+        out[f"d{dim}"] = {
+            "batch": x.shape[0],
+            "tol": tol,
+            "ours_lbfgs_s": t_ours,
+            "ours_newton_s": t_newton,
+            "baseline_s": t_base,
+            "speedup_lbfgs": t_base / t_ours,
+            "speedup_newton": t_base / t_newton,
+            "target": 3.0,
+            "ours_max_residual": info.max_residual,
+            "ours_all_converged": info.all_converged,
+            "ours_iterations": info.iterations,
+            "newton_max_residual": info_n.max_residual,
+            "newton_all_converged": info_n.all_converged,
+            "baseline_max_residual": float(res_b.max()),
+            "baseline_iterations": it_b,
+            "baseline_reached_tol": bool(res_b.max() <= tol),
+        }
+    return out
+
+
+def bench_train(device: str, quick: bool) -> dict:
+    flow, x = make_model(43, device)
+    atol = flow.config.cg_atol
+
+    def ours():
+        flow.zero_grad()
+        loss, stats = flow.training_loss(x, generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        return stats
+
+    def base():
+        flow.zero_grad()
+        loss, it = paper.training_loss(flow, x, atol, generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        return it
+
+    rep = 1 if quick else 3
+    t_ours, stats = timeit(ours, device, rep)
+    t_base, it_b = timeit(base, device, rep)
+    return {
+        "dim": 43,
+        "batch": x.shape[0],
+        "cg_atol": atol,
+        "ours_s": t_ours,
+        "baseline_s": t_base,
+        "speedup": t_base / t_ours,
+        "target": 1.5,
+        "ours_cg_iterations_mean": stats.cg_iterations_mean,
+        "ours_cg_iterations_max": stats.cg_iterations_max,
+        "baseline_cg_iterations_max": it_b,
+    }
+
+
+def bench_slq(device: str, quick: bool) -> list[dict]:
+    rows = []
+    for dim in (64, 256):
+        flow, x = make_model(dim, device, blocks=2)
+        x = x[: 128 if quick else 256]
+        with torch.no_grad():
+            t_ex, exact = timeit(lambda flow=flow, x=x: flow.log_prob(x, "exact"), device, 1)
+            ld = exact - flow._base_log_prob(flow.transform(x)) - flow._const_logdet()
+            for probes, steps in ((4, 10), (16, 20), (64, 30)):
+
+                def run(flow=flow, x=x, probes=probes, steps=steps):
+                    return flow.log_prob(
+                        x,
+                        "slq",
+                        probes=probes,
+                        steps=steps,
+                        return_stderr=True,
+                        generator=torch.Generator().manual_seed(0),
+                    )
+
+                t_s, (est, se) = timeit(run, device, 1)
+                rel = ((est - exact).abs() / ld.abs()).mean()
+                rows.append(
+                    {
+                        "dim": dim,
+                        "batch": x.shape[0],
+                        "blocks": 2,
+                        "probes": probes,
+                        "steps": steps,
+                        "exact_s": t_ex,
+                        "slq_s": t_s,
+                        "speedup": t_ex / t_s,
+                        "mean_rel_err_logdet": float(rel),
+                        "mean_abs_err": float((est - exact).abs().mean()),
+                        "mean_stderr": float(se.mean()),
+                    }
+                )
+    return rows
+
+
+def bench_memory(device: str, quick: bool, threads: int) -> dict:
+    out = {}
+    here = Path(__file__).resolve().parent / "core_memory.py"
+    for mode in ("ours_cg", "ours_exact_backprop", "baseline_cg", "baseline_exact_backprop"):
+        cmd = [
+            sys.executable,
+            str(here),
+            "--mode",
+            mode,
+            "--device",
+            device,
+            "--threads",
+            str(threads),
+            "--dim",
+            "43",
+            "--batch",
+            "1024",
+        ]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        try:
+            out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            out[mode] = {"error": res.stderr[-500:]}
+    try:
+        cg = out["ours_cg"]
+        ex = out["ours_exact_backprop"]
+        out["ratio_peak_cg_over_exact"] = cg["peak_mb"] / ex["peak_mb"]
+        out["ratio_step_increment_cg_over_exact"] = (
+            cg["step_increment_mb"] / ex["step_increment_mb"]
+        )
+        out["target_ratio"] = 0.2
+    except (KeyError, ZeroDivisionError):
+        pass
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller SLQ batch")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="logprob,inverse,train,memory,slq")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    parts = args.only.split(",")
+    result: dict = {
+        "bench": "core",
+        "device": args.device,
+        "threads": args.threads,
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "loadavg_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if args.device.startswith("cuda"):
+        result["gpu"] = torch.cuda.get_device_name(0)
+    if "logprob" in parts:
+        result["exact_log_prob"] = bench_logprob(args.device, args.quick)
+    if "inverse" in parts:
+        result["inverse"] = bench_inverse(args.device, args.quick)
+    if "train" in parts:
+        result["train_step"] = bench_train(args.device, args.quick)
+    if "memory" in parts:
+        result["train_step_memory"] = bench_memory(args.device, args.quick, args.threads)
+    if "slq" in parts:
+        result["slq_vs_exact"] = bench_slq(args.device, args.quick)
+    result["loadavg_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
