@@ -73,6 +73,38 @@ async def _client(port: int, raw: bytes, start: float, stop: float, lat: list, e
         writer.close()
 
 
+async def healthz_during_long_sample(port: int, seconds: float) -> dict:
+    """/healthz latency (one client) while a sampling request that cannot converge runs."""
+    body = {"num_samples": 64, "seed": 0, "tolerance": 1e-12, "max_iterations": 2000}
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    t0 = time.perf_counter()
+    long = asyncio.create_task(_request(reader, writer, _raw("/v1/models/bench2d/sample", body)))
+    await asyncio.sleep(0.5)
+    lat: list[float] = []
+    errors: list[float] = []
+    stop = time.perf_counter() + seconds
+    hreader, hwriter = await asyncio.open_connection("127.0.0.1", port)
+    get = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
+    while time.perf_counter() < stop and not long.done():
+        t = time.perf_counter()
+        status = await _request(hreader, hwriter, get)
+        (lat if status == 200 else errors).append(time.perf_counter() - t)
+    hwriter.close()
+    still_running = not long.done()
+    long.cancel()
+    writer.close()
+    ms = np.array(lat) * 1000
+    return {
+        "healthz_requests": len(lat),
+        "healthz_p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+        "healthz_p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+        "healthz_max_ms": round(float(ms.max()), 2) if len(ms) else None,
+        "sample_still_running_after_s": round(time.perf_counter() - t0, 1)
+        if still_running
+        else None,
+    }
+
+
 def _raw(path: str, body: dict) -> bytes:
     data = json.dumps(body).encode()
     return (
@@ -123,7 +155,7 @@ def main() -> None:
         publish_model(store, args.blocks, args.hidden)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CPFLOW_")}
         env.update(CPFLOW_STORE_DIR=str(store), CPFLOW_LOG_LEVEL="WARNING", CPFLOW_DEVICE="cpu")
-        for key in ("CPFLOW_INFERENCE_THREADS", "CPFLOW_TORCH_THREADS"):
+        for key in ("CPFLOW_INFERENCE_THREADS", "CPFLOW_TORCH_THREADS", "CPFLOW_BATCH_WAIT_MS"):
             if key in os.environ:
                 env[key] = os.environ[key]
         cmd = [sys.executable, "-m", "uvicorn", "--factory", "service_bench_app:create_bench_app",
@@ -149,10 +181,15 @@ def main() -> None:
                     results[f"{name}@c{c}"] = asyncio.run(
                         run_scenario(args.port, path, body, c, args.seconds)
                     )
+            busy = asyncio.run(healthz_during_long_sample(args.port, args.seconds))
             metrics = httpx.get(f"http://127.0.0.1:{args.port}/metrics").text
         finally:
             server.terminate()
-            server.wait(30)
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:  # the unconverging sample still holds a thread
+                server.kill()
+                server.wait()
 
     ratios = {}
     for name in scenarios:
@@ -176,6 +213,7 @@ def main() -> None:
         "seconds_per_scenario": args.seconds,
         "results": results,
         "rps_ratio_to_constant_route": ratios,
+        "healthz_while_sampling": busy,
         "target_log_prob_exact_b1_at_c16_ratio": 0.30,
         "microbatch": batch_lines,
     }, indent=2))  # fmt: skip

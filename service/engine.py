@@ -270,7 +270,7 @@ class InferenceEngine:
             dtype=_dtype_of(flow),
             device=self.device,
         )
-        label = f"{model.name}@{model.version}"
+        label = model.name
 
         def observer(op: str) -> Callable[[int, int], None]:
             rows_h = self.metrics.batch_rows.labels(label, op)
