@@ -46,7 +46,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 PRESETS: dict[str, dict] = {
     "mnist": {"shape": (1, 28, 28), "blocks": [8, 8, 8], "hidden": 64, "depth": 4},
     "cifar": {"shape": (3, 32, 32), "blocks": [2, 2, 2, 2], "hidden": 64, "depth": 4},
-    "digits": {"shape": (1, 8, 8), "blocks": [2, 2, 2], "hidden": 32, "depth": 4},
+    "digits": {"shape": (1, 8, 8), "blocks": [2, 2, 2], "hidden": 16, "depth": 4},
 }
 
 
