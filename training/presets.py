@@ -38,8 +38,9 @@ _TOY_TRAIN = {
     "iterations": 2000,
     "val_every": 250,
     "val_max_points": 2000,
-    # Table 5 gives a constant Adam lr; a cosine decay to zero over the same budget lowers the
-    # final NLL at a fixed iteration count (measured: see the README's results table).
+    # Table 5 gives a constant Adam lr; we anneal it (cosine to zero) over the fixed budget.
+    # Measured on eight_gaussians at 2,000 iterations: gap to the true NLL 0.063 nats with the
+    # cosine decay vs 0.060 with a constant lr, i.e. no measurable difference there.
     "schedule": "cosine",
 }
 
