@@ -11,6 +11,7 @@ Run it with ``cpflow-serve`` or ``uvicorn --factory service.app:create_app``.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -70,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        preload = None
+        if settings.preload_models:
+            preload = asyncio.create_task(engine.preload(settings.preload_models))
         async with AsyncExitStack() as stack:
             for module in modules:
                 hook = getattr(module, "lifespan", None)
@@ -78,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 yield
             finally:
+                if preload is not None:
+                    preload.cancel()
                 engine.close()
 
     app = FastAPI(

@@ -252,6 +252,19 @@ class InferenceEngine:
         )  # fmt: skip
         return model
 
+    async def preload(self, names: tuple[str, ...]) -> None:
+        """Load the latest version of each name ('*': every model) so first requests are fast.
+
+        Failures are logged, never raised: a bad model must not stop the server starting.
+        """
+        if "*" in names:
+            names = tuple(await self.io(self.store.names))
+        for name in names[: self.settings.model_cache_size]:
+            try:
+                await self.get(name)
+            except Exception as exc:  # noqa: BLE001 - logged; the model answers 404/503 later
+                log.warning("preload failed", extra={"model": name, "error": str(exc)})
+
     def _load_sync(self, name: str, version: int) -> Any:
         loaded = self.store.load(name, version, device=str(self.device))
         loaded.flow.eval()

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         description="Comma-separated API keys. Unset or empty: no auth. Set: every /v1 route "
         "needs 'Authorization: Bearer <key>'; /healthz, /readyz and /metrics stay open.",
     )
+    preload_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated model names whose latest version loads in the background "
+        "at start-up ('*': every model, up to model_cache_size); others load on first use.",
+    )
     max_batch: int = Field(
         default=10_000,
         ge=1,
@@ -122,7 +127,7 @@ class Settings(BaseSettings):
         description="How long finished training jobs and their results stay visible.",
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "preload_models", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

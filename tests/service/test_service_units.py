@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 import torch
@@ -174,3 +175,16 @@ def test_store_dir_is_created_at_startup(tmp_path):
         r = c.get("/readyz")
         assert r.status_code == 200 and r.json()["store"]["models"] == 0
         assert c.get("/v1/models").json() == {"models": [], "count": 0}
+
+
+def test_preload_loads_models_at_startup(store_dir):
+    settings = Settings(store_dir=store_dir, device="cpu", preload_models="toy2d, nope")
+    assert settings.preload_models == ("toy2d", "nope")
+    with TestClient(create_app(settings)) as c:
+        for _ in range(200):  # background task: wait for it, bounded
+            if c.get("/readyz").json()["loaded_models"] >= 1:
+                break
+            time.sleep(0.05)
+        assert c.get("/v1/models/toy2d").json()["loaded"] is True
+        # The unknown name was logged and skipped; the server serves normally.
+        assert c.get("/healthz").status_code == 200
