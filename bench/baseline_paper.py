@@ -89,6 +89,7 @@ def exact_nll_loss(flow: CPFlow, x: Tensor) -> Tensor:
 
 
 def _invert_block(block: CPFlowBlock, y: Tensor, tol: float, max_iter: int) -> tuple[Tensor, int]:
+    y = y.detach()
     x = y.clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
         [x],
@@ -124,7 +125,8 @@ def inverse_lbfgs(
             h, it = _invert_block(layer, h, tol, max_iter)
             iters = max(iters, it)
         else:
-            h = layer.inverse(h)
+            with torch.no_grad():
+                h = layer.inverse(h)
     x = flow.standardization.inverse(h)
     with torch.no_grad():
         res = (flow.transform(x) - z).abs().amax(-1)
