@@ -276,8 +276,15 @@ class ModelStore:
         folder = self._name_dir(name) / str(number)
         manifest = self._read_manifest(name, number, folder)
         contents = self._verified_files(name, number, folder, manifest)
+        flow_cls, config_cls = CPFlow, FlowConfig
+        raw_config = manifest["flow_config"]
+        if isinstance(raw_config, dict) and raw_config.get("kind") == "conditional":
+            # p(x | c) models (cpflow.conditional) mark their config with kind="conditional"
+            from cpflow.conditional import ConditionalCPFlow, ConditionalFlowConfig
+
+            flow_cls, config_cls = ConditionalCPFlow, ConditionalFlowConfig
         try:
-            config = FlowConfig.model_validate(manifest["flow_config"])
+            config = config_cls.model_validate(raw_config)
         except ValueError as exc:
             raise CorruptModel(
                 name, number, MANIFEST_FILE, f"holds an invalid flow_config ({exc})"
@@ -288,7 +295,7 @@ class ModelStore:
             raise CorruptModel(
                 name, number, WEIGHTS_FILE, f"cannot be parsed as safetensors ({exc})"
             ) from None
-        flow = CPFlow(config)
+        flow = flow_cls(config)
         try:
             flow.load_state_dict(state, strict=True)
         except RuntimeError as exc:
