@@ -128,3 +128,30 @@ def test_context_standardisation_is_applied():
         flow.context_standardization.std,
     )  # fmt: skip
     assert torch.allclose(flow.log_prob(x, c + 1.0), lp, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "context,code",
+    [
+        (None, "context_required"),
+        ([[1.0, 2.0, 3.0]], "context_shape"),
+        ([[1.0, 2.0]] * 3, "context_rows"),
+        ([[1.0, float("nan")]], "context_not_finite"),
+        ([[1.0, float("inf")]] * 4, "context_not_finite"),
+        ([["a", 1.0]], "context_shape"),
+    ],
+)
+def test_check_context_errors_have_codes(context, code):
+    from cpflow.conditional import ContextError, check_context
+
+    with pytest.raises(ContextError) as err:
+        check_context(context, 4, 2)
+    assert err.value.code == code
+
+
+def test_check_context_broadcasts_one_row():
+    from cpflow.conditional import check_context
+
+    c = check_context([0.5, -1.0], 3, 2)
+    assert c.shape == (3, 2) and torch.equal(c[2], torch.tensor([0.5, -1.0], dtype=torch.float64))
+    assert check_context([[1.0, 2.0]] * 3, 3, 2).shape == (3, 2)
