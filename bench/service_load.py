@@ -105,6 +105,11 @@ async def healthz_during_long_sample(port: int, seconds: float) -> dict:
     }
 
 
+def _median(values: list, digits: int = 2) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(float(np.median(values)), digits) if values else None
+
+
 def _raw(path: str, body: dict) -> bytes:
     data = json.dumps(body).encode()
     return (
@@ -138,6 +143,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--only", nargs="+", default=None, help="scenario names to run")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds over all scenarios; medians reported (a shared machine's load drifts)",
+    )
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -149,6 +161,9 @@ def main() -> None:
         "sample_16": ("/v1/models/bench2d/sample", {"num_samples": 16, "seed": 0}),
         "transport_forward_b1": ("/v1/models/bench2d/transport", {"inputs": [[0.5, 1.0]]}),
     }  # fmt: skip
+
+    if args.only:
+        scenarios = {k: v for k, v in scenarios.items() if k in args.only or k == "constant"}
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
@@ -175,12 +190,15 @@ def main() -> None:
             # Load the model once before timing anything.
             httpx.post(f"http://127.0.0.1:{args.port}/v1/models/bench2d/log_prob",
                        json={"inputs": [[0.0, 0.0]]}, timeout=60)  # fmt: skip
-            results = {}
-            for name, (path, body) in scenarios.items():
-                for c in args.concurrency:
-                    results[f"{name}@c{c}"] = asyncio.run(
-                        run_scenario(args.port, path, body, c, args.seconds)
-                    )
+            rounds: list[dict[str, dict]] = []
+            for _ in range(args.rounds):
+                one = {}
+                for name, (path, body) in scenarios.items():
+                    for c in args.concurrency:
+                        one[f"{name}@c{c}"] = asyncio.run(
+                            run_scenario(args.port, path, body, c, args.seconds)
+                        )
+                rounds.append(one)
             busy = asyncio.run(healthz_during_long_sample(args.port, args.seconds))
             metrics = httpx.get(f"http://127.0.0.1:{args.port}/metrics").text
         finally:
@@ -191,15 +209,30 @@ def main() -> None:
                 server.kill()
                 server.wait()
 
+    # Medians over rounds; each ratio is taken within a round (same load), then the median.
+    results = {}
+    for key in rounds[0]:
+        runs = [r[key] for r in rounds]
+        results[key] = {
+            "requests": sum(r["requests"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            **{f: _median([r[f] for r in runs]) for f in ("rps", "p50_ms", "p99_ms")},
+            "rps_per_round": [r["rps"] for r in runs],
+        }
     ratios = {}
     for name in scenarios:
         if name == "constant":
             continue
         for c in args.concurrency:
-            base = results[f"constant@c{c}"]["rps"]
-            ratios[f"{name}@c{c}"] = (
-                round(results[f"{name}@c{c}"]["rps"] / base, 3) if base else None
-            )
+            per_round = [
+                r[f"{name}@c{c}"]["rps"] / r[f"constant@c{c}"]["rps"]
+                for r in rounds
+                if r[f"constant@c{c}"]["rps"]
+            ]
+            ratios[f"{name}@c{c}"] = {
+                "median": _median(per_round, 3),
+                "per_round": [round(v, 3) for v in per_round],
+            }
     prefixes = ("cpflow_microbatch_requests_sum", "cpflow_microbatch_requests_count")
     batch_lines = [ln for ln in metrics.splitlines() if ln.startswith(prefixes)]
     print(json.dumps({
@@ -211,6 +244,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_1m": os.getloadavg()[0]},
         "seconds_per_scenario": args.seconds,
+        "rounds": args.rounds,
         "results": results,
         "rps_ratio_to_constant_route": ratios,
         "healthz_while_sampling": busy,
