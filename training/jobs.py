@@ -49,6 +49,15 @@ FINISH_RETRY_S = 60.0
 """How long a finished job keeps trying to record its outcome while Redis is unreachable."""
 
 
+_SET_IF_RUNNING_LUA = """
+if redis.call('HGET', KEYS[1], 'status') == 'running' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 class JobRecorder:
     """Worker side of one job record: status changes, heartbeat, progress, cancel flag."""
 
@@ -64,6 +73,8 @@ class JobRecorder:
         self._last_cancel_check = -CANCEL_POLL_S
         self._cancelled = False
         self.orphaned = False
+        self.record_lost = False
+        self._set_if_running = connection.register_script(_SET_IF_RUNNING_LUA)
 
     # -- status -------------------------------------------------------------------------
     def _set_if(self, allowed: set[str], fields: dict[str, str]) -> bool:
@@ -128,9 +139,15 @@ class JobRecorder:
                 self.orphaned = True  # the worker died; the horse must not go on alone
                 return
             try:
-                self.connection.hset(self.key, "heartbeat_at", repr(time.time()))
+                self._write_if_running("heartbeat_at", repr(time.time()))
             except RedisError as exc:  # a blip: the lease tolerates a few missed beats
                 log.warning("heartbeat failed: %s", exc)
+
+    def _write_if_running(self, field: str, value: str) -> None:
+        """Set one field while the record says running. Never recreates an expired record;
+        a record that left "running" (lease expired, deleted) tells the job to stop."""
+        if not self._set_if_running(keys=[self.key], args=[field, value]):
+            self.record_lost = True
 
     def progress(self, values: dict[str, Any], *, force: bool = False) -> None:
         """Write progress at most every PROGRESS_INTERVAL_S seconds (or now if ``force``)."""
@@ -139,7 +156,7 @@ class JobRecorder:
             return
         self._last_progress = now
         try:
-            self.connection.hset(self.key, "progress", json.dumps(values))
+            self._write_if_running("progress", json.dumps(values))
         except RedisError as exc:  # progress is best effort
             log.warning("progress write failed: %s", exc)
 
@@ -151,7 +168,7 @@ class JobRecorder:
 
     def should_stop(self) -> bool:
         """Polled by the trainer every iteration; asks Redis at most every CANCEL_POLL_S."""
-        if self.orphaned:
+        if self.orphaned or self.record_lost:
             return True
         now = time.monotonic()
         if now - self._last_cancel_check >= CANCEL_POLL_S:
@@ -286,6 +303,9 @@ def run_with_recorder(spec: dict[str, Any], recorder: JobRecorder) -> dict[str, 
     try:
         result = execute_spec(spec, progress=on_progress, should_stop=recorder.should_stop)
     except TrainingCancelled as exc:
+        if recorder.record_lost:
+            log.warning("job record left 'running' (lease expired?); stopped without publishing")
+            return {"status": "abandoned"}
         if recorder.orphaned:
             recorder.finish("failed", error="worker lost: the worker process died mid-job")
             return {"status": "failed"}

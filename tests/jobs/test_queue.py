@@ -168,3 +168,21 @@ def test_unreachable_redis_raises_queue_unavailable() -> None:
     ):
         with pytest.raises(QueueUnavailable, match="unreachable"):
             call()
+
+
+def test_a_job_whose_record_left_running_stops_and_writes_nothing(queue: JobQueue) -> None:
+    """Lease expired (e.g. a long Redis outage): the API said failed, so the job must stop;
+    and a heartbeat must never recreate an expired or purged record."""
+    job_id = queue.submit(SPEC, model_name="m", dataset_id=None)["id"]
+    key = f"cpflow:{queue.queue_name}:job:{job_id}"
+    rec = _recorder(queue, job_id)
+    rec.start()
+    rec._stop.set()  # silence the heartbeat until the lease runs out
+    time.sleep(queue.lease_s + 0.3)
+    assert queue.get(job_id)["status"] == "failed"
+    rec.progress({"iteration": 9}, force=True)
+    assert rec.should_stop() is True
+    assert queue.get(job_id)["progress"]["iteration"] == 0  # the late write was refused
+    queue.connection.delete(key)
+    rec._write_if_running("heartbeat_at", "1")
+    assert queue.connection.exists(key) == 0
