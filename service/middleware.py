@@ -25,14 +25,14 @@ access_log = logging.getLogger("cpflow.access")
 _RID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-async def _send_error(send: Send, status: int, code: str, message: str, rid: str | None) -> None:
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    """An error envelope sent from a middleware; RequestContextMiddleware (outermost) adds the
+    request id header."""
     body = json.dumps(error_payload(code, message)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
     ]
-    if rid:
-        headers.append((b"x-request-id", rid.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -115,20 +115,19 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope["path"])
-        rid = scope.get("state", {}).get("request_id")
         declared = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    await _send_error(send, 400, "bad_request", "invalid Content-Length", rid)
+                    await _send_error(send, 400, "bad_request", "invalid Content-Length")
                     return
                 break
         too_big = f"request body exceeds the limit of {limit} bytes; send fewer rows per request"
         if declared is not None:
             if declared > limit:
-                await _send_error(send, 413, "payload_too_large", too_big, rid)
+                await _send_error(send, 413, "payload_too_large", too_big)
                 return
             await self.app(scope, receive, send)
             return
@@ -142,7 +141,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _send_error(send, 413, "payload_too_large", too_big, rid)
+                await _send_error(send, 413, "payload_too_large", too_big)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

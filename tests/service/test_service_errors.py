@@ -80,8 +80,11 @@ def test_wrong_content_type(client, ctype):
 
 def test_body_too_large_declared(client):
     big = b'{"inputs": [' + b"[1.0, 2.0]," * 120_000 + b"[1.0, 2.0]]}"  # > 1 MiB limit
-    r = client.post(LP, content=big, headers={"content-type": "application/json"})
+    r = client.post(
+        LP, content=big, headers={"content-type": "application/json", "X-Request-ID": "big-1"}
+    )
     assert_envelope(r, 413, "payload_too_large", "limit")
+    assert r.headers.get_list("x-request-id") == ["big-1"]  # once, from the outer middleware
 
 
 def test_body_too_large_chunked(client):
