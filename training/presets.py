@@ -69,11 +69,11 @@ PRESETS: dict[str, Preset] = {
         name="demo",
         description="eight Gaussians, a small flow that trains in about a minute on 2 CPU cores",
         default_dataset="eight_gaussians",
-        flow={"blocks": 2, "depth": 2, "hidden": 32},
+        flow={"blocks": 3, "depth": 3, "hidden": 32},
         train={
             "lr": 0.01,
             "batch_size": 128,
-            "iterations": 400,
+            "iterations": 600,
             "val_every": 100,
             "val_max_points": 1000,
             "schedule": "cosine",
@@ -137,20 +137,21 @@ PRESETS: dict[str, Preset] = {
     ),
     "small_tabular": Preset(
         name="small_tabular",
-        description="scikit-learn tables (wine, breast_cancer, ...): a small flow, weight decay, "
-        "early stopping on validation NLL",
+        description="scikit-learn tables (wine, breast_cancer, ...): one block with a "
+        "one-layer ICNN (it can represent any Gaussian's Brenier map), weight decay, early "
+        "stopping on validation NLL",
         default_dataset="sklearn:wine",
-        flow={"blocks": 2, "depth": 2, "hidden": 32},
+        flow={"blocks": 1, "depth": 1, "hidden": 64},
         train={
-            "lr": 0.003,
+            "lr": 0.005,
             "batch_size": 64,
-            "iterations": 1500,
+            "iterations": 2000,
             "weight_decay": 1e-4,
-            "val_every": 25,
+            "val_every": 10,
             "val_max_points": None,
-            "early_stopping_patience": 12,
+            "early_stopping_patience": 30,
             "schedule": "plateau",
-            "plateau_patience": 4,
+            "plateau_patience": 10,
         },
     ),
 }
