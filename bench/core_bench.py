@@ -103,6 +103,7 @@ def bench_logprob(device: str, quick: bool) -> dict:
 def bench_inverse(device: str, quick: bool) -> dict:
     out = {}
     tol = 1e-5
+    max_iter = 300 if quick else 2000  # baseline per-block iteration cap
     for dim in (8, 43):
         flow, x = make_model(dim, device)
         with torch.no_grad():
@@ -113,7 +114,9 @@ def bench_inverse(device: str, quick: bool) -> dict:
             lambda flow=flow, z=z: flow.inverse(z, tol=tol, solver="newton"), device, rep
         )
         t_base, (_xb, res_b, it_b) = timeit(
-            lambda flow=flow, z=z: paper.inverse_lbfgs(flow, z, tol, max_iter=2000), device, rep
+            lambda flow=flow, z=z: paper.inverse_lbfgs(flow, z, tol, max_iter=max_iter),
+            device,
+            rep,
         )
         out[f"d{dim}"] = {
             "batch": x.shape[0],
@@ -132,7 +135,9 @@ def bench_inverse(device: str, quick: bool) -> dict:
             "baseline_max_residual": float(res_b.max()),
             "baseline_iterations": it_b,
             "baseline_reached_tol": bool(res_b.max() <= tol),
+            "baseline_max_iter": max_iter,
         }
+        print(json.dumps({f"inverse_d{dim}": out[f"d{dim}"]}), file=sys.stderr, flush=True)
     return out
 
 
