@@ -234,6 +234,10 @@ def ot_figure(
     ax.legend(fontsize=8)
     if not math.isfinite(max_kl):
         max_kl = 1.0
+    kls = [k for pts in curves.values() for k, _ in pts if math.isfinite(k)]
+    if kls:  # Monte Carlo KL can dip just below 0; do not let that stretch the axis
+        ax.set_xlim(left=max(min(kls), -1e-3) - 1e-4, right=max_kl * 1.2 + 1e-3)
+    fig.tight_layout()
     return _png(fig)
 
 
