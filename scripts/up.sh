@@ -92,7 +92,8 @@ start_bg() {
 }
 
 start_bg worker "$VENV/bin/cpflow-worker"
-start_bg api "$VENV/bin/cpflow-serve" --host "$HOST" --port "$PORT"
+CPFLOW_PRELOAD_MODELS="${CPFLOW_PRELOAD_MODELS:-$DEMO}" \
+    start_bg api "$VENV/bin/cpflow-serve" --host "$HOST" --port "$PORT"
 
 say "waiting for http://$HOST:$PORT/healthz"
 for _ in $(seq 1 120); do
