@@ -106,7 +106,8 @@ def test_configuration_table_names_every_setting() -> None:
     prefix = Settings.model_config.get("env_prefix", "CPFLOW_")
     expected = {prefix + name.upper() for name in Settings.model_fields}
     documented = _readme_settings()
-    assert expected <= set(documented), f"README lacks: {sorted(expected - set(documented))}"
+    missing = sorted(expected - set(documented))
+    assert not missing, f"add rows for {missing} to the Configuration table in README.md"
     unknown = set(documented) - expected - {"CPFLOW_HOST", "CPFLOW_PORT"}
     assert not unknown, f"README documents settings that do not exist: {sorted(unknown)}"
 
