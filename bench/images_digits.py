@@ -108,8 +108,9 @@ def main() -> None:
         str(RESULTS / f"{stem}.safetensors"),
         metadata={"config": json.dumps(flow.config.model_dump(mode="json"))},
     )
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2))
     gen = torch.Generator().manual_seed(0)
-    x, info = flow.sample(32, generator=gen, images=True)
+    x, info = flow.sample(32, generator=gen, images=True, max_iter=100)
     (RESULTS / f"{stem}_samples.png").write_bytes(sample_grid_png(x.clamp(0, 1)))
     out["sample_max_residual"] = info.max_residual
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2))

@@ -100,6 +100,7 @@ def test_sample_layouts_and_determinism():
     assert ia.all_converged
 
 
+@pytest.mark.slow  # ~20 s of CPU: 6 x 128 CG solves and exact Hessians
 def test_training_surrogate_gradient_matches_exact_nll_gradient():
     """Algorithm 2: the surrogate's gradient is unbiased for the NLL gradient. One image is
     repeated N times (independent Rademacher probes per row), so the batch gradient is a Monte
