@@ -152,6 +152,8 @@ def main() -> None:
     tag = args.posterior if args.posterior == "gaussian" else f"cpflow_{args.icnn}"
     if args.no_cut:
         tag += "_nocut"
+    if args.latent != 8:
+        tag += f"_z{args.latent}"
     out = {
         "posterior": tag,
         "seed": args.seed,

@@ -17,8 +17,9 @@ def main() -> None:
         d = json.loads(path.read_text())
         runs.setdefault(d["posterior"], {})[d["seed"]] = d["test"]
     table = {}
-    gauss = runs.get("gaussian", {})
     for post, by_seed in sorted(runs.items()):
+        latent = post[post.rindex("_z") :] if "_z" in post else ""
+        gauss = runs.get("gaussian" + latent, {})
         vals = [r["neg_elbo"] for r in by_seed.values()]
         row = {
             "seeds": sorted(by_seed),
@@ -27,7 +28,7 @@ def main() -> None:
             "neg_elbo_mean": statistics.fmean(vals),
             "neg_elbo_sd_over_seeds": statistics.stdev(vals) if len(vals) > 1 else None,
         }
-        if post != "gaussian":
+        if not post.startswith("gaussian"):
             margins = {
                 s: round(r["neg_elbo"] - gauss[s]["neg_elbo"], 3)
                 for s, r in sorted(by_seed.items())
