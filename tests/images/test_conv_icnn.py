@@ -87,6 +87,7 @@ def test_block_is_gradient_of_its_potential_and_hessian_dominates_alpha():
     (ref,) = torch.autograd.grad(block.potential(x).sum(), x)
     assert torch.allclose(block(x.detach()), ref, rtol=1e-10, atol=1e-12)
     _, H = block.forward_and_hessian(x.detach())
+    H = H.detach()
     alpha, _ = block.coefficients()
     assert float(torch.linalg.eigvalsh(H).min()) >= float(alpha.detach()) * (1 - 1e-10)
 
