@@ -27,9 +27,9 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 @dataclass
 class InverseInfo:
-    """How exact an inverse is: residual (n,) = max|transform(x) - z| per sample, converged (n,)
-    per sample (every block solved to tolerance and residual <= tol), iterations = max solver
-    iterations over blocks and samples."""
+    """How exact an inverse is: residual (n,) = max|transform(x) - z| per sample (measured by a
+    final forward pass), converged (n,) = residual <= tol, iterations = max solver iterations
+    over blocks and samples."""
 
     residual: Tensor
     converged: Tensor
@@ -262,21 +262,22 @@ class CPFlow(nn.Module):
         max_iter = cfg.inverse_max_iter if max_iter is None else int(max_iter)
         solver = solver or cfg.inverse_solver
         z = self._as_input(z)
-        x, ok, iters = self._inverse_pass(z, tol, max_iter, solver)
+        x, _ok, iters = self._inverse_pass(z, tol, max_iter, solver)
         residual = (self.transform(x) - z).abs().amax(-1)
-        # Errors of early blocks are amplified by later ones: refine the few that miss tol.
+        # Errors of early blocks are amplified by later ones: refine the few that miss tol with
+        # a tighter per-block tolerance and a bounded iteration budget.
         for _ in range(2):
             miss = (residual > tol).nonzero().squeeze(1)
             if miss.numel() == 0:
                 break
-            xr, okr, itr = self._inverse_pass(z[miss], tol * 0.05, max_iter, solver)
+            xr, _okr, itr = self._inverse_pass(z[miss], tol * 0.1, min(max_iter, 200), solver)
             rr = (self.transform(xr) - z[miss]).abs().amax(-1)
             better = rr < residual[miss]
             x[miss] = torch.where(better.unsqueeze(-1), xr, x[miss])
-            ok[miss] = torch.where(better, okr, ok[miss])
             residual[miss] = torch.minimum(rr, residual[miss])
             iters = max(iters, itr)
-        converged = ok & (residual <= tol) & torch.isfinite(residual)
+        # the end-to-end residual is measured, so it decides: never flag a sample above tol
+        converged = (residual <= tol) & torch.isfinite(residual)
         return x, InverseInfo(residual, converged, iters, tol)
 
     def _inverse_pass(

@@ -205,6 +205,11 @@ def minimize_batched(
     stalled = torch.zeros(n, dtype=torch.bool, device=dev)
     fails = torch.zeros(n, dtype=torch.long, device=dev)
     iters = torch.zeros(n, dtype=torch.long, device=dev)
+    # no-progress guard: a sample whose best |grad| has not improved by 1% in `patience`
+    # iterations (round-off floor reached) stops and stays flagged unconverged
+    best = g.abs().amax(-1)
+    since = torch.zeros(n, dtype=torch.long, device=dev)
+    patience = 30
     m = history
     if method == "lbfgs":
         S = x.new_zeros(n, m, d)
@@ -251,9 +256,13 @@ def minimize_batched(
         x[act] = torch.where(ok.unsqueeze(-1), xn, xa)
         f[act] = torch.where(ok, fn, fa)
         g[act] = torch.where(ok.unsqueeze(-1), gn, ga)
-        conv[act] = g[act].abs().amax(-1) <= tol
+        gi = g[act].abs().amax(-1)
+        conv[act] = gi <= tol
         iters[act] += 1
+        improved = gi < 0.99 * best[act]
+        best[act] = torch.minimum(best[act], gi)
+        since[act] = torch.where(improved, torch.zeros_like(since[act]), since[act] + 1)
         fa_count = torch.where(ok, torch.zeros_like(fails[act]), fails[act] + 1)
         fails[act] = fa_count
-        stalled[act] = fa_count >= max_failures
+        stalled[act] = (fa_count >= max_failures) | (since[act] >= patience)
     return SolveResult(x, g.abs().amax(-1), conv, iters)
