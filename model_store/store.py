@@ -283,6 +283,11 @@ class ModelStore:
             from cpflow.conditional import ConditionalCPFlow, ConditionalFlowConfig
 
             flow_cls, config_cls = ConditionalCPFlow, ConditionalFlowConfig
+        elif isinstance(raw_config, dict) and raw_config.get("kind") == "multiscale":
+            # image models (cpflow.multiscale) declare kind="multiscale" and their input_shape
+            from cpflow.multiscale import ImageFlowConfig, MultiscaleCPFlow
+
+            flow_cls, config_cls = MultiscaleCPFlow, ImageFlowConfig
         try:
             config = config_cls.model_validate(raw_config)
         except ValueError as exc:

@@ -32,13 +32,17 @@ __all__ = [
 # StrictFloat accepts JSON integers and floats but not strings or booleans; allow_inf_nan=False
 # keeps NaN/Infinity out (the JSON parser accepts them as an extension).
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+# An image item is a C-long list of H x W lists (image models only: [n, C, H, W]).
 InputRows = Annotated[
-    list[list[Number]],
+    list[list[Number | list[list[Number]]]],
     Field(
         min_length=1,
-        description="Rows of raw (unstandardised) data, each a list of `dim` finite numbers.",
+        description="Rows of raw (unstandardised) data, each a list of `dim` finite numbers; "
+        "image models (with an `input_shape` (C, H, W)) also take [n, C, H, W] nested lists.",
     ),
 ]
+# Outputs follow the caller's layout: rows, or [n, C, H, W] for images.
+OutputRows = list[list[float | None | list[list[float | None]]]]
 Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 Solver = Annotated[
     Literal["lbfgs", "newton"] | None,
@@ -132,6 +136,11 @@ class SampleRequest(_Request):
         default=None, ge=1, le=100_000, description="Most solver iterations per block."
     )
     solver: Solver = None
+    layout: Literal["rows", "image"] | None = Field(
+        default=None,
+        description="rows: [n, dim]; image: [n, C, H, W] (image models only). Default: image "
+        "for image models, rows otherwise.",
+    )
 
 
 class SampleResponse(BaseModel):
@@ -148,7 +157,7 @@ class SampleResponse(BaseModel):
 
     model: str
     version: int
-    samples: list[list[float | None]]
+    samples: OutputRows
     max_residual: float | None = Field(description="Largest max|f(x) - z| over the samples.")
     converged: bool = Field(description="Whether every sample reached the tolerance.")
     seed: int = Field(description="The seed used (random when none was sent).")
@@ -193,7 +202,7 @@ class TransportResponse(BaseModel):
     model: str
     version: int
     direction: Literal["forward", "inverse"]
-    outputs: list[list[float | None]]
+    outputs: OutputRows = Field(description="In the layout of the inputs (rows or images).")
     max_residual: float | None = Field(description="Inverse: largest max|f(x) - z|; else null.")
     converged: bool | None = Field(default=None, description="Inverse: all rows converged.")
 
@@ -256,6 +265,9 @@ class ModelDetail(BaseModel):
     latest_version: int
     versions: list[int]
     dim: int
+    input_shape: list[int] | None = Field(
+        default=None, description="(C, H, W) of an image model; null for a model over rows."
+    )
     created_at: str | None = None
     library_version: str | None = None
     flow_config: dict[str, Any]

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from service.deps import EngineDep, SettingsDep
 from service.engine import InferenceEngine, ServedModel
 from service.errors import ApiError, error_responses
+from service.images import image_shape, inputs_to_rows, rows_to_layout
 from service.routers.models import ModelName, VersionNumber
 from service.schemas import (
     LogProbRequest,
@@ -106,6 +107,21 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _solver(solver: str | None, model: ServedModel, shape: tuple[int, int, int] | None) -> Any:
+    """Image models invert with their configured solver only: another one is a 422."""
+    if shape is None or solver is None:
+        return solver
+    configured = getattr(getattr(model.flow, "config", None), "inverse_solver", "lbfgs")
+    if solver != configured:
+        raise ApiError(
+            422,
+            "unsupported_solver",
+            f"model {model.name!r} is an image model inverted with {configured!r}; "
+            f"solver {solver!r} is not offered for it: omit solver",
+        )
+    return None
+
+
 async def _model(
     engine: InferenceEngine, request: Request, name: str, version: int | None
 ) -> ServedModel:
@@ -123,7 +139,7 @@ async def _log_prob(
 ) -> LogProbResponse:  # fmt: skip
     check_row_count(body.inputs, settings)
     model = await _model(engine, request, name, version)
-    x = rows_to_tensor(body.inputs, model)
+    x, _ = inputs_to_rows(body.inputs, model, rows_to_tensor)
     slq = body.slq
     result = await engine.log_prob(
         model,
@@ -196,18 +212,29 @@ async def _sample(
         )
     check_iterations(body.max_iterations, settings)
     model = await _model(engine, request, name, version)
+    shape = image_shape(model.manifest)
+    if body.layout == "image" and shape is None:
+        raise ApiError(
+            422,
+            "wrong_shape",
+            f"layout 'image' needs an image model; model {model.name!r} version "
+            f"{model.version} takes rows [n, {model.dim}]: use layout 'rows'",
+        )
     result = await engine.sample(
         model,
         body.num_samples,
         seed=body.seed,
         tolerance=body.tolerance,
         max_iterations=body.max_iterations,
-        solver=body.solver,
+        solver=_solver(body.solver, model, shape),
     )
+    as_image = shape is not None and body.layout != "rows"
     return SampleResponse(
         model=model.name,
         version=model.version,
-        samples=_floats(result.samples),
+        samples=rows_to_layout(result.samples, shape, as_image)
+        if shape is not None
+        else _floats(result.samples),
         max_residual=_finite_or_none(result.max_residual),
         converged=result.converged,
         seed=result.seed,
@@ -260,20 +287,23 @@ async def _transport(
     check_row_count(body.inputs, settings)
     check_iterations(body.max_iterations, settings)
     model = await _model(engine, request, name, version)
-    x = rows_to_tensor(body.inputs, model)
+    x, as_image = inputs_to_rows(body.inputs, model, rows_to_tensor)
+    shape = image_shape(model.manifest)
     result = await engine.transport(
         model,
         x,
         body.direction,
         tolerance=body.tolerance,
         max_iterations=body.max_iterations,
-        solver=body.solver,
+        solver=_solver(body.solver, model, shape),
     )
     return TransportResponse(
         model=model.name,
         version=model.version,
         direction=body.direction,
-        outputs=_floats(result.outputs),
+        outputs=rows_to_layout(result.outputs, shape, as_image)
+        if shape is not None
+        else _floats(result.outputs),
         max_residual=_finite_or_none(result.max_residual),
         converged=result.converged,
     )

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 
 from service.deps import EngineDep
 from service.errors import error_responses
+from service.images import image_shape
 from service.schemas import ModelDetail, ModelsResponse, ModelSummary
 
 __all__ = ["ModelName", "VersionNumber", "router"]
@@ -58,6 +59,7 @@ async def _detail(engine: Any, name: str, version: int | None) -> ModelDetail:
         latest_version=versions[-1] if versions else number,
         versions=versions,
         dim=int(manifest.get("dim", 0)),
+        input_shape=list(shape) if (shape := image_shape(manifest)) else None,
         created_at=manifest.get("created_at"),
         library_version=manifest.get("library_version"),
         flow_config=manifest.get("flow_config") or {},

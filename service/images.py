@@ -1,0 +1,116 @@
+"""Image-shaped requests: models with an ``input_shape`` (cpflow.multiscale) take and return
+``[n, C, H, W]`` nested lists as well as flat rows of ``C*H*W`` values.
+
+The engine always works on flat rows; this module checks the caller's layout against the
+model's shape (422 ``wrong_shape`` naming the expected and the given shapes), flattens images
+to rows, and nests outputs back into the caller's layout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from service.errors import ApiError
+
+__all__ = ["image_shape", "inputs_to_rows", "rows_to_layout"]
+
+_DTYPE_MAX = {torch.float32: "3.4e38", torch.float64: "1.8e308"}
+
+
+def image_shape(manifest: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(C, H, W) of an image model's manifest, or None for a model over plain rows."""
+    config = manifest.get("flow_config")
+    if not isinstance(config, dict) or config.get("kind") != "multiscale":
+        return None
+    shape = config.get("input_shape")
+    if not isinstance(shape, list | tuple) or len(shape) != 3:
+        return None
+    return (int(shape[0]), int(shape[1]), int(shape[2]))
+
+
+def _given_shape(inputs: list[Any], i: int) -> list[int]:
+    """The shape [n, ...] of the request as seen from item ``i`` (the first that misfits)."""
+    shape = [len(inputs)]
+    node: Any = inputs[i]
+    while isinstance(node, list):
+        shape.append(len(node))
+        node = node[0] if node else None
+    return shape
+
+
+def _wrong_shape(model: Any, shape: tuple[int, int, int] | None, given: list[int], where: str):
+    if shape is None:
+        expected = f"rows [n, {model.dim}]"
+    else:
+        c, h, w = shape
+        expected = f"images [n, {c}, {h}, {w}] or rows [n, {c * h * w}]"
+    return ApiError(
+        422,
+        "wrong_shape",
+        f"inputs has shape {given}{where}; model {model.name!r} version {model.version} "
+        f"expects {expected}",
+    )
+
+
+def _is_image_item(item: list[Any]) -> bool:
+    return any(isinstance(v, list) for v in item)
+
+
+def inputs_to_rows(
+    inputs: list[list[Any]], model: Any, rows_to_tensor: Any
+) -> tuple[torch.Tensor, bool]:
+    """(x as an (n, d) tensor, whether the caller sent images). Plain rows go through
+    ``rows_to_tensor`` (the route's own checks, unchanged); images are checked here."""
+    shape = image_shape(model.manifest)
+    image_items = [_is_image_item(item) for item in inputs]
+    if not any(image_items):
+        if shape is not None:
+            d = shape[0] * shape[1] * shape[2]
+            for i, row in enumerate(inputs):
+                if len(row) != d:
+                    raise _wrong_shape(model, shape, [len(inputs), len(row)], f" (row {i})")
+        return rows_to_tensor(inputs, model), False
+    for i, item in enumerate(inputs):
+        if not image_items[i] or not all(isinstance(v, list) for v in item):
+            raise _wrong_shape(
+                model, shape, _given_shape(inputs, i), f" (inputs[{i}] mixes numbers and lists)"
+            )
+    if shape is None:
+        raise _wrong_shape(model, None, _given_shape(inputs, 0), " (images)")
+    c, h, w = shape
+    for i, item in enumerate(inputs):
+        ok = len(item) == c and all(
+            len(ch) == h and all(isinstance(r, list) and len(r) == w for r in ch) for ch in item
+        )
+        if not ok:
+            given = _given_shape(inputs, i)
+            raise _wrong_shape(model, shape, given, f" (inputs[{i}])" if i else "")
+    x = torch.tensor(inputs, dtype=model.dtype)
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        i, a, b, e = (int(v) for v in (~finite).nonzero()[0])
+        limit = _DTYPE_MAX.get(model.dtype, "the dtype's range")
+        raise ApiError(
+            422,
+            "value_out_of_range",
+            f"inputs[{i}][{a}][{b}][{e}] = {inputs[i][a][b][e]!r} overflows to infinity in "
+            f"{str(model.dtype).removeprefix('torch.')} (largest magnitude about {limit}): "
+            "rescale the data",
+        )
+    return x.reshape(x.shape[0], c * h * w), True
+
+
+def rows_to_layout(t: torch.Tensor, shape: tuple[int, int, int] | None, image: bool) -> list[Any]:
+    """(n, d) rows as nested lists (non-finite entries as None), as images when ``image``."""
+    rows = [[v if math.isfinite(v) else None for v in row] for row in t.tolist()]
+    if not image or shape is None:
+        return rows
+    _, h, w = shape
+    out = []
+    for row in rows:
+        channels = [row[k : k + h * w] for k in range(0, len(row), h * w)]
+        out.append([[ch[r * w : (r + 1) * w] for r in range(h)] for ch in channels])
+    return out
