@@ -62,6 +62,13 @@ def test_log_prob_images_equal_rows_and_library(image_setup):
     assert lp_img.json()["method"] == "exact"
     assert torch.allclose(a, b, rtol=0, atol=1e-9)
     assert torch.allclose(a, flow.log_prob(x, method="exact"), rtol=1e-9, atol=1e-8)
+    slq = {"method": "slq", "seed": 3, "slq": {"probes": 2, "steps": 4}}
+    s_img = client.post("/v1/models/digits/log_prob", json={"inputs": x.tolist(), **slq}).json()
+    s_rows = client.post(
+        "/v1/models/digits/log_prob", json={"inputs": x.reshape(3, -1).tolist(), **slq}
+    ).json()
+    assert s_img["method"] == "slq" and len(s_img["stderr"]) == 3
+    assert s_img["log_prob"] == s_rows["log_prob"]
 
 
 def test_transport_round_trip_in_image_layout(image_setup):
