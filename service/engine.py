@@ -8,6 +8,8 @@
   log_prob, forward transport) and long solves (sample, inverse transport, SLQ) have separate
   pools: a burst of sampling requests cannot starve scoring. Store I/O has its own pool.
 - Exact log_prob and forward transport go through a per-model :class:`MicroBatcher`.
+  Conditional models (p(x | c), ``flow_config.kind == "conditional"``) take a context next to
+  every input row and bypass the batcher: each request is computed on its own.
 - A version that fails to load (corrupt files) is remembered for a short while and reported,
   without affecting other models.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "SampleResult",
     "ServedModel",
     "TransportResult",
+    "context_dim_of",
     "resolve_device",
 ]
 
@@ -71,6 +74,11 @@ class ServedModel:
     dtype: torch.dtype
     device: torch.device
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
+    context_dim: int | None = None  # set for conditional models p(x | c)
+
+    @property
+    def conditional(self) -> bool:
+        return self.context_dim is not None
 
 
 @dataclass
@@ -104,6 +112,13 @@ def _dtype_of(flow: Any) -> torch.dtype:
     for p in flow.parameters():
         return p.dtype
     return torch.float32
+
+
+def context_dim_of(flow: Any) -> int | None:
+    """The context dimension of a conditional flow (config kind "conditional"), else None."""
+    if getattr(getattr(flow, "config", None), "kind", None) != "conditional":
+        return None
+    return int(flow.context_dim)
 
 
 def _inverse_summary(info: Any) -> tuple[float | None, bool, int | None]:
@@ -282,7 +297,10 @@ class InferenceEngine:
             dim=int(flow.dim),
             dtype=_dtype_of(flow),
             device=self.device,
+            context_dim=context_dim_of(flow),
         )
+        if model.conditional:
+            return model  # no batchers: each row carries its own context
         label = model.name
 
         def observer(op: str) -> Callable[[int, int], None]:
@@ -336,21 +354,30 @@ class InferenceEngine:
         probes: int | None = None,
         steps: int | None = None,
         seed: int | None = None,
+        context: torch.Tensor | None = None,
     ) -> LogProbResult:
-        """log p(x) per row; ``method`` auto is resolved with ``exact_max_dim``."""
+        """log p(x) per row (log p(x | c) with ``context`` (n, k) for a conditional model);
+        ``method`` auto is resolved with ``exact_max_dim``."""
         if method == "auto":
             method = "exact" if model.dim <= self.settings.exact_max_dim else "slq"
         label = model.name
         self.metrics.rows.labels(label, "log_prob").inc(x.shape[0])
+        flow, device = model.flow, self.device
+        cargs = () if context is None else (context.to(device),)
         if method == "exact":
-            lp = await model.batchers["log_prob_exact"].submit(x)
+            if context is None:
+                lp = await model.batchers["log_prob_exact"].submit(x)
+            else:
+                lp = await self.run(
+                    lambda: flow.log_prob(x.to(device), *cargs, method="exact").detach().cpu()
+                )
             return LogProbResult(lp, None, "exact", None)
         seed = secrets.randbits(63) if seed is None else seed
-        flow, device = model.flow, self.device
 
         def slq() -> tuple[torch.Tensor, torch.Tensor]:
             lp, se = flow.log_prob(
                 x.to(device),
+                *cargs,
                 method="slq",
                 probes=probes,
                 steps=steps,
@@ -371,15 +398,25 @@ class InferenceEngine:
         tolerance: float | None = None,
         max_iterations: int | None = None,
         solver: str | None = None,
+        context: torch.Tensor | None = None,
     ) -> SampleResult:
-        """n samples in data units, drawn by inverting the flow on seeded normal draws."""
+        """n samples in data units, drawn by inverting the flow on seeded normal draws; for a
+        conditional model ``context`` (n, k) gives each sample's context."""
         seed = secrets.randbits(63) if seed is None else seed
         flow, device = model.flow, self.device
         max_iterations = self._iterations(model, max_iterations)
 
         def draw() -> tuple[torch.Tensor, Any]:
             gen = self._generator(seed)
-            if solver is None:
+            if context is not None:
+                # The draws of ConditionalCPFlow.sample(c, n, generator), with the solver option.
+                z = torch.randn(n, model.dim, generator=gen, device=gen.device, dtype=model.dtype)
+                kwargs = {"solver": solver} if solver is not None else {}
+                x, info = flow.inverse(
+                    z.to(device), context.to(device), tol=tolerance, max_iter=max_iterations,
+                    **kwargs,
+                )  # fmt: skip
+            elif solver is None:
                 x, info = flow.sample(n, generator=gen, tol=tolerance, max_iter=max_iterations)
             else:
                 # flow.sample has no solver option: the same seeded draws, inverted explicitly.
@@ -403,19 +440,25 @@ class InferenceEngine:
         tolerance: float | None = None,
         max_iterations: int | None = None,
         solver: str | None = None,
+        context: torch.Tensor | None = None,
     ) -> TransportResult:
-        """forward: x -> z = f(x); inverse: z -> x with its residual."""
+        """forward: x -> z = f(x); inverse: z -> x with its residual (given ``context`` (n, k)
+        for a conditional model)."""
+        flow, device = model.flow, self.device
+        cargs = () if context is None else (context.to(device),)
         if direction == "forward":
             self.metrics.rows.labels(model.name, "transport_forward").inc(x.shape[0])
-            z = await model.batchers["forward"].submit(x)
+            if context is None:
+                z = await model.batchers["forward"].submit(x)
+            else:
+                z = await self.run(lambda: flow.transform(x.to(device), *cargs).detach().cpu())
             return TransportResult(z, None, None)
-        flow, device = model.flow, self.device
         max_iterations = self._iterations(model, max_iterations)
 
         def invert() -> tuple[torch.Tensor, Any]:
             kwargs = {"solver": solver} if solver is not None else {}
             out, info = flow.inverse(
-                x.to(device), tol=tolerance, max_iter=max_iterations, **kwargs
+                x.to(device), *cargs, tol=tolerance, max_iter=max_iterations, **kwargs
             )
             return out.detach().cpu(), info
 

@@ -43,6 +43,18 @@ InputRows = Annotated[
 ]
 # Outputs follow the caller's layout: rows, or [n, C, H, W] for images.
 OutputRows = list[list[float | None | list[list[float | None]]]]
+# Context rows of a conditional model p(x | c). NaN/Infinity pass validation here on purpose:
+# the route reports them as 422 context_not_finite (cpflow.conditional.check_context).
+ContextRows = Annotated[
+    list[list[StrictFloat]] | None,
+    Field(
+        description="Conditional models only (those with a `context_dim`): the context c of "
+        "p(x | c), either one row of `context_dim` finite numbers per input row (aligned with "
+        "`inputs`) or a single row broadcast to every input. Sending it to a plain model is a "
+        "422 context_not_accepted; omitting it for a conditional model is a 422 "
+        "context_required.",
+    ),
+]
 Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 Solver = Annotated[
     Literal["lbfgs", "newton"] | None,
@@ -91,6 +103,7 @@ class LogProbRequest(_Request):
     seed: Seed | None = Field(
         default=None, description="Seed of the SLQ probes; same seed, same estimate."
     )
+    context: ContextRows = None
 
 
 class LogProbResponse(BaseModel):
@@ -141,6 +154,14 @@ class SampleRequest(_Request):
         description="rows: [n, dim]; image: [n, C, H, W] (image models only). Default: image "
         "for image models, rows otherwise.",
     )
+    context: list[list[StrictFloat]] | None = Field(
+        default=None,
+        description="Conditional models only (those with a `context_dim`): the context c of "
+        "p(x | c) to sample at. One row of `context_dim` numbers: all `num_samples` samples "
+        "use it. Several rows: one sample per row, and `num_samples` must equal the number of "
+        "rows (else 422 context_rows). Required for a conditional model (422 "
+        "context_required); a plain model refuses it (422 context_not_accepted).",
+    )
 
 
 class SampleResponse(BaseModel):
@@ -185,6 +206,7 @@ class TransportRequest(_Request):
         default=None, ge=1, le=100_000, description="Inverse only: most iterations per block."
     )
     solver: Solver = None
+    context: ContextRows = None
 
 
 class TransportResponse(BaseModel):
@@ -267,6 +289,11 @@ class ModelDetail(BaseModel):
     dim: int
     input_shape: list[int] | None = Field(
         default=None, description="(C, H, W) of an image model; null for a model over rows."
+    )
+    context_dim: int | None = Field(
+        default=None,
+        description="Values per context row of a conditional model p(x | c) (requests must "
+        "send `context`); null for an unconditional model.",
     )
     created_at: str | None = None
     library_version: str | None = None

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from fastapi import APIRouter, Depends, Request
 
+from cpflow.conditional import ContextError, check_context
 from service.deps import EngineDep, SettingsDep
 from service.engine import InferenceEngine, ServedModel
 from service.errors import ApiError, error_responses
@@ -23,7 +24,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 
-__all__ = ["require_json", "router", "rows_to_tensor"]
+__all__ = ["context_tensor", "require_json", "router", "rows_to_tensor"]
 
 _DTYPE_MAX = {torch.float32: "3.4e38", torch.float64: "1.8e308"}
 
@@ -122,6 +123,36 @@ def _solver(solver: str | None, model: ServedModel, shape: tuple[int, int, int] 
     return None
 
 
+def context_tensor(context: Any, rows: int, model: ServedModel) -> torch.Tensor | None:
+    """The (rows, k) context of a conditional model's request in its dtype, or None for a plain
+    model; every problem is a 422 with check_context's code (context_required, context_shape,
+    context_rows, context_not_finite), or context_not_accepted for a plain model."""
+    if model.context_dim is None:
+        if context is not None:
+            raise ApiError(
+                422,
+                "context_not_accepted",
+                f"model {model.name!r} version {model.version} is not conditional: omit 'context'",
+            )
+        return None
+    try:
+        c = check_context(context, rows, model.context_dim)
+    except ContextError as exc:
+        raise ApiError(422, exc.code, str(exc)) from None
+    c = c.to(model.dtype)
+    finite = torch.isfinite(c)
+    if not bool(finite.all()):  # finite in float64, overflows the model's dtype
+        i, j = (int(v) for v in (~finite).nonzero()[0])
+        limit = _DTYPE_MAX.get(model.dtype, "the dtype's range")
+        raise ApiError(
+            422,
+            "context_not_finite",
+            f"context[{min(i, len(context) - 1)}][{j}] overflows to infinity in "
+            f"{str(model.dtype).removeprefix('torch.')} (largest magnitude about {limit})",
+        )
+    return c.contiguous()
+
+
 async def _model(
     engine: InferenceEngine, request: Request, name: str, version: int | None
 ) -> ServedModel:
@@ -140,6 +171,7 @@ async def _log_prob(
     check_row_count(body.inputs, settings)
     model = await _model(engine, request, name, version)
     x, _ = inputs_to_rows(body.inputs, model, rows_to_tensor)
+    context = context_tensor(body.context, x.shape[0], model)
     slq = body.slq
     result = await engine.log_prob(
         model,
@@ -148,6 +180,7 @@ async def _log_prob(
         probes=slq.probes if slq else None,
         steps=slq.steps if slq else None,
         seed=body.seed,
+        context=context,
     )
     return LogProbResponse(
         model=model.name,
@@ -164,7 +197,8 @@ _LOG_PROB_DOC = (
     "`exact` builds each block's Hessian and takes a Cholesky log-det; `slq` estimates it by "
     "stochastic Lanczos quadrature and returns a standard error per row (repeatable with "
     "`seed`); `auto` is exact up to CPFLOW_EXACT_MAX_DIM dimensions. Concurrent exact "
-    "requests to one model are computed together in one batch."
+    "requests to one model are computed together in one batch. Conditional models (with a "
+    "`context_dim`) score log p(x | c): send `context`, one row per input or one for all."
 )
 
 
@@ -220,6 +254,7 @@ async def _sample(
             f"layout 'image' needs an image model; model {model.name!r} version "
             f"{model.version} takes rows [n, {model.dim}]: use layout 'rows'",
         )
+    context = context_tensor(body.context, body.num_samples, model)
     result = await engine.sample(
         model,
         body.num_samples,
@@ -227,6 +262,7 @@ async def _sample(
         tolerance=body.tolerance,
         max_iterations=body.max_iterations,
         solver=_solver(body.solver, model, shape),
+        context=context,
     )
     as_image = shape is not None and body.layout != "rows"
     return SampleResponse(
@@ -245,7 +281,7 @@ _SAMPLE_DOC = (
     "Draws standard-normal z (seeded: same seed, same samples on the same device) and inverts "
     "the flow block by block with batched L-BFGS (or damped Newton, `solver`). "
     "`max_residual` is the largest max|f(x) - z| reached and `converged` says whether every "
-    "sample met `tolerance`."
+    "sample met `tolerance`. Conditional models sample p(x | c) at `context`."
 )
 
 
@@ -289,6 +325,7 @@ async def _transport(
     model = await _model(engine, request, name, version)
     x, as_image = inputs_to_rows(body.inputs, model, rows_to_tensor)
     shape = image_shape(model.manifest)
+    context = context_tensor(body.context, x.shape[0], model)
     result = await engine.transport(
         model,
         x,
@@ -296,6 +333,7 @@ async def _transport(
         tolerance=body.tolerance,
         max_iterations=body.max_iterations,
         solver=_solver(body.solver, model, shape),
+        context=context,
     )
     return TransportResponse(
         model=model.name,
@@ -311,7 +349,8 @@ async def _transport(
 
 _TRANSPORT_DOC = (
     "forward maps data x to the base space z = f(x) (the flow's transport map; for one block "
-    "the Brenier optimal-transport map); inverse solves f(x) = z and reports the residual."
+    "the Brenier optimal-transport map); inverse solves f(x) = z and reports the residual. Conditional models "
+    "map with the context c sent in `context` (one row per input or one for all)."
 )
 
 

@@ -49,6 +49,15 @@ async def list_models(engine: EngineDep) -> ModelsResponse:
     return ModelsResponse(models=models, count=len(models))
 
 
+def _context_dim(manifest: dict[str, Any]) -> int | None:
+    """context_dim of a conditional model's manifest (flow_config kind "conditional")."""
+    config = manifest.get("flow_config")
+    if not isinstance(config, dict) or config.get("kind") != "conditional":
+        return None
+    value = config.get("context_dim")
+    return int(value) if isinstance(value, int) else None
+
+
 async def _detail(engine: Any, name: str, version: int | None) -> ModelDetail:
     versions = await engine.io(engine.store.versions, name)
     number = await engine.io(engine.store.resolve, name, "latest" if version is None else version)
@@ -60,6 +69,7 @@ async def _detail(engine: Any, name: str, version: int | None) -> ModelDetail:
         versions=versions,
         dim=int(manifest.get("dim", 0)),
         input_shape=list(shape) if (shape := image_shape(manifest)) else None,
+        context_dim=_context_dim(manifest),
         created_at=manifest.get("created_at"),
         library_version=manifest.get("library_version"),
         flow_config=manifest.get("flow_config") or {},
