@@ -23,11 +23,12 @@ from torch.nn import functional as F
 
 from .block import BlockHVP, cholesky_logdet
 from .config import FlowConfig
-from .flow import InverseInfo, TrainStats
+from .flow import InverseInfo
 from .inverse import minimize_batched
 from .layers import ActNorm, Standardization, softplus_inv
 from .logdet import CGResult, conjugate_gradient, rademacher, slq_logdet
 from .picnn import PICNN, PICNNContext
+from .stats import TrainStats, TrainStatsCollector
 
 __all__ = [
     "ConditionalCPFlow",
@@ -371,7 +372,7 @@ class ConditionalCPFlow(nn.Module):
         h = self.standardization(self._as_input(x))
         cc = self._as_context(c, h.shape[0])
         surrogate = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
-        it_means, it_max, conv, res_max, ray = [], 0, [], 0.0, []
+        collector = TrainStatsCollector()
         for layer in self.layers:
             if isinstance(layer, ActNorm):
                 h = layer(h)
@@ -381,26 +382,11 @@ class ConditionalCPFlow(nn.Module):
                 h, cc, v, atol=cfg.cg_atol, rtol=cfg.cg_rtol, max_iter=cfg.cg_max_iter
             )
             surrogate = surrogate + surr
-            ray.append(rq)
-            it_means.append(float(cg.iterations.float().mean()))
-            it_max = max(it_max, int(cg.iterations.max()))
-            conv.append(cg.converged.float())
-            res_max = max(res_max, float(cg.residual_inf.max()))
+            collector.add(cg, rq)
             h = y
         base = self._base_log_prob(h)
         loss = -(base + surrogate + self._const_logdet()).mean()
-        rq = torch.cat(ray) if ray else torch.ones(1)
-        stats = TrainStats(
-            cg_iterations_mean=sum(it_means) / max(len(it_means), 1),
-            cg_iterations_max=it_max,
-            cg_converged_fraction=float(torch.stack(conv).mean()) if conv else 1.0,
-            cg_residual_max=res_max,
-            base_nll=float(-base.mean().detach()),
-            hessian_rayleigh_min=float(rq.min()),
-            hessian_rayleigh_max=float(rq.max()),
-            per_block_cg_iterations=it_means,
-        )
-        return loss, stats
+        return loss, collector.finish(base)
 
     # -- inverse and sampling -------------------------------------------------------------------
     @torch.no_grad()

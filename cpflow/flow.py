@@ -8,7 +8,7 @@ r"""CPFlow: standardisation -> [ActNorm -> CP-Flow block] x blocks -> N(0, I).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,7 @@ from .icnn import ICNN
 from .inverse import minimize_batched
 from .layers import ActNorm, Standardization
 from .logdet import rademacher, slq_logdet
+from .stats import TrainStats, TrainStatsCollector
 
 __all__ = ["CPFlow", "InverseInfo", "TrainStats"]
 
@@ -43,24 +44,6 @@ class InverseInfo:
     @property
     def all_converged(self) -> bool:
         return bool(self.converged.all())
-
-
-@dataclass
-class TrainStats:
-    """Diagnostics of one surrogate evaluation (floats, ready to log).
-
-    ``base_nll`` is the -log N(z) part only; the loss itself is a gradient surrogate, NOT an
-    NLL. ``hessian_rayleigh_*`` are v^T H v / v^T v over probes (a cheap view of H's spread).
-    """
-
-    cg_iterations_mean: float
-    cg_iterations_max: int
-    cg_converged_fraction: float
-    cg_residual_max: float
-    base_nll: float
-    hessian_rayleigh_min: float
-    hessian_rayleigh_max: float
-    per_block_cg_iterations: list[float] = field(default_factory=list)
 
 
 class CPFlow(nn.Module):
@@ -214,7 +197,7 @@ class CPFlow(nn.Module):
         h = self.standardization(self._as_input(x))
         n = h.shape[0]
         surrogate = torch.zeros(n, dtype=h.dtype, device=h.device)
-        it_means, it_max, conv, res_max, ray = [], 0, [], 0.0, []
+        collector = TrainStatsCollector()
         for layer in self.layers:
             if not isinstance(layer, CPFlowBlock):
                 h = layer(h)
@@ -224,26 +207,11 @@ class CPFlow(nn.Module):
                 h, v, atol=cfg.cg_atol, rtol=cfg.cg_rtol, max_iter=cfg.cg_max_iter
             )
             surrogate = surrogate + surr
-            ray.append(rq)
-            it_means.append(float(cg.iterations.float().mean()))
-            it_max = max(it_max, int(cg.iterations.max()))
-            conv.append(cg.converged.float())
-            res_max = max(res_max, float(cg.residual_inf.max()))
+            collector.add(cg, rq)
             h = y
         base = self._base_log_prob(h)
         loss = -(base + surrogate + self._const_logdet()).mean()
-        rq = torch.cat(ray) if ray else torch.ones(1)
-        stats = TrainStats(
-            cg_iterations_mean=sum(it_means) / max(len(it_means), 1),
-            cg_iterations_max=it_max,
-            cg_converged_fraction=float(torch.stack(conv).mean()) if conv else 1.0,
-            cg_residual_max=res_max,
-            base_nll=float(-base.mean().detach()),
-            hessian_rayleigh_min=float(rq.min()),
-            hessian_rayleigh_max=float(rq.max()),
-            per_block_cg_iterations=it_means,
-        )
-        return loss, stats
+        return loss, collector.finish(base)
 
     # -- inverse and sampling -------------------------------------------------------------------
     @torch.no_grad()

@@ -26,9 +26,10 @@ from torch import Tensor, nn
 
 from .block import cholesky_logdet
 from .conv import ChannelActNorm, ConvCPFlowBlock, ConvICNN
-from .flow import InverseInfo, TrainStats, invert_block
+from .flow import InverseInfo, invert_block
 from .layers import Standardization
 from .logdet import conjugate_gradient, rademacher, slq_logdet
+from .stats import TrainStats, TrainStatsCollector
 
 __all__ = [
     "PRESETS",
@@ -400,7 +401,7 @@ class MultiscaleCPFlow(nn.Module):
         h = self._to_img(self.standardization(rows))
         n = h.shape[0]
         surrogate = h.new_zeros(n)
-        it_means, it_max, conv, res_max, ray = [], 0, [], 0.0, []
+        collector = TrainStatsCollector()
         for layer in self.layers:
             if isinstance(layer, AffineCouplingBlock):
                 h, ld = layer.forward_and_logdet(h)
@@ -419,27 +420,11 @@ class MultiscaleCPFlow(nn.Module):
             y, hvp = layer.linearize(flat)
             Hv = hvp(v)
             surrogate = surrogate + (cg.solution * Hv).sum(-1)
-            with torch.no_grad():
-                ray.append((v * Hv).sum(-1) / (v * v).sum(-1))
-            it_means.append(float(cg.iterations.float().mean()))
-            it_max = max(it_max, int(cg.iterations.max()))
-            conv.append(cg.converged.float())
-            res_max = max(res_max, float(cg.residual_inf.max()))
+            collector.add(cg, (v * Hv).sum(-1) / (v * v).sum(-1))
             h = y.reshape(h.shape)
         base = self._base_log_prob(h)
         loss = -(base + surrogate + self._const_logdet()).mean()
-        rq = torch.cat(ray) if ray else torch.ones(1)
-        stats = TrainStats(
-            cg_iterations_mean=sum(it_means) / max(len(it_means), 1),
-            cg_iterations_max=it_max,
-            cg_converged_fraction=float(torch.cat(conv).mean()) if conv else 1.0,
-            cg_residual_max=res_max,
-            base_nll=float(-base.mean().detach()),
-            hessian_rayleigh_min=float(rq.min()),
-            hessian_rayleigh_max=float(rq.max()),
-            per_block_cg_iterations=it_means,
-        )
-        return loss, stats
+        return loss, collector.finish(base)
 
     # -- inverse and sampling -------------------------------------------------------------------
     @torch.no_grad()
