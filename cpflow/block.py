@@ -14,13 +14,17 @@ from .icnn import ICNN, ICNNLinearization
 from .layers import softplus_inv
 from .logdet import CGResult, conjugate_gradient
 
-__all__ = ["BlockHVP", "CPFlowBlock", "cholesky_logdet"]
+__all__ = ["BlockHVP", "CPFlowBlock", "ConvexPotentialBlock", "cholesky_logdet"]
 
 
-class CPFlowBlock(nn.Module):
-    """One convex-potential block with explicit map, Hessian and Hessian-vector products."""
+class ConvexPotentialBlock(nn.Module):
+    """F(x) = softplus(w0)|x|^2/2 + softplus(w1) G(x) over flat rows, for any convex network G
+    that offers ``__call__``, ``grad`` and ``value_and_grad``; the map is f = grad F.
 
-    def __init__(self, icnn: ICNN) -> None:
+    Shared by the dense (:class:`CPFlowBlock`) and convolutional blocks.
+    """
+
+    def __init__(self, icnn: nn.Module) -> None:
         super().__init__()
         self.icnn = icnn
         self.dim = icnn.dim
@@ -46,6 +50,12 @@ class CPFlowBlock(nn.Module):
         a, b = self.coefficients()
         g_val, g_grad = self.icnn.value_and_grad(x)
         return 0.5 * a * (x * x).sum(-1) + b * g_val, a * x + b * g_grad
+
+
+class CPFlowBlock(ConvexPotentialBlock):
+    """One convex-potential block with explicit map, Hessian and Hessian-vector products."""
+
+    icnn: ICNN
 
     def forward_and_hessian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(f(x) (n, d), H(x) (n, d, d)), the Hessian built analytically in batch."""

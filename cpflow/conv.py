@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .activations import Activation
-from .block import cholesky_logdet
-from .layers import ActNorm, softplus_inv
+from .block import ConvexPotentialBlock, cholesky_logdet
+from .layers import ActNorm
 
 __all__ = ["ChannelActNorm", "ConvCPFlowBlock", "ConvICNN", "PositiveConv2d"]
 
@@ -273,39 +273,17 @@ def hessian_from_hvp(
     return 0.5 * (H + H.transpose(1, 2))  # symmetric up to round-off
 
 
-class ConvCPFlowBlock(nn.Module):
+class ConvCPFlowBlock(ConvexPotentialBlock):
     """f = grad F with F(x) = softplus(w0)|x|^2/2 + softplus(w1) G(x), G a ConvICNN.
 
     The same potential as :class:`cpflow.CPFlowBlock`, on flat image rows; H >= softplus(w0) I.
     """
 
+    icnn: ConvICNN
+
     def __init__(self, icnn: ConvICNN) -> None:
-        super().__init__()
-        self.icnn = icnn
-        self.dim = icnn.dim
+        super().__init__(icnn)
         self.shape = icnn.shape
-        self.w0 = nn.Parameter(torch.tensor(softplus_inv(1.0)))
-        self.w1 = nn.Parameter(torch.tensor(0.0))
-
-    def coefficients(self) -> tuple[Tensor, Tensor]:
-        """(alpha, beta) = (softplus(w0), softplus(w1))."""
-        return F.softplus(self.w0), F.softplus(self.w1)
-
-    def potential(self, x: Tensor) -> Tensor:
-        """F(x), shape (n,)."""
-        a, b = self.coefficients()
-        return 0.5 * a * (x * x).sum(-1) + b * self.icnn(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """f(x) = grad F(x) on flat rows, computed without autograd."""
-        a, b = self.coefficients()
-        return a * x + b * self.icnn.grad(x)
-
-    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(F(x), f(x)) from one pass (what the inverse solver needs)."""
-        a, b = self.coefficients()
-        gv, gg = self.icnn.value_and_grad(x)
-        return 0.5 * a * (x * x).sum(-1) + b * gv, a * x + b * gg
 
     def linearize(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """(f(x), v -> H(x) v); v may carry leading probe dimensions."""
