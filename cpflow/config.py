@@ -7,10 +7,29 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["FlowConfig"]
+__all__ = ["FlowConfig", "PrecisionMixin"]
 
 
-class FlowConfig(BaseModel):
+class PrecisionMixin:
+    """Derived numerics shared by every flow config that has ``dtype`` and ``inverse_tol``."""
+
+    dtype: Literal["float32", "float64"]
+    inverse_tol: float | None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The torch dtype of parameters and computations."""
+        return torch.float64 if self.dtype == "float64" else torch.float32
+
+    @property
+    def default_inverse_tol(self) -> float:
+        """Inversion tolerance on max|f(x) - y| when the caller gives none."""
+        if self.inverse_tol is not None:
+            return self.inverse_tol
+        return 1e-9 if self.dtype == "float64" else 1e-5
+
+
+class FlowConfig(PrecisionMixin, BaseModel):
     """Everything needed to rebuild a :class:`cpflow.CPFlow` (architecture and numerics).
 
     A stored model is this config (as JSON) plus a ``state_dict``; ``CPFlow(cfg)`` followed by
@@ -49,18 +68,6 @@ class FlowConfig(BaseModel):
     inverse_max_iter: int = Field(1000, ge=1)
     lbfgs_history: int = Field(10, ge=1, le=100)
     dtype: Literal["float32", "float64"] = "float32"
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        """The torch dtype of parameters and computations."""
-        return torch.float64 if self.dtype == "float64" else torch.float32
-
-    @property
-    def default_inverse_tol(self) -> float:
-        """Inversion tolerance on max|f(x) - y| when the caller gives none."""
-        if self.inverse_tol is not None:
-            return self.inverse_tol
-        return 1e-9 if self.dtype == "float64" else 1e-5
 
     @property
     def is_gradient_map(self) -> bool:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from .block import cholesky_logdet
+from .config import PrecisionMixin
 from .conv import ChannelActNorm, ConvCPFlowBlock, ConvICNN
 from .flow import InverseInfo, invert_block
 from .layers import Standardization
@@ -52,7 +53,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-class ImageFlowConfig(BaseModel):
+class ImageFlowConfig(PrecisionMixin, BaseModel):
     """Everything needed to rebuild a :class:`MultiscaleCPFlow` (JSON round trip).
 
     ``kind`` tells a model loader which flow class to build from a stored manifest.
@@ -104,16 +105,6 @@ class ImageFlowConfig(BaseModel):
     def dim(self) -> int:
         c, h, w = self.input_shape
         return c * h * w
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return torch.float64 if self.dtype == "float64" else torch.float32
-
-    @property
-    def default_inverse_tol(self) -> float:
-        if self.inverse_tol is not None:
-            return self.inverse_tol
-        return 1e-9 if self.dtype == "float64" else 1e-5
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> ImageFlowConfig:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 
@@ -59,6 +59,23 @@ class _OnnxSession:
         self.dim = int(inp.shape[1])
         self.dtype = np.float64 if inp.type == "tensor(double)" else np.float32
 
+    #: LoadedModel attribute prefix of this export (``<prefix>_path``, ``<prefix>_sha256``).
+    _export: str = ""
+    _missing: str = ""
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, **kwargs: object) -> Self:
+        """Session for a model loaded from the store; StoreError if it lacks this export."""
+        path = getattr(loaded, f"{cls._export}_path")
+        if path is None:
+            raise StoreError(f"model {loaded.name!r} version {loaded.version} {cls._missing}")
+        return cls(
+            path,
+            expected_sha256=getattr(loaded, f"{cls._export}_sha256"),
+            label=(loaded.name, loaded.version),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Run the graph on a batch (n, dim); returns an array of the model's dtype."""
         values = np.ascontiguousarray(x, dtype=self.dtype)
@@ -70,20 +87,8 @@ class _OnnxSession:
 class OnnxTransport(_OnnxSession):
     """Forward transport z = f(x) of a stored model through onnxruntime (``model.onnx``)."""
 
-    @classmethod
-    def from_loaded(cls, loaded: LoadedModel, **kwargs: object) -> OnnxTransport:
-        """Session for a model loaded from the store; StoreError if it has no ONNX export."""
-        if loaded.onnx_path is None:
-            raise StoreError(
-                f"model {loaded.name!r} version {loaded.version} has no ONNX export; "
-                "publish it with export_onnx=True"
-            )
-        return cls(
-            loaded.onnx_path,
-            expected_sha256=loaded.onnx_sha256,
-            label=(loaded.name, loaded.version),
-            **kwargs,  # type: ignore[arg-type]
-        )
+    _export = "onnx"
+    _missing = "has no ONNX export; publish it with export_onnx=True"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """z = f(x) for a batch (n, dim)."""
@@ -93,17 +98,7 @@ class OnnxTransport(_OnnxSession):
 class OnnxLogProb(_OnnxSession):
     """Exact log p(x) of a stored model through onnxruntime (``log_prob.onnx``, small d)."""
 
-    @classmethod
-    def from_loaded(cls, loaded: LoadedModel, **kwargs: object) -> OnnxLogProb:
-        """Session for a model loaded from the store; StoreError if it has no such export."""
-        if loaded.onnx_log_prob_path is None:
-            raise StoreError(
-                f"model {loaded.name!r} version {loaded.version} has no ONNX log-prob export "
-                "(only small dimensions are exported, with export_onnx=True)"
-            )
-        return cls(
-            loaded.onnx_log_prob_path,
-            expected_sha256=loaded.onnx_log_prob_sha256,
-            label=(loaded.name, loaded.version),
-            **kwargs,  # type: ignore[arg-type]
-        )
+    _export = "onnx_log_prob"
+    _missing = (
+        "has no ONNX log-prob export (only small dimensions are exported, with export_onnx=True)"
+    )
