@@ -21,7 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         help="built-in name (eight_gaussians, sklearn:wine, ...), "
-        "power/gas/... with --data-dir, or file:/path.csv|.npy",
+        "power/gas/... with --data-dir, or file:/path.csv|.npy; the conditional toys "
+        "mog1d and banana train p(x | c)",
+    )
+    p.add_argument(
+        "--context-columns",
+        metavar="SPEC",
+        help="train a conditional model p(x | c) on file: data: the comma-separated column "
+        "indices of the context c (e.g. 3,4; negatives count from the end, -1 is the last)",
     )
     p.add_argument("--name", required=True, help="model name in the store")
     p.add_argument("--preset", choices=sorted(PRESETS), help="paper settings (see README)")
@@ -67,11 +74,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
+    from training.conditional import CONDITIONAL_TOYS
+
+    conditional = args.context_columns is not None or args.dataset in CONDITIONAL_TOYS
+    problem = _conditional_misuse(args) if conditional else None
+    if problem:
+        print(f"cpflow-train: error: {problem}", file=sys.stderr)
+        return 2
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    from tqdm import tqdm
+    if conditional:
+        return _train_conditional(args)
 
     from model_store import ModelStore
     from training.pipeline import train_and_publish
@@ -97,15 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     }
     train_kw["device"] = args.device or os.environ.get("CPFLOW_DEVICE") or None
-    bar: tqdm | None = None
+    bar = _Bar(args.quiet)
 
     def progress(ev: ProgressEvent) -> None:
-        nonlocal bar
-        if args.quiet:
-            return
-        if bar is None:
-            bar = tqdm(total=ev.total, unit="it", dynamic_ncols=True, file=sys.stderr)
-        bar.n = ev.iteration
         post = {}
         if ev.surrogate_loss is not None:
             post["surrogate"] = f"{ev.surrogate_loss:.3f}"
@@ -115,8 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             post["cg"] = f"{ev.cg_iterations:.1f}"
         if ev.phase != "train":
             post["phase"] = ev.phase
-        bar.set_postfix(post, refresh=False)
-        bar.refresh()
+        bar.update(ev.iteration, ev.total, post)
 
     try:
         store = ModelStore(args.store_dir)
@@ -135,12 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             export_onnx=args.onnx,
         )
     except (TrainingError, PresetError, ValueError) as exc:
-        if bar is not None:
-            bar.close()
+        bar.close()
         print(f"cpflow-train: error: {exc}", file=sys.stderr)
         return 1
-    if bar is not None:
-        bar.close()
+    bar.close()
     training = published.manifest.get("training", {})
     out = {
         "name": published.name,
@@ -151,6 +157,145 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds_per_iteration": training.get("seconds_per_iteration"),
         "parameter_count": training.get("parameter_count"),
         "plots": published.manifest.get("plots"),
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+class _Bar:
+    """The progress bar on stderr (none with --quiet), created at the first update."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+
+    def update(self, iteration: int, total: int, post: dict[str, str]) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="it", dynamic_ncols=True, file=sys.stderr)
+        self.bar.n = iteration
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# Options of the unconditional trainer that conditional training has no use for: refused, so
+# that nothing the user asked for is silently dropped.
+_NOT_CONDITIONAL = {
+    "preset": "--preset (presets configure unconditional flows; set the options directly)",
+    "epochs": "--epochs (conditional training counts --iterations)",
+    "early_stopping_patience": "--early-stopping (conditional training keeps the best "
+    "validation weights instead)",
+    "data_dir": "--data-dir (conditional data is mog1d, banana or file: data)",
+    "checkpoint_dir": "--checkpoint-dir (conditional training writes no checkpoints)",
+    "checkpoint_every": "--checkpoint-every (conditional training writes no checkpoints)",
+    "onnx": "--onnx (conditional models have no ONNX export)",
+}
+
+
+def _conditional_misuse(args: argparse.Namespace) -> str | None:
+    """What is wrong with a conditional run's options, or None."""
+    from training.conditional import CONDITIONAL_TOYS
+
+    ds = args.dataset or ""
+    if args.context_columns is not None and not ds.startswith("file:"):
+        if ds in CONDITIONAL_TOYS:
+            return f"{ds} has its context built in; drop --context-columns"
+        return (
+            f"--context-columns applies to file: data sets only, not {ds or 'a preset'!r}; "
+            "give --dataset file:/path.csv|.npy, or drop --context-columns"
+        )
+    for key, text in _NOT_CONDITIONAL.items():
+        if getattr(args, key) not in (None, False):
+            return f"{text} does not apply to conditional training; drop it"
+    if args.schedule not in (None, "cosine"):
+        return "conditional training always uses a cosine schedule; drop --schedule"
+    if args.device not in (None, "cpu"):
+        return "conditional training runs on the CPU; drop --device"
+    return None
+
+
+def _train_conditional(args: argparse.Namespace) -> int:
+    """Train and publish p(x | c) with training.conditional (which records the context columns
+    and context dimension in the manifest)."""
+    from pydantic import ValidationError
+
+    from cpflow.conditional import ConditionalFlowConfig
+    from model_store import ModelStore
+    from training.conditional import (
+        ConditionalTrainConfig,
+        load_conditional_dataset,
+        train_and_publish_conditional,
+    )
+    from training.datasets.errors import DatasetError
+
+    seed = args.seed or 0
+    try:
+        splits = load_conditional_dataset(
+            args.dataset, args.context_columns, num_samples=args.num_samples, seed=seed
+        )
+        flow_kw = {
+            k: getattr(args, k)
+            for k in ("blocks", "hidden", "depth", "icnn", "activation", "dtype")
+            if getattr(args, k) is not None
+        }
+        flow_cfg = ConditionalFlowConfig(dim=splits.dim, context_dim=splits.context_dim, **flow_kw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        print(f"cpflow-train: error: --{where}: {first['msg']}", file=sys.stderr)
+        return 2
+    except DatasetError as exc:
+        print(f"cpflow-train: error: {exc}", file=sys.stderr)
+        return 2
+    renames = {"val_every": "validate_every"}
+    train_kw = {
+        renames.get(k, k): getattr(args, k)
+        for k in ("iterations", "batch_size", "lr", "weight_decay", "grad_clip", "val_every")
+        if getattr(args, k) is not None
+    }
+    train_cfg = ConditionalTrainConfig(seed=seed, **train_kw)
+    bar = _Bar(args.quiet)
+    last_val: dict[str, str] = {}
+
+    def on_validate(h: dict) -> None:
+        last_val["val_nll"] = f"{h['val_nll']:.4f}"
+
+    def on_step(h: dict) -> None:
+        bar.update(h["iteration"], h["total"], {"loss": f"{h['loss']:.3f}", **last_val})
+
+    try:
+        published = train_and_publish_conditional(
+            splits,
+            args.name,
+            ModelStore(args.store_dir),
+            flow_cfg,
+            train_cfg,
+            on_validate,
+            on_step=on_step,
+        )
+    except ValueError as exc:
+        bar.close()
+        print(f"cpflow-train: error: {exc}", file=sys.stderr)
+        return 1
+    bar.close()
+    training = published.manifest.get("training", {})
+    out = {
+        "name": published.name,
+        "version": published.version,
+        "path": str(published.path),
+        "kind": "conditional",
+        "dataset": training.get("dataset"),
+        "context_columns": training.get("context_columns"),
+        "context_dim": training.get("context_dim"),
+        "metrics": training.get("metrics"),
+        "wall_time_s": training.get("wall_time_s"),
     }
     print(json.dumps(out, indent=2))
     return 0

@@ -23,7 +23,7 @@ import torch
 from cpflow.conditional import ConditionalCPFlow, ConditionalFlowConfig
 from training.datasets.arrays import load_array_file
 from training.datasets.errors import DatasetError
-from training.trainer import fit_standardization
+from training.trainer import TrainingCancelled, fit_standardization
 
 __all__ = [
     "CONDITIONAL_TOYS",
@@ -31,8 +31,11 @@ __all__ = [
     "ConditionalTrainConfig",
     "ConditionalTrainResult",
     "conditional_entropy",
+    "conditional_splits",
     "conditional_toy_log_density",
+    "is_conditional_source",
     "load_conditional_array",
+    "load_conditional_dataset",
     "make_conditional_toy",
     "parse_context_columns",
     "sample_conditional_toy",
@@ -180,13 +183,53 @@ def split_context_columns(
     return arr[:, rest], arr[:, cols], cols
 
 
+def conditional_splits(
+    arr: np.ndarray, context_columns: str | Sequence[int], *, name: str, seed: int = 0
+) -> ConditionalSplits:
+    """An in-memory array (e.g. an uploaded data set) split into data and context, then into
+    seeded train / val / test parts."""
+    x, c, cols = split_context_columns(arr, context_columns)
+    return _split(name, x, c, seed, cols)
+
+
 def load_conditional_array(
     path: str | Path, context_columns: str | Sequence[int], *, seed: int = 0
 ) -> ConditionalSplits:
     """A .npy / .csv file (validated by training.datasets) split into data and context."""
-    arr = load_array_file(path)
-    x, c, cols = split_context_columns(arr, context_columns)
-    return _split(f"file:{path}", x, c, seed, cols)
+    return conditional_splits(
+        load_array_file(path), context_columns, name=f"file:{path}", seed=seed
+    )
+
+
+def is_conditional_source(dataset: str, context_columns: object = None) -> bool:
+    """True when ``dataset`` (a CLI / job data set name) means a conditional model: a
+    conditional toy, or any data set given together with context columns."""
+    return dataset in CONDITIONAL_TOYS or context_columns is not None
+
+
+def load_conditional_dataset(
+    dataset: str,
+    context_columns: str | Sequence[int] | None = None,
+    *,
+    num_samples: int | None = None,
+    seed: int = 0,
+) -> ConditionalSplits:
+    """``mog1d`` / ``banana`` (fixed context, no columns) or ``file:PATH`` with context columns;
+    anything else is a DatasetError saying what to give instead."""
+    if dataset.startswith("file:"):
+        if context_columns is None:
+            raise DatasetError("file data needs context columns, e.g. --context-columns 3,4")
+        return load_conditional_array(dataset[5:], context_columns, seed=seed)
+    if context_columns is None:  # a conditional toy (DatasetError names them otherwise)
+        return make_conditional_toy(dataset, num_samples or 20_000, seed)
+    if dataset in CONDITIONAL_TOYS:
+        raise DatasetError(
+            f"{dataset} has its context built in; context columns apply to file data only"
+        )
+    raise DatasetError(
+        f"context columns apply to file data (file:/path.csv|.npy) only, not {dataset!r}; "
+        f"drop them, or train a conditional toy ({', '.join(CONDITIONAL_TOYS)})"
+    )
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -229,8 +272,17 @@ def train_conditional(
     splits: ConditionalSplits,
     cfg: ConditionalTrainConfig | None = None,
     progress: Callable[[dict], None] | None = None,
+    *,
+    on_step: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ConditionalTrainResult:
-    """Fit p(x | c) on splits; returns the best-validation model and its test NLL (nats)."""
+    """Fit p(x | c) on splits; returns the best-validation model and its test NLL (nats).
+
+    ``progress`` gets each validation (``iteration``, ``val_nll``); ``on_step`` gets every
+    iteration (``iteration``, ``total``, ``loss``, ``lr``, ``seconds_per_iteration``,
+    ``eta_s``); ``should_stop`` is asked every iteration and, when true, raises
+    :class:`training.trainer.TrainingCancelled`.
+    """
     cfg = cfg or ConditionalTrainConfig()
     if cfg.loss not in ("surrogate", "exact"):
         raise ValueError("loss must be 'surrogate' or 'exact'")
@@ -269,7 +321,10 @@ def train_conditional(
             best = val
             best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
 
+    t_loop = time.perf_counter()
     for it in range(1, cfg.iterations + 1):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(it - 1)
         flow.train()
         idx = torch.randint(0, x_tr.shape[0], (cfg.batch_size,), generator=gen)
         xb, cb = x_tr[idx], c_tr[idx]
@@ -280,8 +335,15 @@ def train_conditional(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(flow.parameters(), cfg.grad_clip)
+        lr = opt.param_groups[0]["lr"]
         opt.step()
         sched.step()
+        if on_step is not None:
+            per_it = (time.perf_counter() - t_loop) / it
+            on_step(
+                {"iteration": it, "total": cfg.iterations, "loss": float(loss.detach()), "lr": lr,
+                 "seconds_per_iteration": per_it, "eta_s": per_it * (cfg.iterations - it)}
+            )  # fmt: skip
         if it % cfg.validate_every == 0 or it == cfg.iterations:
             validate(it)
     if best_state is not None:
@@ -299,16 +361,24 @@ def train_and_publish_conditional(
     flow_config: ConditionalFlowConfig | None = None,
     train_config: ConditionalTrainConfig | None = None,
     progress: Callable[[dict], None] | None = None,
+    *,
+    on_step: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    summary_extra: dict | None = None,
 ):
     """Train p(x | c) and publish it; the manifest's training summary records the context
-    columns, data set, trainer settings and exact NLLs (nats). Returns PublishedVersion."""
+    columns, data set, trainer settings and exact NLLs (nats), plus ``summary_extra`` (e.g.
+    a job id). ``on_step`` / ``should_stop`` as in :func:`train_conditional`.
+    Returns PublishedVersion."""
     from dataclasses import asdict
 
     flow_config = flow_config or ConditionalFlowConfig(
         dim=splits.dim, context_dim=splits.context_dim
     )
     train_config = train_config or ConditionalTrainConfig()
-    res = train_conditional(flow_config, splits, train_config, progress)
+    res = train_conditional(
+        flow_config, splits, train_config, progress, on_step=on_step, should_stop=should_stop
+    )
     summary = {
         "kind": "conditional",
         "dataset": splits.name,
@@ -321,6 +391,7 @@ def train_and_publish_conditional(
             "method": "exact" if splits.dim <= flow_config.exact_max_dim else "slq",
         },
         "wall_time_s": res.wall_time_s,
+        **(summary_extra or {}),
     }
     return store.publish(model_name, res.flow, training=summary)
 
@@ -353,14 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        if a.dataset.startswith("file:"):
-            if not a.context_columns:
-                p.error("file data needs --context-columns")
-            splits = load_conditional_array(a.dataset[5:], a.context_columns, seed=a.seed)
-        else:
-            if a.context_columns:
-                p.error("--context-columns applies to file data only")
-            splits = make_conditional_toy(a.dataset, a.num_samples, a.seed)
+        splits = load_conditional_dataset(
+            a.dataset, a.context_columns, num_samples=a.num_samples, seed=a.seed
+        )
     except DatasetError as exc:
         p.error(str(exc))
     cfg = ConditionalFlowConfig(
