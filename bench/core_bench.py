@@ -16,6 +16,7 @@ inverse problems are not trivially the identity).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -118,6 +119,15 @@ def bench_inverse(device: str, quick: bool) -> dict:
             device,
             rep,
         )
+        # In float32 the paper's summed objective (~1e3) cannot resolve the last digits, so its
+        # line search stalls above tol; the same algorithm in float64 (same weights) is what a
+        # user of the paper's code must run to reach tol, so it is the time to beat.
+        flow64, z64 = copy.deepcopy(flow).double(), z.double()
+        t_base64, (_xb64, res_b64, it_b64) = timeit(
+            lambda flow=flow64, z=z64: paper.inverse_lbfgs(flow, z, tol, max_iter=max_iter),
+            device,
+            rep,
+        )
         out[f"d{dim}"] = {
             "batch": x.shape[0],
             "tol": tol,
@@ -136,6 +146,12 @@ def bench_inverse(device: str, quick: bool) -> dict:
             "baseline_iterations": it_b,
             "baseline_reached_tol": bool(res_b.max() <= tol),
             "baseline_max_iter": max_iter,
+            "baseline_f64_s": t_base64,
+            "baseline_f64_max_residual": float(res_b64.max()),
+            "baseline_f64_reached_tol": bool(res_b64.max() <= tol),
+            "baseline_f64_iterations": it_b64,
+            "speedup_lbfgs_vs_f64_baseline": t_base64 / t_ours,
+            "speedup_newton_vs_f64_baseline": t_base64 / t_newton,
         }
         print(json.dumps({f"inverse_d{dim}": out[f"d{dim}"]}), file=sys.stderr, flush=True)
     return out
@@ -244,6 +260,12 @@ def bench_memory(device: str, quick: bool, threads: int) -> dict:
         out["ratio_step_increment_cg_over_exact"] = (
             cg["step_increment_mb"] / ex["step_increment_mb"]
         )
+        # The paper's Fig. 2 compares its CG surrogate with back-propagating through ITS exact
+        # log-det (d autograd passes with create_graph), which is what baseline_exact_backprop
+        # runs; ours_exact_backprop is our own analytic Hessian, itself several times leaner.
+        base_ex = out["baseline_exact_backprop"]
+        out["ratio_peak_cg_over_paper_exact"] = cg["peak_mb"] / base_ex["peak_mb"]
+        out["ratio_peak_ours_exact_over_paper_exact"] = ex["peak_mb"] / base_ex["peak_mb"]
         out["target_ratio"] = 0.2
     except (KeyError, ZeroDivisionError):
         pass

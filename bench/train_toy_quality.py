@@ -34,6 +34,18 @@ def _log_validation(ev) -> None:
         )
 
 
+def _overrides(items: list[str]) -> dict:
+    """KEY=JSON pairs (a bare word that is not JSON is taken as a string)."""
+    out = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--dataset", default="eight_gaussians")
@@ -45,16 +57,24 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
+    p.add_argument(
+        "--flow", action="append", default=[], metavar="KEY=JSON", help="FlowConfig override"
+    )
+    p.add_argument(
+        "--train", action="append", default=[], metavar="KEY=JSON", help="TrainConfig override"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
     _, flow_kw, cfg, _ = build_configs(
         preset=args.preset,
         dataset=args.dataset,
+        flow_overrides=_overrides(args.flow),
         train_overrides={
             "iterations": args.iterations,
             "batch_size": args.batch_size,
             "seed": args.seed,
+            **_overrides(args.train),
         },
     )
     train_x = sample_toy(args.dataset, args.num_train, seed=args.seed + 1)
@@ -83,6 +103,7 @@ def main() -> None:
         "iterations": result.iterations_run,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
+        "train_config": cfg.model_dump(mode="json"),
         "threads": args.threads,
         "fresh_points": args.num_test,
         "model_nll_fresh": nll,

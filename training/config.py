@@ -40,6 +40,15 @@ class TrainConfig(BaseModel):
     iterations: int | None = Field(2000, ge=1)
     epochs: int | None = Field(None, ge=1)
 
+    # Training objective. "surrogate" is Algorithm 2 (CG, an unbiased gradient estimate);
+    # "exact" back-propagates through the exact (Cholesky) log-det, an exact gradient that is
+    # cheaper than the surrogate in very low dimension; "auto" takes exact up to
+    # exact_loss_max_dim and the surrogate above.
+    loss: Literal["auto", "surrogate", "exact"] = "auto"
+    exact_loss_max_dim: int = Field(
+        2, ge=1, description="with loss='auto', train on the exact log-det up to this dim"
+    )
+
     # The CG solve inside the training surrogate (None keeps the FlowConfig's value).
     cg_atol: float | None = Field(None, ge=0)
     cg_rtol: float | None = Field(None, ge=0)
@@ -87,6 +96,12 @@ class TrainConfig(BaseModel):
         if self.iterations is None and self.epochs is None:
             raise ValueError("set iterations or epochs")
         return self
+
+    def loss_method(self, dim: int) -> Literal["surrogate", "exact"]:
+        """The training objective used for data of dimension ``dim``."""
+        if self.loss == "auto":
+            return "exact" if dim <= self.exact_loss_max_dim else "surrogate"
+        return self.loss
 
     def total_iterations(self, num_train: int) -> int:
         """Optimiser steps this config runs on a training split of ``num_train`` rows."""

@@ -77,7 +77,7 @@ class ProgressEvent:
     iteration: int
     total: int
     epoch: float
-    surrogate_loss: float | None
+    surrogate_loss: float | None  # training objective: the surrogate, or the batch NLL if exact
     val_nll: float | None
     val_nll_stderr: float | None
     cg_iterations: float | None
@@ -284,6 +284,7 @@ def train(
     fcfg = _effective_flow_config(flow_config, dim, cfg)
     dtype = torch.float64 if fcfg.dtype == "float64" else torch.float32
     method = _nll_method(dim, cfg.exact_max_dim)
+    loss_method = cfg.loss_method(dim)
     data_sha = str(getattr(splits, "sha256", ""))
 
     def as_tensor(a: np.ndarray) -> torch.Tensor:
@@ -491,14 +492,17 @@ def train(
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         step = iteration + 1
-        loss, stats = flow.training_loss(x, generator=gen_loss)
+        if loss_method == "exact":
+            loss, stats = -flow.log_prob(x, method="exact").mean(), None
+        else:
+            loss, stats = flow.training_loss(x, generator=gen_loss)
         if not _finite(loss):
             hint = (
                 "the batch contains non-finite input values; clean the data"
                 if not _finite(x)
                 else f"lower the learning rate (lr={lr:g}) or set grad_clip"
             )
-            raise TrainingDiverged(step, f"surrogate loss is {float(loss.detach())}", hint)
+            raise TrainingDiverged(step, f"{loss_method} loss is {float(loss.detach())}", hint)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, cfg.grad_clip if cfg.grad_clip is not None else math.inf
@@ -547,7 +551,7 @@ def train(
         flow.load_state_dict(best_state)
     flow.eval()
     emit("evaluate")
-    metrics: dict[str, Any] = {"method": method}
+    metrics: dict[str, Any] = {"method": method, "train_loss": loss_method}
     x_tr = x_train
     if cfg.final_train_max_points and n_train > cfg.final_train_max_points:
         sub = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed + 4))

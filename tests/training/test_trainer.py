@@ -88,9 +88,10 @@ def test_slq_validation_above_exact_max_dim_reports_a_stderr() -> None:
     assert abs(res.metrics["test_nll"] - exact) < 6 * res.metrics["test_nll_stderr"] + 0.02
 
 
-def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path) -> None:
+@pytest.mark.parametrize("loss", ["surrogate", "exact"])
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, loss) -> None:
     splits = _splits()
-    cfg = _cfg(iterations=30, checkpoint_every=5)
+    cfg = _cfg(iterations=30, checkpoint_every=5, loss=loss)
     reference = train(TINY_FLOW, splits, cfg)
 
     class Crash(Exception):
@@ -251,3 +252,19 @@ def test_epochs_budget() -> None:
     assert TrainConfig(epochs=3, batch_size=32).total_iterations(420) == 3 * 13
     with pytest.raises(ValueError):
         TrainConfig(iterations=None, epochs=None)
+
+
+def test_training_objective_choice() -> None:
+    auto = TrainConfig()
+    assert auto.loss_method(2) == "exact" and auto.loss_method(3) == "surrogate"
+    assert TrainConfig(loss="surrogate").loss_method(2) == "surrogate"
+    assert TrainConfig(loss="exact").loss_method(30) == "exact"
+    events = []
+    res = train(TINY_FLOW, _splits(), _cfg(iterations=6, loss="exact"), progress=events.append)
+    assert res.metrics["train_loss"] == "exact"
+    # No CG runs when training on the exact log-det; the surrogate path reports its iterations.
+    assert all(e.cg_iterations is None for e in events if e.phase == "train")
+    events = []
+    res = train(TINY_FLOW, _splits(), _cfg(iterations=6, loss="surrogate"), progress=events.append)
+    assert res.metrics["train_loss"] == "surrogate"
+    assert all(e.cg_iterations >= 1 for e in events if e.phase == "train")
