@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "CONDITIONAL_BUILTIN_DATASETS",
     "BuiltinDataset",
     "DatasetPublic",
     "JobAccepted",
@@ -43,6 +44,10 @@ BUILTIN_DATASETS: dict[str, int] = {
 """Built-in data sets a job may name, with their dimension (checked against training.datasets
 by the tests, since the API does not import the training package)."""
 
+CONDITIONAL_BUILTIN_DATASETS: dict[str, tuple[int, int]] = {"mog1d": (1, 1), "banana": (2, 1)}
+"""Built-in conditional data sets (training.conditional's toys), with their data dimension and
+context dimension: a job on one of these trains a conditional model p(x | c)."""
+
 _Strict = ConfigDict(extra="forbid")
 
 
@@ -51,20 +56,25 @@ class BuiltinDataset(BaseModel):
 
     model_config = _Strict
     builtin: str = Field(
-        examples=["two_moons"], json_schema_extra={"enum": sorted(BUILTIN_DATASETS)}
+        examples=["two_moons"],
+        description="a data set name; mog1d and banana are conditional (a model p(x | c))",
+        json_schema_extra={"enum": sorted([*BUILTIN_DATASETS, *CONDITIONAL_BUILTIN_DATASETS])},
     )
     num_samples: int | None = Field(
-        None, ge=30, le=5_000_000, description="rows to draw (toy sets) or keep; default: all"
+        None,
+        ge=30,
+        le=5_000_000,
+        description="rows to draw (toy sets) or keep; default: all (20000 for mog1d, banana)",
     )
     seed: int = Field(0, ge=0, description="seed of sampling and of the train/val/test split")
 
     @field_validator("builtin")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in BUILTIN_DATASETS:
+        if value not in BUILTIN_DATASETS and value not in CONDITIONAL_BUILTIN_DATASETS:
             raise ValueError(
                 f"unknown built-in data set {value!r}; choose one of "
-                + ", ".join(sorted(BUILTIN_DATASETS))
+                + ", ".join(sorted([*BUILTIN_DATASETS, *CONDITIONAL_BUILTIN_DATASETS]))
             )
         return value
 
@@ -74,6 +84,14 @@ class UploadedDataset(BaseModel):
 
     model_config = _Strict
     id: str = Field(min_length=1, max_length=128, description="id returned by POST /v1/datasets")
+    context_columns: list[int] | None = Field(
+        None,
+        max_length=4096,
+        examples=[[2]],
+        description="0-based indices of the columns that are the context c: the job then "
+        "trains a conditional model p(x | c) on the other columns (checked against the data set "
+        "at submit time: in range, no repeats, at least one data column left)",
+    )
 
 
 class ModelSpec(BaseModel):

@@ -20,7 +20,13 @@ from pydantic import ValidationError
 from model_store.errors import DatasetNotFound, StoreError
 from service.deps import SettingsDep, StoreDep
 from service.errors import ApiError, error_responses
-from service.job_schemas import BUILTIN_DATASETS, JobAccepted, JobPublic, JobSpec
+from service.job_schemas import (
+    BUILTIN_DATASETS,
+    CONDITIONAL_BUILTIN_DATASETS,
+    JobAccepted,
+    JobPublic,
+    JobSpec,
+)
 from service.queue import (
     TERMINAL,
     JobNotCancellable,
@@ -79,11 +85,15 @@ def unavailable(exc: QueueUnavailable) -> ApiError:
     return ApiError(503, "queue_unavailable", str(exc), headers={"Retry-After": "5"})
 
 
-def _dataset_dim(spec: JobSpec, store: Any) -> tuple[int, str | None]:
-    """The data set's dimension (and its id when uploaded); 422 when it does not exist."""
+def _dataset_dims(spec: JobSpec, store: Any) -> tuple[int, int | None, str | None]:
+    """(data dimension, context dimension or None for an unconditional job, id when uploaded);
+    422 when the data set does not exist or its context columns do not fit it."""
     ref = spec.dataset
     if hasattr(ref, "builtin"):
-        return BUILTIN_DATASETS[ref.builtin], None
+        if ref.builtin in CONDITIONAL_BUILTIN_DATASETS:
+            dim, context_dim = CONDITIONAL_BUILTIN_DATASETS[ref.builtin]
+            return dim, context_dim, None
+        return BUILTIN_DATASETS[ref.builtin], None, None
     try:
         record = store.datasets.get(ref.id)
     except DatasetNotFound:
@@ -95,21 +105,64 @@ def _dataset_dim(spec: JobSpec, store: Any) -> tuple[int, str | None]:
         ) from None
     except StoreError as exc:
         raise ApiError(422, "dataset_unusable", str(exc)) from None
-    return record.dim, record.id
+    if ref.context_columns is None:
+        return record.dim, None, record.id
+    _check_context_columns(ref.context_columns, record.dim)
+    return record.dim - len(ref.context_columns), len(ref.context_columns), record.id
 
 
-def _check_model(spec: JobSpec, dim: int) -> None:
+def _check_context_columns(columns: list[int], ncols: int) -> None:
+    """The columns named as context must exist, differ, and leave at least one data column."""
+
+    def bad(message: str) -> ApiError:
+        return ApiError(422, "invalid_context_columns", f"dataset.context_columns: {message}")
+
+    if not columns:
+        raise bad("name at least one column, or drop the field for an unconditional model")
+    outside = [i for i in columns if not 0 <= i < ncols]
+    if outside:
+        raise bad(
+            f"{outside} out of range: the data set has {ncols} columns, indices 0 to {ncols - 1}"
+        )
+    if len(set(columns)) != len(columns):
+        raise bad("an index appears twice; name each context column once")
+    if len(columns) >= ncols:
+        raise bad(f"all {ncols} columns are context; leave at least one column as data")
+
+
+def _check_conditional_training(spec: JobSpec) -> None:
+    """Refuse trainer settings that a conditional job could not honour (never drop them)."""
+    given = spec.training.model_fields_set
+    problem = None
+    if "schedule" in given and spec.training.schedule != "cosine":
+        problem = "training.schedule: conditional training always uses a cosine schedule"
+    elif spec.training.early_stopping_patience is not None:
+        problem = (
+            "training.early_stopping_patience: conditional training keeps the best validation "
+            "weights and has no early stopping"
+        )
+    if problem:
+        raise ApiError(422, "conditional_option_unsupported", f"{problem}; drop the field")
+
+
+def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
     if spec.model.dim is not None and spec.model.dim != dim:
+        what = "data columns (context excluded)" if context_dim else "columns"
         raise ApiError(
             422,
             "dimension_mismatch",
-            f"model.dim is {spec.model.dim} but the data set has {dim} columns; "
+            f"model.dim is {spec.model.dim} but the data set has {dim} {what}; "
             "drop model.dim or make it match",
         )
     from cpflow import FlowConfig
+    from cpflow.conditional import ConditionalFlowConfig
 
     try:
-        FlowConfig(dim=dim, **spec.model.flow_kwargs())
+        if context_dim is None:
+            FlowConfig(dim=dim, **spec.model.flow_kwargs())
+        else:
+            _check_conditional_training(spec)
+            ConditionalFlowConfig(dim=dim, context_dim=context_dim, **spec.model.flow_kwargs())
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ApiError(
@@ -127,10 +180,12 @@ def _check_model(spec: JobSpec, dim: int) -> None:
 def submit_job(
     spec: JobSpec, response: Response, queue: QueueDep, store: StoreDep, settings: SettingsDep
 ) -> JobAccepted:
-    dim, dataset_id = _dataset_dim(spec, store)
-    _check_model(spec, dim)
+    dim, context_dim, dataset_id = _dataset_dims(spec, store)
+    _check_model(spec, dim, context_dim)
     body = spec.model_dump(mode="json")
     body["model"]["dim"] = dim
+    if body["dataset"].get("context_columns", 0) is None:
+        del body["dataset"]["context_columns"]  # an unconditional job's record stays as it was
     try:
         record = queue.submit(
             body, model_name=spec.model_name, dataset_id=dataset_id, timeout_s=spec.timeout_s
