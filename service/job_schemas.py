@@ -123,6 +123,9 @@ class TrainingSpec(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     grad_clip: float | None = Field(None, gt=0.0)
     schedule: Literal["none", "plateau", "cosine"] = "none"
+    loss: Literal["auto", "surrogate", "exact"] = Field(
+        "auto", description="training objective: CG surrogate, exact log-det, auto (exact d<=2)"
+    )
     val_every: int = Field(100, ge=1, le=1_000_000)
     early_stopping_patience: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--schedule", choices=["none", "plateau", "cosine"])
     p.add_argument("--grad-clip", type=float)
+    p.add_argument(
+        "--loss",
+        choices=["auto", "surrogate", "exact"],
+        help="training objective: CG surrogate, exact log-det, or auto (exact for d <= 2)",
+    )
     p.add_argument("--val-every", type=int)
     p.add_argument("--early-stopping", type=int, dest="early_stopping_patience")
     p.add_argument("--blocks", type=int)
@@ -104,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "weight_decay",
             "schedule",
             "grad_clip",
+            "loss",
             "val_every",
             "early_stopping_patience",
             "seed",
@@ -233,6 +239,7 @@ def _train_conditional(args: argparse.Namespace) -> int:
         load_conditional_dataset,
         train_and_publish_conditional,
     )
+    from training.config import TrainConfig
     from training.datasets.errors import DatasetError
 
     seed = args.seed or 0
@@ -260,6 +267,8 @@ def _train_conditional(args: argparse.Namespace) -> int:
         for k in ("iterations", "batch_size", "lr", "weight_decay", "grad_clip", "val_every")
         if getattr(args, k) is not None
     }
+    if args.loss is not None:
+        train_kw["loss"] = TrainConfig(loss=args.loss).loss_method(splits.dim)
     train_cfg = ConditionalTrainConfig(seed=seed, **train_kw)
     bar = _Bar(args.quiet)
     last_val: dict[str, str] = {}

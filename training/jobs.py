@@ -272,6 +272,7 @@ def _execute_conditional(
         load_conditional_dataset,
         train_and_publish_conditional,
     )
+    from training.config import TrainConfig
     from training.trainer import ProgressEvent
 
     dataset = spec["dataset"]
@@ -294,7 +295,8 @@ def _execute_conditional(
             ours: training[theirs]
             for theirs, ours in _CONDITIONAL_TRAINING.items()
             if training.get(theirs) is not None
-        }
+        },
+        loss=TrainConfig(loss=training.get("loss", "auto")).loss_method(splits.dim),
     )
     n_train = splits.x_train.shape[0]
     last: dict[str, Any] = {}

@@ -148,3 +148,15 @@ def test_cli_store_dir_defaults_to_the_environment(tmp_path, monkeypatch) -> Non
     assert build_parser().parse_args(["--name", "a"]).store_dir == str(tmp_path / "env-store")
     monkeypatch.delenv("CPFLOW_STORE_DIR")
     assert build_parser().parse_args(["--name", "a"]).store_dir == "./var/store"
+
+
+@pytest.mark.parametrize(("loss", "expected"), [(None, "surrogate"), ("exact", "exact")])
+def test_cli_loss_option_reaches_the_trainer(tmp_path, loss, expected) -> None:
+    args = ["--dataset", "wishart_gaussian:3", "--name", "m", "--iterations", "3"]
+    args += ["--blocks", "1", "--hidden", "4", "--depth", "1", "--num-samples", "300"]
+    args += ["--store-dir", str(tmp_path), "--no-plots", "--quiet"]
+    if loss:
+        args += ["--loss", loss]
+    assert main(args) == 0
+    # d = 3: auto means the CG surrogate; --loss exact overrides it.
+    assert ModelStore(tmp_path).manifest("m", 1)["training"]["metrics"]["train_loss"] == expected
