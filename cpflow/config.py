@@ -52,8 +52,10 @@ class FlowConfig(PrecisionMixin, BaseModel):
     zero_offset: bool = Field(False, description="activations s(u) - s(0)")
     actnorm: bool = Field(True, description="ActNorm layer before each CP-Flow block")
     icnn_actnorm: bool = Field(True, description="positive-scale ActNorm inside the ICNN")
-    standardization: Literal["diagonal", "isotropic"] = Field(
-        "diagonal", description="per-coordinate std, or one scalar std (keeps OT maps convex)"
+    standardization: Literal["diagonal", "isotropic", "whiten"] = Field(
+        "diagonal",
+        description="per-coordinate std, one scalar std (keeps OT maps convex), or whitening"
+        " by the full covariance (identity blocks = the full-covariance Gaussian)",
     )
     cg_atol: float = Field(1e-3, ge=0.0)
     cg_rtol: float = Field(0.0, ge=0.0)

@@ -55,7 +55,7 @@ class CPFlow(nn.Module):
             config = FlowConfig.model_validate(config)
         self.config = config
         self.dim = config.dim
-        self.standardization = Standardization(config.dim)
+        self.standardization = Standardization(config.dim, full=config.standardization == "whiten")
         layers: list[nn.Module] = []
         for _ in range(config.blocks):
             if config.actnorm:
@@ -93,10 +93,15 @@ class CPFlow(nn.Module):
         return [m for m in self.layers if isinstance(m, CPFlowBlock)]
 
     # -- set-up ---------------------------------------------------------------------------------
-    def set_standardization(self, mean: Tensor, std: Tensor) -> None:
-        """Fix the affine input layer z = (x - mean) / std (a scalar std if the config says
-        ``standardization="isotropic"``). It is a buffer: saved with the weights."""
-        self.standardization.set(mean, std, isotropic=self.config.standardization == "isotropic")
+    def set_standardization(self, mean: Tensor, scale: Tensor) -> None:
+        """Fix the affine input layer. ``scale`` is the per-coordinate std, z = (x - mean) / std
+        (made one scalar if the config says ``standardization="isotropic"``), or, for
+        ``standardization="whiten"``, the (d, d) covariance: z = L^-1 (x - mean). Buffers: saved
+        with the weights."""
+        if self.config.standardization == "whiten":
+            self.standardization.set_covariance(mean, scale)
+            return
+        self.standardization.set(mean, scale, isotropic=self.config.standardization == "isotropic")
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:

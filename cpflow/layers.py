@@ -78,27 +78,37 @@ class ActNorm(nn.Module):
 class Standardization(nn.Module):
     """Fixed affine layer z = (x - mean) / std, stored as buffers with its log-det.
 
-    It makes the model take raw user data while the flow sees standardised values.
+    It makes the model take raw user data while the flow sees standardised values. With
+    ``full=True`` it whitens instead: z = L^-1 (x - mean) with L the Cholesky factor of a
+    covariance, so a flow whose blocks are the identity is that full-covariance Gaussian.
+    ``std`` then holds the marginal standard deviations (informative; the map uses L).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, *, full: bool = False) -> None:
         super().__init__()
         self.dim = dim
+        self.full = full
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
+        if full:
+            self.register_buffer("chol", torch.eye(dim))  # L, lower triangular
+            self.register_buffer("chol_inv", torch.eye(dim))  # L^-1
+
+    def _vector(self, value: Tensor, name: str) -> Tensor:
+        v = torch.as_tensor(value, dtype=self.mean.dtype, device=self.mean.device).reshape(-1)
+        if v.numel() == 1:
+            v = v.expand(self.dim)
+        if v.shape != (self.dim,):
+            raise ValueError(f"{name} must have {self.dim} entries (or 1)")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{name} must be finite")
+        return v
 
     @torch.no_grad()
     def set(self, mean: Tensor, std: Tensor, *, isotropic: bool = False) -> None:
-        mean = torch.as_tensor(mean, dtype=self.mean.dtype, device=self.mean.device).reshape(-1)
-        std = torch.as_tensor(std, dtype=self.std.dtype, device=self.std.device).reshape(-1)
-        if mean.numel() == 1:
-            mean = mean.expand(self.dim)
-        if std.numel() == 1:
-            std = std.expand(self.dim)
-        if mean.shape != (self.dim,) or std.shape != (self.dim,):
-            raise ValueError(f"mean and std must have {self.dim} entries (or 1)")
-        if not bool(torch.isfinite(mean).all()) or not bool(torch.isfinite(std).all()):
-            raise ValueError("mean and std must be finite")
+        if self.full:
+            raise ValueError("a whitening standardisation takes a covariance: use set_covariance")
+        mean, std = self._vector(mean, "mean"), self._vector(std, "std")
         if bool((std <= 0).any()):
             raise ValueError("std must be positive (drop constant columns first)")
         if isotropic:
@@ -107,11 +117,38 @@ class Standardization(nn.Module):
         self.mean.copy_(mean)
         self.std.copy_(std)
 
+    @torch.no_grad()
+    def set_covariance(self, mean: Tensor, cov: Tensor) -> None:
+        """Whiten with this mean and (symmetric positive-definite) covariance."""
+        if not self.full:
+            raise ValueError("this standardisation is per-coordinate: use set(mean, std)")
+        mean = self._vector(mean, "mean")
+        cov = torch.as_tensor(cov, dtype=torch.float64).reshape(self.dim, self.dim)
+        if not bool(torch.isfinite(cov).all()):
+            raise ValueError("covariance must be finite")
+        chol, info = torch.linalg.cholesky_ex(0.5 * (cov + cov.T))
+        if int(info) != 0:
+            raise ValueError(
+                "covariance is not positive definite: drop constant or collinear columns"
+            )
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
+        self.mean.copy_(mean)
+        self.std.copy_(torch.diagonal(cov).sqrt())
+        self.chol.copy_(chol)
+        self.chol_inv.copy_(chol_inv)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.full:
+            return (x - self.mean) @ self.chol_inv.T
         return (x - self.mean) / self.std
 
     def inverse(self, z: Tensor) -> Tensor:
+        if self.full:
+            return z @ self.chol.T + self.mean
         return z * self.std + self.mean
 
     def logdet(self) -> Tensor:
+        if self.full:
+            return -torch.log(torch.diagonal(self.chol)).sum()
         return -torch.log(self.std).sum()

@@ -48,14 +48,17 @@ class OnnxExport:
 
 
 def parity_points(flow: CPFlow, count: int = PARITY_POINTS, seed: int = 0) -> np.ndarray:
-    """Random points in the data's units: mean + std * N(0, I) of the flow's standardisation."""
+    """Random points in the data's units: N(0, I) mapped back through the flow's
+    standardisation (mean + std * z, or mean + L z when it whitens)."""
+    import torch
+
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((count, flow.dim))
     standardization = getattr(flow, "standardization", None)
-    mean = getattr(standardization, "mean", None)
-    std = getattr(standardization, "std", None)
-    if mean is not None and std is not None:
-        z = z * std.detach().cpu().double().numpy() + mean.detach().cpu().double().numpy()
+    if standardization is not None:
+        with torch.no_grad():
+            ref = standardization.mean
+            z = standardization.inverse(torch.from_numpy(z).to(ref)).double().cpu().numpy()
     dtype = np.float64 if flow.config.dtype == "float64" else np.float32
     return z.astype(dtype)
 

@@ -123,10 +123,12 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 
 def fit_standardization(train: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Mean and std of the training split (NaN rows ignored, zero spread mapped to 1).
+    """Mean and scale of the training split (NaN rows ignored, zero spread mapped to 1).
 
     ``isotropic`` uses one scale for all dimensions, which keeps the composed map a gradient of
-    a convex function (needed for the OT experiment); ``diagonal`` scales each column.
+    a convex function (needed for the OT experiment); ``diagonal`` scales each column (scale =
+    std); ``whiten`` returns the covariance (scale is (d, d)), with a ridge of 1e-6 times each
+    column's variance so that collinear columns stay invertible.
     """
     if mode == "none":
         return None
@@ -140,6 +142,11 @@ def fit_standardization(train: np.ndarray, mode: str) -> tuple[np.ndarray, np.nd
     elif mode in ("diagonal", "per_dim"):
         std = data.std(axis=0)
         std = np.where(std > 1e-12, std, 1.0)
+    elif mode == "whiten":
+        cov = np.atleast_2d(np.cov(data, rowvar=False, bias=True))
+        var = np.diag(cov).copy()
+        cov[np.diag_indices_from(cov)] = np.where(var > 1e-24, var * (1 + 1e-6), 1.0)
+        return mean, cov
     else:
         raise ValueError(f"unknown standardize mode {mode!r}")
     return mean, std
@@ -360,10 +367,9 @@ def train(
         mode = "none" if not cfg.standardize else getattr(fcfg, "standardization", "diagonal")
         stats = fit_standardization(train_np, mode)
         if stats is not None:
-            mean, std = stats
+            mean, scale = stats  # float64; the flow casts to its own dtype
             flow.set_standardization(
-                torch.as_tensor(mean, dtype=dtype, device=device),
-                torch.as_tensor(std, dtype=dtype, device=device),
+                torch.as_tensor(mean, device=device), torch.as_tensor(scale, device=device)
             )
         init_idx = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed))
         x_init = x_train[init_idx[: cfg.init_batch_size].to(device)]

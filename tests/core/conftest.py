@@ -28,7 +28,12 @@ def random_flow(
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=tdt))
-    flow.set_standardization(torch.randn(dim, generator=g), torch.rand(dim, generator=g) + 0.5)
+    if flow.config.standardization == "whiten":
+        a = torch.randn(dim, dim, generator=g, dtype=torch.float64)
+        scale = a @ a.T / dim + 0.5 * torch.eye(dim, dtype=torch.float64)  # a covariance
+    else:
+        scale = torch.rand(dim, generator=g) + 0.5
+    flow.set_standardization(torch.randn(dim, generator=g), scale)
     flow.initialize(2.0 * torch.randn(256, dim, generator=g, dtype=tdt))
     return flow
 

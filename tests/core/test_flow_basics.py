@@ -33,6 +33,18 @@ def test_exact_log_prob_matches_autograd_jacobian(make_flow, dim, icnn):
     torch.testing.assert_close(lp, _autograd_log_prob(flow, x), atol=1e-8, rtol=0)
 
 
+@pytest.mark.parametrize("dim", [1, 3])
+def test_whitened_flow_log_prob_matches_autograd_jacobian(make_flow, dim):
+    # The full-covariance standardisation is part of transform(): autograd sees L^-1 too.
+    flow = make_flow(dim, standardization="whiten", seed=7)
+    x = 1.5 * torch.randn(5, dim, dtype=torch.float64)
+    torch.testing.assert_close(flow.log_prob(x), _autograd_log_prob(flow, x), atol=1e-8, rtol=0)
+    z = flow.transform(x)
+    back, info = flow.inverse(z)
+    assert info.all_converged
+    torch.testing.assert_close(back, x, atol=1e-7, rtol=0)
+
+
 @pytest.mark.parametrize("activation", ["logistic", "gaussian", "laplace"])
 def test_exact_log_prob_activations(make_flow, activation):
     flow = make_flow(3, activation=activation, zero_offset=True, symmetric_first=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -59,3 +61,26 @@ def test_standardization_layer_and_validation():
         layer.set(torch.zeros(3), torch.tensor([1.0, 0.0, 1.0]))
     with pytest.raises(ValueError):
         layer.set(torch.zeros(2), torch.ones(2))
+
+
+def test_whitening_standardization_is_the_gaussian_change_of_variables():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    cov = a @ a.T + 0.1 * torch.eye(3, dtype=torch.float64)
+    mean = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    layer = Standardization(3, full=True).double()
+    layer.set_covariance(mean, cov)
+    x = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    z = layer(x)
+    torch.testing.assert_close(layer.inverse(z), x)
+    # N(0, I) pulled back through the layer is N(mean, cov) (closed form via scipy-free torch).
+    gauss = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
+    base = -0.5 * (z * z).sum(-1) - 1.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(base + layer.logdet(), gauss.log_prob(x), atol=1e-10, rtol=0)
+    torch.testing.assert_close(layer.std, cov.diagonal().sqrt())
+    with pytest.raises(ValueError, match="use set_covariance"):
+        layer.set(mean, torch.ones(3))
+    with pytest.raises(ValueError, match="not positive definite"):
+        layer.set_covariance(mean, torch.ones(3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="use set\\(mean, std\\)"):
+        Standardization(3).set_covariance(mean, cov)

@@ -268,3 +268,19 @@ def test_training_objective_choice() -> None:
     res = train(TINY_FLOW, _splits(), _cfg(iterations=6, loss="surrogate"), progress=events.append)
     assert res.metrics["train_loss"] == "surrogate"
     assert all(e.cg_iterations >= 1 for e in events if e.phase == "train")
+
+
+def test_whitening_standardisation_is_fitted_on_the_train_split() -> None:
+    splits = _splits(dim=3)
+    mix = np.array([[1.0, 0.0, 0.0], [0.9, 0.3, 0.0], [-0.5, 0.2, 0.4]], dtype=np.float32)
+    splits.train, splits.val, splits.test = (
+        a @ mix.T for a in (splits.train, splits.val, splits.test)
+    )
+    res = train({**TINY_FLOW, "standardization": "whiten"}, splits, _cfg(iterations=4))
+    layer = res.flow.standardization
+    cov = np.cov(splits.train.astype(np.float64), rowvar=False, bias=True)
+    fitted = (layer.chol @ layer.chol.T).numpy()
+    # The only change to the covariance is the documented 1e-6 relative ridge on the diagonal.
+    np.testing.assert_allclose(fitted, cov + np.diag(np.diag(cov)) * 1e-6, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.mean.numpy(), splits.train.mean(0), rtol=1e-6)
+    assert math.isfinite(res.metrics["test_nll"])
