@@ -103,6 +103,13 @@ class ConditionalFlowConfig(FlowConfig):
             raise ValueError("a conditional flow's PICNN is 'augmented' or 'vanilla'")
         return v
 
+    @field_validator("standardization")
+    @classmethod
+    def _per_coordinate(cls, v: str) -> str:
+        if v == "whiten":
+            raise ValueError("a conditional flow standardises per coordinate: use 'diagonal'")
+        return v
+
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:

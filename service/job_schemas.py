@@ -106,6 +106,11 @@ class ModelSpec(BaseModel):
     activation: Literal["logistic", "gaussian", "laplace"] = "logistic"
     symmetric_first: bool = True
     actnorm: bool = True
+    standardization: Literal["diagonal", "isotropic", "whiten"] = Field(
+        "diagonal",
+        description="input scaling: per-coordinate std, one scalar std, or whitening by the"
+        " full training covariance (not for conditional models)",
+    )
     dtype: Literal["float32", "float64"] = "float32"
 
     def flow_kwargs(self) -> dict[str, Any]:

@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int)
     p.add_argument("--icnn", choices=["vanilla", "augmented", "dense"])
     p.add_argument("--activation", choices=["logistic", "gaussian", "laplace"])
+    p.add_argument(
+        "--standardization",
+        choices=["diagonal", "isotropic", "whiten"],
+        help="input scaling fitted on the train split (whiten: full covariance)",
+    )
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: CPFLOW_DEVICE or cpu)")
@@ -98,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.presets import PresetError
     from training.trainer import ProgressEvent, TrainingError
 
-    flow_kw = {k: getattr(args, k) for k in ("blocks", "hidden", "depth", "icnn", "activation")}
+    flow_kw = {
+        k: getattr(args, k)
+        for k in ("blocks", "hidden", "depth", "icnn", "activation", "standardization")
+    }
     train_kw = {
         k: getattr(args, k)
         for k in (
@@ -249,7 +257,15 @@ def _train_conditional(args: argparse.Namespace) -> int:
         )
         flow_kw = {
             k: getattr(args, k)
-            for k in ("blocks", "hidden", "depth", "icnn", "activation", "dtype")
+            for k in (
+                "blocks",
+                "hidden",
+                "depth",
+                "icnn",
+                "activation",
+                "standardization",
+                "dtype",
+            )
             if getattr(args, k) is not None
         }
         flow_cfg = ConditionalFlowConfig(dim=splits.dim, context_dim=splits.context_dim, **flow_kw)

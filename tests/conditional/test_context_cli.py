@@ -96,3 +96,12 @@ def test_misuse_is_exit_2_with_a_message(tmp_path, csv_path, capsys, extra, need
     err = capsys.readouterr().err
     assert err.startswith("cpflow-train: error:") and needle in err
     assert not (tmp_path / "store" / "bad").exists()
+
+
+def test_whitening_is_refused_for_conditional_models() -> None:
+    from pydantic import ValidationError
+
+    from cpflow.conditional import ConditionalFlowConfig
+
+    with pytest.raises(ValidationError, match="per coordinate"):
+        ConditionalFlowConfig(dim=2, context_dim=1, standardization="whiten")

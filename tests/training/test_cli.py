@@ -160,3 +160,15 @@ def test_cli_loss_option_reaches_the_trainer(tmp_path, loss, expected) -> None:
     assert main(args) == 0
     # d = 3: auto means the CG surrogate; --loss exact overrides it.
     assert ModelStore(tmp_path).manifest("m", 1)["training"]["metrics"]["train_loss"] == expected
+
+
+def test_cli_whitening_standardization(tmp_path) -> None:
+    args = ["--dataset", "wishart_gaussian:3", "--name", "w", "--iterations", "3"]
+    args += ["--blocks", "1", "--hidden", "4", "--depth", "1", "--num-samples", "300"]
+    args += ["--store-dir", str(tmp_path), "--no-plots", "--quiet", "--standardization", "whiten"]
+    assert main(args) == 0
+    loaded = ModelStore(tmp_path).load("w")
+    assert loaded.flow.config.standardization == "whiten"
+    layer = loaded.flow.standardization
+    # A real whitening: the stored Cholesky factor has off-diagonal entries (correlated data).
+    assert float(layer.chol.tril(-1).abs().max()) > 1e-3
