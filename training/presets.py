@@ -141,7 +141,10 @@ PRESETS: dict[str, Preset] = {
         "one-layer ICNN (it can represent any Gaussian's Brenier map), weight decay, early "
         "stopping on validation NLL",
         default_dataset="sklearn:wine",
-        flow={"blocks": 1, "depth": 1, "hidden": 64},
+        # Whitening by the full training covariance: chosen by validation NLL on both wine
+        # (19.01 vs 20.31 per-coordinate) and breast_cancer (-35.38 vs -34.46); with it the
+        # flow starts from the full-covariance Gaussian it has to beat.
+        flow={"blocks": 1, "depth": 1, "hidden": 64, "standardization": "whiten"},
         train={
             "lr": 0.005,
             "batch_size": 64,
