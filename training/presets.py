@@ -33,14 +33,15 @@ class Preset:
 
 _TOY_FLOW = {"blocks": 5, "depth": 3, "hidden": 32, "icnn": "augmented", "activation": "logistic"}
 _TOY_TRAIN = {
-    "lr": 0.005,
+    # Table 5 gives Adam lr 0.005; at this fixed budget a larger lr with a cosine decay to zero is
+    # far better. eight_gaussians, 2,000 iterations, gap to the true NLL (seed 0 / 1 / 2):
+    # lr 0.005 0.057; lr 0.01 0.025 / 0.033 / 0.031; lr 0.02 0.016 / 0.026 / 0.014; lr 0.04 0.012.
+    # (bench/train_toy_quality.py, 2026-11-29; the 2-D objective is the exact log-det.)
+    "lr": 0.02,
     "batch_size": 128,
     "iterations": 2000,
     "val_every": 250,
     "val_max_points": 2000,
-    # Table 5 gives a constant Adam lr; we anneal it (cosine to zero) over the fixed budget.
-    # Measured on eight_gaussians at 2,000 iterations: gap to the true NLL 0.063 nats with the
-    # cosine decay vs 0.060 with a constant lr, i.e. no measurable difference there.
     "schedule": "cosine",
 }
 
@@ -84,7 +85,7 @@ PRESETS: dict[str, Preset] = {
     "toy": Preset(
         name="toy",
         description="paper Table 5: 5 blocks x 3 layers x 32 units (rings: 5 x 5 x 256), "
-        "Adam lr 0.005, batch 128",
+        "batch 128; Adam lr 0.02 with cosine decay (Table 5: 0.005, measured worse here)",
         default_dataset="eight_gaussians",
         flow=_TOY_FLOW,
         train=_TOY_TRAIN,
