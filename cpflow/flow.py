@@ -235,15 +235,17 @@ class CPFlow(nn.Module):
         max_iter = cfg.inverse_max_iter if max_iter is None else int(max_iter)
         solver = solver or cfg.inverse_solver
         z = self._as_input(z)
-        x, _ok, iters = self._inverse_pass(z, tol, max_iter, solver)
+        # Errors of early blocks are amplified by later ones, so each block is solved to tol/10
+        # (solving to tol left ~95% of samples above tol end to end on trained models); the few
+        # that still miss get one more pass at tol/100 by damped Newton (few samples: the dense
+        # Hessians are cheap, and it converges in a handful of steps where L-BFGS crawls).
+        x, _ok, iters = self._inverse_pass(z, tol * 0.1, max_iter, solver)
         residual = (self.transform(x) - z).abs().amax(-1)
-        # Errors of early blocks are amplified by later ones: refine the few that miss tol with
-        # a tighter per-block tolerance and a bounded iteration budget.
-        for _ in range(2):
+        for _ in range(1):
             miss = (residual > tol).nonzero().squeeze(1)
             if miss.numel() == 0:
                 break
-            xr, _okr, itr = self._inverse_pass(z[miss], tol * 0.1, min(max_iter, 200), solver)
+            xr, _okr, itr = self._inverse_pass(z[miss], tol * 0.01, min(max_iter, 10), "newton")
             rr = (self.transform(xr) - z[miss]).abs().amax(-1)
             better = rr < residual[miss]
             x[miss] = torch.where(better.unsqueeze(-1), xr, x[miss])
