@@ -24,12 +24,16 @@ class ConvexPotentialBlock(nn.Module):
     Shared by the dense (:class:`CPFlowBlock`) and convolutional blocks.
     """
 
-    def __init__(self, icnn: nn.Module) -> None:
+    def __init__(self, icnn: nn.Module, init_gain: float | None = None) -> None:
+        """``init_gain`` is softplus(w1) at initialisation, the weight of the ICNN term; None
+        keeps the paper's w1 = 0 (gain log 2). A small gain starts the block near the
+        identity map x -> x."""
         super().__init__()
         self.icnn = icnn
         self.dim = icnn.dim
         self.w0 = nn.Parameter(torch.tensor(softplus_inv(1.0)))
-        self.w1 = nn.Parameter(torch.tensor(0.0))
+        w1 = 0.0 if init_gain is None else softplus_inv(float(init_gain))
+        self.w1 = nn.Parameter(torch.tensor(w1))
 
     def coefficients(self) -> tuple[Tensor, Tensor]:
         """(alpha, beta) = (softplus(w0), softplus(w1))."""

@@ -128,12 +128,14 @@ class ConditionalFlowConfig(FlowConfig):
 class ConditionalCPFlowBlock(nn.Module):
     """x -> grad_x F(x; c) with explicit Hessian, HVPs and the CG log-det surrogate."""
 
-    def __init__(self, picnn: PICNN) -> None:
+    def __init__(self, picnn: PICNN, init_gain: float | None = None) -> None:
         super().__init__()
         self.picnn = picnn
         self.dim = picnn.dim
         self.w0 = nn.Parameter(torch.tensor(softplus_inv(1.0)))
-        self.w1 = nn.Parameter(torch.tensor(0.0))
+        # softplus(w1) at init, as FlowConfig.init_gain (None: w1 = 0, gain log 2)
+        w1 = 0.0 if init_gain is None else softplus_inv(float(init_gain))
+        self.w1 = nn.Parameter(torch.tensor(w1))
 
     def coefficients(self) -> tuple[Tensor, Tensor]:
         return F.softplus(self.w0), F.softplus(self.w1)
@@ -223,7 +225,7 @@ class ConditionalCPFlow(nn.Module):
                 zero_offset=config.zero_offset,
                 actnorm=config.icnn_actnorm,
             )
-            layers.append(ConditionalCPFlowBlock(picnn))
+            layers.append(ConditionalCPFlowBlock(picnn, init_gain=config.init_gain))
         self.layers = nn.ModuleList(layers)
         self.to(config.torch_dtype)
 

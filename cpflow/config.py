@@ -52,6 +52,13 @@ class FlowConfig(PrecisionMixin, BaseModel):
     zero_offset: bool = Field(False, description="activations s(u) - s(0)")
     actnorm: bool = Field(True, description="ActNorm layer before each CP-Flow block")
     icnn_actnorm: bool = Field(True, description="positive-scale ActNorm inside the ICNN")
+    init_gain: float | None = Field(
+        None,
+        gt=0.0,
+        le=10.0,
+        description="softplus(w1) at initialisation (the ICNN term's weight); None = the"
+        " paper's w1 = 0, i.e. log 2; small values start each block near the identity",
+    )
     standardization: Literal["diagonal", "isotropic", "whiten"] = Field(
         "diagonal",
         description="per-coordinate std, one scalar std (keeps OT maps convex), or whitening"

@@ -70,7 +70,7 @@ class CPFlow(nn.Module):
                 zero_offset=config.zero_offset,
                 actnorm=config.icnn_actnorm,
             )
-            layers.append(CPFlowBlock(icnn))
+            layers.append(CPFlowBlock(icnn, init_gain=config.init_gain))
         self.layers = nn.ModuleList(layers)
         self.to(config.torch_dtype)
 

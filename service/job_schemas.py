@@ -111,6 +111,9 @@ class ModelSpec(BaseModel):
         description="input scaling: per-coordinate std, one scalar std, or whitening by the"
         " full training covariance (not for conditional models)",
     )
+    init_gain: float | None = Field(
+        None, gt=0.0, le=10.0, description="softplus(w1) at init; small = near-identity blocks"
+    )
     dtype: Literal["float32", "float64"] = "float32"
 
     def flow_kwargs(self) -> dict[str, Any]:

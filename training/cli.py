@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["diagonal", "isotropic", "whiten"],
         help="input scaling fitted on the train split (whiten: full covariance)",
     )
+    p.add_argument(
+        "--init-gain", type=float, help="softplus(w1) at init (default: log 2, the paper's)"
+    )
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: CPFLOW_DEVICE or cpu)")
@@ -105,7 +108,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     flow_kw = {
         k: getattr(args, k)
-        for k in ("blocks", "hidden", "depth", "icnn", "activation", "standardization")
+        for k in (
+            "blocks",
+            "hidden",
+            "depth",
+            "icnn",
+            "activation",
+            "standardization",
+            "init_gain",
+        )
     }
     train_kw = {
         k: getattr(args, k)
@@ -264,6 +275,7 @@ def _train_conditional(args: argparse.Namespace) -> int:
                 "icnn",
                 "activation",
                 "standardization",
+                "init_gain",
                 "dtype",
             )
             if getattr(args, k) is not None

@@ -172,3 +172,15 @@ def test_cli_whitening_standardization(tmp_path) -> None:
     layer = loaded.flow.standardization
     # A real whitening: the stored Cholesky factor has off-diagonal entries (correlated data).
     assert float(layer.chol.tril(-1).abs().max()) > 1e-3
+
+
+def test_cli_init_gain_reaches_the_blocks(tmp_path) -> None:
+    args = ["--dataset", "wishart_gaussian:2", "--name", "g", "--iterations", "1"]
+    args += ["--blocks", "2", "--hidden", "4", "--depth", "1", "--num-samples", "300"]
+    args += ["--store-dir", str(tmp_path), "--no-plots", "--quiet", "--init-gain", "0.05"]
+    assert main(args) == 0
+    loaded = ModelStore(tmp_path).load("g")
+    assert loaded.flow.config.init_gain == 0.05
+    # one Adam step (lr 1e-3 here at most) moves w1 by ~lr: the gain is still ~0.05, not log 2
+    gain = float(loaded.flow.blocks()[0].coefficients()[1])
+    assert 0.04 < gain < 0.06
