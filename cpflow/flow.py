@@ -237,15 +237,19 @@ class CPFlow(nn.Module):
         z = self._as_input(z)
         # Errors of early blocks are amplified by later ones, so each block is solved to tol/10
         # (solving to tol left ~95% of samples above tol end to end on trained models); the few
-        # that still miss get one more pass at tol/100 by damped Newton (few samples: the dense
-        # Hessians are cheap, and it converges in a handful of steps where L-BFGS crawls).
+        # that still miss get one more pass at tol/100, by damped Newton where dense Hessians
+        # are affordable (it converges in a handful of steps where L-BFGS crawls).
         x, _ok, iters = self._inverse_pass(z, tol * 0.1, max_iter, solver)
         residual = (self.transform(x) - z).abs().amax(-1)
-        for _ in range(1):
-            miss = (residual > tol).nonzero().squeeze(1)
-            if miss.numel() == 0:
-                break
-            xr, _okr, itr = self._inverse_pass(z[miss], tol * 0.01, min(max_iter, 10), "newton")
+        miss = (residual > tol).nonzero().squeeze(1)
+        if miss.numel():
+            newton = self.dim <= cfg.exact_max_dim
+            xr, _okr, itr = self._inverse_pass(
+                z[miss],
+                tol * 0.01,
+                min(max_iter, 10 if newton else 100),
+                "newton" if newton else solver,
+            )
             rr = (self.transform(xr) - z[miss]).abs().amax(-1)
             better = rr < residual[miss]
             x[miss] = torch.where(better.unsqueeze(-1), xr, x[miss])

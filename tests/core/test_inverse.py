@@ -45,6 +45,27 @@ def test_inverse_residual_and_round_trip(make_flow, dim, dtype, tol, solver):
     assert ((x_back - x).abs() / scale).max() <= 10 * tol
 
 
+def test_refinement_rescues_what_the_first_pass_leaves_above_tol(make_flow):
+    """A 3-iteration budget leaves every sample above tol after the L-BFGS pass; the refinement
+    (damped Newton up to exact_max_dim) finishes them all. Above exact_max_dim it is L-BFGS with
+    the same budget: samples may stay above tol, are then flagged, and are never made worse."""
+    flow = make_flow(8, dtype="float32", blocks=5, hidden=32, depth=3, seed=3)
+    with torch.no_grad():
+        for block in flow.blocks():
+            block.w1.fill_(2.5)  # softplus ~ 2.6: strong blocks
+    z = 2.0 * torch.randn(1000, 8, generator=torch.Generator().manual_seed(0))
+    first, _, _ = flow._inverse_pass(z, 1e-6, 3, "lbfgs")
+    first_residual = (flow.transform(first) - z).abs().amax(-1)
+    assert bool((first_residual > 1e-5).all())
+    x, info = flow.inverse(z, tol=1e-5, max_iter=3)
+    assert info.converged.all() and float(info.residual.max()) <= 1e-5
+    torch.testing.assert_close(info.residual, (flow.transform(x) - z).abs().amax(-1))
+    flow.config = flow.config.model_copy(update={"exact_max_dim": 4})
+    x, info = flow.inverse(z, tol=1e-5, max_iter=3)
+    assert bool((info.converged == (info.residual <= 1e-5)).all())
+    assert bool((info.residual <= first_residual).all())
+
+
 def test_unconverged_samples_are_flagged(make_flow):
     flow = _harder(make_flow(5, blocks=2))
     z = 3 * torch.randn(100, 5, dtype=torch.float64)
