@@ -18,6 +18,8 @@ import pytest
 import redis
 from jobs_procs import Proc, start_server, start_worker, wait_for
 
+from service.queue import record_key
+
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
 # Small numbers keep the suite fast; they are settings, not assertions.
@@ -65,6 +67,15 @@ def queue_name(redis_conn: redis.Redis) -> Iterator[str]:
     name = f"cpflow-test-{uuid.uuid4().hex[:10]}"
     yield name
     purge(redis_conn, name)
+
+
+def in_process_runtime(queue_name: str, job: dict, heartbeat_s: float = 0.2) -> dict:
+    """The ``runtime`` block a worker receives for ``job``, to run it in this process."""
+    return {
+        "job_id": job["id"],
+        "record_key": record_key(queue_name, job["id"]),
+        "heartbeat_s": heartbeat_s,
+    }
 
 
 def stack_env(store_dir: Path, queue_name: str, redis_url: str = REDIS_URL) -> dict[str, str]:

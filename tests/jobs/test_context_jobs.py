@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis
 import torch
-from conftest import TINY_MODEL, Stack
+from conftest import TINY_MODEL, Stack, in_process_runtime
 
 from model_store import ModelStore
 from service.job_schemas import CONDITIONAL_BUILTIN_DATASETS
@@ -147,11 +147,7 @@ def test_conditional_builtin_job_in_process(
         "plots": False,
     }
     job = queue.submit(spec, model_name="mog", dataset_id=None)
-    runtime = {
-        "job_id": job["id"],
-        "record_key": f"cpflow:{queue_name}:job:{job['id']}",
-        "heartbeat_s": 0.2,
-    }
+    runtime = in_process_runtime(queue_name, job)
     events: list[dict] = []
     recorder = JobRecorder(redis_conn, runtime)
     original = recorder.progress

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from conftest import SHORT_TRAINING, TINY_MODEL
+from conftest import SHORT_TRAINING, TINY_MODEL, in_process_runtime
 
 from model_store import ModelStore
 from service.queue import JobQueue
@@ -40,11 +40,7 @@ def test_builtin_job_publishes_and_records_its_result(
         "plots": False,
     }
     job = queue.submit(spec, model_name="g8", dataset_id=None)
-    runtime = {
-        "job_id": job["id"],
-        "record_key": f"cpflow:{queue_name}:job:{job['id']}",
-        "heartbeat_s": 0.2,
-    }
+    runtime = in_process_runtime(queue_name, job)
     events = []
     recorder = JobRecorder(redis_conn, runtime)
     original = recorder.progress
