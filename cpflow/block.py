@@ -17,6 +17,11 @@ from .logdet import CGResult, conjugate_gradient
 __all__ = ["BlockHVP", "CPFlowBlock", "ConvexPotentialBlock", "cholesky_logdet"]
 
 
+def gain_parameter(init_gain: float | None) -> nn.Parameter:
+    """w1 with softplus(w1) = init_gain (FlowConfig.init_gain); None: the paper's w1 = 0."""
+    return nn.Parameter(torch.tensor(0.0 if init_gain is None else softplus_inv(init_gain)))
+
+
 class ConvexPotentialBlock(nn.Module):
     """F(x) = softplus(w0)|x|^2/2 + softplus(w1) G(x) over flat rows, for any convex network G
     that offers ``__call__``, ``grad`` and ``value_and_grad``; the map is f = grad F.
@@ -32,8 +37,7 @@ class ConvexPotentialBlock(nn.Module):
         self.icnn = icnn
         self.dim = icnn.dim
         self.w0 = nn.Parameter(torch.tensor(softplus_inv(1.0)))
-        w1 = 0.0 if init_gain is None else softplus_inv(float(init_gain))
-        self.w1 = nn.Parameter(torch.tensor(w1))
+        self.w1 = gain_parameter(init_gain)
 
     def coefficients(self) -> tuple[Tensor, Tensor]:
         """(alpha, beta) = (softplus(w0), softplus(w1))."""

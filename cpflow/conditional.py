@@ -21,7 +21,7 @@ from pydantic import field_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .block import BlockHVP, cholesky_logdet
+from .block import BlockHVP, cholesky_logdet, gain_parameter
 from .config import FlowConfig
 from .flow import InverseInfo
 from .inverse import minimize_batched
@@ -133,9 +133,7 @@ class ConditionalCPFlowBlock(nn.Module):
         self.picnn = picnn
         self.dim = picnn.dim
         self.w0 = nn.Parameter(torch.tensor(softplus_inv(1.0)))
-        # softplus(w1) at init, as FlowConfig.init_gain (None: w1 = 0, gain log 2)
-        w1 = 0.0 if init_gain is None else softplus_inv(float(init_gain))
-        self.w1 = nn.Parameter(torch.tensor(w1))
+        self.w1 = gain_parameter(init_gain)
 
     def coefficients(self) -> tuple[Tensor, Tensor]:
         return F.softplus(self.w0), F.softplus(self.w1)

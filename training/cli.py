@@ -106,18 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.presets import PresetError
     from training.trainer import ProgressEvent, TrainingError
 
-    flow_kw = {
-        k: getattr(args, k)
-        for k in (
-            "blocks",
-            "hidden",
-            "depth",
-            "icnn",
-            "activation",
-            "standardization",
-            "init_gain",
-        )
-    }
+    flow_kw = {k: getattr(args, k) for k in _FLOW_OPTIONS}
     train_kw = {
         k: getattr(args, k)
         for k in (
@@ -210,6 +199,9 @@ class _Bar:
             self.bar.close()
 
 
+# Command-line options that are FlowConfig fields (dtype travels with the trainer's settings).
+_FLOW_OPTIONS = ("blocks", "hidden", "depth", "icnn", "activation", "standardization", "init_gain")
+
 # Options of the unconditional trainer that conditional training has no use for: refused, so
 # that nothing the user asked for is silently dropped.
 _NOT_CONDITIONAL = {
@@ -267,18 +259,7 @@ def _train_conditional(args: argparse.Namespace) -> int:
             args.dataset, args.context_columns, num_samples=args.num_samples, seed=seed
         )
         flow_kw = {
-            k: getattr(args, k)
-            for k in (
-                "blocks",
-                "hidden",
-                "depth",
-                "icnn",
-                "activation",
-                "standardization",
-                "init_gain",
-                "dtype",
-            )
-            if getattr(args, k) is not None
+            k: getattr(args, k) for k in (*_FLOW_OPTIONS, "dtype") if getattr(args, k) is not None
         }
         flow_cfg = ConditionalFlowConfig(dim=splits.dim, context_dim=splits.context_dim, **flow_kw)
     except ValidationError as exc:
