@@ -53,10 +53,11 @@ class ConvexPotentialBlock(nn.Module):
         a, b = self.coefficients()
         return a * x + b * self.icnn.grad(x)
 
-    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(F(x), f(x)) from one pass (what the inverse solver needs)."""
+    def value_and_grad(self, x: Tensor, icnn_weights=None) -> tuple[Tensor, Tensor]:
+        """(F(x), f(x)) from one pass (what the inverse solver needs); ``icnn_weights`` is
+        ``self.icnn.weights()``, computed once by callers that evaluate many times."""
         a, b = self.coefficients()
-        g_val, g_grad = self.icnn.value_and_grad(x)
+        g_val, g_grad = self.icnn.value_and_grad(x, icnn_weights)
         return 0.5 * a * (x * x).sum(-1) + b * g_val, a * x + b * g_grad
 
 

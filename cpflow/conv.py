@@ -165,7 +165,7 @@ class ConvICNN(nn.Module):
         self.out_weight = nn.Parameter(torch.zeros(hidden))
 
     # -- weights and passes ---------------------------------------------------------------------
-    def _weights(self) -> dict:
+    def weights(self) -> dict:
         A, b, P, sc = [], [], [], []
         for k in range(self.depth):
             A.append(self.conv_x[k].weight)
@@ -210,13 +210,14 @@ class ConvICNN(nn.Module):
     # -- public maps ----------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         """G(x), shape (n,)."""
-        w = self._weights()
+        w = self.weights()
         zs = self._forward(self._img(x), w)[1]
         return (zs[-1] * w["w_out"]).sum((1, 2, 3))
 
-    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(G(x) (n,), grad G(x) (n, d)) from one forward and one adjoint pass."""
-        w = self._weights()
+    def value_and_grad(self, x: Tensor, w: dict | None = None) -> tuple[Tensor, Tensor]:
+        """(G(x) (n,), grad G(x) (n, d)) from one forward and one adjoint pass; ``w`` (from
+        :meth:`weights`) spares re-deriving the effective weights in repeated calls."""
+        w = self.weights() if w is None else w
         xi = self._img(x)
         _, zs, s1, _ = self._forward(xi, w)
         value = (zs[-1] * w["w_out"]).sum((1, 2, 3))
@@ -228,7 +229,7 @@ class ConvICNN(nn.Module):
 
     def linearize(self, x: Tensor) -> tuple[Tensor, _ConvLinearization]:
         """(grad G (n, d), an object whose ``hvp`` applies the Hessian of G at x)."""
-        w = self._weights()
+        w = self.weights()
         xi = self._img(x)
         _, _, s1, s2 = self._forward(xi, w)
         cs, grad = self._adjoints(w, s1)
@@ -247,7 +248,7 @@ class ConvICNN(nn.Module):
         xi = self._img(x)
         for k in range(self.depth):
             norm = self.norms[k]
-            w = self._weights()
+            w = self.weights()
             u = self._forward(xi, w)[0][k]
             raw = u / w["sc"][k] - norm.shift.view(1, -1, 1, 1)
             norm.initialize(raw)

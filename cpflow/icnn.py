@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .activations import Activation
 from .layers import PositiveLinear
@@ -152,7 +153,7 @@ class ICNN(nn.Module):
             piece = back[..., i * h : (i + 1) * h]
             acc[j] = piece if acc[j] is None else acc[j] + piece
 
-    def _weights(self) -> _Weights:
+    def weights(self) -> _Weights:
         A, b, P = [], [], []
         for k in range(self.depth):
             Ak, bk = self.lin_x[k].weight, self.lin_x[k].bias
@@ -172,10 +173,10 @@ class ICNN(nn.Module):
     def _forward(self, x: Tensor, w: _Weights, order: int):
         us, zs, s1, s2 = [], [], [], []
         for k in range(self.depth):
-            pre = x @ w.A[k].T + w.b[k]
+            pre = F.linear(x, w.A[k], w.b[k])
             if w.P[k] is not None:
                 pre = self._add_pos(pre, self._gather(zs, k) @ w.P[k].T, k)
-            z, d1, d2 = self.acts[k].all(pre)
+            z, d1, d2 = self.acts[k].all(pre, order)
             us.append(pre)
             zs.append(z)
             s1.append(d1)
@@ -203,13 +204,14 @@ class ICNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """G(x), shape (n,)."""
-        w = self._weights()
+        w = self.weights()
         _, zs, _, _ = self._forward(x, w, 0)
         return self._gather_out(zs) @ w.w_out + x @ w.a_out
 
-    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(G(x) (n,), grad G(x) (n, d)) with one forward and one adjoint pass."""
-        w = self._weights()
+    def value_and_grad(self, x: Tensor, w: _Weights | None = None) -> tuple[Tensor, Tensor]:
+        """(G(x) (n,), grad G(x) (n, d)) with one forward and one adjoint pass; ``w`` (from
+        :meth:`weights`) spares re-deriving the effective weights in repeated calls."""
+        w = self.weights() if w is None else w
         _, zs, s1, _ = self._forward(x, w, 1)
         value = self._gather_out(zs) @ w.w_out + x @ w.a_out
         _, grad = self._adjoints(w, s1, x.shape[:-1])
@@ -217,13 +219,13 @@ class ICNN(nn.Module):
 
     def grad(self, x: Tensor) -> Tensor:
         """grad G(x), shape (n, d), without autograd."""
-        w = self._weights()
+        w = self.weights()
         _, _, s1, _ = self._forward(x, w, 1)
         return self._adjoints(w, s1, x.shape[:-1])[1]
 
     def grad_and_hessian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(grad G (n, d), Hessian of G (n, d, d)) by forward-mode Jacobians of the layers."""
-        w = self._weights()
+        w = self.weights()
         _, _, s1, s2 = self._forward(x, w, 2)
         cs, grad = self._adjoints(w, s1, x.shape[:-1])
         n = x.shape[0]
@@ -252,7 +254,7 @@ class ICNN(nn.Module):
 
     def linearize(self, x: Tensor) -> tuple[Tensor, ICNNLinearization]:
         """(grad G (n, d), an object applying the Hessian at x to vectors)."""
-        w = self._weights()
+        w = self.weights()
         _, _, s1, s2 = self._forward(x, w, 2)
         cs, grad = self._adjoints(w, s1, x.shape[:-1])
         c2 = [c * d2 for c, d2 in zip(cs, s2, strict=True)]
@@ -267,7 +269,7 @@ class ICNN(nn.Module):
         # layer by layer: each initialisation changes what later layers see
         for k in range(self.depth):
             norm = self.norms[k]
-            us = self._forward(x, self._weights(), 0)[0]
+            us = self._forward(x, self.weights(), 0)[0]
             raw = us[k] / norm.scale() - norm.shift  # undo the folded ActNorm of layer k
             norm.initialize_from(raw)
 

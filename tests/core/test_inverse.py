@@ -46,9 +46,10 @@ def test_inverse_residual_and_round_trip(make_flow, dim, dtype, tol, solver):
 
 
 def test_refinement_rescues_what_the_first_pass_leaves_above_tol(make_flow):
-    """A 3-iteration budget leaves every sample above tol after the L-BFGS pass; the refinement
-    (damped Newton up to exact_max_dim) finishes them all. Above exact_max_dim it is L-BFGS with
-    the same budget: samples may stay above tol, are then flagged, and are never made worse."""
+    """A 3-iteration budget leaves every sample above tol after the L-BFGS pass; the polish
+    (Newton on the whole map up to exact_max_dim) finishes them all. Above exact_max_dim it is
+    L-BFGS with the same budget: samples may stay above tol, are then flagged, and are never
+    made worse."""
     flow = make_flow(8, dtype="float32", blocks=5, hidden=32, depth=3, seed=3)
     with torch.no_grad():
         for block in flow.blocks():
@@ -107,3 +108,28 @@ def test_minimize_batched_quadratics_per_sample_stopping():
     torch.testing.assert_close(res.x, torch.linalg.solve(A, b), atol=1e-7, rtol=0)
     # well-conditioned samples need fewer iterations than ill-conditioned ones
     assert res.iterations[0] < res.iterations[-1]
+
+
+def test_minimize_batched_steps_back_from_non_finite_values():
+    """A barrier objective that is +inf outside the unit ball, started near its edge with a
+    target outside it: unit steps leave the domain, and the line search must bracket back
+    into it (the non-finite branch) and still converge to the analytic minimiser."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 32, 3
+    c = 3.0 * torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64))
+
+    def fg(x, idx):
+        r2 = (x * x).sum(-1)
+        inside = r2 < 1.0
+        val = torch.where(inside, -torch.log((1.0 - r2).clamp_min(1e-300)), float("inf")) + 0.5 * (
+            (x - c[idx]) ** 2
+        ).sum(-1)
+        grad = 2.0 * x / (1.0 - r2).unsqueeze(-1) + (x - c[idx])
+        return val, torch.where(inside.unsqueeze(-1), grad, float("nan"))
+
+    res = minimize_batched(fg, 0.9 * c / 3.0, tol=1e-10, max_iter=200)
+    assert res.converged.all()
+    # the minimiser lies on the ray to c at radius t with 2 t / (1 - t^2) = |c| - t
+    t = res.x.norm(dim=-1)
+    torch.testing.assert_close(2 * t / (1 - t * t), 3.0 - t, atol=1e-8, rtol=0)
+    torch.testing.assert_close(res.x / t.unsqueeze(-1), c / 3.0, atol=1e-8, rtol=0)

@@ -47,6 +47,7 @@ def publish_models(root: Path) -> None:
     store.publish("toy2d", make_flow(2), training={"metrics": {"test_nll": 2.5}},
                   plots={"density.png": b"\x89PNG\r\n\x1a\nnot-really-a-png"})  # fmt: skip
     store.publish("toy4d", make_flow(4, seed=1))
+    store.publish("toy32d", make_flow(32, blocks=4, hidden=64, seed=1))  # for long requests
     store.publish("moons", make_flow(2, seed=3))  # the name the OpenAPI examples use
     store.publish("broken", make_flow(2, seed=2))
     # Damage the weights after publishing: the manifest's sha256 no longer matches.
