@@ -69,24 +69,40 @@ def _sync(device: str) -> None:
 
 def timeit(fn, device: str, repeats: int) -> tuple[float, object]:
     """Median wall time of fn() over repeats (after one warm-up call), and its last result."""
-    out = fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
+    return time_interleaved({"fn": fn}, device, repeats)["fn"]
+
+
+def time_interleaved(fns: dict, device: str, repeats: int) -> dict[str, tuple[float, object]]:
+    """{name: (median wall time, last result)} for ways that are compared as a ratio: after one
+    warm-up call each, the repeats take turns (a, b, a, b, ...), so drift in the machine's
+    load (these machines are shared) hits every way alike instead of biasing the ratio."""
+    outs = {}
+    for name, fn in fns.items():
+        outs[name] = fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(times[name]), outs[name]) for name in fns}
 
 
 def bench_logprob(device: str, quick: bool) -> dict:
     flow, x = make_model(43, device)
-    with torch.no_grad():
-        t_ours, lp = timeit(lambda: flow.log_prob(x, "exact"), device, 2 if quick else 5)
-    t_base, lp_b = timeit(
-        lambda: paper.log_prob_exact(flow, x).detach(), device, 1 if quick else 3
+
+    def ours():
+        with torch.no_grad():
+            return flow.log_prob(x, "exact")
+
+    timed = time_interleaved(
+        {"ours": ours, "base": lambda: paper.log_prob_exact(flow, x).detach()},
+        device,
+        1 if quick else 3,
     )
+    (t_ours, lp), (t_base, lp_b) = timed["ours"], timed["base"]
     n = x.shape[0]
     return {
         "dim": 43,
@@ -144,25 +160,28 @@ def bench_inverse(device: str, quick: bool, trained_steps: int = 0) -> dict:
             flow, x = make_model(dim, device)
             with torch.no_grad():
                 z = flow.transform(x)
-        rep = 1 if quick else 3
-        t_ours, (_xo, info) = timeit(lambda flow=flow, z=z: flow.inverse(z, tol=tol), device, rep)
-        t_newton, (_, info_n) = timeit(
-            lambda flow=flow, z=z: flow.inverse(z, tol=tol, solver="newton"), device, rep
-        )
-        t_base, (_xb, res_b, it_b) = timeit(
-            lambda flow=flow, z=z: paper.inverse_lbfgs(flow, z, tol, max_iter=max_iter),
-            device,
-            rep,
-        )
         # In float32 the paper's summed objective (~1e3) cannot resolve the last digits, so its
         # line search stalls above tol; the same algorithm in float64 (same weights) is what a
         # user of the paper's code must run to reach tol, so it is the time to beat.
         flow64, z64 = copy.deepcopy(flow).double(), z.double()
-        t_base64, (_xb64, res_b64, it_b64) = timeit(
-            lambda flow=flow64, z=z64: paper.inverse_lbfgs(flow, z, tol, max_iter=max_iter),
+        timed = time_interleaved(
+            {
+                "ours": lambda flow=flow, z=z: flow.inverse(z, tol=tol),
+                "newton": lambda flow=flow, z=z: flow.inverse(z, tol=tol, solver="newton"),
+                "base": lambda flow=flow, z=z: paper.inverse_lbfgs(
+                    flow, z, tol, max_iter=max_iter
+                ),
+                "base64": lambda flow=flow64, z=z64: paper.inverse_lbfgs(
+                    flow, z, tol, max_iter=max_iter
+                ),
+            },
             device,
-            rep,
+            1 if quick else 5,
         )
+        t_ours, (_xo, info) = timed["ours"]
+        t_newton, (_, info_n) = timed["newton"]
+        t_base, (_xb, res_b, it_b) = timed["base"]
+        t_base64, (_xb64, res_b64, it_b64) = timed["base64"]
         out[f"d{dim}"] = {
             "model": f"trained {trained_steps} steps" if trained_steps else "random perturbed",
             "batch": z.shape[0],
@@ -209,9 +228,8 @@ def bench_train(device: str, quick: bool) -> dict:
         loss.backward()
         return it
 
-    rep = 1 if quick else 3
-    t_ours, stats = timeit(ours, device, rep)
-    t_base, it_b = timeit(base, device, rep)
+    timed = time_interleaved({"ours": ours, "base": base}, device, 1 if quick else 3)
+    (t_ours, stats), (t_base, it_b) = timed["ours"], timed["base"]
     return {
         "dim": 43,
         "batch": x.shape[0],

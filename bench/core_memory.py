@@ -2,15 +2,15 @@
 
 Modes: ours_cg (CG surrogate), ours_exact_backprop (back-propagate through the analytic
 Hessian's Cholesky log-det), baseline_cg and baseline_exact_backprop (paper algorithms).
-CPU: peak RSS (ru_maxrss) and its increase over the RSS just before the step. CUDA: peak
-allocated memory.
+CPU: peak RSS (VmHWM) and its increase over the RSS just before the step. CUDA: peak
+allocated memory. (Not ru_maxrss: Linux carries it over from the parent across fork + exec,
+so a child started by a big bench process would report the parent's size.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 from pathlib import Path
 
@@ -22,10 +22,11 @@ import baseline_paper as paper
 from core_bench import make_model
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MiB."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -47,7 +48,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() / 2**20
     else:
-        before = _rss_mb()
+        before = _status_mb("VmRSS")
     g = torch.Generator().manual_seed(0)
     if args.mode == "ours_cg":
         loss, _ = flow.training_loss(x, generator=g)
@@ -64,7 +65,7 @@ def main() -> None:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = _status_mb("VmHWM")
     print(
         json.dumps(
             {
