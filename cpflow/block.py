@@ -97,15 +97,14 @@ class CPFlowBlock(ConvexPotentialBlock):
         and rayleigh = v^T H v / v^T v (detached, a cheap look at the spread of H).
 
         d s / d theta = v^T H^-1 (dH/dtheta) v, an unbiased estimate of d log det H / d theta
-        for Rademacher v (exact CG). The VALUE of s is not log det H. CG runs without autograd
-        on detached inputs, so memory does not grow with its iterations.
+        for Rademacher v (exact CG). The VALUE of s is not log det H. CG runs under no_grad
+        (nothing is recorded, so memory does not grow with its iterations) on the same
+        linearisation, and its first product H v is the one the surrogate needs anyway.
         """
-        with torch.no_grad():
-            _, op = self.linearize(x.detach())
-            cg = conjugate_gradient(op, v, atol=atol, rtol=rtol, max_iter=max_iter)
         y, op = self.linearize(x)
         hv = op(v)
         with torch.no_grad():
+            cg = conjugate_gradient(op, v, atol=atol, rtol=rtol, max_iter=max_iter, hv0=hv)
             rayleigh = (v * hv).sum(-1) / (v * v).sum(-1)
         return y, (cg.solution * hv).sum(-1), cg, rayleigh
 

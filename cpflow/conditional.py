@@ -182,12 +182,10 @@ class ConditionalCPFlowBlock(nn.Module):
     ) -> tuple[Tensor, Tensor, CGResult, Tensor]:
         """(f(x; c), s, cg, rayleigh), s = stop_grad(H^-1 v)^T H v (Algorithm 2; see
         :meth:`cpflow.CPFlowBlock.logdet_surrogate`). Gradients flow into c as well."""
-        with torch.no_grad():
-            _, op = self.linearize(x.detach(), c.detach())
-            cg = conjugate_gradient(op, v, atol=atol, rtol=rtol, max_iter=max_iter)
         y, op = self.linearize(x, c)
         hv = op(v)
-        with torch.no_grad():
+        with torch.no_grad():  # CG on the same linearisation, recording nothing
+            cg = conjugate_gradient(op, v, atol=atol, rtol=rtol, max_iter=max_iter, hv0=hv)
             rayleigh = (v * hv).sum(-1) / (v * v).sum(-1)
         return y, (cg.solution * hv).sum(-1), cg, rayleigh
 

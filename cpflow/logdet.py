@@ -109,16 +109,19 @@ def conjugate_gradient(
     atol: float,
     rtol: float = 0.0,
     max_iter: int | None = None,
+    hv0: Tensor | None = None,
 ) -> CGResult:
     """Solve H z = v per sample; sample i stops once |r_i|_inf <= atol + rtol |v_i|_inf.
 
     At most ``max_iter`` (default d) iterations: in exact arithmetic CG is exact after d.
+    ``hv0``: H v if the caller has it already (CG starts at z = 0, so it is the first
+    product), which saves one application of H.
     """
     d = v.shape[-1]
     max_iter = d if max_iter is None else max_iter
     thresh = atol + rtol * v.abs().amax(-1)
     if v.ndim == 2 and hasattr(hvp, "restrict"):
-        return _cg_compact(hvp, v, thresh, max_iter)
+        return _cg_compact(hvp, v, thresh, max_iter, hv0)
     z = torch.zeros_like(v)
     r = v.clone()
     p = r.clone()
@@ -126,10 +129,10 @@ def conjugate_gradient(
     iters = torch.zeros(v.shape[:-1], dtype=torch.long, device=v.device)
     active = r.abs().amax(-1) > thresh
     tiny = torch.finfo(v.dtype).tiny
-    for _ in range(max_iter):
+    for it in range(max_iter):
         if not bool(active.any()):
             break
-        Hp = hvp(p)
+        Hp = hv0 if it == 0 and hv0 is not None else hvp(p)
         pHp = (p * Hp).sum(-1)
         alpha = torch.where(active, rs / pHp.clamp_min(tiny), torch.zeros_like(rs))
         z = z + alpha.unsqueeze(-1) * p
@@ -144,7 +147,7 @@ def conjugate_gradient(
     return CGResult(z, iters, res <= thresh, res)
 
 
-def _cg_compact(hvp, v: Tensor, thresh: Tensor, max_iter: int) -> CGResult:
+def _cg_compact(hvp, v: Tensor, thresh: Tensor, max_iter: int, hv0: Tensor | None) -> CGResult:
     """CG that applies H only to the samples still above their tolerance."""
     n = v.shape[0]
     z = torch.zeros_like(v)
@@ -155,14 +158,17 @@ def _cg_compact(hvp, v: Tensor, thresh: Tensor, max_iter: int) -> CGResult:
     tiny = torch.finfo(v.dtype).tiny
     act = (r.abs().amax(-1) > thresh).nonzero().squeeze(1)
     op, op_n = hvp, n
-    for _ in range(max_iter):
+    for it in range(max_iter):
         k = act.numel()
         if k == 0:
             break
-        if k != op_n:
-            op, op_n = hvp.restrict(act), k
         pa = p[act]
-        Hp = op(pa)
+        if it == 0 and hv0 is not None:
+            Hp = hv0[act]
+        else:
+            if k != op_n:
+                op, op_n = hvp.restrict(act), k
+            Hp = op(pa)
         rsa = rs[act]
         alpha = rsa / (pa * Hp).sum(-1).clamp_min(tiny)
         z[act] = z[act] + alpha.unsqueeze(-1) * pa

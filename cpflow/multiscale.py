@@ -403,13 +403,12 @@ class MultiscaleCPFlow(nn.Module):
                 continue
             flat = h.reshape(n, -1)
             v = rademacher(tuple(flat.shape), dtype=h.dtype, device=h.device, generator=generator)
-            with torch.no_grad():
-                _, hvp_ng = layer.linearize(flat.detach())
-                cg = conjugate_gradient(
-                    hvp_ng, v, atol=cfg.cg_atol, rtol=cfg.cg_rtol, max_iter=cfg.cg_max_iter
-                )
             y, hvp = layer.linearize(flat)
             Hv = hvp(v)
+            with torch.no_grad():  # CG on the same linearisation, recording nothing
+                cg = conjugate_gradient(
+                    hvp, v, atol=cfg.cg_atol, rtol=cfg.cg_rtol, max_iter=cfg.cg_max_iter, hv0=Hv
+                )
             surrogate = surrogate + (cg.solution * Hv).sum(-1)
             collector.add(cg, (v * Hv).sum(-1) / (v * v).sum(-1))
             h = y.reshape(h.shape)

@@ -89,6 +89,13 @@ def test_cg_per_sample_stopping_rule_and_solution(make_flow):
     # samples stop individually: a loose tolerance gives different counts per sample
     loose = conjugate_gradient(op, v, atol=0.05)
     assert loose.iterations.min() < loose.iterations.max() or loose.iterations.max() < 12
+    # a caller's H v stands in for the first product (both the compacting and the batched
+    # variant) and changes nothing else
+    for operator in (op, lambda u: op(u)):  # the lambda has no restrict(): batched variant
+        plain = conjugate_gradient(operator, v, atol=1e-6)
+        reused = conjugate_gradient(operator, v, atol=1e-6, hv0=op(v))
+        torch.testing.assert_close(reused.solution, plain.solution, atol=1e-12, rtol=0)
+        assert torch.equal(reused.iterations, plain.iterations)
 
 
 def _hard_block(seed=0):
