@@ -229,27 +229,27 @@ class ICNN(nn.Module):
         _, _, s1, s2 = self._forward(x, w, 2)
         cs, grad = self._adjoints(w, s1, x.shape[:-1])
         n = x.shape[0]
-        Js: list[Tensor] = []
-        H = x.new_zeros(n, self.dim, self.dim)
-        for k in range(self.depth):
+        # the first layer has U = A for every sample: A^T diag(w) A is one (n d, h) x (h, d)
+        # product instead of n small ones
+        A0, w0 = w.A[0], (cs[0] * s2[0]).unsqueeze(1)
+        H = (A0.T * w0) @ A0
+        Js: list[Tensor] = [s1[0].unsqueeze(-1) * A0]
+        for k in range(1, self.depth):
             Ak = w.A[k]
-            if w.P[k] is None:
-                U = Ak.expand(n, *Ak.shape)
+            src = (
+                Js[self.sources[k][0]]
+                if len(self.sources[k]) == 1
+                else torch.cat([Js[j] for j in self.sources[k]], dim=1)
+            )
+            pu = torch.matmul(w.P[k], src)  # (n, h_pos, d)
+            hp = self.pos_rows[k]
+            if hp == self.hidden:
+                U = pu + Ak
             else:
-                src = (
-                    Js[self.sources[k][0]]
-                    if len(self.sources[k]) == 1
-                    else torch.cat([Js[j] for j in self.sources[k]], dim=1)
-                )
-                pu = torch.matmul(w.P[k], src)  # (n, h_pos, d)
-                hp = self.pos_rows[k]
-                if hp == self.hidden:
-                    U = pu + Ak
-                else:
-                    U = torch.cat([pu + Ak[:hp], Ak[hp:].expand(n, self.hidden - hp, self.dim)], 1)
+                U = torch.cat([pu + Ak[:hp], Ak[hp:].expand(n, self.hidden - hp, self.dim)], 1)
             Js.append(s1[k].unsqueeze(-1) * U)
             wk = (cs[k] * s2[k]).unsqueeze(-1)
-            H = H + torch.bmm((U * wk).transpose(1, 2), U)
+            H = torch.baddbmm(H, (U * wk).transpose(1, 2), U)
         return grad, H
 
     def linearize(self, x: Tensor) -> tuple[Tensor, ICNNLinearization]:
