@@ -110,13 +110,6 @@ class ConditionalFlowConfig(FlowConfig):
             raise ValueError("a conditional flow standardises per coordinate: use 'diagonal'")
         return v
 
-    @field_validator("icnn_quadratic")
-    @classmethod
-    def _no_quadratic(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("the PICNN of a conditional flow has no quadratic option")
-        return v
-
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:

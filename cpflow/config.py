@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["FlowConfig", "PrecisionMixin"]
 
@@ -52,11 +52,6 @@ class FlowConfig(PrecisionMixin, BaseModel):
     zero_offset: bool = Field(False, description="activations s(u) - s(0)")
     actnorm: bool = Field(True, description="ActNorm layer before each CP-Flow block")
     icnn_actnorm: bool = Field(True, description="positive-scale ActNorm inside the ICNN")
-    icnn_quadratic: bool = Field(
-        False,
-        description="ICNN layers after the first also see q |x|^2 / 2 (q >= 0): curved ridges;"
-        " needs depth >= 2",
-    )
     init_gain: float | None = Field(
         None,
         gt=0.0,
@@ -82,12 +77,6 @@ class FlowConfig(PrecisionMixin, BaseModel):
     inverse_max_iter: int = Field(1000, ge=1)
     lbfgs_history: int = Field(10, ge=1, le=100)
     dtype: Literal["float32", "float64"] = "float32"
-
-    @model_validator(mode="after")
-    def _quadratic_needs_depth(self) -> FlowConfig:
-        if self.icnn_quadratic and self.depth < 2:
-            raise ValueError("icnn_quadratic needs depth >= 2 (the first ICNN layer stays affine)")
-        return self
 
     @property
     def is_gradient_map(self) -> bool:

@@ -69,7 +69,6 @@ class CPFlow(nn.Module):
                 symmetric_first=config.symmetric_first,
                 zero_offset=config.zero_offset,
                 actnorm=config.icnn_actnorm,
-                quadratic=config.icnn_quadratic,
             )
             layers.append(CPFlowBlock(icnn, init_gain=config.init_gain))
         self.layers = nn.ModuleList(layers)

@@ -14,11 +14,6 @@ autograd is only used by callers that want parameter gradients.
 Kinds: ``vanilla`` (Amos et al.: x feeds every layer), ``augmented`` (CP-Flow eq. 7: half of
 each hidden layer after the first sees x only) and ``dense`` (each layer sees all previous
 hidden layers).
-
-``quadratic``: layers after the first also receive q_k * |x|^2 / 2 with q_k >= 0 (convex, and
-their activations are non-decreasing, so G stays convex). Then U_k gains q_k x^T and H gains
-sum_k (c_k s'(u_k) . q_k) I: ridges that curve (a unit can respond to a circle, which a sum of
-straight softplus ridges only approximates).
 """
 
 from __future__ import annotations
@@ -30,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .activations import Activation
-from .layers import PositiveLinear, softplus_inv
+from .layers import PositiveLinear
 
 __all__ = ["ICNN", "ICNNLinearization"]
 
@@ -44,7 +39,6 @@ class _Weights:
     P: list[Tensor | None]  # (h_pos, H_src)
     w_out: Tensor  # (H_out,)
     a_out: Tensor  # (d,)
-    q: list[Tensor | None]  # (h,) weights of |x|^2 / 2 (quadratic ICNNs, layers >= 1)
 
 
 class ICNNLinearization:
@@ -54,32 +48,17 @@ class ICNNLinearization:
     dimensions (e.g. several probes) that broadcast against the batch.
     """
 
-    def __init__(
-        self,
-        net: ICNN,
-        w: _Weights,
-        s1: list[Tensor],
-        c2: list[Tensor],
-        x: Tensor,
-        kappa: Tensor | None,
-    ) -> None:
+    def __init__(self, net: ICNN, w: _Weights, s1: list[Tensor], c2: list[Tensor]) -> None:
         self.net = net
         self.w = w
         self.s1 = s1  # s'(u_k)   (n, h)
         self.c2 = c2  # c_k s''(u_k)  (n, h)
-        self.x = x  # (n, d): the points (quadratic ICNNs only need them)
-        self.kappa = kappa  # (n,) sum_k (c_k s'(u_k)) . q_k: the identity part of H, or None
 
     def restrict(self, idx: Tensor) -> ICNNLinearization:
         """The same linearisation for the samples idx only (for solvers that drop converged
         samples)."""
         return ICNNLinearization(
-            self.net,
-            self.w,
-            [s[idx] for s in self.s1],
-            [c[idx] for c in self.c2],
-            self.x[idx],
-            None if self.kappa is None else self.kappa[idx],
+            self.net, self.w, [s[idx] for s in self.s1], [c[idx] for c in self.c2]
         )
 
     def hvp(self, v: Tensor) -> Tensor:
@@ -87,15 +66,12 @@ class ICNNLinearization:
         L = net.depth
         t: list[Tensor] = []
         jt: list[Tensor] = []
-        xv = (self.x * v).sum(-1, keepdim=True) if self.kappa is not None else None
         for k in range(L):
             tk = v @ w.A[k].T
             Pk = w.P[k]
             if Pk is not None:
                 src = net._gather(jt, k)
                 tk = net._add_pos(tk, src @ Pk.T, k)
-            if w.q[k] is not None:
-                tk = tk + xv * w.q[k]
             t.append(tk)
             jt.append(self.s1[k] * tk)
         # reverse sweep through the tangent network
@@ -106,15 +82,11 @@ class ICNNLinearization:
             if acc[k] is not None:
                 rk = rk + self.s1[k] * acc[k]
             term = rk @ w.A[k]
-            if w.q[k] is not None:
-                term = term + (rk @ w.q[k]).unsqueeze(-1) * self.x
             out = term if out is None else out + term
             Pk = w.P[k]
             if Pk is not None:
                 back = rk[..., : net.pos_rows[k]] @ Pk
                 net._scatter_back(acc, back, k)
-        if self.kappa is not None:
-            out = out + self.kappa.unsqueeze(-1) * v
         return out
 
 
@@ -132,13 +104,10 @@ class ICNN(nn.Module):
         symmetric_first: bool = True,
         zero_offset: bool = False,
         actnorm: bool = True,
-        quadratic: bool = False,
     ) -> None:
         super().__init__()
         if kind not in ("vanilla", "augmented", "dense"):
             raise ValueError(f"unknown ICNN kind {kind!r}")
-        if quadratic and depth < 2:
-            raise ValueError("a quadratic ICNN needs depth >= 2 (the first layer stays affine)")
         if kind == "augmented" and hidden < 2:
             raise ValueError("augmented ICNN needs hidden >= 2")
         self.dim, self.hidden, self.depth, self.kind = dim, hidden, depth, kind
@@ -161,14 +130,6 @@ class ICNN(nn.Module):
         self.out_x = nn.Linear(dim, 1, bias=False)  # a constant never matters
         self.norms = (
             nn.ModuleList(_HiddenActNorm(hidden) for _ in range(depth)) if actnorm else None
-        )
-        # q_k = softplus(raw) starts small (0.01): the network starts as the affine-input one
-        self.quad = (
-            nn.ParameterList(
-                nn.Parameter(torch.full((hidden,), softplus_inv(0.01))) for _ in range(depth - 1)
-            )
-            if quadratic
-            else None
         )
 
     # -- wiring helpers ---------------------------------------------------------------------
@@ -193,35 +154,28 @@ class ICNN(nn.Module):
             acc[j] = piece if acc[j] is None else acc[j] + piece
 
     def weights(self) -> _Weights:
-        A, b, P, Q = [], [], [], []
+        A, b, P = [], [], []
         for k in range(self.depth):
             Ak, bk = self.lin_x[k].weight, self.lin_x[k].bias
             Pk = self.pos[k - 1].effective_weight() if k > 0 else None
-            qk = F.softplus(self.quad[k - 1]) if self.quad is not None and k > 0 else None
             if self.norms is not None:
                 sc, sh = self.norms[k].scale(), self.norms[k].shift
                 Ak = Ak * sc[:, None]
                 bk = (bk + sh) * sc
                 if Pk is not None:
                     Pk = Pk * sc[: self.pos_rows[k], None]
-                if qk is not None:
-                    qk = qk * sc
             A.append(Ak)
             b.append(bk)
             P.append(Pk)
-            Q.append(qk)
-        return _Weights(A, b, P, self.out_pos.effective_weight()[0], self.out_x.weight[0], Q)
+        return _Weights(A, b, P, self.out_pos.effective_weight()[0], self.out_x.weight[0])
 
     # -- passes -----------------------------------------------------------------------------
     def _forward(self, x: Tensor, w: _Weights, order: int):
         us, zs, s1, s2 = [], [], [], []
-        half_sq = 0.5 * (x * x).sum(-1, keepdim=True) if self.quad is not None else None
         for k in range(self.depth):
             pre = F.linear(x, w.A[k], w.b[k])
             if w.P[k] is not None:
                 pre = self._add_pos(pre, self._gather(zs, k) @ w.P[k].T, k)
-            if w.q[k] is not None:
-                pre = pre + half_sq * w.q[k]
             z, d1, d2 = self.acts[k].all(pre, order)
             us.append(pre)
             zs.append(z)
@@ -229,9 +183,8 @@ class ICNN(nn.Module):
             s2.append(d2)
         return us, zs, s1, s2
 
-    def _adjoints(self, w: _Weights, s1: list[Tensor], x: Tensor) -> tuple[list[Tensor], Tensor]:
+    def _adjoints(self, w: _Weights, s1: list[Tensor], n_shape) -> tuple[list[Tensor], Tensor]:
         """c_k = dG/dz_k and the gradient dG/dx."""
-        n_shape = x.shape[:-1]
         L, h = self.depth, self.hidden
         acc: list[Tensor | None] = [None] * L
         for i, j in enumerate(self.out_sources):
@@ -245,8 +198,6 @@ class ICNN(nn.Module):
             cs[k] = ck
             delta = s1[k] * ck
             grad = grad + delta @ w.A[k]
-            if w.q[k] is not None:
-                grad = grad + (delta @ w.q[k]).unsqueeze(-1) * x
             if w.P[k] is not None:
                 self._scatter_back(acc, delta[..., : self.pos_rows[k]] @ w.P[k], k)
         return cs, grad
@@ -263,20 +214,20 @@ class ICNN(nn.Module):
         w = self.weights() if w is None else w
         _, zs, s1, _ = self._forward(x, w, 1)
         value = self._gather_out(zs) @ w.w_out + x @ w.a_out
-        _, grad = self._adjoints(w, s1, x)
+        _, grad = self._adjoints(w, s1, x.shape[:-1])
         return value, grad
 
     def grad(self, x: Tensor) -> Tensor:
         """grad G(x), shape (n, d), without autograd."""
         w = self.weights()
         _, _, s1, _ = self._forward(x, w, 1)
-        return self._adjoints(w, s1, x)[1]
+        return self._adjoints(w, s1, x.shape[:-1])[1]
 
     def grad_and_hessian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(grad G (n, d), Hessian of G (n, d, d)) by forward-mode Jacobians of the layers."""
         w = self.weights()
         _, _, s1, s2 = self._forward(x, w, 2)
-        cs, grad = self._adjoints(w, s1, x)
+        cs, grad = self._adjoints(w, s1, x.shape[:-1])
         n = x.shape[0]
         # the first layer has U = A for every sample: A^T diag(w) A is one (n d, h) x (h, d)
         # product instead of n small ones
@@ -296,10 +247,6 @@ class ICNN(nn.Module):
                 U = pu + Ak
             else:
                 U = torch.cat([pu + Ak[:hp], Ak[hp:].expand(n, self.hidden - hp, self.dim)], 1)
-            if w.q[k] is not None:
-                U = U + w.q[k].unsqueeze(-1) * x.unsqueeze(1)  # + q_k x^T
-                kappa = ((cs[k] * s1[k]) @ w.q[k]).view(n, 1, 1)
-                H = H + kappa * torch.eye(self.dim, dtype=x.dtype, device=x.device)
             Js.append(s1[k].unsqueeze(-1) * U)
             wk = (cs[k] * s2[k]).unsqueeze(-1)
             H = torch.baddbmm(H, (U * wk).transpose(1, 2), U)
@@ -309,12 +256,9 @@ class ICNN(nn.Module):
         """(grad G (n, d), an object applying the Hessian at x to vectors)."""
         w = self.weights()
         _, _, s1, s2 = self._forward(x, w, 2)
-        cs, grad = self._adjoints(w, s1, x)
+        cs, grad = self._adjoints(w, s1, x.shape[:-1])
         c2 = [c * d2 for c, d2 in zip(cs, s2, strict=True)]
-        kappa = None
-        if self.quad is not None:
-            kappa = sum((cs[k] * s1[k]) @ w.q[k] for k in range(1, self.depth))
-        return grad, ICNNLinearization(self, w, s1, c2, x, kappa)
+        return grad, ICNNLinearization(self, w, s1, c2)
 
     # -- data-dependent initialisation --------------------------------------------------------
     @torch.no_grad()

@@ -45,31 +45,6 @@ def test_whitened_flow_log_prob_matches_autograd_jacobian(make_flow, dim):
     torch.testing.assert_close(back, x, atol=1e-7, rtol=0)
 
 
-@pytest.mark.parametrize("icnn", ["augmented", "dense"])
-def test_quadratic_icnn_flow_log_prob_inverse_and_surrogate(make_flow, icnn):
-    """q |x|^2 / 2 terms (given weight: q ~ softplus(N(0, 1))) in the flow's paths: exact
-    log_prob vs autograd, inversion, and the surrogate's gradient flowing into q (the HVPs
-    behind SLQ and CG are checked against dense Hessians in test_icnn)."""
-    flow = make_flow(3, icnn=icnn, icnn_quadratic=True, seed=11)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in flow.named_parameters():
-            if ".quad." in name:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
-    x = 1.5 * torch.randn(6, 3, generator=g, dtype=torch.float64)
-    lp = flow.log_prob(x, method="exact")
-    torch.testing.assert_close(lp, _autograd_log_prob(flow, x), atol=1e-8, rtol=0)
-    back, info = flow.inverse(flow.transform(x))
-    assert info.all_converged
-    torch.testing.assert_close(back, x, atol=1e-7, rtol=0)
-    loss, _ = flow.training_loss(x, generator=g)
-    loss.backward()
-    quad_grads = [p.grad for n, p in flow.named_parameters() if ".quad." in n]
-    assert quad_grads and all(gr is not None and gr.abs().sum() > 0 for gr in quad_grads)
-    with pytest.raises(ValueError, match="depth >= 2"):
-        FlowConfig(dim=3, depth=1, icnn_quadratic=True)
-
-
 @pytest.mark.parametrize("activation", ["logistic", "gaussian", "laplace"])
 def test_exact_log_prob_activations(make_flow, activation):
     flow = make_flow(3, activation=activation, zero_offset=True, symmetric_first=False)

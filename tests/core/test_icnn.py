@@ -14,9 +14,7 @@ KINDS = ["vanilla", "augmented", "dense"]
 ACTS = ["logistic", "gaussian", "laplace"]
 
 
-def _random_icnn(
-    seed: int, dim: int, kind: str, act: str, scale: float, sym: bool, zero: bool, quad: bool
-):
+def _random_icnn(seed: int, dim: int, kind: str, act: str, scale: float, sym: bool, zero: bool):
     g = torch.Generator().manual_seed(seed)
     net = ICNN(
         dim,
@@ -27,7 +25,6 @@ def _random_icnn(
         symmetric_first=sym,
         zero_offset=zero,
         actnorm=True,
-        quadratic=quad,
     ).double()
     with torch.no_grad():
         for p in net.parameters():  # any values at all, including large/negative free weights
@@ -43,15 +40,14 @@ icnn_cases = st.tuples(
     st.floats(0.1, 3.0),
     st.booleans(),
     st.booleans(),
-    st.booleans(),  # quadratic
 )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(icnn_cases)
 def test_midpoint_convexity_for_random_parameters(case):
-    net, g = _random_icnn(*case)
-    dim = net.dim
+    seed, dim, kind, act, scale, sym, zero = case
+    net, g = _random_icnn(seed, dim, kind, act, scale, sym, zero)
     x = 3 * torch.randn(64, dim, generator=g, dtype=torch.float64)
     y = 3 * torch.randn(64, dim, generator=g, dtype=torch.float64)
     with torch.no_grad():
@@ -64,8 +60,8 @@ def test_midpoint_convexity_for_random_parameters(case):
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(icnn_cases)
 def test_analytic_hessian_is_psd_and_equals_autograd(case):
-    net, g = _random_icnn(*case)
-    dim = net.dim
+    seed, dim, kind, act, scale, sym, zero = case
+    net, g = _random_icnn(seed, dim, kind, act, scale, sym, zero)
     x = 2 * torch.randn(5, dim, generator=g, dtype=torch.float64)
     grad, H = net.grad_and_hessian(x)
     assert torch.linalg.eigvalsh(H).min() >= -1e-10 * (1 + H.abs().amax())
