@@ -15,7 +15,7 @@ def test_toy_preset_is_table_5() -> None:
     assert (flow["blocks"], flow["depth"], flow["hidden"]) == (5, 3, 32)
     # Table 5's architecture and batch; the lr is ours (0.02 + cosine, measured better).
     assert train["lr"] == 0.02 and train["batch_size"] == 128 and train["iterations"] == 2000
-    _, rings, _, _ = resolve_preset("toy", "rings")
+    _, rings, rings_train, _ = resolve_preset("toy", "rings")
     # ours for rings (Table 5 says 5 x 5 x 256; measured far worse at this budget)
     assert (rings["blocks"], rings["depth"], rings["hidden"], rings["init_gain"]) == (
         20,
@@ -23,6 +23,7 @@ def test_toy_preset_is_table_5() -> None:
         128,
         0.1,
     )
+    assert rings_train["grad_clip"] == 1.0 and train.get("grad_clip") is None
     _, moons, _, _ = resolve_preset("toy", "two_moons")
     assert (moons["blocks"], moons["depth"], moons["hidden"]) == (5, 3, 32)
 
