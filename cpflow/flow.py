@@ -240,7 +240,7 @@ class CPFlow(nn.Module):
         # few that still miss are polished end to end: Newton on the whole map, with its
         # Jacobian built from the blocks' Hessians where dense Hessians are affordable
         # (d <= exact_max_dim; it converges in one or two steps), else one more pass of
-        # L-BFGS at tol/100.
+        # L-BFGS at tol/100, each block warm-started from the current estimate.
         x, _ok, iters = self._inverse_pass(z, tol * 0.1, max_iter, solver)
         residual = (self.transform(x) - z).abs().amax(-1)
         miss = (residual > tol).nonzero().squeeze(1)
@@ -249,7 +249,9 @@ class CPFlow(nn.Module):
             if self.dim <= cfg.exact_max_dim:
                 xr = self._newton_polish(x[miss], zm, steps=min(3, max_iter))
             else:
-                xr, _okr, itr = self._inverse_pass(zm, tol * 0.01, min(max_iter, 100), solver)
+                xr, _okr, itr = self._inverse_pass(
+                    zm, tol * 0.01, min(max_iter, 100), solver, start=x[miss]
+                )
                 iters = max(iters, itr)
             rr = (self.transform(xr) - zm).abs().amax(-1)
             better = rr < residual[miss]
@@ -259,13 +261,24 @@ class CPFlow(nn.Module):
         converged = (residual <= tol) & torch.isfinite(residual)
         return x, InverseInfo(residual, converged, iters, tol)
 
+    @torch.no_grad()
     def _inverse_pass(
-        self, z: Tensor, tol: float, max_iter: int, solver: str
+        self, z: Tensor, tol: float, max_iter: int, solver: str, start: Tensor | None = None
     ) -> tuple[Tensor, Tensor, int]:
+        """One pass through the layers, last to first; ``start`` (an estimate of x) gives each
+        block's solve its starting point (where the estimate's forward pass puts its input)."""
+        starts: dict[int, Tensor] = {}
+        if start is not None:
+            h = self.standardization(start)
+            for i, layer in enumerate(self.layers):
+                if isinstance(layer, CPFlowBlock):
+                    starts[i] = h
+                h = layer(h)
         h = z
         ok = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
         iters = 0
-        for layer in reversed(self.layers):
+        for i in reversed(range(len(self.layers))):
+            layer = self.layers[i]
             if isinstance(layer, CPFlowBlock):
                 res = invert_block(
                     layer,
@@ -274,6 +287,7 @@ class CPFlow(nn.Module):
                     max_iter=max_iter,
                     solver=solver,
                     history=self.config.lbfgs_history,
+                    x0=starts.get(i),
                 )
                 h = res.x
                 ok = ok & res.converged
@@ -329,8 +343,10 @@ def invert_block(
     max_iter: int,
     solver: str = "lbfgs",
     history: int = 10,
+    x0: Tensor | None = None,
 ):
-    """Solve f(x) = y for one block: argmin_x F(x) - y^T x (Algorithm 1), per sample."""
+    """Solve f(x) = y for one block: argmin_x F(x) - y^T x (Algorithm 1), per sample, from
+    ``x0`` (default y / alpha)."""
 
     weights = block.icnn.weights()  # the parameters are fixed during the solve
 
@@ -342,9 +358,9 @@ def invert_block(
     def hess(x: Tensor, idx: Tensor) -> Tensor:
         return block.forward_and_hessian(x)[1]
 
-    # f(x) = alpha x + (bounded ICNN gradient), so y / alpha is close for far-out points
-    alpha, _ = block.coefficients()
-    x0 = y / alpha
+    if x0 is None:
+        # f(x) = alpha x + (bounded ICNN gradient), so y / alpha is close for far-out points
+        x0 = y / block.coefficients()[0]
     return minimize_batched(
         fg, x0, tol=tol, max_iter=max_iter, history=history, method=solver, hessian=hess
     )

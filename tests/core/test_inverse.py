@@ -133,3 +133,16 @@ def test_minimize_batched_steps_back_from_non_finite_values():
     t = res.x.norm(dim=-1)
     torch.testing.assert_close(2 * t / (1 - t * t), 3.0 - t, atol=1e-8, rtol=0)
     torch.testing.assert_close(res.x / t.unsqueeze(-1), c / 3.0, atol=1e-8, rtol=0)
+
+
+def test_a_warm_started_pass_starts_where_the_estimate_is(make_flow):
+    """_inverse_pass(start=x) begins each block's solve at the block input of x's forward pass:
+    from the true x it has nothing left to do, where a cold pass needs several iterations."""
+    flow = _harder(make_flow(6, dtype="float64", blocks=3, hidden=16, seed=5))
+    x = _data_with_outliers(flow, n=200, far=10)
+    z = flow.transform(x)
+    _, _, cold_iters = flow._inverse_pass(z, 1e-9, 100, "lbfgs")
+    warm, _, warm_iters = flow._inverse_pass(z, 1e-9, 100, "lbfgs", start=x)
+    assert cold_iters >= 3 and warm_iters <= 1
+    with torch.no_grad():
+        assert float((flow.transform(warm) - z).abs().max()) <= 1e-9
