@@ -241,7 +241,7 @@ class CPFlow(nn.Module):
         # Jacobian built from the blocks' Hessians where dense Hessians are affordable
         # (d <= exact_max_dim; it converges in one or two steps), else one more pass of
         # L-BFGS at tol/100, each block warm-started from the current estimate.
-        x, _ok, iters = self._inverse_pass(z, tol * 0.1, max_iter, solver)
+        x, iters = self._inverse_pass(z, tol * 0.1, max_iter, solver)
         residual = (self.transform(x) - z).abs().amax(-1)
         miss = (residual > tol).nonzero().squeeze(1)
         if miss.numel():
@@ -249,7 +249,7 @@ class CPFlow(nn.Module):
             if self.dim <= cfg.exact_max_dim:
                 xr = self._newton_polish(x[miss], zm, steps=min(3, max_iter))
             else:
-                xr, _okr, itr = self._inverse_pass(
+                xr, itr = self._inverse_pass(
                     zm, tol * 0.01, min(max_iter, 100), solver, start=x[miss]
                 )
                 iters = max(iters, itr)
@@ -264,9 +264,10 @@ class CPFlow(nn.Module):
     @torch.no_grad()
     def _inverse_pass(
         self, z: Tensor, tol: float, max_iter: int, solver: str, start: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, int]:
+    ) -> tuple[Tensor, int]:
         """One pass through the layers, last to first; ``start`` (an estimate of x) gives each
-        block's solve its starting point (where the estimate's forward pass puts its input)."""
+        block's solve its starting point (where the estimate's forward pass puts its input).
+        Returns x and the most iterations a block took (InverseInfo judges x end to end)."""
         starts: dict[int, Tensor] = {}
         if start is not None:
             h = self.standardization(start)
@@ -275,7 +276,6 @@ class CPFlow(nn.Module):
                     starts[i] = h
                 h = layer(h)
         h = z
-        ok = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
         iters = 0
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i]
@@ -290,11 +290,10 @@ class CPFlow(nn.Module):
                     x0=starts.get(i),
                 )
                 h = res.x
-                ok = ok & res.converged
                 iters = max(iters, int(res.iterations.max()) if res.iterations.numel() else 0)
             else:
                 h = layer.inverse(h)
-        return self.standardization.inverse(h), ok, iters
+        return self.standardization.inverse(h), iters
 
     def _newton_polish(self, x: Tensor, z: Tensor, steps: int) -> Tensor:
         """Newton steps on the whole map in standardised coordinates: h <- h - J(h)^-1 (T(h) - z),
