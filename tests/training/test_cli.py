@@ -150,23 +150,31 @@ def test_cli_store_dir_defaults_to_the_environment(tmp_path, monkeypatch) -> Non
     assert build_parser().parse_args(["--name", "a"]).store_dir == "./var/store"
 
 
+def _tiny_run(
+    tmp_path, name: str, *extra: str, dim: int = 3, iterations: int = 3, blocks: int = 1
+):
+    """cpflow-train arguments for a seconds-long run on a small Wishart Gaussian, no plots."""
+    args = [
+        "--dataset",
+        f"wishart_gaussian:{dim}",
+        "--name",
+        name,
+        "--iterations",
+        str(iterations),
+    ]
+    args += ["--blocks", str(blocks), "--hidden", "4", "--depth", "1", "--num-samples", "300"]
+    return args + ["--store-dir", str(tmp_path), "--no-plots", "--quiet", *extra]
+
+
 @pytest.mark.parametrize(("loss", "expected"), [(None, "surrogate"), ("exact", "exact")])
 def test_cli_loss_option_reaches_the_trainer(tmp_path, loss, expected) -> None:
-    args = ["--dataset", "wishart_gaussian:3", "--name", "m", "--iterations", "3"]
-    args += ["--blocks", "1", "--hidden", "4", "--depth", "1", "--num-samples", "300"]
-    args += ["--store-dir", str(tmp_path), "--no-plots", "--quiet"]
-    if loss:
-        args += ["--loss", loss]
-    assert main(args) == 0
+    assert main(_tiny_run(tmp_path, "m", *(["--loss", loss] if loss else []))) == 0
     # d = 3: auto means the CG surrogate; --loss exact overrides it.
     assert ModelStore(tmp_path).manifest("m", 1)["training"]["metrics"]["train_loss"] == expected
 
 
 def test_cli_whitening_standardization(tmp_path) -> None:
-    args = ["--dataset", "wishart_gaussian:3", "--name", "w", "--iterations", "3"]
-    args += ["--blocks", "1", "--hidden", "4", "--depth", "1", "--num-samples", "300"]
-    args += ["--store-dir", str(tmp_path), "--no-plots", "--quiet", "--standardization", "whiten"]
-    assert main(args) == 0
+    assert main(_tiny_run(tmp_path, "w", "--standardization", "whiten")) == 0
     loaded = ModelStore(tmp_path).load("w")
     assert loaded.flow.config.standardization == "whiten"
     layer = loaded.flow.standardization
@@ -175,9 +183,7 @@ def test_cli_whitening_standardization(tmp_path) -> None:
 
 
 def test_cli_init_gain_reaches_the_blocks(tmp_path) -> None:
-    args = ["--dataset", "wishart_gaussian:2", "--name", "g", "--iterations", "1"]
-    args += ["--blocks", "2", "--hidden", "4", "--depth", "1", "--num-samples", "300"]
-    args += ["--store-dir", str(tmp_path), "--no-plots", "--quiet", "--init-gain", "0.05"]
+    args = _tiny_run(tmp_path, "g", "--init-gain", "0.05", dim=2, iterations=1, blocks=2)
     assert main(args) == 0
     loaded = ModelStore(tmp_path).load("g")
     assert loaded.flow.config.init_gain == 0.05
