@@ -223,33 +223,45 @@ class ICNN(nn.Module):
         _, _, s1, _ = self._forward(x, w, 1)
         return self._adjoints(w, s1, x.shape[:-1])[1]
 
-    def grad_and_hessian(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(grad G (n, d), Hessian of G (n, d, d)) by forward-mode Jacobians of the layers."""
+    def grad_and_hessian(
+        self, x: Tensor, scale: Tensor | float = 1.0, shift: Tensor | float = 0.0
+    ) -> tuple[Tensor, Tensor]:
+        """(grad G (n, d), scale * Hessian of G + shift * I (n, d, d)) by forward-mode
+        Jacobians of the layers (scale and shift are fused in: no extra (n, d, d) passes).
+
+        Rows of U_k = du_k/dx split into per-sample rows V_k (the P_k-fed units) and rows
+        shared by every sample (layer 0 entirely; the x-only half of an augmented layer). The
+        shared rows' part of H, sum_r w_r(x) a_r a_r^T, is one (n, R) x (R, d^2) product with
+        weight-only outer products. The V_k are kept transposed, (n, d, h_pos), so that
+        propagating them through P is one (n d, .) x (., h_pos) product and only the Gram
+        matrices V_k^T diag(w) V_k need per-sample (batched) products.
+        """
         w = self.weights()
         _, _, s1, s2 = self._forward(x, w, 2)
         cs, grad = self._adjoints(w, s1, x.shape[:-1])
-        n = x.shape[0]
-        # the first layer has U = A for every sample: A^T diag(w) A is one (n d, h) x (h, d)
-        # product instead of n small ones
-        A0, w0 = w.A[0], (cs[0] * s2[0]).unsqueeze(1)
-        H = (A0.T * w0) @ A0
-        Js: list[Tensor] = [s1[0].unsqueeze(-1) * A0]
+        n, d, h, pos = x.shape[0], self.dim, self.hidden, self.pos_rows
+        wts = [scale * c * s for c, s in zip(cs, s2, strict=True)]
+        shared = [w.A[k][pos[k] :] for k in range(self.depth)]  # rows equal for all samples
+        outer = torch.cat([torch.einsum("rp,rq->rpq", S, S) for S in shared]).reshape(-1, d * d)
+        shared_w = torch.cat([wt[:, pos[k] :] for k, wt in enumerate(wts)], dim=1)
+        eye = torch.eye(d, dtype=x.dtype, device=x.device).reshape(-1)
+        H = torch.addmm(shift * eye, shared_w, outer).reshape(n, d, d)
+        VT: list[Tensor | None] = [None] * self.depth  # (n, d, h_pos): per-sample rows of U_k
         for k in range(1, self.depth):
-            Ak = w.A[k]
-            src = (
-                Js[self.sources[k][0]]
-                if len(self.sources[k]) == 1
-                else torch.cat([Js[j] for j in self.sources[k]], dim=1)
-            )
-            pu = torch.matmul(w.P[k], src)  # (n, h_pos, d)
-            hp = self.pos_rows[k]
-            if hp == self.hidden:
-                U = pu + Ak
-            else:
-                U = torch.cat([pu + Ak[:hp], Ak[hp:].expand(n, self.hidden - hp, self.dim)], 1)
-            Js.append(s1[k].unsqueeze(-1) * U)
-            wk = (cs[k] * s2[k]).unsqueeze(-1)
-            H = torch.baddbmm(H, (U * wk).transpose(1, 2), U)
+            hp, Pk = pos[k], w.P[k]
+            coeffs, tensors = [], []
+            for i, j in enumerate(self.sources[k]):
+                cols = Pk[:, i * h + pos[j] : (i + 1) * h]
+                coeffs.append(s1[j][:, pos[j] :])
+                tensors.append(torch.einsum("pr,rq->rqp", cols, shared[j]).reshape(-1, d * hp))
+            Vk = torch.addmm(w.A[k][:hp].T.reshape(-1), torch.cat(coeffs, 1), torch.cat(tensors))
+            Vk = Vk.reshape(n * d, hp)
+            for i, j in enumerate(self.sources[k]):
+                if pos[j] > 0:
+                    src = (s1[j][:, None, : pos[j]] * VT[j]).reshape(n * d, pos[j])
+                    Vk = torch.addmm(Vk, src, Pk[:, i * h : i * h + pos[j]].T)
+            VT[k] = Vk.reshape(n, d, hp)
+            H.baddbmm_(VT[k] * wts[k][:, None, :hp], VT[k].transpose(1, 2))
         return grad, H
 
     def linearize(self, x: Tensor) -> tuple[Tensor, ICNNLinearization]:
