@@ -22,6 +22,7 @@ __all__ = ["CGResult", "cholesky_logdet", "conjugate_gradient", "rademacher", "s
 
 HVP = Callable[[Tensor], Tensor]
 
+
 def cholesky_logdet(H: Tensor) -> Tensor:
     """log det of a batch (n, d, d) of SPD matrices; falls back to eigenvalues for the
     matrices whose Cholesky factorisation fails.
