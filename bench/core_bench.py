@@ -100,7 +100,7 @@ def bench_logprob(device: str, quick: bool) -> dict:
     timed = time_interleaved(
         {"ours": ours, "base": lambda: paper.log_prob_exact(flow, x).detach()},
         device,
-        1 if quick else 3,
+        1 if quick else 7,
     )
     (t_ours, lp), (t_base, lp_b) = timed["ours"], timed["base"]
     n = x.shape[0]

@@ -259,7 +259,7 @@ class ICNN(nn.Module):
             for i, j in enumerate(self.sources[k]):
                 if pos[j] > 0:
                     src = (s1[j][:, None, : pos[j]] * VT[j]).reshape(n * d, pos[j])
-                    Vk = torch.addmm(Vk, src, Pk[:, i * h : i * h + pos[j]].T)
+                    Vk.addmm_(src, Pk[:, i * h : i * h + pos[j]].T)
             VT[k] = Vk.reshape(n, d, hp)
             H.baddbmm_(VT[k] * wts[k][:, None, :hp], VT[k].transpose(1, 2))
         return grad, H
