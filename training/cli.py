@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["none", "plateau", "cosine"])
     p.add_argument("--grad-clip", type=float)
     p.add_argument(
+        "--warmup", type=int, dest="warmup_iterations", help="linear lr warm-up iterations"
+    )
+    p.add_argument(
         "--loss",
         choices=["auto", "surrogate", "exact"],
         help="training objective: CG surrogate, exact log-det, or auto (exact for d <= 2)",
@@ -117,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "weight_decay",
             "schedule",
             "grad_clip",
+            "warmup_iterations",
             "loss",
             "val_every",
             "early_stopping_patience",

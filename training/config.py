@@ -34,6 +34,9 @@ class TrainConfig(BaseModel):
         " as the paper's tabular code",
     )
     cosine_min_lr: float = Field(0.0, ge=0)
+    warmup_iterations: int = Field(
+        0, ge=0, description="linear lr warm-up over the first iterations (0 = off)"
+    )
 
     # Budget.
     batch_size: int = Field(128, ge=1)

@@ -224,6 +224,11 @@ class _Schedule:
         self.decays = 0
 
     def lr(self, iteration: int) -> float:
+        warm = self.cfg.warmup_iterations
+        scale = min(1.0, (iteration + 1) / warm) if warm else 1.0
+        return scale * self._scheduled(iteration)
+
+    def _scheduled(self, iteration: int) -> float:
         cfg = self.cfg
         if cfg.schedule == "cosine":
             frac = min(iteration, self.total) / max(self.total, 1)

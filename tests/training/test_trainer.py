@@ -236,6 +236,9 @@ def test_schedules() -> None:
     for bad, expected in [(1, 1.0), (2, 0.1), (3, 0.1), (4, 0.01), (9, 0.01)]:
         plat.on_validation(bad)
         assert plat.lr(0) == pytest.approx(expected)
+    warm = _Schedule(TrainConfig(lr=1.0, schedule="cosine", warmup_iterations=10), 100)
+    assert warm.lr(0) == pytest.approx(0.1) and warm.lr(4) == pytest.approx(0.5 * cos.lr(4))
+    assert warm.lr(9) == pytest.approx(cos.lr(9)) and warm.lr(50) == pytest.approx(0.5)
 
 
 def test_evaluate_nll_matches_log_prob_in_batches() -> None:
