@@ -73,9 +73,14 @@ class CPFlowBlock(ConvexPotentialBlock):
         return a * x + b * g, H
 
     def forward_and_logdet(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(f(x), log det H(x)) by a batched Cholesky factorisation."""
-        y, H = self.forward_and_hessian(x)
-        return y, cholesky_logdet(H)
+        """(f(x), log det H(x)) by a batched Cholesky factorisation, which reads the upper
+        triangle only. Without autograd on CPU only that triangle is built; autograd needs the
+        full H (the Cholesky backward treats its input as symmetric), and on GPUs which
+        triangle the vendor solvers read is not checked here."""
+        a, b = self.coefficients()
+        upper_only = x.device.type == "cpu" and not torch.is_grad_enabled()
+        g, H = self.icnn.grad_and_hessian(x, b, a, upper_only=upper_only)
+        return a * x + b * g, cholesky_logdet(H)
 
     def linearize(self, x: Tensor) -> tuple[Tensor, BlockHVP]:
         """(f(x), v -> H(x) v); the operator broadcasts over leading probe dimensions."""

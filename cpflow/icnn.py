@@ -224,10 +224,17 @@ class ICNN(nn.Module):
         return self._adjoints(w, s1, x.shape[:-1])[1]
 
     def grad_and_hessian(
-        self, x: Tensor, scale: Tensor | float = 1.0, shift: Tensor | float = 0.0
+        self,
+        x: Tensor,
+        scale: Tensor | float = 1.0,
+        shift: Tensor | float = 0.0,
+        *,
+        upper_only: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """(grad G (n, d), scale * Hessian of G + shift * I (n, d, d)) by forward-mode
         Jacobians of the layers (scale and shift are fused in: no extra (n, d, d) passes).
+        With ``upper_only`` only the upper triangle (i <= j) is right -- all that an upper
+        Cholesky factorisation reads -- and the shared rows' part costs half.
 
         Rows of U_k = du_k/dx split into per-sample rows V_k (the P_k-fed units) and rows
         shared by every sample (layer 0 entirely; the x-only half of an augmented layer). The
@@ -244,8 +251,14 @@ class ICNN(nn.Module):
         shared = [w.A[k][pos[k] :] for k in range(self.depth)]  # rows equal for all samples
         outer = torch.cat([torch.einsum("rp,rq->rpq", S, S) for S in shared]).reshape(-1, d * d)
         shared_w = torch.cat([wt[:, pos[k] :] for k, wt in enumerate(wts)], dim=1)
-        eye = torch.eye(d, dtype=x.dtype, device=x.device).reshape(-1)
-        H = torch.addmm(shift * eye, shared_w, outer).reshape(n, d, d)
+        bias = shift * torch.eye(d, dtype=x.dtype, device=x.device).reshape(-1)
+        H: Tensor | None = None
+        if upper_only:
+            rows, cols = torch.triu_indices(d, d, device=x.device)
+            upper = rows * d + cols
+            shared_part = torch.addmm(bias[upper], shared_w, outer[:, upper])
+        else:
+            H = torch.addmm(bias, shared_w, outer).reshape(n, d, d)
         VT: list[Tensor | None] = [None] * self.depth  # (n, d, h_pos): per-sample rows of U_k
         for k in range(1, self.depth):
             hp, Pk = pos[k], w.P[k]
@@ -261,7 +274,11 @@ class ICNN(nn.Module):
                     src = (s1[j][:, None, : pos[j]] * VT[j]).reshape(n * d, pos[j])
                     Vk.addmm_(src, Pk[:, i * h : i * h + pos[j]].T)
             VT[k] = Vk.reshape(n, d, hp)
-            H.baddbmm_(VT[k] * wts[k][:, None, :hp], VT[k].transpose(1, 2))
+            gram = (VT[k] * wts[k][:, None, :hp], VT[k].transpose(1, 2))
+            H = torch.bmm(*gram) if H is None else H.baddbmm_(*gram)
+        if upper_only:
+            H = x.new_zeros(n, d, d) if H is None else H
+            H.view(n, d * d).index_add_(1, upper, shared_part)
         return grad, H
 
     def linearize(self, x: Tensor) -> tuple[Tensor, ICNNLinearization]:

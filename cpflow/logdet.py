@@ -24,8 +24,8 @@ HVP = Callable[[Tensor], Tensor]
 
 
 def cholesky_logdet(H: Tensor) -> Tensor:
-    """log det of a batch (n, d, d) of SPD matrices; falls back to eigenvalues for the
-    matrices whose Cholesky factorisation fails.
+    """log det of a batch (n, d, d) of SPD matrices, read from their upper triangles (i <= j)
+    only; falls back to eigenvalues for the matrices whose Cholesky factorisation fails.
 
     The upper factor (H = U^T U) has the lower one's diagonal and is ~15% faster on CPU for
     a row-major batch (measured at n = 1024, d = 43)."""
@@ -33,7 +33,7 @@ def cholesky_logdet(H: Tensor) -> Tensor:
     out = 2.0 * torch.log(torch.diagonal(U, dim1=-2, dim2=-1)).sum(-1)
     bad = info != 0
     if bool(bad.any()):
-        ev = torch.linalg.eigvalsh(H[bad])
+        ev = torch.linalg.eigvalsh(H[bad], UPLO="U")
         out = out.clone()
         out[bad] = torch.log(ev.clamp_min(torch.finfo(H.dtype).tiny)).sum(-1)
     return out

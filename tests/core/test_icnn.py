@@ -107,3 +107,30 @@ def test_augmented_wiring_half_units_see_x_only():
     assert net.pos[0].out_features == 5 and net.pos[0].in_features == 10
     dense = ICNN(2, hidden=10, depth=3, kind="dense")
     assert dense.pos[1].in_features == 20 and dense.out_pos.in_features == 30
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("depth", [1, 3])
+def test_upper_triangle_hessian_matches_the_full_one_and_gives_the_same_logdet(kind, depth):
+    """The inference path builds only the triangle an upper Cholesky reads."""
+    from cpflow.logdet import cholesky_logdet
+
+    g = torch.Generator().manual_seed(depth)
+    net = ICNN(5, hidden=6, depth=depth, kind=kind).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        grad, full = net.grad_and_hessian(x, 0.7, 0.2)
+        grad_u, upper = net.grad_and_hessian(x, 0.7, 0.2, upper_only=True)
+    rows, cols = torch.triu_indices(5, 5)
+    torch.testing.assert_close(grad_u, grad)
+    torch.testing.assert_close(upper[:, rows, cols], full[:, rows, cols], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cholesky_logdet(upper), cholesky_logdet(full), rtol=0, atol=1e-12)
+    block = CPFlowBlock(net).double()
+    with torch.no_grad():
+        y_fast, ld_fast = block.forward_and_logdet(x)  # no autograd: upper triangle only
+    y, ld = block.forward_and_logdet(x)  # autograd: the full Hessian
+    torch.testing.assert_close(y_fast, y.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(ld_fast, ld.detach(), rtol=0, atol=1e-12)
