@@ -228,7 +228,7 @@ def bench_train(device: str, quick: bool) -> dict:
         loss.backward()
         return it
 
-    timed = time_interleaved({"ours": ours, "base": base}, device, 1 if quick else 3)
+    timed = time_interleaved({"ours": ours, "base": base}, device, 1 if quick else 7)
     (t_ours, stats), (t_base, it_b) = timed["ours"], timed["base"]
     return {
         "dim": 43,
