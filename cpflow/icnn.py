@@ -254,8 +254,8 @@ class ICNN(nn.Module):
         bias = shift * torch.eye(d, dtype=x.dtype, device=x.device).reshape(-1)
         H: Tensor | None = None
         if upper_only:
-            rows, cols = torch.triu_indices(d, d, device=x.device)
-            upper = rows * d + cols
+            iu, ju = torch.triu_indices(d, d, device=x.device)
+            upper = iu * d + ju
             shared_part = torch.addmm(bias[upper], shared_w, outer[:, upper])
         else:
             H = torch.addmm(bias, shared_w, outer).reshape(n, d, d)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cpflow import CPFlow, FlowConfig
-from cpflow.logdet import conjugate_gradient, rademacher
+from cpflow.logdet import cholesky_logdet, conjugate_gradient, rademacher
 
 
 def _logdet_part(flow, x, lp):
@@ -164,3 +164,20 @@ def test_training_loss_gradient_matches_exact_nll_gradient():
     assert float(est @ exact / (est.norm() * exact.norm())) > 0.99
     assert float((est - exact).norm() / exact.norm()) < 0.05
     assert stats.cg_converged_fraction == 1.0 and stats.cg_iterations_max <= 3
+
+
+def test_cholesky_logdet_reads_the_upper_triangle_and_falls_back_for_singular_matrices():
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(3, 5, 5, generator=g, dtype=torch.float64)
+    H = M @ M.mT + 0.5 * torch.eye(5, dtype=torch.float64)
+    want = torch.linalg.slogdet(H)[1]
+    # the second matrix is singular: its Cholesky factorisation fails
+    H[1] = torch.diag(torch.tensor([1.0, 2.0, 0.0, 3.0, 4.0], dtype=torch.float64))
+    i, j = torch.tril_indices(5, 5, -1)
+    H[:, i, j] = 1e3  # garbage below the diagonal is never read
+    got = cholesky_logdet(H)
+    torch.testing.assert_close(got[[0, 2]], want[[0, 2]], rtol=0, atol=1e-10)
+    # the fallback sums log eigenvalues (clamped at the smallest normal number)
+    tiny = torch.finfo(torch.float64).tiny
+    expected = torch.log(torch.tensor([1.0, 2.0, tiny, 3.0, 4.0], dtype=torch.float64)).sum()
+    torch.testing.assert_close(got[1], expected, rtol=1e-12, atol=0)
