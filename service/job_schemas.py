@@ -131,6 +131,7 @@ class TrainingSpec(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     grad_clip: float | None = Field(None, gt=0.0)
     schedule: Literal["none", "plateau", "cosine"] = "none"
+    warmup_iterations: int = Field(0, ge=0, le=1_000_000, description="linear lr warm-up")
     loss: Literal["auto", "surrogate", "exact"] = Field(
         "auto", description="training objective: CG surrogate, exact log-det, auto (exact d<=2)"
     )

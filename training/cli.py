@@ -217,6 +217,7 @@ _NOT_CONDITIONAL = {
     "checkpoint_dir": "--checkpoint-dir (conditional training writes no checkpoints)",
     "checkpoint_every": "--checkpoint-every (conditional training writes no checkpoints)",
     "onnx": "--onnx (conditional models have no ONNX export)",
+    "warmup_iterations": "--warmup (conditional training has no lr warm-up)",
 }
 
 

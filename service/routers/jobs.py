@@ -136,6 +136,8 @@ def _check_conditional_training(spec: JobSpec) -> None:
     problem = None
     if "schedule" in given and spec.training.schedule != "cosine":
         problem = "training.schedule: conditional training always uses a cosine schedule"
+    elif spec.training.warmup_iterations:
+        problem = "training.warmup_iterations: conditional training has no lr warm-up"
     elif spec.training.early_stopping_patience is not None:
         problem = (
             "training.early_stopping_patience: conditional training keeps the best validation "

@@ -84,6 +84,7 @@ def test_negative_index_and_conditional_toy(tmp_path, csv_path, capsys) -> None:
         (["--context-columns", "1", "--early-stopping", "2"], "--early-stopping"),
         (["--context-columns", "1", "--schedule", "plateau"], "cosine"),
         (["--context-columns", "1", "--onnx"], "--onnx"),
+        (["--context-columns", "1", "--warmup", "10"], "--warmup"),
         (["--context-columns", "1", "--device", "cuda"], "--device"),
         (["--context-columns", "1", "--icnn", "dense"], "augmented"),
     ],

@@ -84,6 +84,10 @@ def test_bad_context_columns_are_422(stack: Stack, columns: list[int], needle: s
             {"training": {**TRAINING, "early_stopping_patience": 2}},
             "conditional_option_unsupported",
         ),
+        (
+            {"training": {**TRAINING, "warmup_iterations": 10}},
+            "conditional_option_unsupported",
+        ),
     ],
 )
 def test_conditional_spec_problems_are_422(stack: Stack, change: dict, code: str) -> None:

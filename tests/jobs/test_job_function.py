@@ -36,7 +36,7 @@ def test_builtin_job_publishes_and_records_its_result(
         "model_name": "g8",
         "dataset": {"builtin": "eight_gaussians", "num_samples": 400, "seed": 0},
         "model": {**TINY_MODEL, "dim": 2},
-        "training": SHORT_TRAINING,
+        "training": {**SHORT_TRAINING, "warmup_iterations": 5},
         "plots": False,
     }
     job = queue.submit(spec, model_name="g8", dataset_id=None)
@@ -60,4 +60,6 @@ def test_builtin_job_publishes_and_records_its_result(
     manifest = ModelStore(store_dir).manifest("g8")
     assert manifest["training"]["job_id"] == job["id"]
     assert manifest["training"]["dataset"] == "eight_gaussians"
+    # the spec reached the trainer
+    assert manifest["training"]["config"]["warmup_iterations"] == 5
     assert json.loads(json.dumps(done))  # the public view is plain JSON
