@@ -89,8 +89,9 @@ def slq_logdet(
         w = w - a.unsqueeze(-1) * q - beta_prev.unsqueeze(-1) * q_prev
         Qj = Q[:, : j + 1]
         for _ in range(passes):  # full re-orthogonalisation against every earlier vector
-            coef = (Qj * w.unsqueeze(1)).sum(-1, keepdim=True)  # (B, j+1, 1)
-            w = w - (coef * Qj).sum(1)
+            # two batched matrix-vector products: no (B, j+1, d) temporaries
+            coef = torch.bmm(Qj, w.unsqueeze(-1))  # (B, j+1, 1)
+            w = w - torch.bmm(Qj.transpose(1, 2), coef).squeeze(-1)
         b = torch.linalg.vector_norm(w, dim=-1)
         ok = b > 100 * eps * (a.abs() + beta_prev + 1.0)
         b = torch.where(ok, b, torch.zeros_like(b))
