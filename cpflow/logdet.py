@@ -139,45 +139,45 @@ def conjugate_gradient(
     d = v.shape[-1]
     max_iter = d if max_iter is None else max_iter
     thresh = atol + rtol * v.abs().amax(-1)
-    if v.ndim == 2 and hasattr(hvp, "restrict"):
-        return _cg_compact(hvp, v, thresh, max_iter, hv0)
+    tiny = torch.finfo(v.dtype).tiny
     z = torch.zeros_like(v)
     r = v.clone()
-    p = r.clone()
+    p = v.clone()
     rs = (r * r).sum(-1)
     iters = torch.zeros(v.shape[:-1], dtype=torch.long, device=v.device)
     active = r.abs().amax(-1) > thresh
-    tiny = torch.finfo(v.dtype).tiny
-    for it in range(max_iter):
-        if not bool(active.any()):
+    compactable = v.ndim == 2 and hasattr(hvp, "restrict")
+    it = 0
+    # Whole-batch iterations (converged samples get alpha = 0 and stay put) while at least half
+    # the samples iterate: gathering and scattering the active rows would cost more than the
+    # products wasted on the converged ones.
+    while it < max_iter:
+        k = int(active.sum())
+        if k == 0 or (compactable and 2 * k < active.numel()):
             break
         Hp = hv0 if it == 0 and hv0 is not None else hvp(p)
-        pHp = (p * Hp).sum(-1)
-        alpha = torch.where(active, rs / pHp.clamp_min(tiny), torch.zeros_like(rs))
-        z = z + alpha.unsqueeze(-1) * p
-        r = r - alpha.unsqueeze(-1) * Hp
+        alpha = torch.where(active, rs / (p * Hp).sum(-1).clamp_min(tiny), 0.0)
+        z.addcmul_(alpha.unsqueeze(-1), p)
+        r.addcmul_(alpha.unsqueeze(-1), Hp, value=-1.0)
         rs_new = (r * r).sum(-1)
-        beta = rs_new / rs.clamp_min(tiny)
-        p = torch.where(active.unsqueeze(-1), r + beta.unsqueeze(-1) * p, p)
-        rs = torch.where(active, rs_new, rs)
-        iters = iters + active.long()
-        active = active & (r.abs().amax(-1) > thresh)
+        p.mul_((rs_new / rs.clamp_min(tiny)).unsqueeze(-1)).add_(r)
+        rs = rs_new
+        iters += active
+        active &= r.abs().amax(-1) > thresh
+        it += 1
+    if compactable and it < max_iter:
+        _cg_compact_tail(hvp, z, r, p, rs, iters, active, thresh, range(it, max_iter), hv0)
     res = r.abs().amax(-1)
     return CGResult(z, iters, res <= thresh, res)
 
 
-def _cg_compact(hvp, v: Tensor, thresh: Tensor, max_iter: int, hv0: Tensor | None) -> CGResult:
-    """CG that applies H only to the samples still above their tolerance."""
-    n = v.shape[0]
-    z = torch.zeros_like(v)
-    r = v.clone()
-    p = r.clone()
-    rs = (r * r).sum(-1)
-    iters = torch.zeros(n, dtype=torch.long, device=v.device)
-    tiny = torch.finfo(v.dtype).tiny
-    act = (r.abs().amax(-1) > thresh).nonzero().squeeze(1)
+def _cg_compact_tail(hvp, z, r, p, rs, iters, active, thresh, its, hv0) -> None:
+    """Finish CG in place, applying H only to the samples still above their tolerance."""
+    tiny = torch.finfo(z.dtype).tiny
+    n = z.shape[0]
+    act = active.nonzero().squeeze(1)
     op, op_n = hvp, n
-    for it in range(max_iter):
+    for it in its:
         k = act.numel()
         if k == 0:
             break
@@ -199,5 +199,3 @@ def _cg_compact(hvp, v: Tensor, thresh: Tensor, max_iter: int, hv0: Tensor | Non
         rs[act] = rs_new
         iters[act] += 1
         act = act[ra.abs().amax(-1) > thresh[act]]
-    res = r.abs().amax(-1)
-    return CGResult(z, iters, res <= thresh, res)
