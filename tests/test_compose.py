@@ -224,3 +224,19 @@ def test_dockerfiles_copy_every_package_of_the_distribution() -> None:
         copied = set(_copied_to(ROOT / "docker" / name).values())
         missing = packages - copied
         assert not missing, f"{name} does not COPY {sorted(missing)}"
+
+
+def test_serving_processes_get_the_benchmarked_malloc_settings() -> None:
+    """Both images and scripts/up.sh set what bench/malloc_tuning.py measures as ``tuned``."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from malloc_tuning import TUNED
+    finally:
+        sys.path.pop(0)
+    up = (ROOT / "scripts/up.sh").read_text()
+    for name in ("Dockerfile.cpu", "Dockerfile.cuda"):
+        text = (ROOT / "docker" / name).read_text()
+        for var, value in TUNED.items():
+            assert f"{var}={value}" in text, f"{name} lacks {var}={value}"
+    for var, value in TUNED.items():
+        assert f'export {var}="${{{var}:-{value}}}"' in up
