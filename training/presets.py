@@ -97,9 +97,9 @@ PRESETS: dict[str, Preset] = {
         # identity (softplus(w1) = 0.1) reach 0.29 / 0.50 / 0.42 (seeds 0 / 1 / 2), and clipping
         # the gradient norm at 1 steadies them: 0.28 / 0.28 / 0.25, and the Gaussian softplus
         # (curvature exp(-u^2/2), narrower than the logistic's) removes the plateau the logistic
-        # runs sat on before the rings separated: 0.19 / 0.25 / 0.18 / 0.24 / 0.25 (seeds 0-4, mean
-        # 0.22 vs 0.27 for the logistic; Laplace 0.28; bench/
-        # reports/2026-11-29/toy_sweep.json, 2026-11-29b/ and 2026-11-29c/rings_sweep.json).
+        # runs sat on before the rings separated: 0.19 / 0.25 / 0.18 / 0.24 / 0.25 (seeds 0-4,
+        # mean 0.22 vs 0.27 for the logistic; Laplace 0.28). Sweeps: bench/reports/2026-11-29/
+        # toy_sweep.json, 2026-11-29b/rings_sweep.json and 2026-11-29c/rings_sweep.json.
         per_dataset={
             "rings": {
                 "flow": {
