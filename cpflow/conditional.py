@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from .block import BlockHVP, cholesky_logdet, gain_parameter
 from .config import FlowConfig
-from .flow import InverseInfo
+from .flow import InverseInfo, refine_misses
 from .inverse import minimize_batched
 from .layers import ActNorm, Standardization, softplus_inv
 from .logdet import CGResult, conjugate_gradient, rademacher, slq_logdet
@@ -416,18 +416,16 @@ class ConditionalCPFlow(nn.Module):
         # misses get up to two passes at tol/100, warm-started from the current estimate
         x, iters = self._inverse_pass(z, cc, tol * 0.1, max_iter, solver)
         residual = (self._chain(self.standardization(x), cc) - z).abs().amax(-1)
-        for _ in range(2):
-            miss = (residual > tol).nonzero().squeeze(1)
-            if miss.numel() == 0:
-                break
-            xr, itr = self._inverse_pass(
+
+        def solve(miss: Tensor) -> tuple[Tensor, int]:
+            return self._inverse_pass(
                 z[miss], cc[miss], tol * 0.01, max_iter, solver, start=x[miss]
             )
-            rr = (self._chain(self.standardization(xr), cc[miss]) - z[miss]).abs().amax(-1)
-            better = rr < residual[miss]
-            x[miss] = torch.where(better.unsqueeze(-1), xr, x[miss])
-            residual[miss] = torch.minimum(rr, residual[miss])
-            iters = max(iters, itr)
+
+        def measure(miss: Tensor, xr: Tensor) -> Tensor:
+            return (self._chain(self.standardization(xr), cc[miss]) - z[miss]).abs().amax(-1)
+
+        iters = max(iters, refine_misses(x, residual, tol, 2, solve, measure))
         # the end-to-end residual is measured, so it decides (as in CPFlow.inverse)
         converged = (residual <= tol) & torch.isfinite(residual)
         return x, InverseInfo(residual, converged, iters, tol)

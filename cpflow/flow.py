@@ -8,6 +8,7 @@ r"""CPFlow: standardisation -> [ActNorm -> CP-Flow block] x blocks -> N(0, I).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,33 @@ class InverseInfo:
     @property
     def all_converged(self) -> bool:
         return bool(self.converged.all())
+
+
+def refine_misses(
+    x: Tensor,
+    residual: Tensor,
+    tol: float,
+    rounds: int,
+    solve: Callable[[Tensor], tuple[Tensor, int]],
+    measure: Callable[[Tensor, Tensor], Tensor],
+) -> int:
+    """Re-solve the samples whose end-to-end residual is above ``tol``, up to ``rounds`` times,
+    each sample keeping its better estimate (``x`` and ``residual`` are updated in place).
+
+    ``solve(miss)`` gives new estimates for the rows ``miss`` and the iterations that took;
+    ``measure(miss, x_new)`` their residuals. Returns the most iterations a round took."""
+    iters = 0
+    for _ in range(rounds):
+        miss = (residual > tol).nonzero().squeeze(1)
+        if miss.numel() == 0:
+            break
+        xr, itr = solve(miss)
+        rr = measure(miss, xr)
+        better = rr < residual[miss]
+        x[miss] = torch.where(better.unsqueeze(-1), xr, x[miss])
+        residual[miss] = torch.minimum(rr, residual[miss])
+        iters = max(iters, itr)
+    return iters
 
 
 class CPFlow(nn.Module):
@@ -243,20 +271,18 @@ class CPFlow(nn.Module):
         # L-BFGS at tol/100, each block warm-started from the current estimate.
         x, iters = self._inverse_pass(z, tol * 0.1, max_iter, solver)
         residual = (self.transform(x) - z).abs().amax(-1)
-        miss = (residual > tol).nonzero().squeeze(1)
-        if miss.numel():
-            zm = z[miss]
+
+        def polish(miss: Tensor) -> tuple[Tensor, int]:
             if self.dim <= cfg.exact_max_dim:
-                xr = self._newton_polish(x[miss], zm, steps=min(3, max_iter))
-            else:
-                xr, itr = self._inverse_pass(
-                    zm, tol * 0.01, min(max_iter, 100), solver, start=x[miss]
-                )
-                iters = max(iters, itr)
-            rr = (self.transform(xr) - zm).abs().amax(-1)
-            better = rr < residual[miss]
-            x[miss] = torch.where(better.unsqueeze(-1), xr, x[miss])
-            residual[miss] = torch.minimum(rr, residual[miss])
+                return self._newton_polish(x[miss], z[miss], steps=min(3, max_iter)), 0
+            return self._inverse_pass(
+                z[miss], tol * 0.01, min(max_iter, 100), solver, start=x[miss]
+            )
+
+        def measure(miss: Tensor, xr: Tensor) -> Tensor:
+            return (self.transform(xr) - z[miss]).abs().amax(-1)
+
+        iters = max(iters, refine_misses(x, residual, tol, 1, polish, measure))
         # the end-to-end residual is measured, so it decides: never flag a sample above tol
         converged = (residual <= tol) & torch.isfinite(residual)
         return x, InverseInfo(residual, converged, iters, tol)

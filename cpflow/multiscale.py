@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .block import cholesky_logdet
 from .config import PrecisionMixin
 from .conv import ChannelActNorm, ConvCPFlowBlock, ConvICNN
-from .flow import InverseInfo, invert_block
+from .flow import InverseInfo, invert_block, refine_misses
 from .layers import Standardization
 from .logdet import conjugate_gradient, rademacher, slq_logdet
 from .stats import TrainStats, TrainStatsCollector
@@ -432,16 +432,14 @@ class MultiscaleCPFlow(nn.Module):
         # estimate's forward pass puts its input (so a pass refines rather than restarts).
         x, iters = self._inverse_pass(rows, tol * 0.1, max_iter)
         residual = (self.transform(x) - rows).abs().amax(-1)
-        for _ in range(2):
-            miss = (residual > tol).nonzero().squeeze(1)
-            if miss.numel() == 0:
-                break
-            xr, itr = self._inverse_pass(rows[miss], tol * 0.01, max_iter, start=x[miss])
-            rr = (self.transform(xr) - rows[miss]).abs().amax(-1)
-            better = rr < residual[miss]
-            x[miss] = torch.where(better.unsqueeze(-1), xr, x[miss])
-            residual[miss] = torch.minimum(rr, residual[miss])
-            iters = max(iters, itr)
+
+        def solve(miss: Tensor) -> tuple[Tensor, int]:
+            return self._inverse_pass(rows[miss], tol * 0.01, max_iter, start=x[miss])
+
+        def measure(miss: Tensor, xr: Tensor) -> Tensor:
+            return (self.transform(xr) - rows[miss]).abs().amax(-1)
+
+        iters = max(iters, refine_misses(x, residual, tol, 2, solve, measure))
         residual = torch.where(torch.isfinite(residual), residual, torch.inf)
         # the end-to-end residual is measured, so it decides (as in CPFlow.inverse)
         return self._out(x, was_image), InverseInfo(residual, residual <= tol, iters, tol)
