@@ -25,6 +25,7 @@ def test_toy_preset_is_table_5() -> None:
     )
     assert rings_train["grad_clip"] == 1.0 and train.get("grad_clip") is None
     assert rings["activation"] == "gaussian" and flow["activation"] == "logistic"
+    assert rings["icnn"] == "dense" and flow["icnn"] == "augmented"
     _, moons, _, _ = resolve_preset("toy", "two_moons")
     assert (moons["blocks"], moons["depth"], moons["hidden"]) == (5, 3, 32)
 
