@@ -130,6 +130,10 @@ def main() -> None:
         "true_nll_floor": floor,
         "gap_nats": nll - floor,
         "gap_by_true_density": _gap_by_density(true_logp, model_logp),
+        # (softplus(w0), softplus(w1)) per block: the |x|^2 weight bounds the map's contraction
+        "block_coefficients": [
+            [float(c) for c in block.coefficients()] for block in result.flow.blocks()
+        ],
         "best_iteration": result.best_iteration,
         "val_curve": [(h["iteration"], h["val_nll"]) for h in result.history],
         "wall_time_s": wall,
