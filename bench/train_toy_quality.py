@@ -49,18 +49,15 @@ def _overrides(items: list[str]) -> dict:
 def _gap_by_density(true_logp: np.ndarray, model_logp: np.ndarray, bins: int = 5) -> list:
     """Where the gap lies: the fresh points split into quintiles of their true log-density
     (lowest first), each with its mean gap and its share of the total (the shares sum to it)."""
-    order = np.argsort(true_logp)
-    out = []
-    for chunk in np.array_split(order, bins):
-        out.append(
-            {
-                "true_logp_range": [float(true_logp[chunk].min()), float(true_logp[chunk].max())],
-                "gap_nats": float(np.mean(true_logp[chunk] - model_logp[chunk])),
-                "share_of_total_nats": float(np.sum(true_logp[chunk] - model_logp[chunk]))
-                / len(order),
-            }
-        )
-    return out
+    gap = true_logp - model_logp
+    return [
+        {
+            "true_logp_range": [float(true_logp[chunk].min()), float(true_logp[chunk].max())],
+            "gap_nats": float(gap[chunk].mean()),
+            "share_of_total_nats": float(gap[chunk].sum() / len(gap)),
+        }
+        for chunk in np.array_split(np.argsort(true_logp), bins)
+    ]
 
 
 def main() -> None:
