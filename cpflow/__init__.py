@@ -6,6 +6,7 @@ from .block import CPFlowBlock
 from .config import FlowConfig
 from .flow import CPFlow, InverseInfo, TrainStats
 from .icnn import ICNN
+from .radial import RadialTerm
 
 __all__ = [
     "ICNN",
@@ -13,6 +14,7 @@ __all__ = [
     "CPFlowBlock",
     "FlowConfig",
     "InverseInfo",
+    "RadialTerm",
     "TrainStats",
     "__version__",
 ]

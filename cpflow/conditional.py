@@ -110,6 +110,13 @@ class ConditionalFlowConfig(FlowConfig):
             raise ValueError("a conditional flow standardises per coordinate: use 'diagonal'")
         return v
 
+    @field_validator("radial_units")
+    @classmethod
+    def _no_radial(cls, v: int) -> int:
+        if v:
+            raise ValueError("a conditional flow has no radial units: use 0")
+        return v
+
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:

@@ -52,6 +52,13 @@ class FlowConfig(PrecisionMixin, BaseModel):
     zero_offset: bool = Field(False, description="activations s(u) - s(0)")
     actnorm: bool = Field(True, description="ActNorm layer before each CP-Flow block")
     icnn_actnorm: bool = Field(True, description="positive-scale ActNorm inside the ICNN")
+    radial_units: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="radial convex units per block (cpflow.radial): steps of the map along"
+        " |x| around the block's input origin, for radially structured data (rings); 0: none",
+    )
     init_gain: float | None = Field(
         None,
         gt=0.0,

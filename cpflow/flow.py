@@ -20,6 +20,7 @@ from .icnn import ICNN
 from .inverse import minimize_batched
 from .layers import ActNorm, Standardization
 from .logdet import rademacher, slq_logdet
+from .radial import RadialTerm
 from .stats import TrainStats, TrainStatsCollector
 
 __all__ = ["CPFlow", "InverseInfo", "TrainStats"]
@@ -98,7 +99,12 @@ class CPFlow(nn.Module):
                 zero_offset=config.zero_offset,
                 actnorm=config.icnn_actnorm,
             )
-            layers.append(CPFlowBlock(icnn, init_gain=config.init_gain))
+            radial = (
+                RadialTerm(config.dim, config.radial_units, config.activation)
+                if config.radial_units
+                else None
+            )
+            layers.append(CPFlowBlock(icnn, init_gain=config.init_gain, radial=radial))
         self.layers = nn.ModuleList(layers)
         self.to(config.torch_dtype)
 

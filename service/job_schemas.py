@@ -114,6 +114,14 @@ class ModelSpec(BaseModel):
     init_gain: float | None = Field(
         None, gt=0.0, le=10.0, description="softplus(w1) at init; small = near-identity blocks"
     )
+    radial_units: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="radial convex units per block: steps of the map along |x| around the"
+        " block's input origin, for radially structured data such as rings (not for"
+        " conditional models)",
+    )
     dtype: Literal["float32", "float64"] = "float32"
 
     def flow_kwargs(self) -> dict[str, Any]:

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-gain", type=float, help="softplus(w1) at init (default: log 2, the paper's)"
     )
+    p.add_argument(
+        "--radial-units",
+        type=int,
+        help="radial convex units per block (steps of the map along |x|; the rings preset's)",
+    )
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: CPFLOW_DEVICE or cpu)")
@@ -204,7 +209,16 @@ class _Bar:
 
 
 # Command-line options that are FlowConfig fields (dtype travels with the trainer's settings).
-_FLOW_OPTIONS = ("blocks", "hidden", "depth", "icnn", "activation", "standardization", "init_gain")
+_FLOW_OPTIONS = (
+    "blocks",
+    "hidden",
+    "depth",
+    "icnn",
+    "activation",
+    "standardization",
+    "init_gain",
+    "radial_units",
+)
 
 # Options of the unconditional trainer that conditional training has no use for: refused, so
 # that nothing the user asked for is silently dropped.

@@ -106,3 +106,5 @@ def test_whitening_is_refused_for_conditional_models() -> None:
 
     with pytest.raises(ValidationError, match="per coordinate"):
         ConditionalFlowConfig(dim=2, context_dim=1, standardization="whiten")
+    with pytest.raises(ValidationError, match="no radial units"):
+        ConditionalFlowConfig(dim=2, context_dim=1, radial_units=4)

@@ -79,6 +79,7 @@ def test_bad_context_columns_are_422(stack: Stack, columns: list[int], needle: s
     [
         ({"model": {**TINY_MODEL, "dim": 3}}, "dimension_mismatch"),  # 2 data columns
         ({"model": {**TINY_MODEL, "icnn": "dense"}}, "validation_error"),  # not a PICNN kind
+        ({"model": {**TINY_MODEL, "radial_units": 4}}, "validation_error"),  # dense blocks only
         ({"training": {**TRAINING, "schedule": "plateau"}}, "conditional_option_unsupported"),
         (
             {"training": {**TRAINING, "early_stopping_patience": 2}},

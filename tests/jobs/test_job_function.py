@@ -35,7 +35,7 @@ def test_builtin_job_publishes_and_records_its_result(
     spec = {
         "model_name": "g8",
         "dataset": {"builtin": "eight_gaussians", "num_samples": 400, "seed": 0},
-        "model": {**TINY_MODEL, "dim": 2},
+        "model": {**TINY_MODEL, "dim": 2, "radial_units": 3},
         "training": {**SHORT_TRAINING, "warmup_iterations": 5},
         "plots": False,
     }
@@ -62,4 +62,5 @@ def test_builtin_job_publishes_and_records_its_result(
     assert manifest["training"]["dataset"] == "eight_gaussians"
     # the spec reached the trainer
     assert manifest["training"]["config"]["warmup_iterations"] == 5
+    assert ModelStore(store_dir).load("g8").flow.config.radial_units == 3
     assert json.loads(json.dumps(done))  # the public view is plain JSON

@@ -190,3 +190,14 @@ def test_cli_init_gain_reaches_the_blocks(tmp_path) -> None:
     # one Adam step (lr 1e-3 here at most) moves w1 by ~lr: the gain is still ~0.05, not log 2
     gain = float(loaded.flow.blocks()[0].coefficients()[1].detach())
     assert 0.04 < gain < 0.06
+
+
+def test_cli_radial_units_reach_the_blocks_and_survive_the_store(tmp_path) -> None:
+    args = _tiny_run(tmp_path, "r", "--radial-units", "6", dim=2, iterations=2, blocks=2)
+    assert main(args) == 0
+    loaded = ModelStore(tmp_path).load("r")
+    assert loaded.flow.config.radial_units == 6
+    assert all(b.radial is not None and b.radial.units == 6 for b in loaded.flow.blocks())
+    x = torch.randn(5, 2)
+    lp = loaded.flow.log_prob(x)
+    assert lp.shape == (5,) and torch.isfinite(lp).all()
