@@ -85,33 +85,24 @@ PRESETS: dict[str, Preset] = {
     "toy": Preset(
         name="toy",
         description="paper Table 5: 5 blocks x 3 layers x 32 units, batch 128; Adam lr 0.02 with "
-        "cosine decay (Table 5: 0.005, measured worse here); rings: 20 x 3 x 128 near-identity "
-        "blocks with dense ICNNs, Gaussian softplus and gradient clipping at norm 1 (Table 5's "
-        "5 x 5 x 256 measured 4x further from the true density)",
+        "cosine decay (Table 5: 0.005, measured worse here); rings: the same net plus 32 radial "
+        "units per block, Gaussian softplus and gradient clipping at norm 1 (Table 5's 5 x 5 x "
+        "256 measured 15x further from the true density)",
         default_dataset="eight_gaussians",
         flow=_TOY_FLOW,
         train=_TOY_TRAIN,
         num_samples=50000,
-        # rings: Table 5's 5 x 5 x 256 stays 0.62-0.65 nats above the true density at this budget
-        # whatever the lr, objective or activation; more, smaller blocks that start near the
-        # identity (softplus(w1) = 0.1) reach 0.29 / 0.50 / 0.42 (seeds 0 / 1 / 2), and clipping
-        # the gradient norm at 1 steadies them: 0.28 / 0.28 / 0.25, and the Gaussian softplus
-        # (curvature exp(-u^2/2), narrower than the logistic's) removes the plateau the logistic
-        # runs sat on before the rings separated: 0.19 / 0.25 / 0.18 / 0.24 / 0.25 (seeds 0-4,
-        # mean 0.22 vs 0.27 for the logistic; Laplace 0.28), and dense ICNNs (every hidden layer
-        # and the output see all earlier layers) learn the thin rings faster still: 0.145 /
-        # 0.167 / 0.161 / 0.157 / 0.174 (mean 0.161). Sweeps: bench/reports/2026-11-29/
-        # toy_sweep.json, 2026-11-29b/, 2026-11-29c/ and 2026-11-29d/rings_sweep.json.
+        # rings (gap to the true NLL at 2,000 iterations): Table 5's 5 x 5 x 256 stays 0.62-0.65
+        # nats above whatever the lr, objective or activation. ICNNs whose units are ridges
+        # s(w.x + b) reached 0.145-0.184 (mean 0.166 over 8 runs) only with 20 blocks of dense
+        # 3 x 128 ICNNs near the identity (bench/reports/2026-11-29d, 2026-11-29e). Rings are
+        # radial, and the optimal map between them and a Gaussian moves points along |x| in
+        # steps; radial units (cpflow.radial) are such steps, and with 32 per block Table 5's
+        # small net gets within 0.03 nats, 7x faster per step than the 20-block net
+        # (bench/reports/2026-11-29f/rings_sweep.json).
         per_dataset={
             "rings": {
-                "flow": {
-                    "blocks": 20,
-                    "depth": 3,
-                    "hidden": 128,
-                    "init_gain": 0.1,
-                    "icnn": "dense",
-                    "activation": "gaussian",
-                },
+                "flow": {"radial_units": 32, "activation": "gaussian"},
                 "train": {"grad_clip": 1.0},
             }
         },

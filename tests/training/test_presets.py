@@ -16,16 +16,11 @@ def test_toy_preset_is_table_5() -> None:
     # Table 5's architecture and batch; the lr is ours (0.02 + cosine, measured better).
     assert train["lr"] == 0.02 and train["batch_size"] == 128 and train["iterations"] == 2000
     _, rings, rings_train, _ = resolve_preset("toy", "rings")
-    # ours for rings (Table 5 says 5 x 5 x 256; measured far worse at this budget)
-    assert (rings["blocks"], rings["depth"], rings["hidden"], rings["init_gain"]) == (
-        20,
-        3,
-        128,
-        0.1,
-    )
+    # rings: Table 5's small net plus radial units (Table 5's 5 x 5 x 256 measured far worse)
+    assert (rings["blocks"], rings["depth"], rings["hidden"]) == (5, 3, 32)
+    assert rings["radial_units"] == 32 and flow.get("radial_units", 0) == 0
     assert rings_train["grad_clip"] == 1.0 and train.get("grad_clip") is None
     assert rings["activation"] == "gaussian" and flow["activation"] == "logistic"
-    assert rings["icnn"] == "dense" and flow["icnn"] == "augmented"
     _, moons, _, _ = resolve_preset("toy", "two_moons")
     assert (moons["blocks"], moons["depth"], moons["hidden"]) == (5, 3, 32)
 
