@@ -17,6 +17,8 @@ positive semi-definite (along x the eigenvalue is q |x|^2 / r^2 + p eps^2 / r^3 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -36,19 +38,22 @@ class RadialTerm(nn.Module):
         units: int,
         activation: str = "gaussian",
         *,
-        max_radius: float = 3.0,
+        max_radius: float | None = None,
         eps: float = 0.1,
         init_curvature: float = 0.1,
     ) -> None:
-        """Centres start evenly spread over (0, max_radius] (standardised data lies mostly
-        within radius 3), each step as wide as the spacing, and the weights such that the
-        radial curvature R'' starts near ``init_curvature``: the term begins as a small
-        perturbation of the block's identity part."""
+        """Centres start evenly spread over (0, max_radius] (default sqrt(dim) + 1.6: the norm
+        of standardised d-dimensional data concentrates near sqrt(d) with a spread of ~0.7;
+        about 3 in 2-D), each step as wide as the spacing, and the weights such that the radial
+        curvature R'' starts near ``init_curvature``: the term begins as a small perturbation
+        of the block's identity part."""
         super().__init__()
         if units < 1:
             raise ValueError("a radial term needs units >= 1")
         self.dim, self.units, self.eps = dim, units, float(eps)
         self.act = Activation(activation)
+        if max_radius is None:
+            max_radius = math.sqrt(dim) + 1.6
         spacing = max_radius / units
         slope = 1.0 / spacing
         self.centre = nn.Parameter(torch.linspace(spacing, max_radius, units))

@@ -78,6 +78,11 @@ def test_initial_term_is_a_small_perturbation():
     assert eig.max() < 0.2
     with pytest.raises(ValueError, match="units"):
         RadialTerm(2, units=0)
+    # the centres span the bulk of the norms of standardised data in any dimension
+    for dim in (2, 43):
+        norms = torch.randn(2000, dim).norm(dim=1)
+        centres = RadialTerm(dim, units=8).centre.detach()
+        assert centres.min() < norms.quantile(0.1) and centres.max() > norms.quantile(0.95)
 
 
 def _autograd_log_prob(flow, x):
