@@ -118,7 +118,8 @@ def train_and_publish(
     checkpoint_dir: str | Path | None = None,
     export_onnx: bool = False,
 ) -> Any:
-    """Train on ``dataset`` (name or splits) and publish the best flow as a new version.
+    """Train on ``dataset`` (name or splits; None: the preset's default data set) and publish
+    the best flow as a new version.
 
     ``flow_config`` may be a FlowConfig or a dict of overrides without ``dim``;
     ``train_config`` a TrainConfig or a dict. A ``preset`` fills what they leave out.
@@ -128,7 +129,8 @@ def train_and_publish(
 
     if not hasattr(store, "publish"):
         store = ModelStore(store)
-    ds_name = dataset if isinstance(dataset, str) else getattr(dataset, "name", "custom")
+    by_name = dataset is None or isinstance(dataset, str)  # None: the preset's data set
+    ds_name = dataset if by_name else getattr(dataset, "name", "custom")
     flow_overrides = (
         flow_config.model_dump() if hasattr(flow_config, "model_dump") else dict(flow_config or {})
     )
@@ -139,14 +141,19 @@ def train_and_publish(
     )
     ds_resolved, flow_kw, cfg, preset_samples = build_configs(
         preset=preset,
-        dataset=ds_name if isinstance(dataset, str) else None,
+        dataset=ds_name if by_name else None,
         flow_overrides=flow_overrides,
         train_overrides=train_overrides,
     )
-    if isinstance(dataset, str):
+    if by_name:
         ds_name = ds_resolved or dataset
+        if ds_name is None:
+            raise ValueError(
+                "no data set: give one"
+                + (f" (preset {preset!r} names no default)" if preset else " or a preset")
+            )
     splits = load_splits(
-        ds_name if isinstance(dataset, str) else dataset,
+        ds_name if by_name else dataset,
         num_samples=num_samples or preset_samples,
         seed=dataset_seed,
         data_dir=data_dir,

@@ -150,6 +150,20 @@ def test_cli_store_dir_defaults_to_the_environment(tmp_path, monkeypatch) -> Non
     assert build_parser().parse_args(["--name", "a"]).store_dir == "./var/store"
 
 
+def test_cli_preset_without_dataset_trains_on_the_presets_default(tmp_path, capsys) -> None:
+    # `--preset gaussian_ot` alone: the preset names its data set (wishart_gaussian:2)
+    args = ["--preset", "gaussian_ot", "--name", "ot", "--iterations", "2", "--hidden", "4"]
+    args += ["--depth", "1", "--num-samples", "300", "--store-dir", str(tmp_path), "--no-plots"]
+    assert main([*args, "--quiet"]) == 0
+    assert ModelStore(tmp_path).manifest("ot")["training"]["dataset"] == "wishart_gaussian:2"
+    capsys.readouterr()
+    # a preset without a default data set is a clear error, and nothing is published
+    assert main(["--preset", "tabular", "--name", "tab", "--store-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cpflow-train: error:") and "names no default" in err
+    assert not (tmp_path / "tab").exists()
+
+
 def _tiny_run(
     tmp_path, name: str, *extra: str, dim: int = 3, iterations: int = 3, blocks: int = 1
 ):
