@@ -124,5 +124,5 @@ def test_convex_in_the_image_for_any_parameters(seed, scale, activation, symmetr
     second = net(x + t * v) + net(x - t * v) - 2.0 * gx
     assert bool((second >= -1e-9 * (1.0 + gx.abs())).all())
     _, H = net.grad_and_hessian(x)
-    ev = torch.linalg.eigvalsh(H)
+    ev = torch.linalg.eigvalsh(H.detach())
     assert float(ev.min()) >= -1e-10 * (1.0 + float(ev.abs().max()))
