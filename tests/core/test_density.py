@@ -6,21 +6,33 @@ import pytest
 import torch
 
 from cpflow import CPFlow, FlowConfig
+from cpflow.layers import softplus_inv
 
 
-@pytest.mark.parametrize("icnn,activation", [("augmented", "logistic"), ("dense", "laplace")])
-def test_density_integrates_to_one_on_a_grid(icnn, activation):
+@pytest.mark.parametrize(
+    "icnn,activation,radial",
+    [("augmented", "logistic", 0), ("dense", "laplace", 0), ("augmented", "gaussian", 8)],
+)
+def test_density_integrates_to_one_on_a_grid(icnn, activation, radial):
     g = torch.Generator().manual_seed(1)
-    flow = CPFlow(
-        FlowConfig(
-            dim=2, blocks=3, hidden=16, depth=3, icnn=icnn, activation=activation, dtype="float64"
-        )
+    cfg = FlowConfig(
+        dim=2,
+        blocks=3,
+        hidden=16,
+        depth=3,
+        icnn=icnn,
+        activation=activation,
+        radial_units=radial,
+        dtype="float64",
     )
+    flow = CPFlow(cfg)
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64))
         for block in flow.blocks():
             block.w1.fill_(1.5)  # clearly non-Gaussian
+            if block.radial is not None:  # radial steps as strong as the ICNN term
+                block.radial.raw_weight.fill_(softplus_inv(0.05))
     flow.set_standardization(torch.tensor([0.5, -1.0]), torch.tensor([1.5, 0.7]))
     # grid wide enough that the mass outside is negligible (checked below), fine enough that
     # the midpoint rule error is far below 0.005
