@@ -90,23 +90,21 @@ class RadialTerm(nn.Module):
 
     def grad_and_hessian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(grad R (n, d), Hess R (n, d, d))."""
-        r, _, p, q = self._pass(x, 2)
-        iso, rank1 = self._hessian_coefficients(r, p, q)
+        grad, iso, rank1 = self._second_order(x)
         eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
         H = iso[:, None, None] * eye + rank1[:, None, None] * (x[:, :, None] * x[:, None, :])
-        return (p / r)[..., None] * x, H
+        return grad, H
 
     def linearize(self, x: Tensor) -> tuple[Tensor, RadialHVP]:
         """(grad R (n, d), v -> Hess R v at x)."""
-        r, _, p, q = self._pass(x, 2)
-        iso, rank1 = self._hessian_coefficients(r, p, q)
-        return (p / r)[..., None] * x, RadialHVP(x, iso, rank1)
+        grad, iso, rank1 = self._second_order(x)
+        return grad, RadialHVP(x, iso, rank1)
 
-    @staticmethod
-    def _hessian_coefficients(r: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
-        """Hess R = iso I + rank1 x x^T."""
+    def _second_order(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(grad R, iso, rank1) with Hess R = iso I + rank1 x x^T."""
+        r, _, p, q = self._pass(x, 2)
         iso = p / r
-        return iso, (q - iso) / (r * r)
+        return iso[..., None] * x, iso, (q - iso) / (r * r)
 
 
 class RadialHVP:
