@@ -1,35 +1,33 @@
-r"""The CP-Flow block: f = grad F with F(x) = softplus(w0)|x|^2/2 + softplus(w1) G(x) [+ R(x)],
-G an ICNN and R an optional radial convex term (:mod:`cpflow.radial`).
+r"""The CP-Flow block: f = grad_x F with F(x; c) = softplus(w0)|x|^2/2 + softplus(w1) G(x; c)
+[+ R(x)], G a network convex in x (dense ICNN, convolutional ICNN or PICNN) and R an optional
+radial convex term (:mod:`cpflow.radial`).
 
 The Jacobian of f is the Hessian H = softplus(w0) I + softplus(w1) H_G [+ H_R], symmetric and
 >= softplus(w0) I, so log det H is finite and f is invertible by convex minimisation.
+
+Every potential network G offers the same interface: ``prepare(context)`` gives the effective
+weights for a batch (None for a network without context), and ``G(x, w)``, ``grad``,
+``value_and_grad``, ``linearize`` and ``grad_and_hessian`` take them. Methods of the block take
+``w`` too: the prepared weights, or (for a PICNN) the context itself.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .icnn import ICNN, ICNNLinearization
 from .layers import softplus_inv
 from .logdet import CGResult, cholesky_logdet, conjugate_gradient
 from .radial import RadialHVP, RadialTerm
 
-__all__ = ["BlockHVP", "CPFlowBlock", "ConvexPotentialBlock", "cholesky_logdet"]
+__all__ = ["BlockHVP", "CPFlowBlock", "cholesky_logdet"]
 
 
-def gain_parameter(init_gain: float | None) -> nn.Parameter:
-    """w1 with softplus(w1) = init_gain (FlowConfig.init_gain); None: the paper's w1 = 0."""
-    return nn.Parameter(torch.tensor(0.0 if init_gain is None else softplus_inv(init_gain)))
-
-
-class ConvexPotentialBlock(nn.Module):
-    """F(x) = softplus(w0)|x|^2/2 + softplus(w1) G(x) over flat rows, for any convex network G
-    that offers ``__call__``, ``grad`` and ``value_and_grad``; the map is f = grad F.
-
-    Shared by the dense (:class:`CPFlowBlock`) and convolutional blocks.
-    """
+class CPFlowBlock(nn.Module):
+    """One convex-potential block with explicit map, Hessian and Hessian-vector products."""
 
     def __init__(
         self, icnn: nn.Module, init_gain: float | None = None, radial: RadialTerm | None = None
@@ -41,70 +39,66 @@ class ConvexPotentialBlock(nn.Module):
         self.icnn = icnn
         self.dim = icnn.dim
         self.w0 = nn.Parameter(torch.tensor(softplus_inv(1.0)))
-        self.w1 = gain_parameter(init_gain)
+        self.w1 = nn.Parameter(torch.tensor(0.0 if init_gain is None else softplus_inv(init_gain)))
         self.radial = radial
 
     def coefficients(self) -> tuple[Tensor, Tensor]:
         """(alpha, beta) = (softplus(w0), softplus(w1))."""
         return F.softplus(self.w0), F.softplus(self.w1)
 
-    def potential(self, x: Tensor) -> Tensor:
+    def prepare(self, context: Tensor | None = None) -> Any:
+        """The potential's effective weights for a batch of contexts (None: no context)."""
+        return self.icnn.prepare(context)
+
+    def potential(self, x: Tensor, w: Any = None) -> Tensor:
         """F(x), shape (n,)."""
         a, b = self.coefficients()
-        value = 0.5 * a * (x * x).sum(-1) + b * self.icnn(x)
+        value = 0.5 * a * (x * x).sum(-1) + b * self.icnn(x, w)
         return value if self.radial is None else value + self.radial(x)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, w: Any = None) -> Tensor:
         """f(x) = grad F(x), computed without autograd."""
         a, b = self.coefficients()
-        y = a * x + b * self.icnn.grad(x)
+        y = a * x + b * self.icnn.grad(x, w)
         return y if self.radial is None else y + self.radial.grad(x)
 
-    def value_and_grad(self, x: Tensor, icnn_weights=None) -> tuple[Tensor, Tensor]:
-        """(F(x), f(x)) from one pass (what the inverse solver needs); ``icnn_weights`` is
-        ``self.icnn.weights()``, computed once by callers that evaluate many times."""
+    def value_and_grad(self, x: Tensor, w: Any = None) -> tuple[Tensor, Tensor]:
+        """(F(x), f(x)) from one pass (what the inverse solver needs); ``w`` from
+        :meth:`prepare`, computed once by callers that evaluate many times."""
         a, b = self.coefficients()
-        g_val, g_grad = self.icnn.value_and_grad(x, icnn_weights)
+        g_val, g_grad = self.icnn.value_and_grad(x, w)
         value, y = 0.5 * a * (x * x).sum(-1) + b * g_val, a * x + b * g_grad
         if self.radial is not None:
             r_val, r_grad = self.radial.value_and_grad(x)
             value, y = value + r_val, y + r_grad
         return value, y
 
-
-class CPFlowBlock(ConvexPotentialBlock):
-    """One convex-potential block with explicit map, Hessian and Hessian-vector products."""
-
-    icnn: ICNN
-
-    def forward_and_hessian(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(f(x) (n, d), H(x) (n, d, d)), the Hessian built analytically in batch."""
+    def forward_and_hessian(
+        self, x: Tensor, w: Any = None, *, upper_only: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """(f(x) (n, d), H(x) (n, d, d)), the Hessian built analytically in batch (with
+        ``upper_only`` a dense ICNN fills only the upper triangle)."""
         a, b = self.coefficients()
-        g, H = self.icnn.grad_and_hessian(x, scale=b, shift=a)
-        return self._add_radial(x, a * x + b * g, H)
-
-    def _add_radial(self, x: Tensor, y: Tensor, H: Tensor) -> tuple[Tensor, Tensor]:
-        """(y, H) plus the radial term's gradient and Hessian, if the block has one."""
+        g, H = self.icnn.grad_and_hessian(x, scale=b, shift=a, upper_only=upper_only, w=w)
+        y = a * x + b * g
         if self.radial is None:
             return y, H
         r_grad, r_hess = self.radial.grad_and_hessian(x)
         return y + r_grad, H + r_hess
 
-    def forward_and_logdet(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_and_logdet(self, x: Tensor, w: Any = None) -> tuple[Tensor, Tensor]:
         """(f(x), log det H(x)) by a batched Cholesky factorisation, which reads the upper
         triangle only. Without autograd on CPU only that triangle is built; autograd needs the
         full H (the Cholesky backward treats its input as symmetric), and on GPUs which
         triangle the vendor solvers read is not checked here."""
-        a, b = self.coefficients()
         upper_only = x.device.type == "cpu" and not torch.is_grad_enabled()
-        g, H = self.icnn.grad_and_hessian(x, b, a, upper_only=upper_only)
-        y, H = self._add_radial(x, a * x + b * g, H)
+        y, H = self.forward_and_hessian(x, w, upper_only=upper_only)
         return y, cholesky_logdet(H)
 
-    def linearize(self, x: Tensor) -> tuple[Tensor, BlockHVP]:
+    def linearize(self, x: Tensor, w: Any = None) -> tuple[Tensor, BlockHVP]:
         """(f(x), v -> H(x) v); the operator broadcasts over leading probe dimensions."""
         a, b = self.coefficients()
-        g, lin = self.icnn.linearize(x)
+        g, lin = self.icnn.linearize(x, w)
         y, radial_hvp = a * x + b * g, None
         if self.radial is not None:
             r_grad, radial_hvp = self.radial.linearize(x)
@@ -115,6 +109,7 @@ class CPFlowBlock(ConvexPotentialBlock):
         self,
         x: Tensor,
         v: Tensor,
+        w: Any = None,
         *,
         atol: float,
         rtol: float = 0.0,
@@ -127,8 +122,9 @@ class CPFlowBlock(ConvexPotentialBlock):
         for Rademacher v (exact CG). The VALUE of s is not log det H. CG runs under no_grad
         (nothing is recorded, so memory does not grow with its iterations) on the same
         linearisation, and its first product H v is the one the surrogate needs anyway.
+        Gradients flow into a context through ``w`` as well.
         """
-        y, op = self.linearize(x)
+        y, op = self.linearize(x, w)
         hv = op(v)
         with torch.no_grad():
             cg = conjugate_gradient(op, v, atol=atol, rtol=rtol, max_iter=max_iter, hv0=hv)
@@ -143,7 +139,7 @@ class BlockHVP:
         self,
         alpha: Tensor,
         beta: Tensor,
-        lin: ICNNLinearization,
+        lin: Any,
         radial: RadialHVP | None = None,
     ) -> None:
         self.alpha, self.beta, self.lin, self.radial = alpha, beta, lin, radial

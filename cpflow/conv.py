@@ -29,10 +29,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .activations import Activation
-from .block import ConvexPotentialBlock, cholesky_logdet
 from .layers import ActNorm
 
-__all__ = ["ChannelActNorm", "ConvCPFlowBlock", "ConvICNN", "PositiveConv2d"]
+__all__ = ["ChannelActNorm", "ConvICNN", "PositiveConv2d", "hessian_from_hvp"]
 
 
 class PositiveConv2d(nn.Module):
@@ -51,7 +50,8 @@ class PositiveConv2d(nn.Module):
 
 
 class ChannelActNorm(ActNorm):
-    """Per-channel ActNorm on images (n, C, H, W): y = exp(log_scale_c) (x + shift_c).
+    """Per-channel ActNorm on images: y = exp(log_scale_c) (x + shift_c), for images
+    (n, C, H, W) or flat image rows (n, C*H*W) alike (the layout is kept).
 
     The core :class:`~cpflow.layers.ActNorm` with the channel axis at dim 1; its log-det per
     image is H * W * sum(log_scale). The scale is positive, as convexity inside an ICNN needs.
@@ -62,7 +62,14 @@ class ChannelActNorm(ActNorm):
         self.height, self.width = height, width
 
     def _view(self, t: Tensor) -> Tensor:
-        return t.view(1, -1, 1, 1)
+        return t.view(1, -1, 1)
+
+    def _per_channel(
+        self, x: Tensor, scale: Tensor, shift: Tensor, *, shift_first: bool
+    ) -> Tensor:
+        xc = x.reshape(x.shape[0], self.features, -1)
+        out = (xc + shift) * scale if shift_first else xc * scale - shift
+        return out.reshape(x.shape)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -75,13 +82,27 @@ class ChannelActNorm(ActNorm):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x + self._view(self.shift)) * self._view(self.scale())
+        return self._per_channel(
+            x, self._view(self.scale()), self._view(self.shift), shift_first=True
+        )
 
     def inverse(self, y: Tensor) -> Tensor:
-        return y * self._view(torch.exp(-self.log_scale)) - self._view(self.shift)
+        return self._per_channel(
+            y, self._view(torch.exp(-self.log_scale)), self._view(self.shift), shift_first=False
+        )
+
+    def linear(self, v: Tensor) -> Tensor:
+        return self._per_channel(v, self._view(self.scale()), 0.0, shift_first=True)
 
     def logdet(self) -> Tensor:
         return self.log_scale.sum() * (self.height * self.width)
+
+
+class _ConvWeights(dict):
+    """Effective weights of a ConvICNN (ActNorm folded in), shared by every sample."""
+
+    def select(self, idx: Tensor) -> _ConvWeights:
+        return self
 
 
 class _ConvLinearization:
@@ -89,6 +110,11 @@ class _ConvLinearization:
 
     def __init__(self, net: ConvICNN, w: dict, s1: list[Tensor], c2: list[Tensor], n: int):
         self.net, self.w, self.s1, self.c2, self.n = net, w, s1, c2, n
+
+    def restrict(self, idx: Tensor) -> _ConvLinearization:
+        """The same linearisation for the samples idx only."""
+        s1, c2 = [s[idx] for s in self.s1], [c[idx] for c in self.c2]
+        return _ConvLinearization(self.net, self.w, s1, c2, int(idx.numel()))
 
     def hvp(self, v: Tensor) -> Tensor:
         """H v for v (..., n, d); leading dimensions are folded into the batch."""
@@ -165,7 +191,13 @@ class ConvICNN(nn.Module):
         self.out_weight = nn.Parameter(torch.zeros(hidden))
 
     # -- weights and passes ---------------------------------------------------------------------
-    def weights(self) -> dict:
+    def prepare(self, context: Tensor | None = None) -> _ConvWeights:
+        """The effective weights for a batch (a convolutional ICNN takes no context)."""
+        if context is not None:
+            raise ValueError("a convolutional ICNN potential takes no context")
+        return self.weights()
+
+    def weights(self) -> _ConvWeights:
         A, b, P, sc = [], [], [], []
         for k in range(self.depth):
             A.append(self.conv_x[k].weight)
@@ -173,7 +205,7 @@ class ConvICNN(nn.Module):
             P.append(self.pos[k - 1].effective_weight() if k > 0 else None)
             sc.append(self.norms[k].scale().view(1, -1, 1, 1))
         w_out = (F.softplus(self.out_weight) / self.hidden).view(1, -1, 1, 1)
-        return {"A": A, "b": b, "P": P, "sc": sc, "w_out": w_out}
+        return _ConvWeights(A=A, b=b, P=P, sc=sc, w_out=w_out)
 
     def _img(self, x: Tensor) -> Tensor:
         return x.reshape(-1, *self.shape)
@@ -208,9 +240,9 @@ class ConvICNN(nn.Module):
         return cs, grad
 
     # -- public maps ----------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, w: _ConvWeights | None = None) -> Tensor:
         """G(x), shape (n,)."""
-        w = self.weights()
+        w = self.weights() if w is None else w
         zs = self._forward(self._img(x), w)[1]
         return (zs[-1] * w["w_out"]).sum((1, 2, 3))
 
@@ -223,13 +255,15 @@ class ConvICNN(nn.Module):
         value = (zs[-1] * w["w_out"]).sum((1, 2, 3))
         return value, self._adjoints(w, s1)[1].reshape(xi.shape[0], self.dim)
 
-    def grad(self, x: Tensor) -> Tensor:
+    def grad(self, x: Tensor, w: _ConvWeights | None = None) -> Tensor:
         """grad G(x) as flat rows (n, d), without autograd."""
-        return self.value_and_grad(x)[1]
+        return self.value_and_grad(x, w)[1]
 
-    def linearize(self, x: Tensor) -> tuple[Tensor, _ConvLinearization]:
+    def linearize(
+        self, x: Tensor, w: _ConvWeights | None = None
+    ) -> tuple[Tensor, _ConvLinearization]:
         """(grad G (n, d), an object whose ``hvp`` applies the Hessian of G at x)."""
-        w = self.weights()
+        w = self.weights() if w is None else w
         xi = self._img(x)
         _, _, s1, s2 = self._forward(xi, w)
         cs, grad = self._adjoints(w, s1)
@@ -237,13 +271,27 @@ class ConvICNN(nn.Module):
         n = xi.shape[0]
         return grad.reshape(n, self.dim), _ConvLinearization(self, w, s1, c2, n)
 
-    def grad_and_hessian(self, x: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor]:
-        """(grad G (n, d), Hessian (n, d, d)) from d Hessian-vector products (basis vectors)."""
-        g, lin = self.linearize(x)
-        return g, hessian_from_hvp(lin.hvp, g.shape[0], self.dim, g.dtype, g.device, chunk)
+    def grad_and_hessian(
+        self,
+        x: Tensor,
+        scale: Tensor | float = 1.0,
+        shift: Tensor | float = 0.0,
+        *,
+        upper_only: bool = False,
+        w: _ConvWeights | None = None,
+        chunk: int = 64,
+    ) -> tuple[Tensor, Tensor]:
+        """(grad G (n, d), scale * Hessian + shift * I (n, d, d)) from d Hessian-vector
+        products against basis vectors (the full matrix, whatever ``upper_only`` says)."""
+        g, lin = self.linearize(x, w)
+
+        def hvp(v: Tensor) -> Tensor:
+            return shift * v + scale * lin.hvp(v)
+
+        return g, hessian_from_hvp(hvp, g.shape[0], self.dim, g.dtype, g.device, chunk)
 
     @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
+    def initialize(self, x: Tensor, context: Tensor | None = None) -> None:
         """Data-dependent init of the hidden ActNorms, layer by layer, on a batch x."""
         xi = self._img(x)
         for k in range(self.depth):
@@ -272,36 +320,3 @@ def hessian_from_hvp(
         cols.append(hvp(basis))  # (k, n, d): column j of H for every sample
     H = torch.cat(cols, 0).permute(1, 2, 0)
     return 0.5 * (H + H.transpose(1, 2))  # symmetric up to round-off
-
-
-class ConvCPFlowBlock(ConvexPotentialBlock):
-    """f = grad F with F(x) = softplus(w0)|x|^2/2 + softplus(w1) G(x), G a ConvICNN.
-
-    The same potential as :class:`cpflow.CPFlowBlock`, on flat image rows; H >= softplus(w0) I.
-    """
-
-    icnn: ConvICNN
-
-    def __init__(self, icnn: ConvICNN) -> None:
-        super().__init__(icnn)
-        self.shape = icnn.shape
-
-    def linearize(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-        """(f(x), v -> H(x) v); v may carry leading probe dimensions."""
-        a, b = self.coefficients()
-        g, lin = self.icnn.linearize(x)
-
-        def hvp(v: Tensor) -> Tensor:
-            return a * v + b * lin.hvp(v)
-
-        return a * x + b * g, hvp
-
-    def forward_and_hessian(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(f(x) (n, d), H(x) (n, d, d)) from d Hessian-vector products."""
-        y, hvp = self.linearize(x)
-        return y, hessian_from_hvp(hvp, x.shape[0], self.dim, x.dtype, x.device)
-
-    def forward_and_logdet(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(f(x), log det H(x)) by a batched Cholesky factorisation of the dense Hessian."""
-        y, H = self.forward_and_hessian(x)
-        return y, cholesky_logdet(H)

@@ -1,4 +1,10 @@
-r"""CPFlow: standardisation -> [ActNorm -> CP-Flow block] x blocks -> N(0, I).
+r"""CPFlow: standardisation -> [ActNorm -> block] x blocks (-> squeeze -> ...) -> N(0, I).
+
+One flow type for tabular data, images and conditional densities p(x | c); what differs is the
+blocks' convex potential (:mod:`cpflow.config`) and the shape layers between blocks (ActNorm
+per coordinate or per channel; for images a squeeze between scales, undone at the end so that
+z keeps the input's layout). Every map takes an optional ``context`` (rows of c for a
+conditional flow; refused by the others).
 
 ``log_prob`` is exact (batched analytic Hessians + Cholesky) or estimated by SLQ;
 ``training_loss`` is the CG surrogate of Algorithm 2 (its value is NOT a log-likelihood);
@@ -10,20 +16,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .block import CPFlowBlock
 from .config import FlowConfig
+from .context import ContextError, check_context
+from .conv import ChannelActNorm, ConvICNN
+from .coupling import AffineCouplingBlock
 from .icnn import ICNN
 from .inverse import minimize_batched
-from .layers import ActNorm, Standardization
+from .layers import ActNorm, Squeeze, Standardization, Unsqueeze
 from .logdet import rademacher, slq_logdet
+from .picnn import PICNN
 from .radial import RadialTerm
 from .stats import TrainStats, TrainStatsCollector
 
-__all__ = ["CPFlow", "InverseInfo", "TrainStats"]
+__all__ = ["CPFlow", "InverseInfo", "TrainStats", "as_flat_images", "invert_block"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -75,95 +86,132 @@ def refine_misses(
     return iters
 
 
-class CPFlow(nn.Module):
-    """A convex potential flow over R^d with a standard normal base (see module docstring)."""
+def as_flat_images(x: Tensor, shape: tuple[int, int, int]) -> tuple[Tensor, bool]:
+    """(rows (n, C*H*W), was_image) from rows or images; ValueError names both shapes."""
+    c, h, w = shape
+    d = c * h * w
+    if x.ndim == 4 and tuple(x.shape[1:]) == (c, h, w):
+        return x.reshape(x.shape[0], d), True
+    if x.ndim == 2 and x.shape[1] == d:
+        return x, False
+    raise ValueError(
+        f"expected images of shape [n, {c}, {h}, {w}] or rows [n, {d}], got {list(x.shape)}"
+    )
 
-    def __init__(self, config: FlowConfig) -> None:
+
+def _potential(cfg: FlowConfig, shape: tuple[int, int, int] | None) -> nn.Module:
+    """The convex network G of one block, as ``cfg.potential`` describes it."""
+    p = cfg.potential
+    if p.kind == "conv":
+        return ConvICNN(shape, p.hidden, p.depth, p.activation, symmetric_first=p.symmetric_first)
+    common = {"symmetric_first": p.symmetric_first, "zero_offset": p.zero_offset}
+    if p.kind == "picnn":
+        return PICNN(
+            cfg.dim, p.context_dim, p.hidden, p.depth, p.icnn, p.activation,
+            context_hidden=p.context_hidden, cut_context=p.cut_context,
+            actnorm=p.icnn_actnorm, **common,
+        )  # fmt: skip
+    return ICNN(cfg.dim, p.hidden, p.depth, p.icnn, p.activation, actnorm=p.icnn_actnorm, **common)
+
+
+def build_layers(cfg: FlowConfig) -> list[nn.Module]:
+    """ActNorms and blocks scale by scale, a squeeze between image scales and the unsqueezes
+    that bring z back to the input's layout at the end."""
+    layers: list[nn.Module] = []
+    shape = cfg.image_shape
+    squeezed: list[tuple[int, int, int]] = []
+    for scale, count in enumerate(cfg.scales):
+        if scale > 0:
+            layers.append(Squeeze(shape))
+            squeezed.append(shape)
+            c, h, w = shape
+            shape = (4 * c, h // 2, w // 2)
+        for i in range(count):
+            if cfg.actnorm:
+                layers.append(ActNorm(cfg.dim) if shape is None else ChannelActNorm(*shape))
+            if cfg.potential.kind == "coupling":
+                parity = (sum(cfg.scales[:scale]) + i) % 2
+                layers.append(AffineCouplingBlock(shape, cfg.potential.hidden, parity))
+                continue
+            radial_units = getattr(cfg.potential, "radial_units", 0)
+            radial = (
+                RadialTerm(cfg.dim, radial_units, cfg.potential.activation)
+                if radial_units
+                else None
+            )
+            layers.append(CPFlowBlock(_potential(cfg, shape), cfg.init_gain, radial))
+    layers.extend(Unsqueeze(s) for s in reversed(squeezed))
+    return layers
+
+
+def _legacy_state_keys(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """Conditional models stored before the one-flow design named a block's PICNN ``picnn``."""
+    for key in [k for k in state_dict if ".picnn." in k]:
+        state_dict[key.replace(".picnn.", ".icnn.")] = state_dict.pop(key)
+
+
+class CPFlow(nn.Module):
+    """A convex potential flow with a standard normal base (see module docstring)."""
+
+    def __init__(self, config: FlowConfig | dict) -> None:
         super().__init__()
         if not isinstance(config, FlowConfig):
             config = FlowConfig.model_validate(config)
         self.config = config
         self.dim = config.dim
+        self.input_shape = config.input_shape
+        self.context_dim = config.context_dim
         self.standardization = Standardization(config.dim, full=config.standardization == "whiten")
-        layers: list[nn.Module] = []
-        for _ in range(config.blocks):
-            if config.actnorm:
-                layers.append(ActNorm(config.dim))
-            icnn = ICNN(
-                config.dim,
-                config.hidden,
-                config.depth,
-                config.icnn,
-                config.activation,
-                symmetric_first=config.symmetric_first,
-                zero_offset=config.zero_offset,
-                actnorm=config.icnn_actnorm,
-            )
-            radial = (
-                RadialTerm(config.dim, config.radial_units, config.activation)
-                if config.radial_units
-                else None
-            )
-            layers.append(CPFlowBlock(icnn, init_gain=config.init_gain, radial=radial))
-        self.layers = nn.ModuleList(layers)
+        self.context_standardization = (
+            Standardization(self.context_dim) if self.context_dim else None
+        )
+        self.layers = nn.ModuleList(build_layers(config))
         self.to(config.torch_dtype)
+        self.register_load_state_dict_pre_hook(_legacy_state_keys)
 
     # -- helpers --------------------------------------------------------------------------------
     @property
     def _ref(self) -> Tensor:
         return self.standardization.mean
 
-    def _as_input(self, x: Tensor) -> Tensor:
+    def _as_input(self, x: Tensor) -> tuple[Tensor, bool]:
+        """(flat rows in the flow's dtype and device, whether x came as images)."""
         x = torch.as_tensor(x)
-        if x.ndim != 2 or x.shape[1] != self.dim:
+        if self.config.image_shape is not None:
+            rows, was_image = as_flat_images(x, self.config.image_shape)
+        elif x.ndim == 2 and x.shape[1] == self.dim:
+            rows, was_image = x, False
+        else:
             raise ValueError(f"expected inputs of shape (n, {self.dim}), got {tuple(x.shape)}")
-        return x.to(dtype=self._ref.dtype, device=self._ref.device)
+        return rows.to(dtype=self._ref.dtype, device=self._ref.device), was_image
+
+    def _as_context(self, context: Any, n: int) -> Tensor | None:
+        """Standardised contexts (n, context_dim) (one row is broadcast), or None for a flow
+        without context; a context that cannot go with the inputs is a ContextError."""
+        if self.context_dim is None:
+            if context is not None:
+                raise ContextError(
+                    "context_not_accepted", "this flow is not conditional: omit the context"
+                )
+            return None
+        c = check_context(context, n, self.context_dim)
+        return self.context_standardization(c.to(dtype=self._ref.dtype, device=self._ref.device))
+
+    def _out(self, rows: Tensor, was_image: bool) -> Tensor:
+        return rows.reshape(rows.shape[0], *self.input_shape) if was_image else rows
 
     @staticmethod
     def _base_log_prob(z: Tensor) -> Tensor:
         return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * _LOG_2PI
 
-    def blocks(self) -> list[CPFlowBlock]:
-        return [m for m in self.layers if isinstance(m, CPFlowBlock)]
+    def blocks(self) -> list[nn.Module]:
+        """The blocks in order (CP-Flow blocks, or coupling blocks for the ablation)."""
+        return [m for m in self.layers if isinstance(m, CPFlowBlock | AffineCouplingBlock)]
 
-    # -- set-up ---------------------------------------------------------------------------------
-    def set_standardization(self, mean: Tensor, scale: Tensor) -> None:
-        """Fix the affine input layer. ``scale`` is the per-coordinate std, z = (x - mean) / std
-        (made one scalar if the config says ``standardization="isotropic"``), or, for
-        ``standardization="whiten"``, the (d, d) covariance: z = L^-1 (x - mean). Buffers: saved
-        with the weights."""
-        if self.config.standardization == "whiten":
-            self.standardization.set_covariance(mean, scale)
-            return
-        self.standardization.set(mean, scale, isotropic=self.config.standardization == "isotropic")
-
-    @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
-        """Data-dependent ActNorm initialisation on a batch x (raw data), layer by layer."""
-        h = self.standardization(self._as_input(x))
+    def _chain(self, h: Tensor, cc: Tensor | None) -> Tensor:
         for layer in self.layers:
-            if isinstance(layer, ActNorm):
-                layer.initialize(h)
-            else:
-                layer.icnn.initialize(h)
-            h = layer(h)
-
-    @property
-    def initialized(self) -> bool:
-        """True once every ActNorm has been data-initialised (or loaded initialised)."""
-        flags = [b for name, b in self.named_buffers() if name.endswith("initialized")]
-        return all(bool(f) for f in flags)
-
-    # -- forward maps ---------------------------------------------------------------------------
-    def transform(self, x: Tensor) -> Tensor:
-        """Forward map x -> z (standardisation, ActNorms and block gradients; no autograd)."""
-        h = self.standardization(self._as_input(x))
-        for layer in self.layers:
-            h = layer(h)
+            h = layer(h, layer.prepare(cc)) if isinstance(layer, CPFlowBlock) else layer(h)
         return h
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.transform(x)
 
     def _const_logdet(self) -> Tensor:
         total = self.standardization.logdet()
@@ -172,9 +220,90 @@ class CPFlow(nn.Module):
                 total = total + layer.logdet()
         return total
 
+    # -- set-up ---------------------------------------------------------------------------------
+    def set_standardization(
+        self,
+        mean: Tensor | float,
+        scale: Tensor | float,
+        context_mean: Tensor | None = None,
+        context_std: Tensor | None = None,
+    ) -> None:
+        """Fix the affine input layer. ``scale`` is the per-coordinate std, z = (x - mean) / std
+        (scalars apply to every coordinate; made one scalar if the config says
+        ``standardization="isotropic"``), or, for ``standardization="whiten"``, the (d, d)
+        covariance: z = L^-1 (x - mean). A conditional flow also takes the context's mean and
+        std. Buffers: saved with the weights."""
+        mean, scale = torch.as_tensor(mean), torch.as_tensor(scale)
+        if self.config.standardization == "whiten":
+            self.standardization.set_covariance(mean, scale)
+        else:
+            iso = self.config.standardization == "isotropic"
+            self.standardization.set(mean, scale, isotropic=iso)
+        if context_mean is None and context_std is None:
+            return
+        if self.context_standardization is None:
+            raise ValueError("this flow is not conditional: it has no context standardisation")
+        cm = torch.zeros(self.context_dim) if context_mean is None else context_mean
+        cs = torch.ones(self.context_dim) if context_std is None else context_std
+        self.context_standardization.set(cm, cs)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, context: Tensor | None = None) -> None:
+        """Data-dependent ActNorm initialisation on a batch of raw (x, c), layer by layer."""
+        rows, _ = self._as_input(x)
+        h = self.standardization(rows)
+        cc = self._as_context(context, h.shape[0])
+        for layer in self.layers:
+            if isinstance(layer, ActNorm):
+                layer.initialize(h)
+            elif isinstance(layer, CPFlowBlock):
+                layer.icnn.initialize(h, cc)
+            h = layer(h, layer.prepare(cc)) if isinstance(layer, CPFlowBlock) else layer(h)
+
+    @property
+    def initialized(self) -> bool:
+        """True once every ActNorm has been data-initialised (or loaded initialised)."""
+        flags = [b for name, b in self.named_buffers() if name.endswith("initialized")]
+        return all(bool(f) for f in flags)
+
+    # -- forward maps ---------------------------------------------------------------------------
+    def transform(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Forward map x -> z (in the layout of x), given c for a conditional flow."""
+        rows, was_image = self._as_input(x)
+        h = self.standardization(rows)
+        return self._out(self._chain(h, self._as_context(context, h.shape[0])), was_image)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.transform(x, context)
+
+    def _logdet_chain(self, rows: Tensor, cc: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(z, sum of the blocks' exact log-dets) for standardised-to-be rows."""
+        h = self.standardization(rows)
+        logdet = h.new_zeros(h.shape[0])
+        for layer in self.layers:
+            if isinstance(layer, CPFlowBlock):
+                h, ld = layer.forward_and_logdet(h, layer.prepare(cc))
+                logdet = logdet + ld
+            elif isinstance(layer, AffineCouplingBlock):
+                h, ld = layer.forward_and_logdet(h)
+                logdet = logdet + ld
+            else:
+                h = layer(h)
+        return h, logdet
+
+    def transform_and_logdet(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(z, log|det dz/dx|) with exact Cholesky log-dets; differentiable in the parameters,
+        x and c (useful as a flow layer, e.g. an amortised posterior)."""
+        rows, was_image = self._as_input(x)
+        z, logdet = self._logdet_chain(rows, self._as_context(context, rows.shape[0]))
+        return self._out(z, was_image), logdet + self._const_logdet()
+
     def log_prob(
         self,
         x: Tensor,
+        context: Tensor | None = None,
         method: str = "exact",
         *,
         probes: int | None = None,
@@ -182,69 +311,87 @@ class CPFlow(nn.Module):
         generator: torch.Generator | None = None,
         return_stderr: bool = False,
     ):
-        """log p(x) (n,) of raw inputs. ``exact``: Cholesky of analytic Hessians; ``slq``:
-        stochastic Lanczos quadrature (with a standard error across probes); ``auto``: exact up
-        to ``config.exact_max_dim`` dimensions. With ``return_stderr`` returns (value, stderr),
-        stderr None for exact."""
+        """log p(x) (n,) of raw inputs (log p(x | c) for a conditional flow). ``exact``:
+        Cholesky of analytic Hessians (``config.exact_chunk`` rows at a time); ``slq``:
+        stochastic Lanczos quadrature (with a standard error across probes); ``auto``: exact
+        up to ``config.exact_max_dim`` dimensions. With ``return_stderr`` returns (value,
+        stderr), stderr None for exact."""
         if method == "auto":
             method = "exact" if self.dim <= self.config.exact_max_dim else "slq"
         if method not in ("exact", "slq"):
             raise ValueError(f"unknown method {method!r}; use 'exact', 'slq' or 'auto'")
-        h = self.standardization(self._as_input(x))
+        rows, _ = self._as_input(x)
+        n = rows.shape[0]
+        cc = self._as_context(context, n)
         stderr = None
-        if method == "exact":
-            logdet = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
-            for layer in self.layers:
-                if isinstance(layer, CPFlowBlock):
-                    h, ld = layer.forward_and_logdet(h)
-                    logdet = logdet + ld
-                else:
-                    h = layer(h)
-        else:
-            p = probes or self.config.slq_probes
-            m = steps or self.config.slq_steps
-            per_probe = torch.zeros(p, h.shape[0], dtype=h.dtype, device=h.device)
-            for layer in self.layers:
-                if isinstance(layer, CPFlowBlock):
-                    y, hvp = layer.linearize(h)
-                    v = rademacher(
-                        (p, *h.shape), dtype=h.dtype, device=h.device, generator=generator
-                    )
-                    per_probe = per_probe + slq_logdet(hvp, v, m)
-                    h = y
-                else:
-                    h = layer(h)
-            logdet = per_probe.mean(0)
-            if p > 1:
-                stderr = per_probe.std(0, unbiased=True) / math.sqrt(p)
-            else:
-                stderr = torch.full_like(logdet, float("nan"))
-        out = self._base_log_prob(h) + logdet + self._const_logdet()
+        if method == "slq":
+            out, stderr = self._slq(rows, cc, probes, steps, generator)
+            return (out, stderr) if return_stderr else out
+        chunk = self.config.exact_chunk or max(n, 1)
+        parts = []
+        for i in range(0, n, chunk):
+            c_part = None if cc is None else cc[i : i + chunk]
+            z, logdet = self._logdet_chain(rows[i : i + chunk], c_part)
+            parts.append(self._base_log_prob(z) + logdet + self._const_logdet())
+        out = torch.cat(parts) if parts else rows.new_zeros(0)
         return (out, stderr) if return_stderr else out
+
+    def _slq(self, rows, cc, probes, steps, generator) -> tuple[Tensor, Tensor]:
+        p = probes or self.config.slq_probes
+        m = steps or self.config.slq_steps
+        h = self.standardization(rows)
+        per_probe = h.new_zeros(p, h.shape[0])
+        for layer in self.layers:
+            if isinstance(layer, CPFlowBlock):
+                y, hvp = layer.linearize(h, layer.prepare(cc))
+                v = rademacher((p, *h.shape), dtype=h.dtype, device=h.device, generator=generator)
+                per_probe = per_probe + slq_logdet(hvp, v, m)
+                h = y
+            elif isinstance(layer, AffineCouplingBlock):  # exact: no estimator error
+                h, ld = layer.forward_and_logdet(h)
+                per_probe = per_probe + ld
+            else:
+                h = layer(h)
+        logdet = per_probe.mean(0)
+        if p > 1:
+            stderr = per_probe.std(0, unbiased=True) / math.sqrt(p)
+        else:
+            stderr = torch.full_like(logdet, float("nan"))
+        return self._base_log_prob(h) + logdet + self._const_logdet(), stderr
 
     # -- training -------------------------------------------------------------------------------
     def training_loss(
-        self, x: Tensor, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, TrainStats]:
         """Surrogate loss (Algorithm 2) whose backward() is an unbiased estimate of the gradient
-        of the mean NLL of x.
+        of the mean NLL of x (given c).
 
         WARNING: the returned loss VALUE IS NOT A NEGATIVE LOG-LIKELIHOOD (the log-det terms are
         replaced by z^T H v with z = CG(H, v) detached). Use ``log_prob`` to report NLLs.
+        Coupling blocks contribute their exact log-det.
         """
         cfg = self.config
-        h = self.standardization(self._as_input(x))
-        n = h.shape[0]
-        surrogate = torch.zeros(n, dtype=h.dtype, device=h.device)
+        rows, _ = self._as_input(x)
+        h = self.standardization(rows)
+        cc = self._as_context(context, h.shape[0])
+        surrogate = h.new_zeros(h.shape[0])
         collector = TrainStatsCollector()
         for layer in self.layers:
+            if isinstance(layer, AffineCouplingBlock):
+                h, ld = layer.forward_and_logdet(h)
+                surrogate = surrogate + ld
+                continue
             if not isinstance(layer, CPFlowBlock):
                 h = layer(h)
                 continue
             v = rademacher(tuple(h.shape), dtype=h.dtype, device=h.device, generator=generator)
             y, surr, cg, rq = layer.logdet_surrogate(
-                h, v, atol=cfg.cg_atol, rtol=cfg.cg_rtol, max_iter=cfg.cg_max_iter
-            )
+                h, v, layer.prepare(cc), atol=cfg.cg_atol, rtol=cfg.cg_rtol,
+                max_iter=cfg.cg_max_iter,
+            )  # fmt: skip
             surrogate = surrogate + surr
             collector.add(cg, rq)
             h = y
@@ -257,45 +404,58 @@ class CPFlow(nn.Module):
     def inverse(
         self,
         z: Tensor,
+        context: Tensor | None = None,
         tol: float | None = None,
         max_iter: int | None = None,
         *,
         solver: str | None = None,
     ) -> tuple[Tensor, InverseInfo]:
-        """x with transform(x) = z, blocks inverted last to first by batched per-sample convex
-        minimisation. The returned InverseInfo says, per sample, how exact x is."""
+        """x with transform(x, c) = z (in the layout of z), blocks inverted last to first by
+        batched per-sample convex minimisation. The returned InverseInfo says, per sample, how
+        exact x is."""
         cfg = self.config
         tol = cfg.default_inverse_tol if tol is None else float(tol)
         max_iter = cfg.inverse_max_iter if max_iter is None else int(max_iter)
         solver = solver or cfg.inverse_solver
-        z = self._as_input(z)
+        rows, was_image = self._as_input(z)
+        cc = self._as_context(context, rows.shape[0])
         # Errors of early blocks are amplified by later ones, so each block is solved to tol/10
         # (solving to tol left ~95% of samples above tol end to end on trained models). The
-        # few that still miss are polished end to end: Newton on the whole map, with its
-        # Jacobian built from the blocks' Hessians where dense Hessians are affordable
-        # (d <= exact_max_dim; it converges in one or two steps), else one more pass of
-        # L-BFGS at tol/100, each block warm-started from the current estimate.
-        x, iters = self._inverse_pass(z, tol * 0.1, max_iter, solver)
-        residual = (self.transform(x) - z).abs().amax(-1)
+        # few that still miss are polished end to end (up to two rounds): Newton on the whole
+        # map, with its Jacobian built from the blocks' Hessians where dense Hessians are
+        # affordable (d <= exact_max_dim; it converges in one or two steps), else one more
+        # pass of L-BFGS at tol/100, each block warm-started from the current estimate.
+        x, iters = self._inverse_pass(rows, cc, tol * 0.1, max_iter, solver)
+        residual = (self._chain(self.standardization(x), cc) - rows).abs().amax(-1)
+        newton = self.dim <= cfg.exact_max_dim and cfg.potential.kind != "coupling"
 
         def polish(miss: Tensor) -> tuple[Tensor, int]:
-            if self.dim <= cfg.exact_max_dim:
-                return self._newton_polish(x[miss], z[miss], steps=min(3, max_iter)), 0
+            c_miss = None if cc is None else cc[miss]
+            if newton:
+                return self._newton_polish(x[miss], rows[miss], c_miss, min(3, max_iter)), 0
             return self._inverse_pass(
-                z[miss], tol * 0.01, min(max_iter, 100), solver, start=x[miss]
+                rows[miss], c_miss, tol * 0.01, max_iter, solver, start=x[miss]
             )
 
         def measure(miss: Tensor, xr: Tensor) -> Tensor:
-            return (self.transform(xr) - z[miss]).abs().amax(-1)
+            c_miss = None if cc is None else cc[miss]
+            return (self._chain(self.standardization(xr), c_miss) - rows[miss]).abs().amax(-1)
 
-        iters = max(iters, refine_misses(x, residual, tol, 1, polish, measure))
+        iters = max(iters, refine_misses(x, residual, tol, 2, polish, measure))
         # the end-to-end residual is measured, so it decides: never flag a sample above tol
-        converged = (residual <= tol) & torch.isfinite(residual)
-        return x, InverseInfo(residual, converged, iters, tol)
+        residual = torch.where(torch.isfinite(residual), residual, torch.inf)
+        info = InverseInfo(residual, residual <= tol, iters, tol)
+        return self._out(x, was_image), info
 
     @torch.no_grad()
     def _inverse_pass(
-        self, z: Tensor, tol: float, max_iter: int, solver: str, start: Tensor | None = None
+        self,
+        z: Tensor,
+        cc: Tensor | None,
+        tol: float,
+        max_iter: int,
+        solver: str,
+        start: Tensor | None = None,
     ) -> tuple[Tensor, int]:
         """One pass through the layers, last to first; ``start`` (an estimate of x) gives each
         block's solve its starting point (where the estimate's forward pass puts its input).
@@ -306,43 +466,49 @@ class CPFlow(nn.Module):
             for i, layer in enumerate(self.layers):
                 if isinstance(layer, CPFlowBlock):
                     starts[i] = h
-                h = layer(h)
+                    h = layer(h, layer.prepare(cc))
+                else:
+                    h = layer(h)
         h = z
         iters = 0
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i]
-            if isinstance(layer, CPFlowBlock):
-                res = invert_block(
-                    layer,
-                    h,
-                    tol=tol,
-                    max_iter=max_iter,
-                    solver=solver,
-                    history=self.config.lbfgs_history,
-                    x0=starts.get(i),
-                )
-                h = res.x
-                iters = max(iters, int(res.iterations.max()) if res.iterations.numel() else 0)
-            else:
+            if not isinstance(layer, CPFlowBlock):
                 h = layer.inverse(h)
+                continue
+            res = invert_block(
+                layer,
+                h,
+                layer.prepare(cc),
+                tol=tol,
+                max_iter=max_iter,
+                solver=solver,
+                history=self.config.lbfgs_history,
+                x0=starts.get(i),
+            )
+            h = res.x
+            iters = max(iters, int(res.iterations.max()) if res.iterations.numel() else 0)
         return self.standardization.inverse(h), iters
 
-    def _newton_polish(self, x: Tensor, z: Tensor, steps: int) -> Tensor:
+    def _newton_polish(self, x: Tensor, z: Tensor, cc: Tensor | None, steps: int) -> Tensor:
         """Newton steps on the whole map in standardised coordinates: h <- h - J(h)^-1 (T(h) - z),
-        J the product of the ActNorm scales and the blocks' Hessians (exact, in batch). Each
-        sample keeps its best iterate, so a step that round-off spoils is never taken."""
+        J the product of the shape layers' linear maps and the blocks' Hessians (exact, in
+        batch). Each sample keeps its best iterate, so a step that round-off spoils is never
+        taken."""
         h = self.standardization(x)
+        n, d = h.shape
         best_h, best_r = h, torch.full_like(z[:, 0], float("inf"))
-        eye = torch.eye(self.dim, dtype=h.dtype, device=h.device)
+        eye = torch.eye(d, dtype=h.dtype, device=h.device)
         for _ in range(steps + 1):
-            y, J = h, eye.expand(h.shape[0], -1, -1)
+            y, J = h, eye.expand(n, -1, -1)
             for layer in self.layers:
                 if isinstance(layer, CPFlowBlock):
-                    y, H = layer.forward_and_hessian(y)
+                    y, H = layer.forward_and_hessian(y, layer.prepare(cc))
                     J = H @ J
-                else:  # ActNorm: y -> (y + shift) * scale
+                else:  # ActNorm scales and squeeze permutations act on J's rows
                     y = layer(y)
-                    J = layer.scale().unsqueeze(-1) * J
+                    J = layer.linear(J.transpose(1, 2).reshape(n * d, d))
+                    J = J.reshape(n, d, d).transpose(1, 2)
             r = y - z
             rmax = r.abs().amax(-1)
             gain = rmax < best_r
@@ -356,19 +522,28 @@ class CPFlow(nn.Module):
     def sample(
         self,
         n: int,
+        context: Tensor | None = None,
         generator: torch.Generator | None = None,
         tol: float | None = None,
         max_iter: int | None = None,
+        *,
+        images: bool = False,
     ) -> tuple[Tensor, InverseInfo]:
-        """n samples in data units (inverse of base draws) plus their InverseInfo."""
+        """n samples in data units (inverse of base draws; given one context row for all, or n
+        rows, for a conditional flow) plus their InverseInfo; ``images=True`` returns image
+        flows' samples as (n, C, H, W)."""
+        if images and self.config.image_shape is None:
+            raise ValueError("images=True is for image flows (config.image_shape)")
         gen_device = generator.device if generator is not None else self._ref.device
         z = torch.randn(n, self.dim, generator=generator, device=gen_device, dtype=self._ref.dtype)
-        return self.inverse(z.to(self._ref.device), tol=tol, max_iter=max_iter)
+        x, info = self.inverse(z.to(self._ref.device), context, tol=tol, max_iter=max_iter)
+        return (self._out(x, True) if images else x), info
 
 
 def invert_block(
     block: CPFlowBlock,
     y: Tensor,
+    w: Any = None,
     *,
     tol: float,
     max_iter: int,
@@ -377,17 +552,17 @@ def invert_block(
     x0: Tensor | None = None,
 ):
     """Solve f(x) = y for one block: argmin_x F(x) - y^T x (Algorithm 1), per sample, from
-    ``x0`` (default y / alpha)."""
+    ``x0`` (default y / alpha); ``w`` is the block's prepared weights (:meth:`prepare`)."""
 
-    weights = block.icnn.weights()  # the parameters are fixed during the solve
+    w = block.prepare(None) if w is None else w  # the parameters are fixed during the solve
 
     def fg(x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        val, grad = block.value_and_grad(x, weights)
+        val, grad = block.value_and_grad(x, w.select(idx))
         yi = y[idx]
         return val - (yi * x).sum(-1), grad - yi
 
     def hess(x: Tensor, idx: Tensor) -> Tensor:
-        return block.forward_and_hessian(x)[1]
+        return block.forward_and_hessian(x, w.select(idx))[1]
 
     if x0 is None:
         # f(x) = alpha x + (bounded ICNN gradient), so y / alpha is close for far-out points

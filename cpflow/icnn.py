@@ -40,6 +40,10 @@ class _Weights:
     w_out: Tensor  # (H_out,)
     a_out: Tensor  # (d,)
 
+    def select(self, idx: Tensor) -> _Weights:
+        """The weights for the samples idx: the same, as they are shared by every sample."""
+        return self
+
 
 class ICNNLinearization:
     """Cached quantities at a batch of points x to apply the ICNN Hessian to vectors.
@@ -153,6 +157,12 @@ class ICNN(nn.Module):
             piece = back[..., i * h : (i + 1) * h]
             acc[j] = piece if acc[j] is None else acc[j] + piece
 
+    def prepare(self, context: Tensor | None = None) -> _Weights:
+        """The effective weights for a batch (an ICNN takes no context)."""
+        if context is not None:
+            raise ValueError("an ICNN potential takes no context")
+        return self.weights()
+
     def weights(self) -> _Weights:
         A, b, P = [], [], []
         for k in range(self.depth):
@@ -202,9 +212,9 @@ class ICNN(nn.Module):
                 self._scatter_back(acc, delta[..., : self.pos_rows[k]] @ w.P[k], k)
         return cs, grad
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, w: _Weights | None = None) -> Tensor:
         """G(x), shape (n,)."""
-        w = self.weights()
+        w = self.weights() if w is None else w
         _, zs, _, _ = self._forward(x, w, 0)
         return self._gather_out(zs) @ w.w_out + x @ w.a_out
 
@@ -217,9 +227,9 @@ class ICNN(nn.Module):
         _, grad = self._adjoints(w, s1, x.shape[:-1])
         return value, grad
 
-    def grad(self, x: Tensor) -> Tensor:
+    def grad(self, x: Tensor, w: _Weights | None = None) -> Tensor:
         """grad G(x), shape (n, d), without autograd."""
-        w = self.weights()
+        w = self.weights() if w is None else w
         _, _, s1, _ = self._forward(x, w, 1)
         return self._adjoints(w, s1, x.shape[:-1])[1]
 
@@ -230,6 +240,7 @@ class ICNN(nn.Module):
         shift: Tensor | float = 0.0,
         *,
         upper_only: bool = False,
+        w: _Weights | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(grad G (n, d), scale * Hessian of G + shift * I (n, d, d)) by forward-mode
         Jacobians of the layers (scale and shift are fused in: no extra (n, d, d) passes).
@@ -243,7 +254,7 @@ class ICNN(nn.Module):
         propagating them through P is one (n d, .) x (., h_pos) product and only the Gram
         matrices V_k^T diag(w) V_k need per-sample (batched) products.
         """
-        w = self.weights()
+        w = self.weights() if w is None else w
         _, _, s1, s2 = self._forward(x, w, 2)
         cs, grad = self._adjoints(w, s1, x.shape[:-1])
         n, d, h, pos = x.shape[0], self.dim, self.hidden, self.pos_rows
@@ -281,9 +292,9 @@ class ICNN(nn.Module):
             H.view(n, d * d).index_add_(1, upper, shared_part)
         return grad, H
 
-    def linearize(self, x: Tensor) -> tuple[Tensor, ICNNLinearization]:
+    def linearize(self, x: Tensor, w: _Weights | None = None) -> tuple[Tensor, ICNNLinearization]:
         """(grad G (n, d), an object applying the Hessian at x to vectors)."""
-        w = self.weights()
+        w = self.weights() if w is None else w
         _, _, s1, s2 = self._forward(x, w, 2)
         cs, grad = self._adjoints(w, s1, x.shape[:-1])
         c2 = [c * d2 for c, d2 in zip(cs, s2, strict=True)]
@@ -291,7 +302,7 @@ class ICNN(nn.Module):
 
     # -- data-dependent initialisation --------------------------------------------------------
     @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
+    def initialize(self, x: Tensor, context: Tensor | None = None) -> None:
         """Initialise the hidden ActNorms so pre-activations on x have zero mean, unit variance."""
         if self.norms is None:
             return

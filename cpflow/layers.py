@@ -1,4 +1,5 @@
-"""Small building blocks: positive linear maps, ActNorm and the fixed standardisation layer."""
+"""Small building blocks: positive linear maps, ActNorm, the fixed standardisation layer and the
+squeeze permutation between the scales of an image flow."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["ActNorm", "PositiveLinear", "Standardization", "softplus_inv"]
+__all__ = ["ActNorm", "PositiveLinear", "Squeeze", "Standardization", "Unsqueeze", "softplus_inv"]
 
 
 def softplus_inv(y: float) -> float:
@@ -70,9 +71,61 @@ class ActNorm(nn.Module):
     def inverse(self, y: Tensor) -> Tensor:
         return y * torch.exp(-self.log_scale) - self.shift
 
+    def linear(self, v: Tensor) -> Tensor:
+        """The linear part of the map (its Jacobian applied to v)."""
+        return v * self.scale()
+
     def logdet(self) -> Tensor:
         """log|det| of the map (the same for every input)."""
         return self.log_scale.sum()
+
+
+class Squeeze(nn.Module):
+    """Images (C, H, W) -> (4C, H/2, W/2): each 2x2 patch becomes 4 channels (Dinh et al.,
+    2017). A permutation (log-det 0); takes and returns flat rows (n, C*H*W) or images."""
+
+    def __init__(self, shape: tuple[int, int, int] | None = None) -> None:
+        super().__init__()
+        self.shape = None if shape is None else tuple(int(s) for s in shape)
+
+    def _squeeze(self, x: Tensor) -> Tensor:
+        flat = x.ndim == 2
+        x = x.reshape(x.shape[0], *self.shape) if flat else x
+        n, c, h, w = x.shape
+        x = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+        x = x.reshape(n, c * 4, h // 2, w // 2)
+        return x.reshape(n, -1) if flat else x
+
+    def _unsqueeze(self, y: Tensor) -> Tensor:
+        flat = y.ndim == 2
+        if flat:
+            c, h, w = self.shape
+            y = y.reshape(y.shape[0], 4 * c, h // 2, w // 2)
+        n, c4, h2, w2 = y.shape
+        c = c4 // 4
+        y = y.reshape(n, c, 2, 2, h2, w2).permute(0, 1, 4, 2, 5, 3)
+        y = y.reshape(n, c, h2 * 2, w2 * 2)
+        return y.reshape(n, -1) if flat else y
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._squeeze(x)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return self._unsqueeze(y)
+
+    def linear(self, v: Tensor) -> Tensor:
+        return self.forward(v)
+
+
+class Unsqueeze(Squeeze):
+    """The inverse of :class:`Squeeze` over images of ``shape`` (the unsqueezed shape); the
+    last layers of an image flow, so that z comes back in the input's layout."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._unsqueeze(x)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return self._squeeze(y)
 
 
 class Standardization(nn.Module):

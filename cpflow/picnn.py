@@ -254,9 +254,19 @@ class PICNN(nn.Module):
         w = self._ctx(c)
         return self._adjoints(w, self._forward(x, w)[2])[1]
 
-    def grad_and_hessian(self, x: Tensor, c: Tensor | PICNNContext) -> tuple[Tensor, Tensor]:
-        """(grad_x G (n, d), Hessian in x (n, d, d)), built from per-layer Jacobians."""
-        w = self._ctx(c)
+    def grad_and_hessian(
+        self,
+        x: Tensor,
+        w: Tensor | PICNNContext,
+        scale: Tensor | float = 1.0,
+        shift: Tensor | float = 0.0,
+        *,
+        upper_only: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """(grad_x G (n, d), scale * Hessian in x + shift * I (n, d, d)), built from per-layer
+        Jacobians; ``w`` is the context or its :meth:`prepare` d weights (the full Hessian is
+        built whatever ``upper_only`` says)."""
+        w = self._ctx(w)
         _, _, s1, s2 = self._forward(x, w)
         cs, grad = self._adjoints(w, s1)
         n = x.shape[0]
@@ -271,7 +281,8 @@ class PICNN(nn.Module):
             J_prev = s1[k].unsqueeze(-1) * U
             wk = (cs[k] * s2[k]).unsqueeze(-1)
             H = H + torch.bmm((U * wk).transpose(1, 2), U)
-        return grad, H
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
+        return grad, scale * H + shift * eye
 
     def linearize(self, x: Tensor, c: Tensor | PICNNContext) -> tuple[Tensor, PICNNLinearization]:
         """(grad_x G (n, d), an object applying the x-Hessian at (x, c) to vectors)."""

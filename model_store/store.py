@@ -276,20 +276,8 @@ class ModelStore:
         folder = self._name_dir(name) / str(number)
         manifest = self._read_manifest(name, number, folder)
         contents = self._verified_files(name, number, folder, manifest)
-        flow_cls, config_cls = CPFlow, FlowConfig
-        raw_config = manifest["flow_config"]
-        if isinstance(raw_config, dict) and raw_config.get("kind") == "conditional":
-            # p(x | c) models (cpflow.conditional) mark their config with kind="conditional"
-            from cpflow.conditional import ConditionalCPFlow, ConditionalFlowConfig
-
-            flow_cls, config_cls = ConditionalCPFlow, ConditionalFlowConfig
-        elif isinstance(raw_config, dict) and raw_config.get("kind") == "multiscale":
-            # image models (cpflow.multiscale) declare kind="multiscale" and their input_shape
-            from cpflow.multiscale import ImageFlowConfig, MultiscaleCPFlow
-
-            flow_cls, config_cls = MultiscaleCPFlow, ImageFlowConfig
         try:
-            config = config_cls.model_validate(raw_config)
+            config = FlowConfig.model_validate(manifest["flow_config"])
         except ValueError as exc:
             raise CorruptModel(
                 name, number, MANIFEST_FILE, f"holds an invalid flow_config ({exc})"
@@ -300,7 +288,7 @@ class ModelStore:
             raise CorruptModel(
                 name, number, WEIGHTS_FILE, f"cannot be parsed as safetensors ({exc})"
             ) from None
-        flow = flow_cls(config)
+        flow = CPFlow(config)
         try:
             flow.load_state_dict(state, strict=True)
         except RuntimeError as exc:
