@@ -177,6 +177,11 @@ class FlowConfig(BaseModel):
         if kind is None:
             kind = "picnn" if "context_dim" in data else "conv" if "image_shape" in data else None
         kind = kind or "icnn"
+        if kind != "icnn" and data.get("radial_units"):
+            what = "a conditional flow" if kind == "picnn" else f"a {kind!r} potential"
+            raise ValueError(f"{what} has no radial units: use 0")
+        if kind != "icnn":
+            data.pop("radial_units", None)
         for name in _SPECS[kind].model_fields:
             if name != "kind" and name in data:
                 spec[name] = data.pop(name)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AffineCouplingBlock"]
+from .config import CouplingBlocks, FlowConfig
+
+__all__ = ["AffineCouplingBlock", "coupling_parameter_match"]
 
 
 class AffineCouplingBlock(nn.Module):
@@ -51,3 +53,21 @@ class AffineCouplingBlock(nn.Module):
         img = y.reshape(y.shape[0], *self.shape)
         s, t = self._st(img * self.mask)
         return ((img - t) * torch.exp(-s)).reshape(y.shape)
+
+
+def coupling_parameter_match(config: FlowConfig, target: int) -> FlowConfig:
+    """The coupling ablation of an image ``config`` whose parameter count is closest to
+    ``target`` (Table 2 compares the two at equal size)."""
+    from .flow import CPFlow
+
+    best, best_gap = config, None
+    base = config.model_dump(exclude={"potential"})
+    for hidden in range(4, 513):
+        cand = FlowConfig(**base, potential=CouplingBlocks(hidden=hidden))
+        count = sum(p.numel() for p in CPFlow(cand).parameters())
+        gap = abs(count - target)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = cand, gap
+        if count > target:
+            break
+    return best

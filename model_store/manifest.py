@@ -18,6 +18,7 @@ __all__ = [
     "check_manifest",
     "dump_manifest",
     "json_safe",
+    "manifest_flow_config",
     "utc_now",
 ]
 
@@ -107,3 +108,15 @@ def check_manifest(manifest: object, name: str, version: int) -> str | None:
         if not isinstance(digest, str) or len(digest) != 64:
             return f"has a malformed sha256 for {filename!r}"
     return None
+
+
+def manifest_flow_config(manifest: dict[str, Any]) -> Any:
+    """The manifest's :class:`cpflow.FlowConfig` (any kind, old manifests migrated), or None
+    when it holds none that validates. Callers read ``image_shape`` and ``context_dim`` from
+    it, so the kinds need no branches of their own."""
+    from cpflow import FlowConfig
+
+    try:
+        return FlowConfig.model_validate(manifest.get("flow_config"))
+    except (TypeError, ValueError):
+        return None

@@ -8,7 +8,7 @@
   log_prob, forward transport) and long solves (sample, inverse transport, SLQ) have separate
   pools: a burst of sampling requests cannot starve scoring. Store I/O has its own pool.
 - Exact log_prob and forward transport go through a per-model :class:`MicroBatcher`.
-  Conditional models (p(x | c), ``flow_config.kind == "conditional"``) take a context next to
+  Conditional models (p(x | c), a ``picnn`` potential with a ``context_dim``) take a context next to
   every input row and bypass the batcher: each request is computed on its own.
 - A version that fails to load (corrupt files) is remembered for a short while and reported,
   without affecting other models.
@@ -39,7 +39,6 @@ __all__ = [
     "SampleResult",
     "ServedModel",
     "TransportResult",
-    "context_dim_of",
     "resolve_device",
 ]
 
@@ -112,13 +111,6 @@ def _dtype_of(flow: Any) -> torch.dtype:
     for p in flow.parameters():
         return p.dtype
     return torch.float32
-
-
-def context_dim_of(flow: Any) -> int | None:
-    """The context dimension of a conditional flow (config kind "conditional"), else None."""
-    if getattr(getattr(flow, "config", None), "kind", None) != "conditional":
-        return None
-    return int(flow.context_dim)
 
 
 def _inverse_summary(info: Any) -> tuple[float | None, bool, int | None]:
@@ -297,7 +289,7 @@ class InferenceEngine:
             dim=int(flow.dim),
             dtype=_dtype_of(flow),
             device=self.device,
-            context_dim=context_dim_of(flow),
+            context_dim=flow.context_dim,
         )
         if model.conditional:
             return model  # no batchers: each row carries its own context
@@ -407,23 +399,14 @@ class InferenceEngine:
         max_iterations = self._iterations(model, max_iterations)
 
         def draw() -> tuple[torch.Tensor, Any]:
+            # flow.sample's seeded draws, inverted here so that the solver option applies
             gen = self._generator(seed)
-            if context is not None:
-                # The draws of ConditionalCPFlow.sample(c, n, generator), with the solver option.
-                z = torch.randn(n, model.dim, generator=gen, device=gen.device, dtype=model.dtype)
-                kwargs = {"solver": solver} if solver is not None else {}
-                x, info = flow.inverse(
-                    z.to(device), context.to(device), tol=tolerance, max_iter=max_iterations,
-                    **kwargs,
-                )  # fmt: skip
-            elif solver is None:
-                x, info = flow.sample(n, generator=gen, tol=tolerance, max_iter=max_iterations)
-            else:
-                # flow.sample has no solver option: the same seeded draws, inverted explicitly.
-                z = torch.randn(n, model.dim, generator=gen, device=gen.device, dtype=model.dtype)
-                x, info = flow.inverse(
-                    z.to(device), tol=tolerance, max_iter=max_iterations, solver=solver
-                )
+            z = torch.randn(n, model.dim, generator=gen, device=gen.device, dtype=model.dtype)
+            kwargs = {"solver": solver} if solver is not None else {}
+            c = None if context is None else context.to(device)
+            x, info = flow.inverse(
+                z.to(device), c, tol=tolerance, max_iter=max_iterations, **kwargs
+            )
             return x.detach().cpu(), info
 
         x, info = await self.run_long(draw)

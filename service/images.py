@@ -1,4 +1,4 @@
-"""Image-shaped requests: models with an ``input_shape`` (cpflow.multiscale) take and return
+"""Image-shaped requests: models with an ``image_shape`` (FlowConfig) take and return
 ``[n, C, H, W]`` nested lists as well as flat rows of ``C*H*W`` values.
 
 The engine always works on flat rows; this module checks the caller's layout against the
@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from model_store.manifest import manifest_flow_config
 from service.errors import ApiError
 
 __all__ = ["image_shape", "inputs_to_rows", "rows_to_layout"]
@@ -22,13 +23,8 @@ _DTYPE_MAX = {torch.float32: "3.4e38", torch.float64: "1.8e308"}
 
 def image_shape(manifest: dict[str, Any]) -> tuple[int, int, int] | None:
     """(C, H, W) of an image model's manifest, or None for a model over plain rows."""
-    config = manifest.get("flow_config")
-    if not isinstance(config, dict) or config.get("kind") != "multiscale":
-        return None
-    shape = config.get("input_shape")
-    if not isinstance(shape, list | tuple) or len(shape) != 3:
-        return None
-    return (int(shape[0]), int(shape[1]), int(shape[2]))
+    config = manifest_flow_config(manifest)
+    return None if config is None or config.image_shape is None else tuple(config.image_shape)
 
 
 def _given_shape(inputs: list[Any], i: int) -> list[int]:

@@ -44,7 +44,7 @@ InputRows = Annotated[
 # Outputs follow the caller's layout: rows, or [n, C, H, W] for images.
 OutputRows = list[list[float | None | list[list[float | None]]]]
 # Context rows of a conditional model p(x | c). NaN/Infinity pass validation here on purpose:
-# the route reports them as 422 context_not_finite (cpflow.conditional.check_context).
+# the route reports them as 422 context_not_finite (cpflow.check_context).
 ContextRows = Annotated[
     list[list[StrictFloat]] | None,
     Field(

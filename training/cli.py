@@ -262,7 +262,7 @@ def _train_conditional(args: argparse.Namespace) -> int:
     and context dimension in the manifest)."""
     from pydantic import ValidationError
 
-    from cpflow.conditional import ConditionalFlowConfig
+    from cpflow import FlowConfig
     from model_store import ModelStore
     from training.conditional import (
         ConditionalTrainConfig,
@@ -280,7 +280,7 @@ def _train_conditional(args: argparse.Namespace) -> int:
         flow_kw = {
             k: getattr(args, k) for k in (*_FLOW_OPTIONS, "dtype") if getattr(args, k) is not None
         }
-        flow_cfg = ConditionalFlowConfig(dim=splits.dim, context_dim=splits.context_dim, **flow_kw)
+        flow_cfg = FlowConfig(dim=splits.dim, context_dim=splits.context_dim, **flow_kw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"]))

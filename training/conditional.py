@@ -1,4 +1,4 @@
-"""Conditional data (x, c) and a training loop for :class:`cpflow.conditional.ConditionalCPFlow`.
+"""Conditional data (x, c) and a training loop for a conditional :class:`cpflow.CPFlow`.
 
 * Toy sets with TRUE conditional densities (for floors): ``mog1d`` (a 1-D mixture of two
   Gaussians whose mixing weight is the context c in [0, 1]) and ``banana`` (2-D: x1 ~ N(0, 1),
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpflow.conditional import ConditionalCPFlow, ConditionalFlowConfig
+from cpflow import CPFlow, FlowConfig
 from training.datasets.arrays import load_array_file
 from training.datasets.errors import DatasetError
 from training.trainer import TrainingCancelled, fit_standardization
@@ -250,14 +250,14 @@ class ConditionalTrainConfig:
 
 @dataclass
 class ConditionalTrainResult:
-    flow: ConditionalCPFlow
+    flow: CPFlow
     best_val_nll: float
     test_nll: float
     history: list[dict] = field(default_factory=list)
     wall_time_s: float = 0.0
 
 
-def _nll(flow: ConditionalCPFlow, x: np.ndarray, c: np.ndarray, batch: int = 4096) -> float:
+def _nll(flow: CPFlow, x: np.ndarray, c: np.ndarray, batch: int = 4096) -> float:
     total = 0.0
     with torch.no_grad():
         for i in range(0, x.shape[0], batch):
@@ -268,7 +268,7 @@ def _nll(flow: ConditionalCPFlow, x: np.ndarray, c: np.ndarray, batch: int = 409
 
 
 def train_conditional(
-    flow_config: ConditionalFlowConfig,
+    flow_config: FlowConfig,
     splits: ConditionalSplits,
     cfg: ConditionalTrainConfig | None = None,
     progress: Callable[[dict], None] | None = None,
@@ -287,12 +287,12 @@ def train_conditional(
     if cfg.loss not in ("surrogate", "exact"):
         raise ValueError("loss must be 'surrogate' or 'exact'")
     if flow_config.dim != splits.dim or flow_config.context_dim != splits.context_dim:
-        flow_config = flow_config.model_copy(
-            update={"dim": splits.dim, "context_dim": splits.context_dim}
-        )
+        data = flow_config.model_dump()
+        data["potential"]["context_dim"] = splits.context_dim
+        flow_config = FlowConfig.model_validate({**data, "dim": splits.dim})
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    flow = ConditionalCPFlow(flow_config)
+    flow = CPFlow(flow_config)
     dtype = flow_config.torch_dtype
     xs = fit_standardization(splits.x_train, cfg.standardize)
     cs = fit_standardization(splits.c_train, "diagonal")
@@ -358,7 +358,7 @@ def train_and_publish_conditional(
     splits: ConditionalSplits,
     model_name: str,
     store,
-    flow_config: ConditionalFlowConfig | None = None,
+    flow_config: FlowConfig | None = None,
     train_config: ConditionalTrainConfig | None = None,
     progress: Callable[[dict], None] | None = None,
     *,
@@ -372,9 +372,7 @@ def train_and_publish_conditional(
     Returns PublishedVersion."""
     from dataclasses import asdict
 
-    flow_config = flow_config or ConditionalFlowConfig(
-        dim=splits.dim, context_dim=splits.context_dim
-    )
+    flow_config = flow_config or FlowConfig(dim=splits.dim, context_dim=splits.context_dim)
     train_config = train_config or ConditionalTrainConfig()
     res = train_conditional(
         flow_config, splits, train_config, progress, on_step=on_step, should_stop=should_stop
@@ -429,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except DatasetError as exc:
         p.error(str(exc))
-    cfg = ConditionalFlowConfig(
+    cfg = FlowConfig(
         dim=splits.dim, context_dim=splits.context_dim, blocks=a.blocks, hidden=a.hidden,
         depth=a.depth, icnn=a.icnn, cut_context=not a.no_cut_context,
     )  # fmt: skip

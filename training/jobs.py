@@ -265,7 +265,7 @@ def _execute_conditional(
 ) -> dict[str, Any]:
     """:func:`execute_spec` for a conditional spec, through training.conditional; progress
     goes out as ProgressEvents like the unconditional trainer's (no CG statistics)."""
-    from cpflow.conditional import ConditionalFlowConfig
+    from cpflow import FlowConfig
     from training.conditional import (
         ConditionalTrainConfig,
         conditional_splits,
@@ -288,7 +288,7 @@ def _execute_conditional(
         splits = conditional_splits(array, dataset["context_columns"], name=record.name, seed=seed)
         extra["sha256"] = record.sha256
     model = {k: v for k, v in spec.get("model", {}).items() if k != "dim"}
-    flow_config = ConditionalFlowConfig(dim=splits.dim, context_dim=splits.context_dim, **model)
+    flow_config = FlowConfig(dim=splits.dim, context_dim=splits.context_dim, **model)
     training = spec.get("training", {})
     train_config = ConditionalTrainConfig(
         **{

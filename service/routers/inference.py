@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from fastapi import APIRouter, Depends, Request
 
-from cpflow.conditional import ContextError, check_context
+from cpflow import ContextError, check_context
 from service.deps import EngineDep, SettingsDep
 from service.engine import InferenceEngine, ServedModel
 from service.errors import ApiError, error_responses

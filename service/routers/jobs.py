@@ -157,14 +157,12 @@ def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
             "drop model.dim or make it match",
         )
     from cpflow import FlowConfig
-    from cpflow.conditional import ConditionalFlowConfig
 
     try:
-        if context_dim is None:
-            FlowConfig(dim=dim, **spec.model.flow_kwargs())
-        else:
+        context = {} if context_dim is None else {"context_dim": context_dim}
+        if context:
             _check_conditional_training(spec)
-            ConditionalFlowConfig(dim=dim, context_dim=context_dim, **spec.model.flow_kwargs())
+        FlowConfig(dim=dim, **context, **spec.model.flow_kwargs())
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ApiError(

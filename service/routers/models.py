@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse
 
+from model_store.manifest import manifest_flow_config
 from service.deps import EngineDep
 from service.errors import error_responses
 from service.images import image_shape
@@ -49,15 +50,6 @@ async def list_models(engine: EngineDep) -> ModelsResponse:
     return ModelsResponse(models=models, count=len(models))
 
 
-def _context_dim(manifest: dict[str, Any]) -> int | None:
-    """context_dim of a conditional model's manifest (flow_config kind "conditional")."""
-    config = manifest.get("flow_config")
-    if not isinstance(config, dict) or config.get("kind") != "conditional":
-        return None
-    value = config.get("context_dim")
-    return int(value) if isinstance(value, int) else None
-
-
 async def _detail(engine: Any, name: str, version: int | None) -> ModelDetail:
     versions = await engine.io(engine.store.versions, name)
     number = await engine.io(engine.store.resolve, name, "latest" if version is None else version)
@@ -69,7 +61,7 @@ async def _detail(engine: Any, name: str, version: int | None) -> ModelDetail:
         versions=versions,
         dim=int(manifest.get("dim", 0)),
         input_shape=list(shape) if (shape := image_shape(manifest)) else None,
-        context_dim=_context_dim(manifest),
+        context_dim=getattr(manifest_flow_config(manifest), "context_dim", None),
         created_at=manifest.get("created_at"),
         library_version=manifest.get("library_version"),
         flow_config=manifest.get("flow_config") or {},

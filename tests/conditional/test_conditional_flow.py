@@ -1,4 +1,4 @@
-"""ConditionalCPFlow: exact log p(x|c) vs autograd change of variables, SLQ, inverse, state."""
+"""CPFlow: exact log p(x|c) vs autograd change of variables, SLQ, inverse, state."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import math
 import pytest
 import torch
 
-from cpflow.conditional import ConditionalCPFlow, ConditionalFlowConfig
+from cpflow import CPFlow, FlowConfig
 
 
 def _flow(kind="augmented", cut=True, dim=3, cdim=2, seed=0):
     torch.manual_seed(seed)
-    cfg = ConditionalFlowConfig(
+    cfg = FlowConfig(
         dim=dim, context_dim=cdim, blocks=2, hidden=8, depth=2, icnn=kind, cut_context=cut,
         context_hidden=6, dtype="float64",
     )  # fmt: skip
-    flow = ConditionalCPFlow(cfg)
+    flow = CPFlow(cfg)
     g = torch.Generator().manual_seed(seed)
     x = 2 * torch.randn(32, dim, generator=g, dtype=torch.float64) + 1
     c = 3 * torch.randn(32, cdim, generator=g, dtype=torch.float64) - 1
@@ -75,7 +75,7 @@ def test_inverse_round_trip_per_sample_context_and_broadcast():
     x1, info1 = flow.inverse(z[:5], c[:1], tol=1e-10)  # one context row for all
     assert info1.all_converged
     assert torch.allclose(flow.transform(x1, c[:1].expand(5, -1)), z[:5], atol=1e-9)
-    s, sinfo = flow.sample(c[:1], n=6, generator=torch.Generator().manual_seed(0))
+    s, sinfo = flow.sample(6, c[:1], generator=torch.Generator().manual_seed(0))
     assert s.shape == (6, 3) and sinfo.all_converged
 
 
@@ -110,13 +110,13 @@ def test_context_validation_and_state_dict_rebuild():
     bad[1, 0] = float("nan")
     with pytest.raises(ValueError, match="finite"):
         flow.log_prob(x[:3], bad)
-    cfg = ConditionalFlowConfig.model_validate_json(flow.config.model_dump_json())
-    other = ConditionalCPFlow(cfg)
+    cfg = FlowConfig.model_validate_json(flow.config.model_dump_json())
+    other = CPFlow(cfg)
     other.load_state_dict(flow.state_dict())
     assert torch.equal(other.log_prob(x, c), flow.log_prob(x, c))
     assert other.initialized
     with pytest.raises(ValueError):
-        ConditionalFlowConfig(dim=2, context_dim=1, icnn="dense")
+        FlowConfig(dim=2, context_dim=1, icnn="dense")
 
 
 def test_context_standardisation_is_applied():
@@ -142,7 +142,7 @@ def test_context_standardisation_is_applied():
     ],
 )
 def test_check_context_errors_have_codes(context, code):
-    from cpflow.conditional import ContextError, check_context
+    from cpflow import ContextError, check_context
 
     with pytest.raises(ContextError) as err:
         check_context(context, 4, 2)
@@ -150,7 +150,7 @@ def test_check_context_errors_have_codes(context, code):
 
 
 def test_check_context_broadcasts_one_row():
-    from cpflow.conditional import check_context
+    from cpflow import check_context
 
     c = check_context([0.5, -1.0], 3, 2)
     assert c.shape == (3, 2) and torch.equal(c[2], torch.tensor([0.5, -1.0], dtype=torch.float64))

@@ -14,14 +14,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from svc_procs import make_flow, run_server
 
-from cpflow.conditional import ConditionalCPFlow, ConditionalFlowConfig
+from cpflow import CPFlow, FlowConfig
 from model_store import ModelStore
 
 
-def _conditional_flow() -> ConditionalCPFlow:
+def _conditional_flow() -> CPFlow:
     torch.manual_seed(11)
-    cfg = ConditionalFlowConfig(dim=2, context_dim=1, blocks=1, hidden=8, depth=2)
-    flow = ConditionalCPFlow(cfg)
+    cfg = FlowConfig(dim=2, context_dim=1, blocks=1, hidden=8, depth=2)
+    flow = CPFlow(cfg)
     c = torch.rand(256, 1) * 2.0 - 1.0
     x = torch.randn(256, 2) * torch.tensor([0.5, 2.0]) + c + 1.0
     flow.set_standardization(x.mean(0), x.std(0), c.mean(0), c.std(0))

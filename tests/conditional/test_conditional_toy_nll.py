@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpflow.conditional import ConditionalFlowConfig
+from cpflow import FlowConfig
 from training.conditional import (
     ConditionalTrainConfig,
     conditional_entropy,
@@ -21,7 +21,7 @@ from training.conditional import (
 def test_mog1d_nll_within_005_nats_of_true_conditional_entropy():
     torch.manual_seed(0)
     sp = make_conditional_toy("mog1d", 20_000, 0)
-    cfg = ConditionalFlowConfig(dim=1, context_dim=1, blocks=3, hidden=32, depth=3,
+    cfg = FlowConfig(dim=1, context_dim=1, blocks=3, hidden=32, depth=3,
                                 context_hidden=16)  # fmt: skip
     res = train_conditional(cfg, sp, ConditionalTrainConfig(iterations=600, validate_every=100))
     rng = np.random.default_rng(123)

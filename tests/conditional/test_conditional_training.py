@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpflow.conditional import ConditionalFlowConfig
+from cpflow import FlowConfig
 from model_store import ModelStore
 from training.conditional import (
     ConditionalTrainConfig,
@@ -65,7 +65,7 @@ def test_context_columns_from_csv(tmp_path):
 def test_train_conditional_improves_and_learns_the_context():
     torch.manual_seed(0)
     sp = make_conditional_toy("mog1d", 3000, 0)
-    cfg = ConditionalFlowConfig(dim=1, context_dim=1, blocks=1, hidden=8, depth=2,
+    cfg = FlowConfig(dim=1, context_dim=1, blocks=1, hidden=8, depth=2,
                                 context_hidden=8)  # fmt: skip
     res = train_conditional(
         cfg, sp, ConditionalTrainConfig(iterations=120, validate_every=40, batch_size=128,
@@ -92,5 +92,5 @@ def test_cli_trains_file_data_into_the_store_with_context_columns(tmp_path):
     assert rc == 0
     man = ModelStore(tmp_path / "store").manifest("m")
     assert man["training"]["context_columns"] == [0]
-    assert man["flow_config"]["context_dim"] == 1 and man["dim"] == 1
+    assert man["flow_config"]["potential"]["context_dim"] == 1 and man["dim"] == 1
     assert np.isfinite(man["training"]["metrics"]["test_nll"])

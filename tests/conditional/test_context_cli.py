@@ -44,8 +44,8 @@ def test_context_columns_publish_a_conditional_model(tmp_path, csv_path, capsys)
     assert training["context_columns"] == [1] and training["context_dim"] == 1
     # The options reached the conditional config and trainer.
     cfg = loaded.flow.config
-    assert (cfg.kind, cfg.dim, cfg.context_dim) == ("conditional", 2, 1)
-    assert (cfg.blocks, cfg.hidden, cfg.depth) == (1, 8, 1)
+    assert (cfg.potential.kind, cfg.dim, cfg.context_dim) == ("picnn", 2, 1)
+    assert (cfg.blocks, cfg.potential.hidden, cfg.potential.depth) == (1, 8, 1)
     trainer = training["trainer"]
     assert trainer["iterations"] == 20 and trainer["validate_every"] == 10
     assert trainer["seed"] == 3 and trainer["lr"] == 0.01 and trainer["batch_size"] == 32
@@ -102,9 +102,9 @@ def test_misuse_is_exit_2_with_a_message(tmp_path, csv_path, capsys, extra, need
 def test_whitening_is_refused_for_conditional_models() -> None:
     from pydantic import ValidationError
 
-    from cpflow.conditional import ConditionalFlowConfig
+    from cpflow import FlowConfig
 
     with pytest.raises(ValidationError, match="per coordinate"):
-        ConditionalFlowConfig(dim=2, context_dim=1, standardization="whiten")
+        FlowConfig(dim=2, context_dim=1, standardization="whiten")
     with pytest.raises(ValidationError, match="no radial units"):
-        ConditionalFlowConfig(dim=2, context_dim=1, radial_units=4)
+        FlowConfig(dim=2, context_dim=1, radial_units=4)

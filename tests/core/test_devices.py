@@ -28,7 +28,7 @@ def test_all_paths_follow_module_device_and_dtype(device, dtype):
     x = data[:16].to(device)
     gen = torch.Generator().manual_seed(0)  # CPU generator is fine for a CUDA model
     lp = flow.log_prob(x)
-    lp_slq, se = flow.log_prob(x, "slq", probes=4, generator=gen, return_stderr=True)
+    lp_slq, se = flow.log_prob(x, method="slq", probes=4, generator=gen, return_stderr=True)
     assert lp.device.type == device and lp.dtype == tdt and se.device.type == device
     assert torch.isfinite(lp).all() and torch.isfinite(lp_slq).all()
     loss, _ = flow.training_loss(x, generator=gen)

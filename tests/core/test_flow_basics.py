@@ -102,10 +102,15 @@ def test_slq_returns_stderr(make_flow):
     flow = make_flow(6)
     x = torch.randn(5, 6, dtype=torch.float64)
     _lp, se = flow.log_prob(
-        x, "slq", probes=8, steps=6, return_stderr=True, generator=torch.Generator().manual_seed(0)
+        x,
+        method="slq",
+        probes=8,
+        steps=6,
+        return_stderr=True,
+        generator=torch.Generator().manual_seed(0),
     )
     assert se is not None and se.shape == (5,) and (se > 0).all()
-    _, se_exact = flow.log_prob(x, "exact", return_stderr=True)
+    _, se_exact = flow.log_prob(x, method="exact", return_stderr=True)
     assert se_exact is None
 
 

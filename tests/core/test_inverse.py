@@ -55,7 +55,7 @@ def test_refinement_rescues_what_the_first_pass_leaves_above_tol(make_flow):
         for block in flow.blocks():
             block.w1.fill_(2.5)  # softplus ~ 2.6: strong blocks
     z = 2.0 * torch.randn(1000, 8, generator=torch.Generator().manual_seed(0))
-    first, _ = flow._inverse_pass(z, 1e-6, 3, "lbfgs")
+    first, _ = flow._inverse_pass(z, None, 1e-6, 3, "lbfgs")
     first_residual = (flow.transform(first) - z).abs().amax(-1)
     assert bool((first_residual > 1e-5).all())
     x, info = flow.inverse(z, tol=1e-5, max_iter=3)
@@ -141,8 +141,8 @@ def test_a_warm_started_pass_starts_where_the_estimate_is(make_flow):
     flow = _harder(make_flow(6, dtype="float64", blocks=3, hidden=16, seed=5))
     x = _data_with_outliers(flow, n=200, far=10)
     z = flow.transform(x)
-    _, cold_iters = flow._inverse_pass(z, 1e-9, 100, "lbfgs")
-    warm, warm_iters = flow._inverse_pass(z, 1e-9, 100, "lbfgs", start=x)
+    _, cold_iters = flow._inverse_pass(z, None, 1e-9, 100, "lbfgs")
+    warm, warm_iters = flow._inverse_pass(z, None, 1e-9, 100, "lbfgs", start=x)
     assert cold_iters >= 3 and warm_iters <= 1
     with torch.no_grad():
         assert float((flow.transform(warm) - z).abs().max()) <= 1e-9

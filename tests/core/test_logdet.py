@@ -18,10 +18,10 @@ def _logdet_part(flow, x, lp):
 def test_slq_within_one_percent_of_exact(make_flow, dim):
     flow = make_flow(dim, blocks=2, hidden=32, depth=2, seed=dim)
     x = torch.randn(8, dim, dtype=torch.float64)
-    exact = flow.log_prob(x, "exact")
+    exact = flow.log_prob(x, method="exact")
     est, se = flow.log_prob(
         x,
-        "slq",
+        method="slq",
         probes=64,
         steps=30,
         return_stderr=True,
@@ -41,7 +41,7 @@ def test_slq_stderr_shrinks_like_inverse_sqrt_probes(make_flow):
     for p in (16, 256):
         _, se = flow.log_prob(
             x,
-            "slq",
+            method="slq",
             probes=p,
             steps=16,
             return_stderr=True,
@@ -56,7 +56,7 @@ def test_slq_exact_for_one_dimension(make_flow):
     # d = 1: v^T log(H) v = log H exactly for v = +-1, so SLQ equals exact and stderr is 0
     flow = make_flow(1)
     x = torch.randn(10, 1, dtype=torch.float64)
-    est, se = flow.log_prob(x, "slq", probes=4, return_stderr=True)
+    est, se = flow.log_prob(x, method="slq", probes=4, return_stderr=True)
     torch.testing.assert_close(est, flow.log_prob(x), atol=1e-10, rtol=0)
     assert se.abs().max() < 1e-10
 
@@ -64,7 +64,7 @@ def test_slq_exact_for_one_dimension(make_flow):
 def test_auto_switches_on_dimension():
     flow = CPFlow(FlowConfig(dim=3, blocks=1, hidden=4, depth=1, exact_max_dim=2))
     x = torch.randn(4, 3)
-    _, se = flow.log_prob(x, "auto", return_stderr=True)
+    _, se = flow.log_prob(x, method="auto", return_stderr=True)
     assert se is not None  # slq above exact_max_dim
     with pytest.raises(ValueError):
         flow.log_prob(x, "bogus")

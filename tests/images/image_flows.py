@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cpflow.multiscale import ImageFlowConfig, MultiscaleCPFlow
+from cpflow import CPFlow, FlowConfig
 
 
 def random_image_flow(
@@ -16,14 +16,14 @@ def random_image_flow(
     seed: int = 0,
     scale: float = 0.3,
     **kw,
-) -> MultiscaleCPFlow:
+) -> CPFlow:
     """A float64 flow with data-initialised ActNorms and every parameter perturbed, so that no
     block is the identity and every code path contributes."""
     g = torch.Generator().manual_seed(seed)
-    cfg = ImageFlowConfig(
+    cfg = FlowConfig(
         input_shape=shape, blocks=list(blocks), hidden=hidden, depth=depth, dtype="float64", **kw
     )
-    flow = MultiscaleCPFlow(cfg)
+    flow = CPFlow(cfg)
     x = torch.rand(32, *shape, generator=g, dtype=torch.float64)
     flow.set_standardization(0.4, 0.3)
     flow.initialize(x)

@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpflow.conv import ChannelActNorm, ConvCPFlowBlock, ConvICNN, PositiveConv2d
+from cpflow import CPFlowBlock
+from cpflow.conv import ChannelActNorm, ConvICNN, PositiveConv2d
 
 # float64 throughout: agreement with autograd is to round-off (tolerance 1e-10 relative).
 # Reference Hessians are central differences of the AUTOGRAD gradient (double-backward through
@@ -80,7 +81,7 @@ def test_gradient_and_hvp_match_autograd():
 
 
 def test_block_is_gradient_of_its_potential_and_hessian_dominates_alpha():
-    block = ConvCPFlowBlock(_net(seed=2)).double()
+    block = CPFlowBlock(_net(seed=2)).double()
     with torch.no_grad():
         block.w1.fill_(2.0)
     x = torch.randn(4, 18, dtype=torch.float64, requires_grad=True)

@@ -1,5 +1,5 @@
 """Image flows in the model store: publish writes kind + input_shape into the manifest, and
-``cpflow.multiscale.build_flow`` (the registry a loader needs) rebuilds the exact model."""
+``CPFlow(FlowConfig.model_validate(manifest["flow_config"]))`` rebuilds the exact model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from image_flows import random_image_flow
 from safetensors.torch import load_file
 
-from cpflow.multiscale import MultiscaleCPFlow, build_flow
+from cpflow import CPFlow, FlowConfig
 from model_store import ModelStore
 from training.images import sample_grid_png
 
@@ -20,12 +20,12 @@ def test_publish_manifest_and_rebuild(tmp_path):
         "digits-cp", flow, training={"input_shape": [1, 4, 4]}, plots={"samples.png": grid}
     )
     man = store.manifest("digits-cp")
-    assert man["flow_config"]["kind"] == "multiscale"
-    assert man["flow_config"]["input_shape"] == [1, 4, 4]
+    assert man["flow_config"]["potential"]["kind"] == "conv"
+    assert man["flow_config"]["image_shape"] == [1, 4, 4]
     assert man["dim"] == 16 and "samples.png" in man["plots"]
     assert store.plot_path("digits-cp", pub.version, "samples.png").read_bytes() == grid
-    rebuilt = build_flow(man["flow_config"])
-    assert isinstance(rebuilt, MultiscaleCPFlow)
+    rebuilt = CPFlow(FlowConfig.model_validate(man["flow_config"]))
+    assert isinstance(rebuilt, CPFlow)
     weights = next(p for p in pub.path.iterdir() if p.suffix == ".safetensors")
     rebuilt.load_state_dict(load_file(str(weights)), strict=True)
     x = torch.rand(3, 1, 4, 4, dtype=torch.float64)

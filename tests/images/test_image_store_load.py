@@ -9,7 +9,7 @@ import pytest
 import torch
 from image_flows import random_image_flow
 
-from cpflow.multiscale import MultiscaleCPFlow
+from cpflow import CPFlow
 from model_store import CorruptModel, ModelStore
 from model_store.fsio import sha256_bytes
 from model_store.manifest import MANIFEST_DIGEST_FILE, MANIFEST_FILE, dump_manifest
@@ -20,7 +20,7 @@ def test_store_loads_multiscale_models(tmp_path):
     store = ModelStore(tmp_path)
     store.publish("img", flow)
     loaded = store.load("img")
-    assert isinstance(loaded.flow, MultiscaleCPFlow)
+    assert isinstance(loaded.flow, CPFlow)
     assert loaded.flow.input_shape == (1, 4, 4)
     x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
     assert torch.equal(loaded.flow.log_prob(x), flow.log_prob(x))

@@ -13,16 +13,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cpflow.multiscale import ImageFlowConfig, MultiscaleCPFlow
+from cpflow import CPFlow, FlowConfig
 from training.images import dequantize, load_digits_images
 
 RMSE_BOUND = 1e-3
 
 
-def _flow() -> MultiscaleCPFlow:
+def _flow() -> CPFlow:
     g = torch.Generator().manual_seed(11)
-    cfg = ImageFlowConfig(input_shape=(1, 8, 8), blocks=[1, 1, 1], hidden=8, depth=3)
-    flow = MultiscaleCPFlow(cfg)
+    cfg = FlowConfig(input_shape=(1, 8, 8), blocks=[1, 1, 1], hidden=8, depth=3)
+    flow = CPFlow(cfg)
     digits = load_digits_images().train[:128]
     x = dequantize(digits, 17, generator=g).reshape(128, -1)
     flow.set_standardization(x.mean(0), x.std(0).clamp_min(0.05))
@@ -30,7 +30,7 @@ def _flow() -> MultiscaleCPFlow:
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.5 * torch.randn(p.shape, generator=g))
-        for block in flow.cp_blocks():
+        for block in flow.blocks():
             block.w1.fill_(3.0)  # a strongly non-linear map: softplus(3) ~ 3 x the ICNN
     return flow
 

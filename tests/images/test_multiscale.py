@@ -9,18 +9,16 @@ import pytest
 import torch
 from image_flows import random_image_flow
 
-from cpflow.multiscale import (
-    ImageFlowConfig,
-    MultiscaleCPFlow,
-    Squeeze,
-    as_flat_images,
-    coupling_parameter_match,
-)
+from cpflow import CPFlow, FlowConfig
+from cpflow.coupling import coupling_parameter_match
+from cpflow.flow import as_flat_images
+from cpflow.layers import Squeeze
+from training.presets import resolve_preset
 
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _autograd_log_prob(flow: MultiscaleCPFlow, x: torch.Tensor) -> torch.Tensor:
+def _autograd_log_prob(flow: CPFlow, x: torch.Tensor) -> torch.Tensor:
     """Independent reference: log N(T(x)) + log|det dT/dx| with the full autograd Jacobian."""
     out = []
     for row in x.reshape(x.shape[0], -1):
@@ -58,7 +56,9 @@ def test_slq_agrees_with_exact_within_its_standard_error():
     exact = flow.log_prob(x)
     # steps = d: Lanczos is exact per probe, so only the probe (Hutchinson-type) noise remains
     gen = torch.Generator().manual_seed(0)
-    est, se = flow.log_prob(x, "slq", probes=32, steps=32, generator=gen, return_stderr=True)
+    est, se = flow.log_prob(
+        x, method="slq", probes=32, steps=32, generator=gen, return_stderr=True
+    )
     assert bool((se > 0).all())
     assert bool(((est - exact).abs() <= 5 * se + 1e-6).all())
 
@@ -66,8 +66,8 @@ def test_slq_agrees_with_exact_within_its_standard_error():
 def test_auto_method_is_exact_up_to_exact_max_dim():
     flow = random_image_flow((1, 4, 4), (1,), seed=5, exact_max_dim=16)
     x = torch.rand(3, 16, dtype=torch.float64)
-    lp, se = flow.log_prob(x, "auto", return_stderr=True)
-    assert se is None and torch.allclose(lp, flow.log_prob(x, "exact"))
+    lp, se = flow.log_prob(x, method="auto", return_stderr=True)
+    assert se is None and torch.allclose(lp, flow.log_prob(x, method="exact"))
 
 
 def test_wrong_shapes_are_rejected_naming_both_shapes():
@@ -126,15 +126,15 @@ def test_training_surrogate_gradient_matches_exact_nll_gradient():
 
 def test_config_round_trip_presets_and_state_dict():
     for name, blocks in (("mnist", [8, 8, 8]), ("cifar", [2, 2, 2, 2]), ("digits", [2, 2, 2])):
-        cfg = ImageFlowConfig.preset(name)
+        cfg = FlowConfig(**resolve_preset(name)[1])
         assert cfg.blocks == blocks
-        assert ImageFlowConfig.model_validate_json(cfg.model_dump_json()) == cfg
-    mnist = ImageFlowConfig.preset("mnist")
-    assert mnist.dim == 784 and mnist.hidden == 64 and mnist.depth == 4
+        assert FlowConfig.model_validate_json(cfg.model_dump_json()) == cfg
+    mnist = FlowConfig(**resolve_preset("mnist")[1])
+    assert mnist.dim == 784 and mnist.potential.hidden == 64 and mnist.potential.depth == 4
     with pytest.raises(ValueError, match="divisible"):
-        ImageFlowConfig(input_shape=(1, 6, 6), blocks=[1, 1, 1])
+        FlowConfig(input_shape=(1, 6, 6), blocks=[1, 1, 1])
     flow = random_image_flow((1, 4, 4), (1, 1), seed=9)
-    clone = MultiscaleCPFlow(flow.config)
+    clone = CPFlow(flow.config)
     clone.load_state_dict(flow.state_dict())
     x = torch.rand(2, 16, dtype=torch.float64)
     assert torch.equal(clone.log_prob(x), flow.log_prob(x))
@@ -142,10 +142,10 @@ def test_config_round_trip_presets_and_state_dict():
 
 
 def test_coupling_ablation_is_exact_and_parameter_matched():
-    cfg = ImageFlowConfig(input_shape=(1, 4, 4), blocks=[2, 1], hidden=6, depth=2, dtype="float64")
-    target = sum(p.numel() for p in MultiscaleCPFlow(cfg).parameters())
+    cfg = FlowConfig(input_shape=(1, 4, 4), blocks=[2, 1], hidden=6, depth=2, dtype="float64")
+    target = sum(p.numel() for p in CPFlow(cfg).parameters())
     ccfg = coupling_parameter_match(cfg, target)
-    coup = MultiscaleCPFlow(ccfg)
+    coup = CPFlow(ccfg)
     count = sum(p.numel() for p in coup.parameters())
     assert abs(count - target) <= 0.15 * target  # channel counts are whole numbers
     x = torch.rand(3, 16, dtype=torch.float64)

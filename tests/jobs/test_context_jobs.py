@@ -120,7 +120,7 @@ def test_conditional_upload_job_publishes_a_model_scored_with_context(stack: Sta
     assert training["kind"] == "conditional" and training["job_id"] == job_id
     assert training["context_columns"] == [2] and training["context_dim"] == 1
     assert training["sha256"] == ds["id"] and training["trainer"]["iterations"] == 20
-    assert manifest["flow_config"]["context_dim"] == 1 and manifest["dim"] == 2
+    assert manifest["flow_config"]["potential"]["context_dim"] == 1 and manifest["dim"] == 2
 
     detail = stack.client.get("/v1/models/cond-model").json()
     assert detail["context_dim"] == 1 and detail["dim"] == 2

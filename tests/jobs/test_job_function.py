@@ -62,5 +62,5 @@ def test_builtin_job_publishes_and_records_its_result(
     assert manifest["training"]["dataset"] == "eight_gaussians"
     # the spec reached the trainer
     assert manifest["training"]["config"]["warmup_iterations"] == 5
-    assert ModelStore(store_dir).load("g8").flow.config.radial_units == 3
+    assert ModelStore(store_dir).load("g8").flow.config.potential.radial_units == 3
     assert json.loads(json.dumps(done))  # the public view is plain JSON

@@ -44,7 +44,7 @@ def test_cli_trains_and_publishes_a_loadable_model(tmp_path, capsys) -> None:
     loaded = store.load("ot-demo")
     # Options override the preset; the preset fills the rest.
     cfg = loaded.flow.config
-    assert (cfg.hidden, cfg.depth, cfg.blocks, cfg.actnorm) == (8, 2, 1, False)
+    assert (cfg.potential.hidden, cfg.potential.depth, cfg.blocks, cfg.actnorm) == (8, 2, 1, False)
     training = loaded.manifest["training"]
     assert training["dataset"] == "wishart_gaussian:2" and len(training["sha256"]) == 64
     assert training["config"]["iterations"] == 6 and training["iterations_run"] == 6
@@ -210,7 +210,7 @@ def test_cli_radial_units_reach_the_blocks_and_survive_the_store(tmp_path) -> No
     args = _tiny_run(tmp_path, "r", "--radial-units", "6", dim=2, iterations=2, blocks=2)
     assert main(args) == 0
     loaded = ModelStore(tmp_path).load("r")
-    assert loaded.flow.config.radial_units == 6
+    assert loaded.flow.config.potential.radial_units == 6
     assert all(b.radial is not None and b.radial.units == 6 for b in loaded.flow.blocks())
     x = torch.randn(5, 2)
     lp = loaded.flow.log_prob(x)
