@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         help="built-in name (eight_gaussians, sklearn:wine, ...), "
         "power/gas/... with --data-dir, or file:/path.csv|.npy; the conditional toys "
-        "mog1d and banana train p(x | c)",
+        "mog1d and banana train p(x | c); digits (mnist, cifar10 with --data-dir) are images",
     )
     p.add_argument(
         "--context-columns",
@@ -95,10 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    from training.conditional import CONDITIONAL_TOYS
-
-    conditional = args.context_columns is not None or args.dataset in CONDITIONAL_TOYS
-    problem = _conditional_misuse(args) if conditional else None
+    problem = _context_columns_misuse(args)
     if problem:
         print(f"cpflow-train: error: {problem}", file=sys.stderr)
         return 2
@@ -106,10 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if conditional:
-        return _train_conditional(args)
+
+    from pydantic import ValidationError
 
     from model_store import ModelStore
+    from training.datasets.errors import DatasetError
     from training.pipeline import train_and_publish
     from training.presets import PresetError
     from training.trainer import ProgressEvent, TrainingError
@@ -164,7 +162,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=progress,
             checkpoint_dir=args.checkpoint_dir,
             export_onnx=args.onnx,
+            context_columns=args.context_columns,
         )
+    except DatasetError as exc:  # the data or its context columns: say what to give instead
+        bar.close()
+        print(f"cpflow-train: error: {exc}", file=sys.stderr)
+        return 2 if args.context_columns is not None else 1
+    except ValidationError as exc:
+        bar.close()
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if p != "potential") or "options"
+        print(f"cpflow-train: error: --{where.replace('_', '-')}: {first['msg']}", file=sys.stderr)
+        return 2
     except (TrainingError, PresetError, ValueError) as exc:
         bar.close()
         print(f"cpflow-train: error: {exc}", file=sys.stderr)
@@ -175,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "name": published.name,
         "version": published.version,
         "path": str(published.path),
+        "kind": training.get("kind"),
+        "dataset": training.get("dataset"),
+        **{k: training[k] for k in ("context_columns", "context_dim") if k in training},
         "metrics": training.get("metrics"),
         "wall_time_s": training.get("wall_time_s"),
         "seconds_per_iteration": training.get("seconds_per_iteration"),
@@ -220,122 +232,20 @@ _FLOW_OPTIONS = (
     "radial_units",
 )
 
-# Options of the unconditional trainer that conditional training has no use for: refused, so
-# that nothing the user asked for is silently dropped.
-_NOT_CONDITIONAL = {
-    "preset": "--preset (presets configure unconditional flows; set the options directly)",
-    "epochs": "--epochs (conditional training counts --iterations)",
-    "early_stopping_patience": "--early-stopping (conditional training keeps the best "
-    "validation weights instead)",
-    "data_dir": "--data-dir (conditional data is mog1d, banana or file: data)",
-    "checkpoint_dir": "--checkpoint-dir (conditional training writes no checkpoints)",
-    "checkpoint_every": "--checkpoint-every (conditional training writes no checkpoints)",
-    "onnx": "--onnx (conditional models have no ONNX export)",
-    "warmup_iterations": "--warmup (conditional training has no lr warm-up)",
-}
 
-
-def _conditional_misuse(args: argparse.Namespace) -> str | None:
-    """What is wrong with a conditional run's options, or None."""
-    from training.conditional import CONDITIONAL_TOYS
+def _context_columns_misuse(args: argparse.Namespace) -> str | None:
+    """What is wrong with --context-columns here, or None (they split file: data only)."""
+    from training.datasets.conditional import CONDITIONAL_TOYS
 
     ds = args.dataset or ""
-    if args.context_columns is not None and not ds.startswith("file:"):
-        if ds in CONDITIONAL_TOYS:
-            return f"{ds} has its context built in; drop --context-columns"
-        return (
-            f"--context-columns applies to file: data sets only, not {ds or 'a preset'!r}; "
-            "give --dataset file:/path.csv|.npy, or drop --context-columns"
-        )
-    for key, text in _NOT_CONDITIONAL.items():
-        if getattr(args, key) not in (None, False):
-            return f"{text} does not apply to conditional training; drop it"
-    if args.schedule not in (None, "cosine"):
-        return "conditional training always uses a cosine schedule; drop --schedule"
-    if args.device not in (None, "cpu"):
-        return "conditional training runs on the CPU; drop --device"
-    return None
-
-
-def _train_conditional(args: argparse.Namespace) -> int:
-    """Train and publish p(x | c) with training.conditional (which records the context columns
-    and context dimension in the manifest)."""
-    from pydantic import ValidationError
-
-    from cpflow import FlowConfig
-    from model_store import ModelStore
-    from training.conditional import (
-        ConditionalTrainConfig,
-        load_conditional_dataset,
-        train_and_publish_conditional,
+    if args.context_columns is None or ds.startswith("file:"):
+        return None
+    if ds in CONDITIONAL_TOYS:
+        return f"{ds} has its context built in; drop --context-columns"
+    return (
+        f"--context-columns applies to file: data sets only, not {ds or 'a preset'!r}; "
+        "give --dataset file:/path.csv|.npy, or drop --context-columns"
     )
-    from training.config import TrainConfig
-    from training.datasets.errors import DatasetError
-
-    seed = args.seed or 0
-    try:
-        splits = load_conditional_dataset(
-            args.dataset, args.context_columns, num_samples=args.num_samples, seed=seed
-        )
-        flow_kw = {
-            k: getattr(args, k) for k in (*_FLOW_OPTIONS, "dtype") if getattr(args, k) is not None
-        }
-        flow_cfg = FlowConfig(dim=splits.dim, context_dim=splits.context_dim, **flow_kw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"]))
-        print(f"cpflow-train: error: --{where}: {first['msg']}", file=sys.stderr)
-        return 2
-    except DatasetError as exc:
-        print(f"cpflow-train: error: {exc}", file=sys.stderr)
-        return 2
-    renames = {"val_every": "validate_every"}
-    train_kw = {
-        renames.get(k, k): getattr(args, k)
-        for k in ("iterations", "batch_size", "lr", "weight_decay", "grad_clip", "val_every")
-        if getattr(args, k) is not None
-    }
-    if args.loss is not None:
-        train_kw["loss"] = TrainConfig(loss=args.loss).loss_method(splits.dim)
-    train_cfg = ConditionalTrainConfig(seed=seed, **train_kw)
-    bar = _Bar(args.quiet)
-    last_val: dict[str, str] = {}
-
-    def on_validate(h: dict) -> None:
-        last_val["val_nll"] = f"{h['val_nll']:.4f}"
-
-    def on_step(h: dict) -> None:
-        bar.update(h["iteration"], h["total"], {"loss": f"{h['loss']:.3f}", **last_val})
-
-    try:
-        published = train_and_publish_conditional(
-            splits,
-            args.name,
-            ModelStore(args.store_dir),
-            flow_cfg,
-            train_cfg,
-            on_validate,
-            on_step=on_step,
-        )
-    except ValueError as exc:
-        bar.close()
-        print(f"cpflow-train: error: {exc}", file=sys.stderr)
-        return 1
-    bar.close()
-    training = published.manifest.get("training", {})
-    out = {
-        "name": published.name,
-        "version": published.version,
-        "path": str(published.path),
-        "kind": "conditional",
-        "dataset": training.get("dataset"),
-        "context_columns": training.get("context_columns"),
-        "context_dim": training.get("context_dim"),
-        "metrics": training.get("metrics"),
-        "wall_time_s": training.get("wall_time_s"),
-    }
-    print(json.dumps(out, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

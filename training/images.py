@@ -16,8 +16,6 @@ import io
 import math
 import pickle
 import struct
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,7 +36,7 @@ __all__ = [
     "read_cifar_batch",
     "read_idx",
     "sample_grid_png",
-    "train_image_flow",
+    "uniform_dequantize",
     "write_idx",
 ]
 
@@ -230,13 +228,20 @@ def dequantize(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """y = (v + u) / levels with u ~ U[0, 1): integer images to [0, 1] (uniform dequantisation)."""
-    v = torch.as_tensor(np.asarray(images), dtype=dtype)
-    u = torch.rand(v.shape, generator=generator, dtype=dtype)
-    return (v + u) / levels
+    return uniform_dequantize(torch.as_tensor(np.asarray(images), dtype=dtype), levels, generator)
 
 
-def bits_per_dim(log_prob: torch.Tensor, dim: int, levels: int) -> torch.Tensor:
-    """Per-image bits/dim of the discrete data from log p(y) of y in [0, 1]^d."""
+def uniform_dequantize(
+    x: torch.Tensor, levels: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(x + u) / levels, u ~ U[0, 1) drawn on the CPU generator: x of integer pixel values
+    (any device) to a density on [0, 1]^d."""
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return (x + u) / levels
+
+
+def bits_per_dim(log_prob: torch.Tensor | float, dim: int, levels: int) -> torch.Tensor | float:
+    """Bits/dim of the discrete data from log p(y) of y in [0, 1]^d (per image, or a mean)."""
     return -(log_prob - dim * math.log(levels)) / (dim * _LN2)
 
 
@@ -288,93 +293,6 @@ def fit_gaussian_bits_per_dim(
     return {
         "full_covariance_bits_per_dim": float(bpd.mean()),
         "diagonal_bits_per_dim": float(bpd_diag.mean()),
-    }
-
-
-# -- training ---------------------------------------------------------------------------------
-def train_image_flow(
-    flow: Any,
-    splits: ImageSplits,
-    *,
-    iterations: int,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    seed: int = 0,
-    eval_every: int = 100,
-    eval_images: int = 200,
-    eval_method: str = "slq",
-    grad_clip: float = 10.0,
-    standardization: str = "pixel",
-    log: Callable[[dict], None] | None = None,
-) -> dict[str, Any]:
-    """Adam on the flow's ``training_loss`` (the CG surrogate for CP-Flow blocks), fresh
-    dequantisation noise every step, cosine learning rate; validation bits/dim by ``eval_method``
-    every ``eval_every`` steps, keeping the parameters of the best validation score. The flow's
-    fixed input layer is fitted here: per-pixel (``pixel``) or one scalar mean/std."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    train = torch.as_tensor(splits.train)
-    first = dequantize(train[: min(512, len(train))], splits.levels, generator=gen)
-    if standardization == "pixel":  # per-pixel mean/std: near-constant border pixels get
-        rows = first.reshape(len(first), -1)  # their scale at once, not by learning it
-        flow.set_standardization(rows.mean(0), rows.std(0).clamp_min(1e-3))
-    elif standardization == "scalar":
-        flow.set_standardization(float(first.mean()), float(first.std()))
-    else:
-        raise ValueError(f"standardization must be 'pixel' or 'scalar', got {standardization!r}")
-    flow.initialize(first)
-    opt = torch.optim.Adam(flow.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(iterations, 1))
-    history: list[dict] = []
-    best_val, best_state = math.inf, None
-    t0 = time.perf_counter()
-    val_imgs = splits.val[:eval_images]
-
-    def validate(it: int) -> None:
-        nonlocal best_val, best_state
-        res = evaluate_bits_per_dim(flow, val_imgs, splits.levels, method=eval_method, seed=7)
-        rec = {"iteration": it, "val_bits_per_dim": res["bits_per_dim"], "time_s": 0.0}
-        rec["time_s"] = time.perf_counter() - t0
-        history.append(rec)
-        if log:
-            log(rec)
-        if math.isfinite(res["bits_per_dim"]) and res["bits_per_dim"] < best_val:
-            best_val = res["bits_per_dim"]
-            best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
-
-    losses: list[float] = []
-    for it in range(1, iterations + 1):
-        idx = torch.randint(0, len(train), (batch_size,), generator=gen)
-        x = dequantize(train[idx], splits.levels, generator=gen)
-        loss, stats = flow.training_loss(x.reshape(batch_size, -1), generator=gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if log and it % 10 == 0:
-            log(
-                {
-                    "iteration": it,
-                    "surrogate_loss": float(loss.detach()),
-                    "cg_iterations_mean": stats.cg_iterations_mean,
-                    "time_s": time.perf_counter() - t0,
-                }
-            )
-        if it % eval_every == 0 or it == iterations:
-            validate(it)
-    if best_state is not None:
-        flow.load_state_dict(best_state)
-    return {
-        "iterations": iterations,
-        "batch_size": batch_size,
-        "lr": lr,
-        "standardization": standardization,
-        "wall_time_s": time.perf_counter() - t0,
-        "best_val_bits_per_dim": best_val,
-        "history": history,
-        "parameter_count": int(sum(p.numel() for p in flow.parameters())),
     }
 
 

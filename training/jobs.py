@@ -205,8 +205,6 @@ def execute_spec(
     if not store_dir:
         raise RuntimeError("no model store: set CPFLOW_STORE_DIR for the worker")
     store = ModelStore(store_dir)
-    if _is_conditional(spec["dataset"]):
-        return _execute_conditional(spec, store, progress, should_stop)
     training = dict(spec.get("training", {}))
     training.setdefault("device", os.environ.get("CPFLOW_DEVICE", "auto"))
     model = {k: v for k, v in spec.get("model", {}).items() if k != "dim"}
@@ -223,6 +221,7 @@ def execute_spec(
         should_stop=should_stop,
         job_id=runtime.get("job_id"),
         make_plots=bool(spec.get("plots", True)),
+        context_columns=dataset.get("context_columns") if "builtin" in dataset else None,
     )
     return _result(published)
 
@@ -235,111 +234,6 @@ def _result(published: Any) -> dict[str, Any]:
         "version": published.version,
         "test_nll": metrics.get("test_nll"),
     }
-
-
-def _is_conditional(dataset: dict[str, Any]) -> bool:
-    """A conditional toy, or an upload with context columns: the job trains p(x | c)."""
-    from training.conditional import is_conditional_source
-
-    return is_conditional_source(dataset.get("builtin", ""), dataset.get("context_columns"))
-
-
-# Job spec ``training`` fields -> ConditionalTrainConfig fields. The API refuses a conditional
-# spec that sets a schedule other than cosine or early stopping, so nothing else is dropped.
-_CONDITIONAL_TRAINING = {
-    "iterations": "iterations",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "weight_decay": "weight_decay",
-    "grad_clip": "grad_clip",
-    "val_every": "validate_every",
-    "seed": "seed",
-}
-
-
-def _execute_conditional(
-    spec: dict[str, Any],
-    store: Any,
-    progress: Callable[[Any], None] | None,
-    should_stop: Callable[[], bool] | None,
-) -> dict[str, Any]:
-    """:func:`execute_spec` for a conditional spec, through training.conditional; progress
-    goes out as ProgressEvents like the unconditional trainer's (no CG statistics)."""
-    from cpflow import FlowConfig
-    from training.conditional import (
-        ConditionalTrainConfig,
-        conditional_splits,
-        load_conditional_dataset,
-        train_and_publish_conditional,
-    )
-    from training.config import TrainConfig
-    from training.trainer import ProgressEvent
-
-    dataset = spec["dataset"]
-    seed = dataset.get("seed", 0)
-    extra: dict[str, Any] = {"job_id": spec.get("runtime", {}).get("job_id")}
-    if "builtin" in dataset:
-        splits = load_conditional_dataset(
-            dataset["builtin"], num_samples=dataset.get("num_samples"), seed=seed
-        )
-    else:
-        record = store.datasets.get(dataset["id"])
-        array = store.datasets.load(dataset["id"])
-        splits = conditional_splits(array, dataset["context_columns"], name=record.name, seed=seed)
-        extra["sha256"] = record.sha256
-    model = {k: v for k, v in spec.get("model", {}).items() if k != "dim"}
-    flow_config = FlowConfig(dim=splits.dim, context_dim=splits.context_dim, **model)
-    training = spec.get("training", {})
-    train_config = ConditionalTrainConfig(
-        **{
-            ours: training[theirs]
-            for theirs, ours in _CONDITIONAL_TRAINING.items()
-            if training.get(theirs) is not None
-        },
-        loss=TrainConfig(loss=training.get("loss", "auto")).loss_method(splits.dim),
-    )
-    n_train = splits.x_train.shape[0]
-    last: dict[str, Any] = {}
-
-    def event(phase: str, step: dict[str, Any], val_nll: float | None) -> None:
-        if progress is None:
-            return
-        progress(
-            ProgressEvent(
-                phase=phase,
-                iteration=step["iteration"],
-                total=step["total"],
-                epoch=step["iteration"] * train_config.batch_size / n_train,
-                surrogate_loss=step["loss"],
-                val_nll=val_nll,
-                val_nll_stderr=None,
-                cg_iterations=None,
-                seconds_per_iteration=step["seconds_per_iteration"],
-                eta_s=step["eta_s"],
-                lr=step["lr"],
-            )
-        )
-
-    def on_step(step: dict[str, Any]) -> None:
-        last["step"] = step
-        event("train", step, last.get("val_nll"))
-
-    def on_validate(h: dict[str, Any]) -> None:
-        last["val_nll"] = h["val_nll"]
-        event("validate", last["step"], h["val_nll"])
-
-    published = train_and_publish_conditional(
-        splits,
-        spec["model_name"],
-        store,
-        flow_config,
-        train_config,
-        on_validate,
-        on_step=on_step,
-        should_stop=should_stop,
-        summary_extra=extra,
-    )
-    return _result(published)
 
 
 @dataclass(frozen=True)
@@ -374,10 +268,21 @@ def split_upload(array: np.ndarray, *, name: str, sha256: str, seed: int = 0) ->
 
 
 def _dataset_source(dataset: dict[str, Any], store: Any) -> Any:
-    """The pipeline's data argument: a built-in name, or the uploaded array's splits."""
+    """The pipeline's data argument: a built-in name, or the uploaded array's splits (data
+    and context columns when the spec names context columns)."""
     if "builtin" in dataset:
         return dataset["builtin"]
     record = store.datasets.get(dataset["id"])
+    if dataset.get("context_columns") is not None:
+        from training.datasets.conditional import conditional_splits
+
+        return conditional_splits(
+            store.datasets.load(dataset["id"]),
+            dataset["context_columns"],
+            name=record.name,
+            seed=dataset.get("seed", 0),
+            sha256=record.sha256,
+        )
     return split_upload(
         store.datasets.load(dataset["id"]),
         name=record.name,

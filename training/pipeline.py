@@ -17,9 +17,19 @@ from training.config import TrainConfig
 from training.presets import resolve_preset
 from training.trainer import ProgressEvent, TrainResult, train
 
-__all__ = ["build_configs", "load_splits", "train_and_publish", "training_summary"]
+__all__ = [
+    "IMAGE_DATASETS",
+    "build_configs",
+    "data_summary",
+    "load_splits",
+    "train_and_publish",
+    "training_summary",
+]
 
 log = logging.getLogger(__name__)
+
+
+IMAGE_DATASETS = ("digits", "mnist", "cifar10")
 
 
 def load_splits(
@@ -28,10 +38,23 @@ def load_splits(
     num_samples: int | None = None,
     seed: int = 0,
     data_dir: str | Path | None = None,
+    context_columns: Any = None,
 ) -> Any:
     """A data set name goes through ``training.datasets.load_dataset`` (``wishart_gaussian:D``
-    builds the OT experiment's Gaussian); splits pass through."""
+    builds the OT experiment's Gaussian; ``digits``, ``mnist`` and ``cifar10`` are images; the
+    conditional toys, or any data with ``context_columns``, give (x, c) splits); splits pass
+    through."""
     if isinstance(dataset, str):
+        from training.datasets.conditional import is_conditional_source, load_conditional_dataset
+
+        if is_conditional_source(dataset, context_columns):
+            return load_conditional_dataset(
+                dataset, context_columns, num_samples=num_samples, seed=seed
+            )
+        if dataset in IMAGE_DATASETS:
+            from training.images import load_image_dataset
+
+            return load_image_dataset(dataset, data_dir=data_dir, seed=seed)
         from training.ot import make_splits, parse_ot_dataset
 
         ot_dim = parse_ot_dataset(dataset)
@@ -62,6 +85,20 @@ def build_configs(
         train_kw["epochs"] = None  # an explicit iteration budget replaces a preset's epochs
     train_kw.update(overrides)
     return dataset, flow, TrainConfig.model_validate(train_kw), num_samples
+
+
+def data_summary(splits: Any) -> dict[str, Any]:
+    """What kind of data a model was trained on: rows, images (shape and grey levels) or
+    (x, c) with its context columns."""
+    if getattr(splits, "contexts", None) is not None:
+        return {
+            "kind": "conditional",
+            "context_columns": list(splits.context_columns),
+            "context_dim": splits.context_dim,
+        }
+    if getattr(splits, "levels", None):
+        return {"kind": "image", "input_shape": list(splits.shape), "levels": splits.levels}
+    return {"kind": "rows"}
 
 
 def training_summary(
@@ -117,10 +154,12 @@ def train_and_publish(
     should_stop: Callable[[], bool] | None = None,
     checkpoint_dir: str | Path | None = None,
     export_onnx: bool = False,
+    context_columns: Any = None,
 ) -> Any:
     """Train on ``dataset`` (name or splits; None: the preset's default data set) and publish
     the best flow as a new version.
 
+    ``context_columns`` (with file data) trains p(x | c) on the other columns.
     ``flow_config`` may be a FlowConfig or a dict of overrides without ``dim``;
     ``train_config`` a TrainConfig or a dict. A ``preset`` fills what they leave out.
     Returns the store's PublishedVersion.
@@ -157,6 +196,7 @@ def train_and_publish(
         num_samples=num_samples or preset_samples,
         seed=dataset_seed,
         data_dir=data_dir,
+        context_columns=context_columns,
     )
     problem = getattr(splits, "problem", None)
     ot_curve, hook = None, None
@@ -179,7 +219,13 @@ def train_and_publish(
         from training.plots import ot_figure
 
         try:
-            plots = _make_plots(result.flow, splits.train, result.history)
+            contexts = getattr(splits, "contexts", None)
+            plots = _make_plots(
+                result.flow,
+                splits.train,
+                result.history,
+                contexts=None if contexts is None else contexts[0],
+            )
             if ot_curve:
                 plots["ot_transport_vs_kl.png"] = ot_figure(
                     {"CP-Flow": ot_curve}, problem.w2_squared, title=str(splits.name)
@@ -195,6 +241,7 @@ def train_and_publish(
         preset=preset,
         num_train=len(splits.train),
     )
+    summary.update(data_summary(splits))
     if ot_curve:
         summary["ot"] = {
             "w2_squared_optimum": problem.w2_squared,

@@ -1,8 +1,9 @@
 """Figures for a trained model, as PNG bytes for ``store.publish(plots=...)``.
 
 2-D models get the paper's Fig. 1 views (data, learned density, samples, the first block's
-convex potential, the mesh distorted by its gradient map, the encoding); every model gets a
-training curve; OT runs get transport cost against KL (Fig. 4).
+convex potential, the mesh distorted by its gradient map, the encoding); image models a grid
+of samples; conditional models with 1-D or 2-D data their density at three contexts; every
+model gets a training curve; OT runs get transport cost against KL (Fig. 4).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from matplotlib.collections import LineCollection
 
 __all__ = [
     "PNG_MAGIC",
+    "context_slices_figure",
     "density_figure",
     "make_plots",
     "ot_figure",
@@ -61,11 +63,14 @@ def _flow_tensor(flow: torch.nn.Module, arr: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(arr, dtype=p.dtype, device=p.device)
 
 
-def _log_prob_grid(flow: Any, pts: np.ndarray, batch: int = 4096) -> np.ndarray:
+def _log_prob_grid(
+    flow: Any, pts: np.ndarray, context: np.ndarray | None = None, batch: int = 4096
+) -> np.ndarray:
     out = []
+    c = None if context is None else _flow_tensor(flow, np.atleast_2d(context))
     for s in range(0, len(pts), batch):
         with torch.no_grad():
-            lp = flow.log_prob(_flow_tensor(flow, pts[s : s + batch]), method="exact")
+            lp = flow.log_prob(_flow_tensor(flow, pts[s : s + batch]), c, method="exact")
         out.append(lp.detach().double().cpu().numpy())
     return np.concatenate(out)
 
@@ -241,10 +246,56 @@ def ot_figure(
     return _png(fig)
 
 
-def make_plots(flow: Any, train_data: np.ndarray, history: Sequence[Mapping[str, Any]]) -> dict:
+def context_slices_figure(
+    flow: Any, data: np.ndarray, contexts: np.ndarray, *, grid: int = 120
+) -> bytes:
+    """p(x | c) at the 10%, 50% and 90% quantiles of the training contexts (1-D or 2-D x)."""
+    data = np.asarray(data, dtype=np.float64)
+    contexts = np.asarray(contexts, dtype=np.float64)
+    picks = np.quantile(contexts, [0.1, 0.5, 0.9], axis=0)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    for ax, c in zip(axes, picks, strict=True):
+        label = ", ".join(f"{v:.2g}" for v in c)
+        if data.shape[1] == 1:
+            lo, hi = np.quantile(data[:, 0], [0.002, 0.998])
+            xs = np.linspace(lo - 0.15 * (hi - lo), hi + 0.15 * (hi - lo), 400)
+            ax.plot(xs, np.exp(_log_prob_grid(flow, xs[:, None], c)))
+            ax.set_xlabel("x")
+        else:
+            bounds = _bounds(data)
+            gx, _, pts = _grid(bounds, grid)
+            density = np.exp(_log_prob_grid(flow, pts, c)).reshape(gx.shape)
+            ax.imshow(density, origin="lower", extent=bounds, aspect="auto")
+        ax.set_title(f"p(x | c = {label})")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def image_samples_figure(flow: Any, *, n: int = 64, seed: int = 0) -> bytes:
+    """A grid of samples of an image model, in the [0, 1] pixel range of its training data."""
+    from training.images import sample_grid_png
+
+    with torch.no_grad():
+        images, _ = flow.sample(n, generator=torch.Generator().manual_seed(seed), images=True)
+    return sample_grid_png(images)
+
+
+def make_plots(
+    flow: Any,
+    train_data: np.ndarray,
+    history: Sequence[Mapping[str, Any]],
+    *,
+    contexts: np.ndarray | None = None,
+) -> dict:
     """Every figure that applies to this model, keyed by file name."""
     plots = {"training_curve.png": training_curve(history)}
-    if np.asarray(train_data).shape[1] == 2:
+    dim = int(flow.dim)
+    if getattr(flow.config, "image_shape", None) is not None:
+        plots["samples.png"] = image_samples_figure(flow)
+    elif contexts is not None:
+        if dim <= 2:
+            plots["context_slices.png"] = context_slices_figure(flow, train_data, contexts)
+    elif dim == 2:
         plots["density.png"] = density_figure(flow, train_data)
         plots["potential.png"] = potential_figure(flow, train_data)
     return plots

@@ -1,5 +1,8 @@
 """Train a CP-Flow on data splits: Adam on the CG surrogate, validation on the real likelihood.
 
+One loop for every kind of flow: rows, images (integer pixels, dequantised afresh every batch;
+val/test once, with fixed noise) and conditional densities p(x | c) (splits with ``contexts``).
+
 The surrogate loss (Algorithm 2) only has the right *gradient*; its value is not an NLL and is
 reported as ``surrogate`` only. Every NLL this module reports (validation, final metrics) is
 ``-flow.log_prob`` with the exact log-det up to ``exact_max_dim`` and SLQ (with its standard
@@ -29,6 +32,7 @@ from training.checkpoint import (
     unpack_optimizer,
 )
 from training.config import TrainConfig, iterations_per_epoch
+from training.images import bits_per_dim, uniform_dequantize
 
 __all__ = [
     "ProgressEvent",
@@ -159,6 +163,7 @@ def _nll_method(dim: int, exact_max_dim: int) -> str:
 def evaluate_nll(
     flow: CPFlow,
     x: torch.Tensor,
+    context: torch.Tensor | None = None,
     *,
     method: str,
     batch_size: int = 1024,
@@ -179,13 +184,15 @@ def evaluate_nll(
     have_stderr = False
     for start in range(0, x.shape[0], batch_size):
         chunk = x[start : start + batch_size]
+        c = None if context is None else context[start : start + batch_size]
         with torch.no_grad():
             if method == "exact":
-                logp = flow.log_prob(chunk, method="exact")
+                logp = flow.log_prob(chunk, c, method="exact")
                 err = None
             else:
                 logp, err = flow.log_prob(
                     chunk,
+                    c,
                     method=method,
                     probes=probes,
                     steps=steps,
@@ -251,10 +258,22 @@ class _Schedule:
 
 
 def _effective_flow_config(
-    flow_config: FlowConfig | dict, dim: int, cfg: TrainConfig
+    flow_config: FlowConfig | dict,
+    dim: int,
+    cfg: TrainConfig,
+    *,
+    context_dim: int | None = None,
+    image_shape: tuple[int, ...] | None = None,
 ) -> FlowConfig:
     data = flow_config.model_dump() if isinstance(flow_config, FlowConfig) else dict(flow_config)
     data.setdefault("dim", dim)
+    if image_shape is not None and "potential" not in data:
+        data.setdefault("input_shape", image_shape)
+    if context_dim is not None:  # the data decide the context's width
+        if "potential" in data:
+            data["potential"] = {**data["potential"], "context_dim": context_dim}
+        else:
+            data["context_dim"] = context_dim
     if data["dim"] != dim:
         raise ValueError(f"flow_config.dim={data['dim']} but the data has {dim} columns")
     for key in ("cg_atol", "cg_rtol", "dtype"):
@@ -276,7 +295,9 @@ def train(
     resume: bool = True,
     on_validate: ValidateHook | None = None,
 ) -> TrainResult:
-    """Train a CP-Flow on ``splits`` (``.train``, ``.val``, ``.test`` arrays, ``.sha256``).
+    """Train a CP-Flow on ``splits`` (``.train``, ``.val``, ``.test`` arrays, ``.sha256``;
+    images (n, C, H, W) of integers with ``.levels``; ``.contexts`` = (train, val, test)
+    context rows for a conditional flow p(x | c)).
 
     Raises TrainingDiverged (naming the iteration) on NaN/inf, TrainingCancelled when
     ``should_stop()`` returns True (after checkpointing). ``on_validate(flow, iteration)`` may
@@ -290,25 +311,46 @@ def train(
     )
     device = resolve_device(cfg.device)
     train_np = np.asarray(splits.train)
+    levels = getattr(splits, "levels", None)  # images: integer pixels, dequantised here
+    image_shape = tuple(train_np.shape[1:]) if train_np.ndim == 4 else None
+    if image_shape is not None:
+        train_np = train_np.reshape(train_np.shape[0], -1)
     if train_np.ndim != 2 or train_np.shape[0] == 0:
         raise ValueError("the training split must be a non-empty 2-D array")
     dim = train_np.shape[1]
-    fcfg = _effective_flow_config(flow_config, dim, cfg)
+    contexts = getattr(splits, "contexts", None)
+    context_dim = None if contexts is None else np.asarray(contexts[0]).shape[1]
+    fcfg = _effective_flow_config(
+        flow_config, dim, cfg, context_dim=context_dim, image_shape=image_shape
+    )
     dtype = torch.float64 if fcfg.dtype == "float64" else torch.float32
     method = _nll_method(dim, cfg.exact_max_dim)
     loss_method = cfg.loss_method(dim)
     data_sha = str(getattr(splits, "sha256", ""))
 
-    def as_tensor(a: np.ndarray) -> torch.Tensor:
-        arr = np.asarray(a, dtype=np.float64).reshape(-1, dim)
-        return torch.as_tensor(arr, dtype=dtype, device=device)
+    def as_tensor(a: np.ndarray, width: int = dim, noise_seed: int | None = None) -> torch.Tensor:
+        """Rows on the device; images dequantised once with fixed noise (val and test)."""
+        arr = np.asarray(a, dtype=np.float64).reshape(-1, width)
+        t = torch.as_tensor(arr, dtype=dtype, device=device)
+        if levels and noise_seed is not None:
+            t = uniform_dequantize(t, levels, torch.Generator().manual_seed(noise_seed))
+        return t
+
+    def batch(rows: torch.Tensor) -> torch.Tensor:  # fresh dequantisation noise every batch
+        return uniform_dequantize(rows, levels, gen_batch) if levels else rows
 
     x_train = as_tensor(train_np)
+    c_split = (
+        [None, None, None] if contexts is None else [as_tensor(c, context_dim) for c in contexts]
+    )
+    c_train = c_split[0]
     val_np = np.asarray(splits.val) if getattr(splits, "val", None) is not None else None
     if val_np is None or val_np.size == 0:
-        val_np = train_np[: cfg.val_max_points or len(train_np)]
-    x_val_all = as_tensor(val_np)
+        val_np, c_split[1] = train_np[: cfg.val_max_points or len(train_np)], c_train
+    x_val_all = as_tensor(val_np, noise_seed=cfg.seed + 6)
     x_val = x_val_all[: cfg.val_max_points] if cfg.val_max_points else x_val_all
+    c_val_all = c_split[1]
+    c_val = None if c_val_all is None else c_val_all[: x_val.shape[0]]
     n_train = x_train.shape[0]
     bs = min(cfg.batch_size, n_train)
     ipe = iterations_per_epoch(n_train, bs)
@@ -374,18 +416,28 @@ def train(
         cg_window = list(meta.get("cg_window", []))
     else:
         mode = "none" if not cfg.standardize else getattr(fcfg, "standardization", "diagonal")
-        stats = fit_standardization(train_np, mode)
-        if stats is not None:
-            mean, scale = stats  # float64; the flow casts to its own dtype
-            flow.set_standardization(
-                torch.as_tensor(mean, device=device), torch.as_tensor(scale, device=device)
-            )
         init_idx = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed))
-        x_init = x_train[init_idx[: cfg.init_batch_size].to(device)]
-        x_init = x_init[torch.isfinite(x_init).all(dim=1)]
+        init_idx = init_idx[: cfg.init_batch_size].to(device)
+        x_init = x_train[init_idx]
+        if levels:
+            x_init = uniform_dequantize(x_init, levels, torch.Generator().manual_seed(cfg.seed))
+        stats_rows = x_init.double().cpu().numpy() if levels else train_np
+        stats = fit_standardization(stats_rows, mode)
+        if stats is not None:
+            c_stats = () if contexts is None else fit_standardization(contexts[0], "diagonal")
+            # float64; the flow casts to its own dtype
+            flow.set_standardization(
+                *(torch.as_tensor(v, device=device) for v in (*stats, *c_stats))
+            )
+        c_init = None if c_train is None else c_train[init_idx]
+        keep = torch.isfinite(x_init).all(dim=1)
+        if c_init is not None:
+            keep &= torch.isfinite(c_init).all(dim=1)
+            c_init = c_init[keep]
+        x_init = x_init[keep]
         if x_init.shape[0] > 0:
             with torch.no_grad():
-                flow.initialize(x_init)
+                flow.initialize(x_init, c_init)
 
     def checkpoint() -> None:
         if not checkpoint_dir:
@@ -444,6 +496,7 @@ def train(
         val_nll, val_err = evaluate_nll(
             flow,
             x_val,
+            c_val,
             method=method,
             batch_size=cfg.eval_batch_size,
             probes=cfg.slq_probes,
@@ -501,16 +554,17 @@ def train(
             pos = 0
             epoch += 1
             perm = None
-        x = x_train[idx.to(device)]
+        x = batch(x_train[idx.to(device)])
+        c = None if c_train is None else c_train[idx.to(device)]
         lr = schedule.lr(iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         step = iteration + 1
         if loss_method == "exact":
-            loss, stats = -flow.log_prob(x, method="exact").mean(), None
+            loss, stats = -flow.log_prob(x, c, method="exact").mean(), None
         else:
-            loss, stats = flow.training_loss(x, generator=gen_loss)
+            loss, stats = flow.training_loss(x, c, generator=gen_loss)
         if not _finite(loss):
             hint = (
                 "the batch contains non-finite input values; clean the data"
@@ -567,20 +621,24 @@ def train(
     flow.eval()
     emit("evaluate")
     metrics: dict[str, Any] = {"method": method, "train_loss": loss_method}
-    x_tr = x_train
+    x_tr, c_tr = x_train, c_train
     if cfg.final_train_max_points and n_train > cfg.final_train_max_points:
         sub = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed + 4))
-        x_tr = x_train[sub[: cfg.final_train_max_points].to(device)]
-    x_test = (
-        as_tensor(np.asarray(splits.test)) if getattr(splits, "test", None) is not None else None
-    )
-    for name, xs in (("train", x_tr), ("val", x_val_all), ("test", x_test)):
+        sub = sub[: cfg.final_train_max_points].to(device)
+        x_tr, c_tr = x_train[sub], None if c_train is None else c_train[sub]
+    if levels:
+        x_tr = uniform_dequantize(x_tr, levels, torch.Generator().manual_seed(cfg.seed + 7))
+    test_np = getattr(splits, "test", None)
+    x_test = None if test_np is None else as_tensor(np.asarray(test_np), noise_seed=cfg.seed + 8)
+    parts = (("train", x_tr, c_tr), ("val", x_val_all, c_val_all), ("test", x_test, c_split[2]))
+    for name, xs, cs in parts:
         if xs is None or xs.shape[0] == 0:
             metrics[f"{name}_nll"] = None
             continue
         nll, err = evaluate_nll(
             flow,
             xs,
+            cs,
             method=method,
             batch_size=cfg.eval_batch_size,
             probes=cfg.slq_probes,
@@ -588,6 +646,8 @@ def train(
             seed=cfg.seed + 5,
         )
         metrics[f"{name}_nll"] = nll
+        if levels:
+            metrics[f"{name}_bits_per_dim"] = bits_per_dim(-nll, dim, levels)
         if err is not None:
             metrics[f"{name}_nll_stderr"] = err
     metrics["best_iteration"] = best_iteration

@@ -130,23 +130,6 @@ def _check_context_columns(columns: list[int], ncols: int) -> None:
         raise bad(f"all {ncols} columns are context; leave at least one column as data")
 
 
-def _check_conditional_training(spec: JobSpec) -> None:
-    """Refuse trainer settings that a conditional job could not honour (never drop them)."""
-    given = spec.training.model_fields_set
-    problem = None
-    if "schedule" in given and spec.training.schedule != "cosine":
-        problem = "training.schedule: conditional training always uses a cosine schedule"
-    elif spec.training.warmup_iterations:
-        problem = "training.warmup_iterations: conditional training has no lr warm-up"
-    elif spec.training.early_stopping_patience is not None:
-        problem = (
-            "training.early_stopping_patience: conditional training keeps the best validation "
-            "weights and has no early stopping"
-        )
-    if problem:
-        raise ApiError(422, "conditional_option_unsupported", f"{problem}; drop the field")
-
-
 def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
     if spec.model.dim is not None and spec.model.dim != dim:
         what = "data columns (context excluded)" if context_dim else "columns"
@@ -160,8 +143,6 @@ def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
 
     try:
         context = {} if context_dim is None else {"context_dim": context_dim}
-        if context:
-            _check_conditional_training(spec)
         FlowConfig(dim=dim, **context, **spec.model.flow_kwargs())
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from cpflow import FlowConfig
-from training.conditional import (
-    ConditionalTrainConfig,
+from training.config import TrainConfig
+from training.datasets.conditional import (
     conditional_entropy,
     conditional_toy_log_density,
     make_conditional_toy,
     sample_conditional_toy,
-    train_conditional,
 )
+from training.trainer import train
 
 
 @pytest.mark.slow  # ~2 min idle (600 surrogate steps), longer on a loaded machine
@@ -23,7 +23,11 @@ def test_mog1d_nll_within_005_nats_of_true_conditional_entropy():
     sp = make_conditional_toy("mog1d", 20_000, 0)
     cfg = FlowConfig(dim=1, context_dim=1, blocks=3, hidden=32, depth=3,
                                 context_hidden=16)  # fmt: skip
-    res = train_conditional(cfg, sp, ConditionalTrainConfig(iterations=600, validate_every=100))
+    # the settings of the conditional trainer this replaced: Adam 5e-3 cosine, batch 256, CG
+    # surrogate, gradient clipping at 10
+    train_cfg = TrainConfig(iterations=600, val_every=100, batch_size=256, lr=5e-3,
+                            loss="surrogate", schedule="cosine", grad_clip=10.0)  # fmt: skip
+    res = train(cfg, sp, train_cfg)
     rng = np.random.default_rng(123)
     for c in (0.1, 0.5, 0.9):
         x = sample_conditional_toy("mog1d", np.full(20_000, c), rng)

@@ -47,7 +47,7 @@ def test_context_columns_publish_a_conditional_model(tmp_path, csv_path, capsys)
     assert (cfg.potential.kind, cfg.dim, cfg.context_dim) == ("picnn", 2, 1)
     assert (cfg.blocks, cfg.potential.hidden, cfg.potential.depth) == (1, 8, 1)
     trainer = training["trainer"]
-    assert trainer["iterations"] == 20 and trainer["validate_every"] == 10
+    assert trainer["iterations"] == 20 and trainer["val_every"] == 10
     assert trainer["seed"] == 3 and trainer["lr"] == 0.01 and trainer["batch_size"] == 32
     # The stored model scores rows of x given their context.
     x = torch.tensor([[0.1, 0.2], [0.5, -0.3]])
@@ -80,12 +80,6 @@ def test_negative_index_and_conditional_toy(tmp_path, csv_path, capsys) -> None:
         (["--context-columns", "0,0"], "must not repeat"),
         (["--context-columns", "0,1,2"], "at least one column must remain"),
         (["--context-columns", "a"], "comma-separated integer"),
-        (["--context-columns", "1", "--epochs", "2"], "--epochs"),
-        (["--context-columns", "1", "--early-stopping", "2"], "--early-stopping"),
-        (["--context-columns", "1", "--schedule", "plateau"], "cosine"),
-        (["--context-columns", "1", "--onnx"], "--onnx"),
-        (["--context-columns", "1", "--warmup", "10"], "--warmup"),
-        (["--context-columns", "1", "--device", "cuda"], "--device"),
         (["--context-columns", "1", "--icnn", "dense"], "augmented"),
     ],
 )
@@ -97,6 +91,19 @@ def test_misuse_is_exit_2_with_a_message(tmp_path, csv_path, capsys, extra, need
     err = capsys.readouterr().err
     assert err.startswith("cpflow-train: error:") and needle in err
     assert not (tmp_path / "store" / "bad").exists()
+
+
+def test_conditional_runs_take_every_trainer_option(tmp_path, csv_path, capsys) -> None:
+    """One trainer: schedule, warm-up, early stopping and an epoch budget (refused while
+    conditional models had a trainer of their own) reach a conditional run's config."""
+    store_dir = tmp_path / "store"
+    argv = ["--dataset", f"file:{csv_path}", "--context-columns", "1", "--name", "opts"]
+    argv += ["--store-dir", str(store_dir), *TINY, "--schedule", "plateau", "--warmup", "3"]
+    rc = main([*argv, "--early-stopping", "40", "--epochs", "2"])
+    assert rc == 0, capsys.readouterr().err
+    config = ModelStore(store_dir).manifest("opts")["training"]["config"]
+    assert (config["schedule"], config["warmup_iterations"]) == ("plateau", 3)
+    assert config["early_stopping_patience"] == 40 and config["epochs"] == 2
 
 
 def test_whitening_is_refused_for_conditional_models() -> None:

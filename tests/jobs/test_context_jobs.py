@@ -44,7 +44,7 @@ def _body(dataset: dict, name: str = "cond-model") -> dict:
 
 
 def test_conditional_builtins_match_the_training_package() -> None:
-    from training.conditional import CONDITIONAL_TOYS, make_conditional_toy
+    from training.datasets.conditional import CONDITIONAL_TOYS, make_conditional_toy
 
     assert set(CONDITIONAL_BUILTIN_DATASETS) == set(CONDITIONAL_TOYS)
     for name, (dim, context_dim) in CONDITIONAL_BUILTIN_DATASETS.items():
@@ -80,15 +80,6 @@ def test_bad_context_columns_are_422(stack: Stack, columns: list[int], needle: s
         ({"model": {**TINY_MODEL, "dim": 3}}, "dimension_mismatch"),  # 2 data columns
         ({"model": {**TINY_MODEL, "icnn": "dense"}}, "validation_error"),  # not a PICNN kind
         ({"model": {**TINY_MODEL, "radial_units": 4}}, "validation_error"),  # dense blocks only
-        ({"training": {**TRAINING, "schedule": "plateau"}}, "conditional_option_unsupported"),
-        (
-            {"training": {**TRAINING, "early_stopping_patience": 2}},
-            "conditional_option_unsupported",
-        ),
-        (
-            {"training": {**TRAINING, "warmup_iterations": 10}},
-            "conditional_option_unsupported",
-        ),
     ],
 )
 def test_conditional_spec_problems_are_422(stack: Stack, change: dict, code: str) -> None:
@@ -119,7 +110,7 @@ def test_conditional_upload_job_publishes_a_model_scored_with_context(stack: Sta
     training = manifest["training"]
     assert training["kind"] == "conditional" and training["job_id"] == job_id
     assert training["context_columns"] == [2] and training["context_dim"] == 1
-    assert training["sha256"] == ds["id"] and training["trainer"]["iterations"] == 20
+    assert training["sha256"] == ds["id"] and training["config"]["iterations"] == 20
     assert manifest["flow_config"]["potential"]["context_dim"] == 1 and manifest["dim"] == 2
 
     detail = stack.client.get("/v1/models/cond-model").json()

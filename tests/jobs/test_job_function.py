@@ -64,3 +64,36 @@ def test_builtin_job_publishes_and_records_its_result(
     assert manifest["training"]["config"]["warmup_iterations"] == 5
     assert ModelStore(store_dir).load("g8").flow.config.potential.radial_units == 3
     assert json.loads(json.dumps(done))  # the public view is plain JSON
+
+
+def test_conditional_job_honours_every_trainer_setting(
+    redis_conn: redis.Redis, queue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Conditional jobs run the one trainer: schedule, warm-up and early stopping (refused with
+    422 conditional_option_unsupported while they had a trainer of their own) reach it."""
+    store_dir = tmp_path / "store"
+    monkeypatch.setenv("CPFLOW_STORE_DIR", str(store_dir))
+    queue = JobQueue(redis_conn, queue_name=queue_name, heartbeat_s=0.2)
+    training = {
+        **SHORT_TRAINING,
+        "schedule": "plateau",
+        "warmup_iterations": 3,
+        "early_stopping_patience": 50,
+    }
+    spec = {
+        "model_name": "mog",
+        "dataset": {"builtin": "mog1d", "num_samples": 400, "seed": 0},
+        "model": TINY_MODEL,
+        "training": training,
+        "plots": False,
+    }
+    job = queue.submit(spec, model_name="mog", dataset_id=None)
+    runtime = in_process_runtime(queue_name, job)
+    out = run_with_recorder({**spec, "runtime": runtime}, JobRecorder(redis_conn, runtime))
+    assert out["status"] == "succeeded", out
+    manifest = ModelStore(store_dir).manifest("mog")
+    config = manifest["training"]["config"]
+    assert (config["schedule"], config["warmup_iterations"]) == ("plateau", 3)
+    assert config["early_stopping_patience"] == 50
+    assert manifest["training"]["kind"] == "conditional"
+    assert ModelStore(store_dir).load("mog").flow.context_dim == 1
