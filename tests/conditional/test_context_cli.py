@@ -46,7 +46,7 @@ def test_context_columns_publish_a_conditional_model(tmp_path, csv_path, capsys)
     cfg = loaded.flow.config
     assert (cfg.potential.kind, cfg.dim, cfg.context_dim) == ("picnn", 2, 1)
     assert (cfg.blocks, cfg.potential.hidden, cfg.potential.depth) == (1, 8, 1)
-    trainer = training["trainer"]
+    trainer = training["config"]
     assert trainer["iterations"] == 20 and trainer["val_every"] == 10
     assert trainer["seed"] == 3 and trainer["lr"] == 0.01 and trainer["batch_size"] == 32
     # The stored model scores rows of x given their context.
