@@ -58,25 +58,9 @@ def _const_logdet(flow: CPFlow) -> Tensor:
     return flow._const_logdet()
 
 
-def log_prob_exact(flow: CPFlow, x: Tensor) -> Tensor:
-    """log p(x) with the paper's exact Hessian (see module docstring)."""
-    h = flow.standardization(x)
-    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    with torch.enable_grad():
-        h = h.detach().requires_grad_(True)
-        for layer in flow.layers:
-            if isinstance(layer, CPFlowBlock):
-                h, ld = block_logdet_exact(layer, h)
-                total = total + ld
-            else:
-                h = layer(h)
-    base = -0.5 * (h * h).sum(-1) - 0.5 * x.shape[1] * _LOG_2PI
-    return base + total + _const_logdet(flow)
-
-
-def exact_nll_loss(flow: CPFlow, x: Tensor) -> Tensor:
-    """-mean log p(x) through the paper's exact Hessian (to back-propagate through log det)."""
-    h = flow.standardization(x).requires_grad_(True)
+def _log_prob_through_hessians(flow: CPFlow, x: Tensor, h: Tensor) -> Tensor:
+    """log p(x) from the standardised input h (requiring grad), block log-dets by
+    :func:`block_logdet_exact`."""
     total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for layer in flow.layers:
         if isinstance(layer, CPFlowBlock):
@@ -85,7 +69,20 @@ def exact_nll_loss(flow: CPFlow, x: Tensor) -> Tensor:
         else:
             h = layer(h)
     base = -0.5 * (h * h).sum(-1) - 0.5 * x.shape[1] * _LOG_2PI
-    return -(base + total + _const_logdet(flow)).mean()
+    return base + total + _const_logdet(flow)
+
+
+def log_prob_exact(flow: CPFlow, x: Tensor) -> Tensor:
+    """log p(x) with the paper's exact Hessian (see module docstring)."""
+    h = flow.standardization(x)
+    with torch.enable_grad():
+        return _log_prob_through_hessians(flow, x, h.detach().requires_grad_(True))
+
+
+def exact_nll_loss(flow: CPFlow, x: Tensor) -> Tensor:
+    """-mean log p(x) through the paper's exact Hessian (to back-propagate through log det)."""
+    h = flow.standardization(x).requires_grad_(True)
+    return -_log_prob_through_hessians(flow, x, h).mean()
 
 
 def _invert_block(block: CPFlowBlock, y: Tensor, tol: float, max_iter: int) -> tuple[Tensor, int]:
