@@ -26,7 +26,7 @@ def _run(argv: list[str]) -> int:
     bench = get(argv[0])
     parser = argparse.ArgumentParser(
         prog=f"python -m bench run {bench.name}",
-        description=bench.help().split("\n", 2)[2],
+        description=bench.help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
