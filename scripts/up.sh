@@ -92,7 +92,7 @@ start_bg() {
 }
 
 # glibc malloc: keep the few-MB blocks of each request in the heap instead of mapping and
-# unmapping them per call (exact log_prob 1.3x faster; bench/malloc_tuning.py).
+# unmapping them per call (exact log_prob 1.3x faster; python -m bench run malloc_tuning).
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-67108864}"
 export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-268435456}"
 

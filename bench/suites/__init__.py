@@ -1,0 +1,1 @@
+"""The benchmarks, one module per topic; :mod:`bench.suites.common` holds what they share."""
