@@ -37,27 +37,32 @@ NO_CUT = Option("no_cut", "bool", False, "keep the deep context path in the PICN
 SEED = Option("seed", "int", 0, "seed")
 
 
-# -- library calls (re-point these when the conditional API changes) ----------------------------
+# -- library calls -------------------------------------------------------------------------------
 
 
 def conditional_flow_config(**kw):
-    from cpflow.conditional import ConditionalFlowConfig
+    from cpflow import FlowConfig
 
-    return ConditionalFlowConfig(**kw)
+    return FlowConfig(**kw)
 
 
 def build_conditional_flow(cfg):
-    from cpflow.conditional import ConditionalCPFlow
+    from cpflow import CPFlow
 
-    return ConditionalCPFlow(cfg)
+    return CPFlow(cfg)
 
 
 def train_conditional_toy(cfg, splits, iterations: int, seed: int, log):
-    """(trained result with .flow, .best_val_nll, .test_nll, .wall_time_s, .history)."""
-    from training.conditional import ConditionalTrainConfig, train_conditional
+    """The one trainer, with the settings the README's conditional figures were measured
+    with (Adam 5e-3, cosine, batch 256, CG surrogate, gradient clipping at 10)."""
+    from training.config import TrainConfig
+    from training.trainer import train
 
-    tcfg = ConditionalTrainConfig(iterations=iterations, validate_every=100, seed=seed)
-    return train_conditional(cfg, splits, tcfg, progress=log)
+    tcfg = TrainConfig(
+        iterations=iterations, val_every=100, seed=seed, lr=5e-3, batch_size=256,
+        loss="surrogate", schedule="cosine", grad_clip=10.0, val_max_points=None,
+    )  # fmt: skip
+    return train(cfg, splits, tcfg)
 
 
 def conditional_log_prob(flow, x: np.ndarray, c: float) -> np.ndarray:
@@ -88,7 +93,7 @@ def _plot(flow, name: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from training.conditional import conditional_toy_log_density
+    from training.datasets.conditional import conditional_toy_log_density
 
     if name == "mog1d":
         grid = np.linspace(-4, 4, 801)
@@ -145,7 +150,7 @@ def conditional_toy(opts, ctx) -> dict:
     by the true density; the gap NLL_model - NLL_true on the same points estimates
     KL(p(.|c) || q(.|c)) with little Monte-Carlo noise, and H(X | c) (quadrature / closed
     form) is given beside it. Writes a figure of the conditional curves to the results dir."""
-    from training.conditional import (
+    from training.datasets.conditional import (
         conditional_entropy,
         conditional_toy_log_density,
         make_conditional_toy,
@@ -192,8 +197,8 @@ def conditional_toy(opts, ctx) -> dict:
         "cut_context": not opts.no_cut,
         "seed": opts.seed,
         "iterations": opts.iterations,
-        "best_val_nll": res.best_val_nll,
-        "test_nll": res.test_nll,
+        "best_val_nll": res.metrics["val_nll"],
+        "test_nll": res.metrics["test_nll"],
         "wall_time_s": res.wall_time_s,
         "per_context": rows,
         "history": res.history,

@@ -88,14 +88,14 @@ def trained_model(dim: int, device: str, steps: int):
 
 def exact_log_prob(flow, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return flow.log_prob(x, "exact")
+        return flow.log_prob(x, method="exact")
 
 
 def slq_log_prob(flow, x: torch.Tensor, probes: int, steps: int):
     """(estimate, standard error) of log p(x) by stochastic Lanczos quadrature."""
     return flow.log_prob(
         x,
-        "slq",
+        method="slq",
         probes=probes,
         steps=steps,
         return_stderr=True,
@@ -256,7 +256,9 @@ def bench_slq(device: str, quick: bool) -> list[dict]:
         flow, x = make_model(dim, device, blocks=2)
         x = x[: 128 if quick else 256]
         with torch.no_grad():
-            t_ex, exact = timeit(lambda flow=flow, x=x: flow.log_prob(x, "exact"), device, 1)
+            t_ex, exact = timeit(
+                lambda flow=flow, x=x: flow.log_prob(x, method="exact"), device, 1
+            )
             ld = exact_log_det(flow, x, exact)
             for probes, steps in ((4, 10), (16, 20), (64, 30)):
                 t_s, (est, se) = timeit(
@@ -317,7 +319,7 @@ def memory_step(mode: str, device: str, threads: int, dim: int = 43, batch: int 
     if mode == "ours_cg":
         loss, _ = surrogate_loss(flow, x, g)
     elif mode == "ours_exact_backprop":
-        loss = -flow.log_prob(x, "exact").mean()
+        loss = -flow.log_prob(x, method="exact").mean()
     elif mode == "baseline_cg":
         loss, _ = paper.training_loss(flow, x, flow.config.cg_atol, generator=g)
     elif mode == "baseline_exact_backprop":

@@ -35,36 +35,46 @@ WEIGHTS = Option("weights", "strs", [], "saved .safetensors of digits models (di
 DEQUANT_SEED = 1234  # training.images.evaluate_bits_per_dim's draw of the test images
 
 
-# -- library calls (re-point these when the multiscale / images API changes) --------------------
+# -- library calls -------------------------------------------------------------------------------
 
 
-def build_digits_flow(model: str, hidden: int, blocks: list[int]):
+def preset_config(preset: str, **overrides):
+    """The FlowConfig of an image preset of cpflow-train (digits, mnist, cifar)."""
+    from cpflow import FlowConfig
+    from training.presets import resolve_preset
+
+    return FlowConfig(**{**resolve_preset(preset)[1], **overrides})
+
+
+def digits_config(model: str, hidden: int, blocks: list[int], standardization: str):
     """The digits preset's multiscale CP-Flow, or the coupling ablation of equal size."""
-    from cpflow.multiscale import ImageFlowConfig, MultiscaleCPFlow, coupling_parameter_match
+    from cpflow import CPFlow
+    from cpflow.coupling import coupling_parameter_match
 
-    cfg = ImageFlowConfig.preset("digits", hidden=hidden, blocks=blocks)
+    scaling = {"pixel": "diagonal", "scalar": "isotropic"}[standardization]
+    cfg = preset_config("digits", hidden=hidden, blocks=blocks, standardization=scaling)
     if model == "coupling":
-        target = sum(p.numel() for p in MultiscaleCPFlow(cfg).parameters())
+        target = sum(p.numel() for p in CPFlow(cfg).parameters())
         cfg = coupling_parameter_match(cfg, target)
-    return MultiscaleCPFlow(cfg)
+    return cfg
 
 
 def build_preset_flow(preset: str):
-    from cpflow.multiscale import ImageFlowConfig, MultiscaleCPFlow
+    from cpflow import CPFlow
 
-    return MultiscaleCPFlow(ImageFlowConfig.preset(preset))
+    return CPFlow(preset_config(preset))
 
 
 def load_image_flow(path: Path):
-    """A multiscale flow saved by the digits benchmark (its config in the file's metadata)."""
+    """An image flow saved by the digits benchmark (its config in the file's metadata)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from cpflow.multiscale import ImageFlowConfig, MultiscaleCPFlow
+    from cpflow import CPFlow, FlowConfig
 
     with safe_open(str(path), framework="pt") as fh:
-        cfg = ImageFlowConfig.model_validate_json(fh.metadata()["config"])
-    flow = MultiscaleCPFlow(cfg)
+        cfg = FlowConfig.model_validate_json(fh.metadata()["config"])
+    flow = CPFlow(cfg)
     flow.load_state_dict(load_file(str(path)))
     return flow.eval()
 
@@ -79,22 +89,19 @@ def save_image_flow(flow, path: Path) -> None:
     )
 
 
-def train_digits(flow, splits, opts, log) -> dict:
-    from training.images import train_image_flow
+def train_digits(cfg, splits, opts):
+    """The one trainer (cpflow-train --preset digits runs the same): cosine lr, fresh
+    dequantisation noise every batch, exact validation NLL on 100 images (d = 64: exact
+    log-dets are affordable), the best validation weights kept."""
+    from training.config import TrainConfig
+    from training.trainer import train
 
-    return train_image_flow(
-        flow,
-        splits,
-        iterations=opts.iterations,
-        batch_size=opts.batch_size,
-        lr=opts.lr,
-        seed=opts.seed,
-        eval_every=opts.eval_every,
-        eval_images=100,
-        standardization=opts.standardization,
-        eval_method="exact",  # d = 64: exact log-dets are affordable
-        log=log,
-    )
+    tcfg = TrainConfig(
+        iterations=opts.iterations, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed,
+        val_every=opts.eval_every, val_max_points=100, schedule="cosine", grad_clip=10.0,
+        loss="surrogate", final_train_max_points=1000,
+    )  # fmt: skip
+    return train(cfg, splits, tcfg)
 
 
 def digits_splits(seed: int = 0):
@@ -153,24 +160,24 @@ def digits(opts, ctx) -> dict:
     if opts.model == "gaussian":
         out.update(fit_gaussian_bits_per_dim(splits, seed=opts.seed))
         return out
-    torch.manual_seed(opts.seed)
-    flow = build_digits_flow(opts.model, opts.hidden, opts.blocks)
-    summary = train_digits(flow, splits, opts, ctx.log)
+    cfg = digits_config(opts.model, opts.hidden, opts.blocks, opts.standardization)
+    result = train_digits(cfg, splits, opts)
+    flow = result.flow
     t0 = time.perf_counter()
     flow.eval()
     test = evaluate_bits_per_dim(flow, splits.test, splits.levels, method="exact", batch=64)
     out.update(
         {
             "config": flow.config.model_dump(mode="json"),
-            "parameter_count": summary["parameter_count"],
-            "iterations": summary["iterations"],
-            "batch_size": summary["batch_size"],
+            "parameter_count": result.parameter_count,
+            "iterations": result.iterations_run,
+            "batch_size": opts.batch_size,
             "lr": opts.lr,
             "standardization": opts.standardization,
-            "train_wall_time_s": round(summary["wall_time_s"], 1),
-            "seconds_per_iteration": round(summary["wall_time_s"] / summary["iterations"], 3),
-            "best_val_bits_per_dim": summary["best_val_bits_per_dim"],
-            "val_history": summary["history"],
+            "train_wall_time_s": round(result.wall_time_s, 1),
+            "seconds_per_iteration": result.extra["seconds_per_iteration"],
+            "best_val_bits_per_dim": result.metrics["val_bits_per_dim"],
+            "val_history": result.history,
             "test": test,
             "test_eval_time_s": round(time.perf_counter() - t0, 1),
         }
@@ -294,7 +301,7 @@ def digits_inversion(opts, ctx) -> dict:
         rows = {name: reconstruction(flow, x, opts.max_iter) for name, x in data.items()}
         worst = max(r["rmse"] for r in rows.values())
         table[path.stem] = {
-            "block_type": flow.config.block_type,
+            "block_type": flow.config.potential.kind,
             "rows": rows,
             "worst_rmse": worst if math.isfinite(worst) else "nan/inf",
         }

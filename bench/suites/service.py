@@ -585,10 +585,10 @@ torch.set_num_threads({threads})
 flow, x = make_model(43, "cpu")
 times = []
 with torch.no_grad():
-    flow.log_prob(x, "exact")
+    flow.log_prob(x, method="exact")
     for _ in range({calls}):
         t0 = time.perf_counter()
-        flow.log_prob(x, "exact")
+        flow.log_prob(x, method="exact")
         times.append(time.perf_counter() - t0)
 print(json.dumps(statistics.median(times)))
 """
