@@ -161,6 +161,38 @@ async def _model(
     return model
 
 
+def _routes(op: str, handler: Any, doc: str, body_model: type, response_model: type) -> None:
+    """Register ``POST /{name}/<op>`` (the latest version) and
+    ``POST /{name}/versions/{version}/<op>`` (a pinned one), both served by ``handler``."""
+
+    async def latest(name, body, engine, settings, request):
+        return await handler(name, None, body, engine, settings, request)
+
+    async def pinned(name, version, body, engine, settings, request):
+        return await handler(name, version, body, engine, settings, request)
+
+    common = {"name": ModelName, "body": body_model, "engine": EngineDep}
+    common |= {"settings": SettingsDep, "request": Request, "return": response_model}
+    latest.__annotations__ = common
+    pinned.__annotations__ = {"version": VersionNumber, **common}
+    title = _SUMMARIES[op]
+    for path, endpoint, which, suffix in (
+        (f"/{{name}}/{op}", latest, "latest version", ""),
+        (f"/{{name}}/versions/{{version}}/{op}", pinned, "pinned version", "_version"),
+    ):
+        router.add_api_route(
+            path, endpoint, methods=["POST"], name=op + suffix, summary=f"{title} ({which})",
+            description=doc, response_model=response_model, responses=_ERRORS,
+        )  # fmt: skip
+
+
+_SUMMARIES = {
+    "log_prob": "Log-density of rows",
+    "sample": "Draw samples",
+    "transport": "Transport rows forward (x -> z) or inverse (z -> x)",
+}
+
+
 # ------------------------------------------------------------------------ log_prob
 
 
@@ -202,32 +234,7 @@ _LOG_PROB_DOC = (
 )
 
 
-@router.post(
-    "/{name}/log_prob",
-    summary="Log-density of rows (latest version)",
-    description=_LOG_PROB_DOC,
-    response_model=LogProbResponse,
-    responses=_ERRORS,
-)
-async def log_prob(
-    name: ModelName, body: LogProbRequest, engine: EngineDep, settings: SettingsDep,
-    request: Request,
-) -> LogProbResponse:  # fmt: skip
-    return await _log_prob(name, None, body, engine, settings, request)
-
-
-@router.post(
-    "/{name}/versions/{version}/log_prob",
-    summary="Log-density of rows (pinned version)",
-    description=_LOG_PROB_DOC,
-    response_model=LogProbResponse,
-    responses=_ERRORS,
-)
-async def log_prob_version(
-    name: ModelName, version: VersionNumber, body: LogProbRequest, engine: EngineDep,
-    settings: SettingsDep, request: Request,
-) -> LogProbResponse:  # fmt: skip
-    return await _log_prob(name, version, body, engine, settings, request)
+_routes("log_prob", _log_prob, _LOG_PROB_DOC, LogProbRequest, LogProbResponse)
 
 
 # ------------------------------------------------------------------------ sample
@@ -285,32 +292,7 @@ _SAMPLE_DOC = (
 )
 
 
-@router.post(
-    "/{name}/sample",
-    summary="Draw samples (latest version)",
-    description=_SAMPLE_DOC,
-    response_model=SampleResponse,
-    responses=_ERRORS,
-)
-async def sample(
-    name: ModelName, body: SampleRequest, engine: EngineDep, settings: SettingsDep,
-    request: Request,
-) -> SampleResponse:  # fmt: skip
-    return await _sample(name, None, body, engine, settings, request)
-
-
-@router.post(
-    "/{name}/versions/{version}/sample",
-    summary="Draw samples (pinned version)",
-    description=_SAMPLE_DOC,
-    response_model=SampleResponse,
-    responses=_ERRORS,
-)
-async def sample_version(
-    name: ModelName, version: VersionNumber, body: SampleRequest, engine: EngineDep,
-    settings: SettingsDep, request: Request,
-) -> SampleResponse:  # fmt: skip
-    return await _sample(name, version, body, engine, settings, request)
+_routes("sample", _sample, _SAMPLE_DOC, SampleRequest, SampleResponse)
 
 
 # ------------------------------------------------------------------------ transport
@@ -354,29 +336,4 @@ _TRANSPORT_DOC = (
 )
 
 
-@router.post(
-    "/{name}/transport",
-    summary="Transport rows forward (x -> z) or inverse (z -> x) (latest version)",
-    description=_TRANSPORT_DOC,
-    response_model=TransportResponse,
-    responses=_ERRORS,
-)
-async def transport(
-    name: ModelName, body: TransportRequest, engine: EngineDep, settings: SettingsDep,
-    request: Request,
-) -> TransportResponse:  # fmt: skip
-    return await _transport(name, None, body, engine, settings, request)
-
-
-@router.post(
-    "/{name}/versions/{version}/transport",
-    summary="Transport rows forward or inverse (pinned version)",
-    description=_TRANSPORT_DOC,
-    response_model=TransportResponse,
-    responses=_ERRORS,
-)
-async def transport_version(
-    name: ModelName, version: VersionNumber, body: TransportRequest, engine: EngineDep,
-    settings: SettingsDep, request: Request,
-) -> TransportResponse:  # fmt: skip
-    return await _transport(name, version, body, engine, settings, request)
+_routes("transport", _transport, _TRANSPORT_DOC, TransportRequest, TransportResponse)
