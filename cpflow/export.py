@@ -22,6 +22,10 @@ class ExplicitTransform(nn.Module):
 
     def __init__(self, flow: CPFlow) -> None:
         super().__init__()
+        if flow.context_dim is not None:
+            raise ValueError(
+                "a conditional flow maps x given a context: the ONNX graph takes x only"
+            )
         self.flow = flow
 
     def forward(self, x: Tensor) -> Tensor:

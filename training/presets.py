@@ -36,7 +36,7 @@ _TOY_TRAIN = {
     # Table 5 gives Adam lr 0.005; at this fixed budget a larger lr with a cosine decay to zero is
     # far better. eight_gaussians, 2,000 iterations, gap to the true NLL (seed 0 / 1 / 2):
     # lr 0.005 0.057; lr 0.01 0.025 / 0.033 / 0.031; lr 0.02 0.016 / 0.026 / 0.014; lr 0.04 0.012.
-    # (bench/train_toy_quality.py, 2026-11-29; the 2-D objective is the exact log-det.)
+    # (python -m bench run toy_quality, 2026-11-29; the 2-D objective is the exact log-det.)
     "lr": 0.02,
     "batch_size": 128,
     "iterations": 2000,
@@ -130,7 +130,7 @@ PRESETS: dict[str, Preset] = {
         # rings (gap to the true NLL at 2,000 iterations): Table 5's 5 x 5 x 256 stays 0.62-0.65
         # nats above whatever the lr, objective or activation. ICNNs whose units are ridges
         # s(w.x + b) reached 0.145-0.184 (mean 0.166 over 8 runs) only with 20 blocks of dense
-        # 3 x 128 ICNNs near the identity (bench/reports/2026-11-29d, 2026-11-29e). Rings are
+        # 3 x 128 ICNNs near the identity (the 2026-11-29d and 2026-11-29e sweeps; bench/reports/2026-11-29e/rings_sweep.json). Rings are
         # radial, and the optimal map between them and a Gaussian moves points along |x| in
         # steps; radial units (cpflow.radial) are such steps, and with 32 per block Table 5's
         # small net gets within 0.03 nats, 7x faster per step than the 20-block net

@@ -170,3 +170,26 @@ def test_whitened_model_round_trips_and_exports(store) -> None:
     lp = OnnxLogProb.from_loaded(loaded, threads=1)(x.numpy())
     want = flow.log_prob(x).detach().numpy()
     assert float((np.abs(lp - want) / np.maximum(1.0, np.abs(want))).max()) <= 1e-5
+
+
+def test_image_flows_export_and_conditional_flows_say_why_not(store) -> None:
+    """One flow type, one exporter: an image flow's forward map (squeezes, channel ActNorms,
+    convolutional potentials) exports with the same parity check as rows; a conditional flow
+    is published without ONNX and the manifest says why (the graph would need the context)."""
+    from cpflow import CPFlow, FlowConfig
+
+    image = CPFlow(FlowConfig(image_shape=(1, 4, 4), blocks=[1, 1], hidden=4, depth=2))
+    image.initialize(torch.rand(32, 16, generator=torch.Generator().manual_seed(0)))
+    pub = store.publish("img", image, export_onnx=True)
+    info = pub.manifest["onnx"]
+    assert info["exported"] and info["parity_max_abs_diff"] <= PARITY_TOLERANCE
+    x = parity_points(image, 64, seed=1).astype(np.float32)
+    got = OnnxTransport.from_loaded(store.load("img"), threads=1).forward(x)
+    with torch.no_grad():
+        want = image.transform(torch.as_tensor(x)).numpy()
+    assert np.abs(got - want).max() <= PARITY_TOLERANCE
+
+    cond = CPFlow(FlowConfig(dim=2, context_dim=1, blocks=1, hidden=4, depth=1))
+    pub = store.publish("cond", cond, export_onnx=True)
+    assert pub.manifest["onnx"]["exported"] is False
+    assert "context" in pub.manifest["onnx"]["reason"]

@@ -24,7 +24,7 @@ pinwheel           5 arms: (r, s) ~ N(1, .3^2) x N(0, .1^2), rotated by        c
                    -(2 pi k / 5 + 0.25 e^r), times 2                           variables, roots
 =================  ==========================================================  =================
 
-Accuracy (``tests/training/test_datasets_toy.py``; ``bench/toy_density_accuracy.py`` prints the
+Accuracy (``tests/training/test_datasets_toy.py``; ``python -m bench run toy_density_accuracy`` prints the
 figures): every density integrates to 1 within 2e-9 on a grid. The closed forms are exact to
 float64 rounding. The quadratures (composite Gauss-Legendre over the curve parameter; for the
 spirals the uniform box is convolved with the Gaussian in closed form) change by < 4e-9 in log
