@@ -365,9 +365,15 @@ class CPFlow(nn.Module):
         x: Tensor,
         context: Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        batch_rows: tuple[int, int] | None = None,
     ) -> tuple[Tensor, TrainStats]:
         """Surrogate loss (Algorithm 2) whose backward() is an unbiased estimate of the gradient
         of the mean NLL of x (given c).
+
+        ``batch_rows = (start, total)``: x is rows start.. of a batch of ``total`` rows split over
+        processes: the probes are drawn for the whole batch and this part taken, so that the
+        split batch sees exactly the probes an unsplit one would.
 
         WARNING: the returned loss VALUE IS NOT A NEGATIVE LOG-LIKELIHOOD (the log-det terms are
         replaced by z^T H v with z = CG(H, v) detached). Use ``log_prob`` to report NLLs.
@@ -387,7 +393,11 @@ class CPFlow(nn.Module):
             if not isinstance(layer, CPFlowBlock):
                 h = layer(h)
                 continue
-            v = rademacher(tuple(h.shape), dtype=h.dtype, device=h.device, generator=generator)
+            start, total = batch_rows or (0, h.shape[0])
+            v = rademacher(
+                (total, h.shape[1]), dtype=h.dtype, device=h.device, generator=generator
+            )
+            v = v[start : start + h.shape[0]]
             y, surr, cg, rq = layer.logdet_surrogate(
                 h, v, layer.prepare(cc), atol=cfg.cg_atol, rtol=cfg.cg_rtol,
                 max_iter=cfg.cg_max_iter,

@@ -7,6 +7,10 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.distributed import Dist
 
 __all__ = ["build_parser", "main"]
 
@@ -73,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="rows to generate for toy data sets")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine (runs torchrun; --batch-size is per "
+        "process, the global batch is N times it). Several machines: start torchrun yourself, "
+        "see README",
+    )
+    p.add_argument(
         "--store-dir",
         default=os.environ.get("CPFLOW_STORE_DIR", "./var/store"),
         help="model store root (default: CPFLOW_STORE_DIR or ./var/store)",
@@ -99,6 +111,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"cpflow-train: error: {problem}", file=sys.stderr)
         return 2
+    if args.nproc < 1:
+        print("cpflow-train: error: --nproc must be at least 1", file=sys.stderr)
+        return 2
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _launch_group(args.nproc, argv)
+    from training.distributed import init_from_env
+
+    group = init_from_env(args.device or os.environ.get("CPFLOW_DEVICE"))
+    try:
+        return _train(args, group)
+    finally:
+        if group.world > 1:
+            from torch import distributed
+
+            distributed.destroy_process_group()
+
+
+def _launch_group(nproc: int, argv: Sequence[str] | None) -> int:
+    """Run this command again as a torchrun group of ``nproc`` processes; its exit status."""
+    from training.distributed import launch
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):  # drop --nproc N / --nproc=N
+        if arg == "--nproc":
+            del args[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del args[i]
+            break
+    return launch(nproc, "training.cli", args).wait()
+
+
+def _train(args: argparse.Namespace, group: Dist) -> int:
+    """Train and publish (rank 0 of a group prints the result; the others print nothing)."""
     if args.threads:
         import torch
 
@@ -133,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     }
     train_kw["device"] = args.device or os.environ.get("CPFLOW_DEVICE") or None
-    bar = _Bar(args.quiet)
+    bar = _Bar(args.quiet or not group.main)
 
     def progress(ev: ProgressEvent) -> None:
         post = {}
@@ -179,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cpflow-train: error: {exc}", file=sys.stderr)
         return 1
     bar.close()
+    if published is None:  # not rank 0 of a torchrun group
+        return 0
     training = published.manifest.get("training", {})
     out = {
         "name": published.name,
@@ -188,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dataset": training.get("dataset"),
         **{k: training[k] for k in ("context_columns", "context_dim") if k in training},
         "metrics": training.get("metrics"),
+        "world_size": training.get("world_size", 1),
         "wall_time_s": training.get("wall_time_s"),
         "seconds_per_iteration": training.get("seconds_per_iteration"),
         "parameter_count": training.get("parameter_count"),

@@ -127,6 +127,8 @@ def training_summary(
         "iterations_run": result.iterations_run,
         "best_iteration": result.best_iteration,
         "stopped_early": result.stopped_early,
+        "world_size": result.metrics.get("world_size", 1),
+        "global_batch_size": result.metrics.get("global_batch_size"),
         "seconds_per_iteration": (
             result.extra.get("seconds_per_iteration")
             if result.extra.get("seconds_per_iteration") is not None
@@ -162,7 +164,7 @@ def train_and_publish(
     ``context_columns`` (with file data) trains p(x | c) on the other columns.
     ``flow_config`` may be a FlowConfig or a dict of overrides without ``dim``;
     ``train_config`` a TrainConfig or a dict. A ``preset`` fills what they leave out.
-    Returns the store's PublishedVersion.
+    Returns the store's PublishedVersion (None on the ranks other than 0 of a torchrun group).
     """
     from model_store import ModelStore
 
@@ -213,6 +215,10 @@ def train_and_publish(
         checkpoint_dir=checkpoint_dir,
         on_validate=hook,
     )
+    from training.distributed import current
+
+    if not current().main:  # in a torchrun group, rank 0 alone publishes (one version)
+        return None
     plots = None
     if make_plots:
         from training.plots import make_plots as _make_plots

@@ -32,6 +32,7 @@ from training.checkpoint import (
     unpack_optimizer,
 )
 from training.config import TrainConfig, iterations_per_epoch
+from training.distributed import current
 from training.images import bits_per_dim, uniform_dequantize
 
 __all__ = [
@@ -222,6 +223,26 @@ def _fingerprint(flow_cfg: FlowConfig, cfg: TrainConfig, data_sha: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+class _Objective(torch.nn.Module):
+    """The training loss as a module's forward: what DDP wraps (its gradient hooks are armed
+    by the forward call), and the same code path with one process."""
+
+    def __init__(self, flow: CPFlow, method: str) -> None:
+        super().__init__()
+        self.flow, self.method = flow, method
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor | None,
+        generator: torch.Generator,
+        rows: tuple[int, int],
+    ) -> tuple[torch.Tensor, Any]:
+        if self.method == "exact":
+            return -self.flow.log_prob(x, c, method="exact").mean(), None
+        return self.flow.training_loss(x, c, generator, batch_rows=rows)
+
+
 class _Schedule:
     """Learning rate as a pure function of (iteration, decays), so resume reproduces it."""
 
@@ -309,7 +330,10 @@ def train(
         if isinstance(train_config, TrainConfig)
         else TrainConfig.model_validate(train_config or {})
     )
+    group = current()  # one process, or a torchrun group (see training.distributed)
     device = resolve_device(cfg.device)
+    if group.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
     train_np = np.asarray(splits.train)
     levels = getattr(splits, "levels", None)  # images: integer pixels, dequantised here
     image_shape = tuple(train_np.shape[1:]) if train_np.ndim == 4 else None
@@ -352,7 +376,7 @@ def train(
     c_val_all = c_split[1]
     c_val = None if c_val_all is None else c_val_all[: x_val.shape[0]]
     n_train = x_train.shape[0]
-    bs = min(cfg.batch_size, n_train)
+    bs = min(cfg.batch_size * group.world, n_train)  # the global batch
     ipe = iterations_per_epoch(n_train, bs)
     total = cfg.total_iterations(n_train)
 
@@ -366,6 +390,7 @@ def train(
     optimizer = torch.optim.Adam(
         params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
     )
+    objective = group.wrap(_Objective(flow, loss_method), device)
     schedule = _Schedule(cfg, total)
     gen_batch = torch.Generator().manual_seed(cfg.seed + 1)
     gen_loss = torch.Generator(device=device).manual_seed(cfg.seed + 2)
@@ -404,7 +429,8 @@ def train(
         perm = tensors.get("perm")
         iteration = int(meta["iteration"])
         epoch = int(meta["epoch"])
-        pos = int(meta["pos"])
+        # rows of the epoch already used; a resume with another world size has another batch
+        pos = int(meta.get("epoch_rows", int(meta["pos"]) * bs)) // bs
         history = list(meta["history"])
         best_val = float(meta["best_val"]) if meta["best_val"] is not None else math.inf
         best_iteration = int(meta["best_iteration"])
@@ -440,7 +466,7 @@ def train(
                 flow.initialize(x_init, c_init)
 
     def checkpoint() -> None:
-        if not checkpoint_dir:
+        if not checkpoint_dir or not group.main:
             return
         tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in flow.state_dict().items()}
         opt_tensors, opt_meta = pack_optimizer(optimizer)
@@ -456,6 +482,8 @@ def train(
             "iteration": iteration,
             "epoch": epoch,
             "pos": pos,
+            "epoch_rows": pos * bs,
+            "world_size": group.world,
             "history": history,
             "best_val": None if math.isinf(best_val) else best_val,
             "best_iteration": best_iteration,
@@ -472,7 +500,7 @@ def train(
         save_checkpoint(checkpoint_dir, tensors, meta)
 
     def emit(phase: str, **kw: Any) -> None:
-        if progress is None:
+        if progress is None or not group.main:
             return
         base: dict[str, Any] = {
             "phase": phase,
@@ -493,16 +521,19 @@ def train(
     def validate() -> None:
         nonlocal best_val, best_iteration, best_state, bad_validations
         flow.eval()
-        val_nll, val_err = evaluate_nll(
-            flow,
-            x_val,
-            c_val,
-            method=method,
-            batch_size=cfg.eval_batch_size,
-            probes=cfg.slq_probes,
-            steps=cfg.slq_steps,
-            seed=cfg.seed + 3,
-        )
+        val_nll, val_err = None, None
+        if group.main:  # rank 0 scores; every rank then decides on the same number
+            val_nll, val_err = evaluate_nll(
+                flow,
+                x_val,
+                c_val,
+                method=method,
+                batch_size=cfg.eval_batch_size,
+                probes=cfg.slq_probes,
+                steps=cfg.slq_steps,
+                seed=cfg.seed + 3,
+            )
+        val_nll, val_err = group.share((val_nll, val_err))
         flow.train()
         if not math.isfinite(val_nll):
             raise TrainingDiverged(
@@ -518,7 +549,7 @@ def train(
             "lr": optimizer.param_groups[0]["lr"],
             "elapsed_s": elapsed_before + time.perf_counter() - t_start,
         }
-        if on_validate is not None:
+        if on_validate is not None and group.main:
             extra = on_validate(flow, iteration)
             if extra:
                 record.update(extra)
@@ -542,37 +573,39 @@ def train(
     if iteration == 0 and not history:
         validate()  # the starting point: the curve and the "best" both begin here
     while iteration < total and not stopped_early:
-        if should_stop is not None and should_stop():
+        stop = should_stop is not None and group.main and should_stop()
+        if group.any(stop)[0]:  # rank 0 asks; every rank stops at the same iteration
             checkpoint()
             raise TrainingCancelled(iteration)
         t_it = time.perf_counter()
         if perm is None:
             perm = torch.randperm(n_train, generator=gen_batch)
-        idx = perm[pos * bs : (pos + 1) * bs]
+        idx = perm[pos * bs : (pos + 1) * bs].to(device)
         pos += 1
         if pos >= ipe:
             pos = 0
             epoch += 1
             perm = None
-        x = batch(x_train[idx.to(device)])
-        c = None if c_train is None else c_train[idx.to(device)]
+        x = batch(x_train[idx])  # the global batch; this rank trains on its rows of it
+        c = None if c_train is None else c_train[idx]
+        start, stop_row = group.rows(len(idx))
+        x, c = x[start:stop_row], None if c is None else c[start:stop_row]
         lr = schedule.lr(iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         step = iteration + 1
-        if loss_method == "exact":
-            loss, stats = -flow.log_prob(x, c, method="exact").mean(), None
-        else:
-            loss, stats = flow.training_loss(x, c, generator=gen_loss)
-        if not _finite(loss):
+        loss, stats = objective(x, c, gen_loss, (start, len(idx)))
+        if group.any(not _finite(loss))[0]:
             hint = (
                 "the batch contains non-finite input values; clean the data"
                 if not _finite(x)
                 else f"lower the learning rate (lr={lr:g}) or set grad_clip"
             )
             raise TrainingDiverged(step, f"{loss_method} loss is {float(loss.detach())}", hint)
-        loss.backward()
+        # DDP averages the ranks' gradients: weight each slice so the average is the mean over
+        # the global batch (slices differ in size when the batch does not split evenly)
+        (loss * (x.shape[0] * group.world / len(idx))).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, cfg.grad_clip if cfg.grad_clip is not None else math.inf
         )
@@ -621,36 +654,45 @@ def train(
     flow.eval()
     emit("evaluate")
     metrics: dict[str, Any] = {"method": method, "train_loss": loss_method}
-    x_tr, c_tr = x_train, c_train
-    if cfg.final_train_max_points and n_train > cfg.final_train_max_points:
-        sub = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed + 4))
-        sub = sub[: cfg.final_train_max_points].to(device)
-        x_tr, c_tr = x_train[sub], None if c_train is None else c_train[sub]
-    if levels:
-        x_tr = uniform_dequantize(x_tr, levels, torch.Generator().manual_seed(cfg.seed + 7))
-    test_np = getattr(splits, "test", None)
-    x_test = None if test_np is None else as_tensor(np.asarray(test_np), noise_seed=cfg.seed + 8)
-    parts = (("train", x_tr, c_tr), ("val", x_val_all, c_val_all), ("test", x_test, c_split[2]))
-    for name, xs, cs in parts:
-        if xs is None or xs.shape[0] == 0:
-            metrics[f"{name}_nll"] = None
-            continue
-        nll, err = evaluate_nll(
-            flow,
-            xs,
-            cs,
-            method=method,
-            batch_size=cfg.eval_batch_size,
-            probes=cfg.slq_probes,
-            steps=cfg.slq_steps,
-            seed=cfg.seed + 5,
-        )
-        metrics[f"{name}_nll"] = nll
+    if group.main:  # rank 0 alone scores (and publishes); the others return no metrics
+        x_tr, c_tr = x_train, c_train
+        if cfg.final_train_max_points and n_train > cfg.final_train_max_points:
+            sub = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed + 4))
+            sub = sub[: cfg.final_train_max_points].to(device)
+            x_tr, c_tr = x_train[sub], None if c_train is None else c_train[sub]
         if levels:
-            metrics[f"{name}_bits_per_dim"] = bits_per_dim(-nll, dim, levels)
-        if err is not None:
-            metrics[f"{name}_nll_stderr"] = err
+            x_tr = uniform_dequantize(x_tr, levels, torch.Generator().manual_seed(cfg.seed + 7))
+        test_np = getattr(splits, "test", None)
+        x_test = (
+            None if test_np is None else as_tensor(np.asarray(test_np), noise_seed=cfg.seed + 8)
+        )
+        parts = (
+            ("train", x_tr, c_tr),
+            ("val", x_val_all, c_val_all),
+            ("test", x_test, c_split[2]),
+        )
+        for name, xs, cs in parts:
+            if xs is None or xs.shape[0] == 0:
+                metrics[f"{name}_nll"] = None
+                continue
+            nll, err = evaluate_nll(
+                flow,
+                xs,
+                cs,
+                method=method,
+                batch_size=cfg.eval_batch_size,
+                probes=cfg.slq_probes,
+                steps=cfg.slq_steps,
+                seed=cfg.seed + 5,
+            )
+            metrics[f"{name}_nll"] = nll
+            if levels:
+                metrics[f"{name}_bits_per_dim"] = bits_per_dim(-nll, dim, levels)
+            if err is not None:
+                metrics[f"{name}_nll_stderr"] = err
     metrics["best_iteration"] = best_iteration
+    metrics["world_size"] = group.world
+    metrics["global_batch_size"] = bs
     wall = elapsed_before + time.perf_counter() - t_start
     emit("done")
     return TrainResult(
