@@ -17,3 +17,7 @@ bench() { local name=$1 limit=$2; shift 2
 bench store_roundtrip 60
 bench image_step_speed 90 preset=mnist batch_size=64
 bench core 180 quick=true only=logprob,inverse,train,slq
+# data-parallel scaling over the GPUs present (1, 2, 4, 8 as far as they go): efficiency per N
+gpus=$(nvidia-smi -L | wc -l); counts=1
+for n in 2 4 8; do [[ $n -le $gpus ]] && counts="$counts,$n"; done
+bench ddp_scaling 300 nprocs="$counts" iterations=100 batch_size=1024 same_batch_reference=false

@@ -148,6 +148,20 @@ class TrainingSpec(BaseModel):
     seed: int = Field(0, ge=0)
 
 
+class Resources(BaseModel):
+    """What one job may use on its worker's machine."""
+
+    model_config = _Strict
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="data-parallel training processes (a torchrun group on the worker: gloo on"
+        " CPU, nccl with one GPU each on CUDA workers); training.batch_size is per process,"
+        " so the global batch is processes x batch_size. At most CPFLOW_MAX_JOB_PROCESSES.",
+    )
+
+
 class JobSpec(BaseModel):
     """POST /v1/jobs body: what to train on, what to train, and under which model name."""
 
@@ -161,6 +175,7 @@ class JobSpec(BaseModel):
     dataset: BuiltinDataset | UploadedDataset
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: Resources = Field(default_factory=Resources)
     plots: bool = Field(True, description="store density/curve plots with the model")
     timeout_s: int | None = Field(
         None, ge=1, le=30 * 24 * 3600, description="wall-clock limit; default: the server's"
@@ -189,6 +204,9 @@ class JobProgress(BaseModel):
     val_nll: float | None = None
     seconds_per_iteration: float | None = None
     eta_s: float | None = None
+    processes: list[int] | None = Field(
+        None, description="pids of a multi-process job's group (torchrun first, then ranks)"
+    )
 
 
 class JobResult(BaseModel):

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     max_samples: int = Field(
         default=10_000, ge=1, description="Most samples one /sample request may ask for."
     )
+    max_job_processes: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Most data-parallel processes one training job may ask for "
+        "(resources.processes); a worker runs them all on its machine.",
+    )
     max_inverse_iterations: int = Field(
         default=10_000,
         ge=1,

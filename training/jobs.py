@@ -17,11 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import signal
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -177,7 +182,7 @@ class JobRecorder:
         return self._cancelled
 
 
-def _progress_values(event: Any) -> dict[str, Any]:
+def progress_values(event: Any) -> dict[str, Any]:
     return {
         "iteration": int(event.iteration),
         "total": int(event.total),
@@ -223,7 +228,7 @@ def execute_spec(
         make_plots=bool(spec.get("plots", True)),
         context_columns=dataset.get("context_columns") if "builtin" in dataset else None,
     )
-    return _result(published)
+    return {} if published is None else _result(published)  # None: not rank 0 of a group
 
 
 def _result(published: Any) -> dict[str, Any]:
@@ -315,10 +320,14 @@ def run_with_recorder(spec: dict[str, Any], recorder: JobRecorder) -> dict[str, 
         return {"status": "cancelled"}
 
     def on_progress(event: Any) -> None:
-        recorder.progress(_progress_values(event), force=event.phase != "train")
+        recorder.progress(progress_values(event), force=event.phase != "train")
 
+    processes = int(spec.get("resources", {}).get("processes", 1))
     try:
-        result = execute_spec(spec, progress=on_progress, should_stop=recorder.should_stop)
+        if processes > 1:
+            result = run_group(spec, recorder, processes)
+        else:
+            result = execute_spec(spec, progress=on_progress, should_stop=recorder.should_stop)
     except TrainingCancelled as exc:
         if recorder.record_lost:
             log.warning("job record left 'running' (lease expired?); stopped without publishing")
@@ -333,6 +342,78 @@ def run_with_recorder(spec: dict[str, Any], recorder: JobRecorder) -> dict[str, 
         raise
     recorder.finish("succeeded", result=result)
     return {"status": "succeeded", **result}
+
+
+def run_group(spec: dict[str, Any], recorder: JobRecorder, processes: int) -> dict[str, Any]:
+    """Train ``spec`` as a torchrun group of ``processes`` processes (training.job_group),
+    relaying rank 0's progress to the job record; a cancel request (or a lost record) ends
+    the whole group. Returns rank 0's result."""
+    from training.distributed import launch
+    from training.job_group import EVENT_MARK, die_with_parent
+    from training.trainer import TrainingCancelled, TrainingError
+
+    events: queue.Queue = queue.Queue()
+    with tempfile.TemporaryDirectory(prefix="cpflow-job-") as tmp:
+        spec_path, log_path = Path(tmp) / "spec.json", Path(tmp) / "stderr.log"
+        spec_path.write_text(json.dumps(spec))
+        threads = os.environ.get("CPFLOW_WORKER_TORCH_THREADS", "1")
+        job_id = str(spec.get("runtime", {}).get("job_id", "job"))
+        with open(log_path, "w") as log_file:
+            proc = launch(
+                processes, "training.job_group", [str(spec_path), job_id],
+                stdout=subprocess.PIPE, stderr=log_file, text=True, start_new_session=True,
+                preexec_fn=lambda: die_with_parent(signal.SIGTERM),
+                env={**os.environ, "OMP_NUM_THREADS": threads},
+            )  # fmt: skip
+        reader = threading.Thread(target=_read_events, args=(proc, EVENT_MARK, events))
+        reader.start()
+        pids: list[int] = [proc.pid]
+        result, iteration = None, 0
+        while reader.is_alive() or not events.empty():
+            try:
+                event = events.get(timeout=0.5)
+            except queue.Empty:
+                event = {}
+            if "pids" in event:
+                pids = [proc.pid, *event["pids"]]
+                recorder.progress({"iteration": 0, "processes": pids}, force=True)
+            elif "progress" in event:
+                iteration = event["progress"].get("iteration", iteration)
+                values = {**event["progress"], "processes": pids}
+                recorder.progress(values, force=event["force"])
+            elif "result" in event:
+                result = event["result"]
+            if recorder.should_stop():
+                _end_group(proc)
+                reader.join()
+                raise TrainingCancelled(iteration)
+        code = proc.wait()
+        if code != 0 or result is None:
+            tail = log_path.read_text()[-2000:]
+            raise TrainingError(
+                f"the {processes}-process training group exited with {code}: {tail}"
+            )
+    return result
+
+
+def _read_events(proc: subprocess.Popen, mark: str, events: queue.Queue) -> None:
+    for line in proc.stdout:
+        if line.startswith(mark):
+            events.put(json.loads(line[len(mark) :]))
+
+
+def _end_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to torchrun's process group (torchrun and every rank), SIGKILL after grace."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _error_message(exc: BaseException, spec: dict[str, Any]) -> str:

@@ -161,6 +161,13 @@ def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
 def submit_job(
     spec: JobSpec, response: Response, queue: QueueDep, store: StoreDep, settings: SettingsDep
 ) -> JobAccepted:
+    if spec.resources.processes > settings.max_job_processes:
+        raise ApiError(
+            422,
+            "too_many_processes",
+            f"resources.processes is {spec.resources.processes}; at most "
+            f"{settings.max_job_processes} per job (CPFLOW_MAX_JOB_PROCESSES)",
+        )
     dim, context_dim, dataset_id = _dataset_dims(spec, store)
     _check_model(spec, dim, context_dim)
     body = spec.model_dump(mode="json")
