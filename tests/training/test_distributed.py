@@ -77,3 +77,31 @@ def test_cli_nproc_publishes_exactly_one_version(tmp_path) -> None:
     training = ModelStore(store).manifest("moons")["training"]
     assert training["world_size"] == 2 and training["global_batch_size"] == 64
     assert training["config"]["batch_size"] == 32  # per process
+
+
+def test_a_checkpoint_resumes_under_another_world_size(tmp_path) -> None:
+    """One process trains 20 of 40 iterations into a checkpoint; two processes resume it (the
+    per-process batch is kept, so the global batch doubles) and finish the budget."""
+    ckpt, store = tmp_path / "ckpt", tmp_path / "store"
+    base = ["--dataset", "two_moons", "--num-samples", "2000", "--quiet", "--no-plots"]
+    base += ["--batch-size", "32", "--val-every", "10", "--checkpoint-dir", str(ckpt)]
+    base += ["--checkpoint-every", "10", "--store-dir", str(store)]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+
+    def cli(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "training.cli", *base, *extra]
+        return subprocess.run(
+            cmd, check=False, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT
+        )
+
+    first = cli("--name", "half", "--iterations", "20")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = cli("--name", "whole", "--iterations", "40", "--nproc", "2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    training = ModelStore(store).manifest("whole")["training"]
+    assert training["world_size"] == 2 and training["iterations_run"] == 40
+    iterations = [h["iteration"] for h in training["history"]]
+    assert iterations == [0, 10, 20, 30, 40]
+    # iterations 0-20 came from the checkpoint (a restart at twice the batch would differ)
+    half = ModelStore(store).manifest("half")["training"]["history"]
+    assert [h["val_nll"] for h in training["history"][:3]] == [h["val_nll"] for h in half]
