@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .layers import softplus_inv
-from .logdet import CGResult, cholesky_logdet, conjugate_gradient
+from .logdet import CGResult, cholesky_logdet, conjugate_gradient, hessian_from_hvp
 from .radial import RadialHVP, RadialTerm
 
 __all__ = ["BlockHVP", "CPFlowBlock", "cholesky_logdet"]
@@ -77,7 +77,11 @@ class CPFlowBlock(nn.Module):
         self, x: Tensor, w: Any = None, *, upper_only: bool = False
     ) -> tuple[Tensor, Tensor]:
         """(f(x) (n, d), H(x) (n, d, d)), the Hessian built analytically in batch (with
-        ``upper_only`` a dense ICNN fills only the upper triangle)."""
+        ``upper_only`` a dense ICNN fills only the upper triangle), or, for a network without
+        an analytic Hessian (the convolutional ICNN), from d Hessian-vector products."""
+        if not hasattr(self.icnn, "grad_and_hessian"):
+            y, op = self.linearize(x, w)
+            return y, hessian_from_hvp(op, x.shape[0], self.dim, x.dtype, x.device)
         a, b = self.coefficients()
         g, H = self.icnn.grad_and_hessian(x, scale=b, shift=a, upper_only=upper_only, w=w)
         y = a * x + b * g

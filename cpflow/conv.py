@@ -22,16 +22,15 @@ for parameter gradients. All public maps take flat rows (n, C*H*W): that is the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .activations import Activation
 from .layers import ActNorm
+from .sweeps import forward_sweep, hvp_sweep
 
-__all__ = ["ChannelActNorm", "ConvICNN", "PositiveConv2d", "hessian_from_hvp"]
+__all__ = ["ChannelActNorm", "ConvICNN", "PositiveConv2d"]
 
 
 class PositiveConv2d(nn.Module):
@@ -130,29 +129,20 @@ class _ConvLinearization:
                 return t
             return t.unsqueeze(0).expand(reps, *t.shape).reshape(reps * t.shape[0], *t.shape[1:])
 
-        s1 = [rep(t) for t in self.s1]
-        c2 = [rep(t) for t in self.c2]
-        ts: list[Tensor] = []  # du_k
-        dz = None
-        for k in range(net.depth):
+        def tangent(k: int, jt: list[Tensor]) -> Tensor:
             pre = F.conv2d(vi, w["A"][k], padding=net.padding)
             if k > 0:
-                pre = pre + F.conv2d(dz, w["P"][k], padding=net.padding)
-            du = pre * w["sc"][k]
-            ts.append(du)
-            dz = s1[k] * du
-        out = None
-        acc = None  # tangent of dG/dz_k flowing back
-        for k in reversed(range(net.depth)):
-            r = c2[k] * ts[k]
-            if acc is not None:
-                r = r + s1[k] * acc
+                pre = pre + F.conv2d(jt[k - 1], w["P"][k], padding=net.padding)
+            return pre * w["sc"][k]
+
+        def adjoint(k: int, r: Tensor, acc: list[Tensor | None]) -> Tensor:
             g = r * w["sc"][k]
-            term = F.conv_transpose2d(g, w["A"][k], padding=net.padding)
-            out = term if out is None else out + term
             if k > 0:
-                acc = F.conv_transpose2d(g, w["P"][k], padding=net.padding)
-        return out.reshape(*lead, self.n, net.dim)
+                acc[k - 1] = F.conv_transpose2d(g, w["P"][k], padding=net.padding)
+            return F.conv_transpose2d(g, w["A"][k], padding=net.padding)
+
+        s1, c2 = [rep(t) for t in self.s1], [rep(t) for t in self.c2]
+        return hvp_sweep(s1, c2, tangent, adjoint).reshape(*lead, self.n, net.dim)
 
 
 class ConvICNN(nn.Module):
@@ -211,19 +201,13 @@ class ConvICNN(nn.Module):
         return x.reshape(-1, *self.shape)
 
     def _forward(self, x: Tensor, w: dict):
-        us, zs, s1, s2 = [], [], [], []
-        z = None
-        for k in range(self.depth):
+        def pre_activation(k: int, zs: list[Tensor]) -> Tensor:
             pre = F.conv2d(x, w["A"][k], padding=self.padding) + w["b"][k]
             if k > 0:
-                pre = pre + F.conv2d(z, w["P"][k], padding=self.padding)
-            u = pre * w["sc"][k]
-            z, d1, d2 = self.acts[k].all(u)
-            us.append(u)
-            zs.append(z)
-            s1.append(d1)
-            s2.append(d2)
-        return us, zs, s1, s2
+                pre = pre + F.conv2d(zs[k - 1], w["P"][k], padding=self.padding)
+            return pre * w["sc"][k]
+
+        return forward_sweep(self.acts, pre_activation)
 
     def _adjoints(self, w: dict, s1: list[Tensor]) -> tuple[list[Tensor], Tensor]:
         """c_k = dG/dz_k (per layer) and grad_x G (n, C, H, W)."""
@@ -271,25 +255,6 @@ class ConvICNN(nn.Module):
         n = xi.shape[0]
         return grad.reshape(n, self.dim), _ConvLinearization(self, w, s1, c2, n)
 
-    def grad_and_hessian(
-        self,
-        x: Tensor,
-        scale: Tensor | float = 1.0,
-        shift: Tensor | float = 0.0,
-        *,
-        upper_only: bool = False,
-        w: _ConvWeights | None = None,
-        chunk: int = 64,
-    ) -> tuple[Tensor, Tensor]:
-        """(grad G (n, d), scale * Hessian + shift * I (n, d, d)) from d Hessian-vector
-        products against basis vectors (the full matrix, whatever ``upper_only`` says)."""
-        g, lin = self.linearize(x, w)
-
-        def hvp(v: Tensor) -> Tensor:
-            return shift * v + scale * lin.hvp(v)
-
-        return g, hessian_from_hvp(hvp, g.shape[0], self.dim, g.dtype, g.device, chunk)
-
     @torch.no_grad()
     def initialize(self, x: Tensor, context: Tensor | None = None) -> None:
         """Data-dependent init of the hidden ActNorms, layer by layer, on a batch x."""
@@ -300,23 +265,3 @@ class ConvICNN(nn.Module):
             u = self._forward(xi, w)[0][k]
             raw = u / w["sc"][k] - norm.shift.view(1, -1, 1, 1)
             norm.initialize(raw)
-
-
-def hessian_from_hvp(
-    hvp: Callable[[Tensor], Tensor],
-    n: int,
-    d: int,
-    dtype: torch.dtype,
-    device: torch.device,
-    chunk: int = 64,
-) -> Tensor:
-    """Dense (n, d, d) Hessians from HVPs against basis vectors, ``chunk`` columns at a time."""
-    cols = []
-    for start in range(0, d, chunk):
-        stop = min(start + chunk, d)
-        basis = torch.zeros(stop - start, n, d, dtype=dtype, device=device)
-        idx = torch.arange(start, stop, device=device)
-        basis[torch.arange(stop - start, device=device), :, idx] = 1.0
-        cols.append(hvp(basis))  # (k, n, d): column j of H for every sample
-    H = torch.cat(cols, 0).permute(1, 2, 0)
-    return 0.5 * (H + H.transpose(1, 2))  # symmetric up to round-off

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from .activations import Activation
 from .layers import PositiveLinear
+from .sweeps import forward_sweep, hvp_sweep
 
 __all__ = ["ICNN", "ICNNLinearization"]
 
@@ -67,31 +68,19 @@ class ICNNLinearization:
 
     def hvp(self, v: Tensor) -> Tensor:
         net, w = self.net, self.w
-        L = net.depth
-        t: list[Tensor] = []
-        jt: list[Tensor] = []
-        for k in range(L):
+
+        def tangent(k: int, jt: list[Tensor]) -> Tensor:
             tk = v @ w.A[k].T
-            Pk = w.P[k]
-            if Pk is not None:
-                src = net._gather(jt, k)
-                tk = net._add_pos(tk, src @ Pk.T, k)
-            t.append(tk)
-            jt.append(self.s1[k] * tk)
-        # reverse sweep through the tangent network
-        acc: list[Tensor | None] = [None] * L
-        out = None
-        for k in reversed(range(L)):
-            rk = self.c2[k] * t[k]
-            if acc[k] is not None:
-                rk = rk + self.s1[k] * acc[k]
-            term = rk @ w.A[k]
-            out = term if out is None else out + term
-            Pk = w.P[k]
-            if Pk is not None:
-                back = rk[..., : net.pos_rows[k]] @ Pk
-                net._scatter_back(acc, back, k)
-        return out
+            if w.P[k] is None:
+                return tk
+            return net._add_pos(tk, net._gather(jt, k) @ w.P[k].T, k)
+
+        def adjoint(k: int, rk: Tensor, acc: list[Tensor | None]) -> Tensor:
+            if w.P[k] is not None:
+                net._scatter_back(acc, rk[..., : net.pos_rows[k]] @ w.P[k], k)
+            return rk @ w.A[k]
+
+        return hvp_sweep(self.s1, self.c2, tangent, adjoint)
 
 
 class ICNN(nn.Module):
@@ -181,17 +170,13 @@ class ICNN(nn.Module):
 
     # -- passes -----------------------------------------------------------------------------
     def _forward(self, x: Tensor, w: _Weights, order: int):
-        us, zs, s1, s2 = [], [], [], []
-        for k in range(self.depth):
+        def pre_activation(k: int, zs: list[Tensor]) -> Tensor:
             pre = F.linear(x, w.A[k], w.b[k])
-            if w.P[k] is not None:
-                pre = self._add_pos(pre, self._gather(zs, k) @ w.P[k].T, k)
-            z, d1, d2 = self.acts[k].all(pre, order)
-            us.append(pre)
-            zs.append(z)
-            s1.append(d1)
-            s2.append(d2)
-        return us, zs, s1, s2
+            if w.P[k] is None:
+                return pre
+            return self._add_pos(pre, self._gather(zs, k) @ w.P[k].T, k)
+
+        return forward_sweep(self.acts, pre_activation, order)
 
     def _adjoints(self, w: _Weights, s1: list[Tensor], n_shape) -> tuple[list[Tensor], Tensor]:
         """c_k = dG/dz_k and the gradient dG/dx."""

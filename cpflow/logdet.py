@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["CGResult", "cholesky_logdet", "conjugate_gradient", "rademacher", "slq_logdet"]
+__all__ = [
+    "CGResult",
+    "cholesky_logdet",
+    "conjugate_gradient",
+    "hessian_from_hvp",
+    "rademacher",
+    "slq_logdet",
+]
 
 HVP = Callable[[Tensor], Tensor]
 
@@ -200,3 +207,23 @@ def _cg_compact_tail(hvp, z, r, p, rs, iters, active, thresh, its, hv0) -> None:
         rs[act] = rs_new
         iters[act] += 1
         act = act[ra.abs().amax(-1) > thresh[act]]
+
+
+def hessian_from_hvp(
+    hvp: Callable[[Tensor], Tensor],
+    n: int,
+    d: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    chunk: int = 64,
+) -> Tensor:
+    """Dense (n, d, d) Hessians from HVPs against basis vectors, ``chunk`` columns at a time."""
+    cols = []
+    for start in range(0, d, chunk):
+        stop = min(start + chunk, d)
+        basis = torch.zeros(stop - start, n, d, dtype=dtype, device=device)
+        idx = torch.arange(start, stop, device=device)
+        basis[torch.arange(stop - start, device=device), :, idx] = 1.0
+        cols.append(hvp(basis))  # (k, n, d): column j of H for every sample
+    H = torch.cat(cols, 0).permute(1, 2, 0)
+    return 0.5 * (H + H.transpose(1, 2))  # symmetric up to round-off

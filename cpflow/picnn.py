@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from .activations import Activation
 from .layers import PositiveLinear, softplus_inv
+from .sweeps import forward_sweep, hvp_sweep
 
 __all__ = ["PICNN", "PICNNContext", "PICNNLinearization"]
 
@@ -82,25 +83,19 @@ class PICNNLinearization:
 
     def hvp(self, v: Tensor) -> Tensor:
         net, w = self.net, self.w
-        L = net.depth
-        t: list[Tensor] = []
-        jt: list[Tensor] = []
-        for k in range(L):
+
+        def tangent(k: int, jt: list[Tensor]) -> Tensor:
             tk = (v * w.gx[k]) @ w.A[k].T
+            if w.P[k] is None:
+                return tk
+            return net._add_pos(tk, (jt[k - 1] * w.gz[k]) @ w.P[k].T)
+
+        def adjoint(k: int, rk: Tensor, acc: list[Tensor | None]) -> Tensor:
             if w.P[k] is not None:
-                tk = net._add_pos(tk, (jt[k - 1] * w.gz[k]) @ w.P[k].T)
-            t.append(tk)
-            jt.append(self.s1[k] * tk)
-        acc: Tensor | None = None
-        out = None
-        for k in reversed(range(L)):
-            rk = self.c2[k] * t[k]
-            if acc is not None:
-                rk = rk + self.s1[k] * acc
-            term = (rk @ w.A[k]) * w.gx[k]
-            out = term if out is None else out + term
-            acc = (rk[..., : net.pos_rows[k]] @ w.P[k]) * w.gz[k] if w.P[k] is not None else None
-        return out
+                acc[k - 1] = (rk[..., : net.pos_rows[k]] @ w.P[k]) * w.gz[k]
+            return (rk @ w.A[k]) * w.gx[k]
+
+        return hvp_sweep(self.s1, self.c2, tangent, adjoint)
 
 
 class PICNN(nn.Module):
@@ -212,17 +207,13 @@ class PICNN(nn.Module):
         return torch.cat([pre[..., :hp] + pos, pre[..., hp:]], dim=-1)
 
     def _forward(self, x: Tensor, w: PICNNContext):
-        pres, zs, s1, s2 = [], [], [], []
-        for k in range(self.depth):
+        def pre_activation(k: int, zs: list[Tensor]) -> Tensor:
             pre = (x * w.gx[k]) @ w.A[k].T + w.bias[k]
-            if w.P[k] is not None:
-                pre = self._add_pos(pre, (zs[k - 1] * w.gz[k]) @ w.P[k].T)
-            z, d1, d2 = self.acts[k].all(pre)
-            pres.append(pre)
-            zs.append(z)
-            s1.append(d1)
-            s2.append(d2)
-        return pres, zs, s1, s2
+            if w.P[k] is None:
+                return pre
+            return self._add_pos(pre, (zs[k - 1] * w.gz[k]) @ w.P[k].T)
+
+        return forward_sweep(self.acts, pre_activation)
 
     def _adjoints(self, w: PICNNContext, s1: list[Tensor]) -> tuple[list[Tensor], Tensor]:
         cs: list[Tensor] = [None] * self.depth  # type: ignore[list-item]

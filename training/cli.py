@@ -153,31 +153,15 @@ def _train(args: argparse.Namespace, group: Dist) -> int:
     from pydantic import ValidationError
 
     from model_store import ModelStore
+    from training.config import TrainConfig
     from training.datasets.errors import DatasetError
     from training.pipeline import train_and_publish
     from training.presets import PresetError
     from training.trainer import ProgressEvent, TrainingError
 
     flow_kw = {k: getattr(args, k) for k in _FLOW_OPTIONS}
-    train_kw = {
-        k: getattr(args, k)
-        for k in (
-            "iterations",
-            "epochs",
-            "batch_size",
-            "lr",
-            "weight_decay",
-            "schedule",
-            "grad_clip",
-            "warmup_iterations",
-            "loss",
-            "val_every",
-            "early_stopping_patience",
-            "seed",
-            "dtype",
-            "checkpoint_every",
-        )
-    }
+    # options named as TrainConfig fields go to the trainer (device: below)
+    train_kw = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields}
     train_kw["device"] = args.device or os.environ.get("CPFLOW_DEVICE") or None
     bar = _Bar(args.quiet or not group.main)
 

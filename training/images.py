@@ -27,7 +27,6 @@ __all__ = [
     "ImageSplits",
     "bits_per_dim",
     "dequantize",
-    "evaluate_bits_per_dim",
     "fit_gaussian_bits_per_dim",
     "load_cifar10",
     "load_digits_images",
@@ -243,36 +242,6 @@ def uniform_dequantize(
 def bits_per_dim(log_prob: torch.Tensor | float, dim: int, levels: int) -> torch.Tensor | float:
     """Bits/dim of the discrete data from log p(y) of y in [0, 1]^d (per image, or a mean)."""
     return -(log_prob - dim * math.log(levels)) / (dim * _LN2)
-
-
-@torch.no_grad()
-def evaluate_bits_per_dim(
-    flow: Any,
-    images: np.ndarray,
-    levels: int,
-    *,
-    method: str = "exact",
-    seed: int = 1234,
-    batch: int = 128,
-    probes: int | None = None,
-    steps: int | None = None,
-) -> dict[str, float]:
-    """Mean bits/dim (and its standard error over images) on one dequantised draw."""
-    gen = torch.Generator().manual_seed(seed)
-    y = dequantize(images, levels, generator=gen)
-    dim = int(np.prod(images.shape[1:]))
-    out = []
-    for i in range(0, len(y), batch):
-        kw = {} if method == "exact" else {"probes": probes, "steps": steps, "generator": gen}
-        out.append(flow.log_prob(y[i : i + batch], method=method, **kw).detach())
-    bpd = bits_per_dim(torch.cat(out).double(), dim, levels)
-    return {
-        "bits_per_dim": float(bpd.mean()),
-        "stderr": float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else 0.0,
-        "finite_fraction": float(torch.isfinite(bpd).double().mean()),
-        "n": len(bpd),
-        "method": method,
-    }
 
 
 def fit_gaussian_bits_per_dim(

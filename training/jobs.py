@@ -25,16 +25,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from redis.exceptions import RedisError
 
+from training.datasets.splits import DatasetSplits
+
 __all__ = [
     "JobRecorder",
-    "UploadSplits",
     "execute_spec",
     "run_training_job",
     "run_with_recorder",
@@ -241,19 +241,7 @@ def _result(published: Any) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class UploadSplits:
-    """Train/val/test splits of an uploaded array (what ``training.trainer.train`` reads)."""
-
-    name: str
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    sha256: str
-    meta: dict[str, Any]
-
-
-def split_upload(array: np.ndarray, *, name: str, sha256: str, seed: int = 0) -> UploadSplits:
+def split_upload(array: np.ndarray, *, name: str, sha256: str, seed: int = 0) -> DatasetSplits:
     """Seeded train/val/test split of an uploaded array, cut as ``training.datasets`` cuts files.
 
     ``sha256`` stays the data set's id in the store, so the manifest names the exact upload.
@@ -262,7 +250,7 @@ def split_upload(array: np.ndarray, *, name: str, sha256: str, seed: int = 0) ->
 
     x = np.ascontiguousarray(array, dtype=np.float32)
     train, val, test = random_split(x, seed=seed)
-    return UploadSplits(
+    return DatasetSplits(
         name=name,
         train=train,
         val=val,

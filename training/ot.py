@@ -9,12 +9,14 @@ block, no ActNorm, isotropic standardisation) should approach it as KL(p || q) f
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import linalg
+
+from training.datasets.splits import DatasetSplits
 
 __all__ = [
     "GaussianOTProblem",
@@ -27,16 +29,10 @@ __all__ = [
 ]
 
 
-@dataclass
-class OTSplits:
-    """Train/val/test arrays in the shape the trainer expects, plus the problem behind them."""
+@dataclass(frozen=True)
+class OTSplits(DatasetSplits):
+    """The splits of the OT experiment, with the Gaussian problem behind them."""
 
-    name: str
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    sha256: str
-    meta: dict[str, Any] = field(default_factory=dict)
     problem: GaussianOTProblem | None = None
 
 

@@ -157,10 +157,6 @@ def fit_standardization(train: np.ndarray, mode: str) -> tuple[np.ndarray, np.nd
     return mean, std
 
 
-def _nll_method(dim: int, exact_max_dim: int) -> str:
-    return "exact" if dim <= exact_max_dim else "slq"
-
-
 def evaluate_nll(
     flow: CPFlow,
     x: torch.Tensor,
@@ -348,7 +344,7 @@ def train(
         flow_config, dim, cfg, context_dim=context_dim, image_shape=image_shape
     )
     dtype = torch.float64 if fcfg.dtype == "float64" else torch.float32
-    method = _nll_method(dim, cfg.exact_max_dim)
+    method = "exact" if dim <= cfg.exact_max_dim else "slq"  # the NLLs reported
     loss_method = cfg.loss_method(dim)
     data_sha = str(getattr(splits, "sha256", ""))
 
@@ -518,22 +514,17 @@ def train(
         base.update(kw)
         progress(ProgressEvent(**base))
 
+    def score(x: torch.Tensor, c: torch.Tensor | None, seed: int) -> tuple[float, float | None]:
+        return evaluate_nll(
+            flow, x, c, method=method, batch_size=cfg.eval_batch_size, probes=cfg.slq_probes,
+            steps=cfg.slq_steps, seed=cfg.seed + seed,
+        )  # fmt: skip
+
     def validate() -> None:
         nonlocal best_val, best_iteration, best_state, bad_validations
         flow.eval()
-        val_nll, val_err = None, None
-        if group.main:  # rank 0 scores; every rank then decides on the same number
-            val_nll, val_err = evaluate_nll(
-                flow,
-                x_val,
-                c_val,
-                method=method,
-                batch_size=cfg.eval_batch_size,
-                probes=cfg.slq_probes,
-                steps=cfg.slq_steps,
-                seed=cfg.seed + 3,
-            )
-        val_nll, val_err = group.share((val_nll, val_err))
+        # rank 0 scores; every rank then decides on the same number
+        val_nll, val_err = group.share(score(x_val, c_val, 3) if group.main else None)
         flow.train()
         if not math.isfinite(val_nll):
             raise TrainingDiverged(
@@ -675,16 +666,7 @@ def train(
             if xs is None or xs.shape[0] == 0:
                 metrics[f"{name}_nll"] = None
                 continue
-            nll, err = evaluate_nll(
-                flow,
-                xs,
-                cs,
-                method=method,
-                batch_size=cfg.eval_batch_size,
-                probes=cfg.slq_probes,
-                steps=cfg.slq_steps,
-                seed=cfg.seed + 5,
-            )
+            nll, err = score(xs, cs, 5)
             metrics[f"{name}_nll"] = nll
             if levels:
                 metrics[f"{name}_bits_per_dim"] = bits_per_dim(-nll, dim, levels)

@@ -32,7 +32,7 @@ from bench.suites.common import sync, threads_option
 
 PRESET_LR = {"cpflow": 2e-2, "coupling": 2.5e-3}  # chosen on validation (see the docstring)
 WEIGHTS = Option("weights", "strs", [], "saved .safetensors of digits models (digits writes them)")
-DEQUANT_SEED = 1234  # training.images.evaluate_bits_per_dim's draw of the test images
+DEQUANT_SEED = 1234  # the one seeded dequantisation of the test images every model scores
 
 
 # -- library calls -------------------------------------------------------------------------------
@@ -116,6 +116,17 @@ def dequantized(images, levels: int, seed: int) -> torch.Tensor:
     return dequantize(images, levels, generator=torch.Generator().manual_seed(seed))
 
 
+def bits_per_dim_summary(bpd: torch.Tensor) -> dict:
+    """Mean bits/dim with its standard error over images (exact log-dets)."""
+    return {
+        "bits_per_dim": float(bpd.mean()),
+        "stderr": float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else 0.0,
+        "finite_fraction": float(torch.isfinite(bpd).double().mean()),
+        "n": len(bpd),
+        "method": "exact",
+    }
+
+
 def per_image_bits_per_dim(flow, y: torch.Tensor, levels: int) -> torch.Tensor:
     """Exact bits/dim of each dequantised image (batches of 64)."""
     from training.images import bits_per_dim
@@ -151,7 +162,7 @@ def per_image_bits_per_dim(flow, y: torch.Tensor, levels: int) -> torch.Tensor:
 def digits(opts, ctx) -> dict:
     """Writes results/images_digits_<model><tag>.safetensors (weights), .json and
     _samples.png; digits_eval and digits_inversion read the weights."""
-    from training.images import evaluate_bits_per_dim, fit_gaussian_bits_per_dim, sample_grid_png
+    from training.images import fit_gaussian_bits_per_dim, sample_grid_png
 
     if opts.lr is None:
         opts.lr = PRESET_LR.get(opts.model, 0.0)
@@ -165,7 +176,10 @@ def digits(opts, ctx) -> dict:
     flow = result.flow
     t0 = time.perf_counter()
     flow.eval()
-    test = evaluate_bits_per_dim(flow, splits.test, splits.levels, method="exact", batch=64)
+    test = bits_per_dim_summary(
+        per_image_bits_per_dim(flow, dequantized(splits.test, splits.levels, DEQUANT_SEED),
+                               splits.levels)
+    )  # fmt: skip
     out.update(
         {
             "config": flow.config.model_dump(mode="json"),
@@ -210,8 +224,8 @@ def _weights(opts, least: int) -> list[Path]:
     options=[WEIGHTS, Option("seed", "int", 0, "data split seed (as digits)"), threads_option(1)],
 )
 def digits_eval(opts, ctx) -> dict:
-    """Every model scores the SAME dequantised draw of the test images (the draw of
-    training.images.evaluate_bits_per_dim), so the per-image difference of two models'
+    """Every model scores the SAME dequantised draw of the test images (the draw
+    behind the digits benchmark's test figure), so the per-image difference of two models'
     bits/dim has a much smaller standard error than either mean (image difficulty cancels)."""
     paths = _weights(opts, 1)
     splits = digits_splits(opts.seed)
@@ -223,13 +237,7 @@ def digits_eval(opts, ctx) -> dict:
         bpds.append(bpd)
         models[path.stem] = {
             "parameter_count": sum(p.numel() for p in flow.parameters()),
-            "test": {
-                "bits_per_dim": float(bpd.mean()),
-                "stderr": float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else 0.0,
-                "finite_fraction": float(torch.isfinite(bpd).double().mean()),
-                "n": len(bpd),
-                "method": "exact",
-            },
+            "test": bits_per_dim_summary(bpd),
         }
     out: dict = {"models": models}
     if len(paths) >= 2:

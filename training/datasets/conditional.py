@@ -101,35 +101,22 @@ class ConditionalSplits:
     """Train / val / test arrays of data x (n, d) and context c (n, k), float32."""
 
     name: str
-    x_train: np.ndarray
+    train: np.ndarray
     c_train: np.ndarray
-    x_val: np.ndarray
+    val: np.ndarray
     c_val: np.ndarray
-    x_test: np.ndarray
+    test: np.ndarray
     c_test: np.ndarray
     context_columns: list[int] = field(default_factory=list)
     source_sha256: str | None = None  # the uploaded file's digest, when it came from one
 
     @property
     def dim(self) -> int:
-        return self.x_train.shape[1]
+        return self.train.shape[1]
 
     @property
     def context_dim(self) -> int:
         return self.c_train.shape[1]
-
-    # the trainer's view: data rows per split, and the context rows beside them
-    @property
-    def train(self) -> np.ndarray:
-        return self.x_train
-
-    @property
-    def val(self) -> np.ndarray:
-        return self.x_val
-
-    @property
-    def test(self) -> np.ndarray:
-        return self.x_test
 
     @property
     def contexts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,7 +129,7 @@ class ConditionalSplits:
         if self.source_sha256:
             return self.source_sha256
         h = hashlib.sha256()
-        for a in (self.x_train, self.c_train, self.x_val, self.c_val, self.x_test, self.c_test):
+        for a in (self.train, self.c_train, self.val, self.c_val, self.test, self.c_test):
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()
 
