@@ -158,7 +158,11 @@ class ModelStore:
 
     def version_path(self, name: str, version: int | str = "latest") -> Path:
         """Folder of a published version."""
-        return self._name_dir(name) / str(self.resolve(name, version))
+        return self._folder(name, self.resolve(name, version))
+
+    def _folder(self, name: str, number: int) -> Path:
+        """The local folder holding version ``number`` (a backend may fetch it first)."""
+        return self._name_dir(name) / str(number)
 
     def _read_manifest(self, name: str, version: int, folder: Path) -> dict[str, Any]:
         """Read manifest.json, check it against manifest.sha256 and its structure."""
@@ -188,7 +192,7 @@ class ModelStore:
     def manifest(self, name: str, version: int | str = "latest") -> dict[str, Any]:
         """The verified manifest of a version (file digests are checked by load())."""
         number = self.resolve(name, version)
-        return self._read_manifest(name, number, self._name_dir(name) / str(number))
+        return self._read_manifest(name, number, self._folder(name, number))
 
     def list_models(self) -> list[dict[str, Any]]:
         """One summary per model, for its latest version: name, version, dim, created_at, metrics.
@@ -253,7 +257,7 @@ class ModelStore:
     def verify(self, name: str, version: int | str = "latest") -> dict[str, Any]:
         """Check the manifest and every file digest of a version; return the manifest."""
         number = self.resolve(name, version)
-        folder = self._name_dir(name) / str(number)
+        folder = self._folder(name, number)
         manifest = self._read_manifest(name, number, folder)
         self._verified_files(name, number, folder, manifest)
         return manifest
@@ -273,7 +277,7 @@ class ModelStore:
 
         from cpflow import CPFlow, FlowConfig
 
-        folder = self._name_dir(name) / str(number)
+        folder = self._folder(name, number)
         manifest = self._read_manifest(name, number, folder)
         contents = self._verified_files(name, number, folder, manifest)
         try:
@@ -315,7 +319,7 @@ class ModelStore:
         """Path of a stored plot; ModelNotFound if the version has no such plot."""
         validate_filename(filename)
         number = self.resolve(name, version)
-        folder = self._name_dir(name) / str(number)
+        folder = self._folder(name, number)
         manifest = self._read_manifest(name, number, folder)
         if filename not in manifest["plots"]:
             raise ModelNotFound(name, number, f"it has no plot {filename!r}")
@@ -378,20 +382,16 @@ class ModelStore:
         existing = [v for e in os.listdir(name_dir) if (v := _parse_version(e)) is not None]
         return max([last, *existing]) + 1
 
-    def publish(
+    def _payload(
         self,
         name: str,
         flow: CPFlow,
-        *,
-        training: dict[str, Any] | None = None,
-        plots: dict[str, bytes] | None = None,
-        export_onnx: bool = False,
-    ) -> PublishedVersion:
-        """Write ``flow`` as the next version of ``name``, atomically.
-
-        Files go to a temp folder beside the target (each fsynced), then, under the name's
-        lock, the version is allocated, the manifest written, and the folder renamed into place.
-        """
+        training: dict[str, Any] | None,
+        plots: dict[str, bytes] | None,
+        export_onnx: bool,
+    ) -> tuple[dict[str, bytes], dict[str, Any]]:
+        """The files of a new version (path in the version -> bytes) and its manifest without
+        ``version`` and ``created_at`` (a backend adds them once it has the number)."""
         import cpflow
 
         validate_name(name)
@@ -408,7 +408,49 @@ class ModelStore:
             "parameter_count", int(sum(p.numel() for p in flow.parameters()))
         )
         weights, config_json = _serialise_weights(flow)
+        files = {WEIGHTS_FILE: weights}
+        files.update({f"{PLOTS_DIR}/{f}": bytes(data) for f, data in sorted(plots.items())})
+        onnx_info: dict[str, Any] = {"exported": False}
+        if export_onnx:
+            from . import onnx_export
 
+            exported = onnx_export.export_forward_transport(flow)
+            onnx_info = exported.info
+            if exported.data is not None:
+                files[ONNX_FILE] = exported.data
+            density = onnx_export.export_log_prob(flow)
+            onnx_info["log_prob"] = density.info
+            if density.data is not None:
+                files[ONNX_LOG_PROB_FILE] = density.data
+        base = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "library_version": cpflow.__version__,
+            "flow_config": config_json,
+            "dim": int(flow.dim),
+            "standardization": _standardization(flow),
+            "training": training_summary,
+            "files": {path: fsio.sha256_bytes(data) for path, data in files.items()},
+            "plots": sorted(plots),
+            "onnx": onnx_info,
+        }
+        return files, base
+
+    def publish(
+        self,
+        name: str,
+        flow: CPFlow,
+        *,
+        training: dict[str, Any] | None = None,
+        plots: dict[str, bytes] | None = None,
+        export_onnx: bool = False,
+    ) -> PublishedVersion:
+        """Write ``flow`` as the next version of ``name``, atomically.
+
+        Files go to a temp folder beside the target (each fsynced), then, under the name's
+        lock, the version is allocated, the manifest written, and the folder renamed into place.
+        """
+        files, base = self._payload(name, flow, training, plots, export_onnx)
         name_dir = self.root / name
         if not name_dir.is_dir():
             name_dir.mkdir(parents=True, exist_ok=True)
@@ -422,41 +464,12 @@ class ModelStore:
         if tmp_fd is None:  # pragma: no cover - only if someone else locks our fresh folder
             raise StoreError(f"could not lock temp folder {tmp}")
         try:
-            files: dict[str, str] = {}
-            _write_file(tmp / WEIGHTS_FILE, weights)
-            files[WEIGHTS_FILE] = fsio.sha256_bytes(weights)
-            if plots:
-                os.mkdir(tmp / PLOTS_DIR)
-                for filename, data in sorted(plots.items()):
-                    _write_file(tmp / PLOTS_DIR / filename, bytes(data))
-                    files[f"{PLOTS_DIR}/{filename}"] = fsio.sha256_bytes(bytes(data))
+            for path, data in files.items():
+                if "/" in path:
+                    (tmp / path).parent.mkdir(exist_ok=True)
+                _write_file(tmp / path, data)
+            if base["plots"]:
                 fsio.fsync_dir(tmp / PLOTS_DIR)
-            onnx_info: dict[str, Any] = {"exported": False}
-            if export_onnx:
-                from . import onnx_export
-
-                exported = onnx_export.export_forward_transport(flow)
-                onnx_info = exported.info
-                if exported.data is not None:
-                    _write_file(tmp / ONNX_FILE, exported.data)
-                    files[ONNX_FILE] = fsio.sha256_bytes(exported.data)
-                density = onnx_export.export_log_prob(flow)
-                onnx_info["log_prob"] = density.info
-                if density.data is not None:
-                    _write_file(tmp / ONNX_LOG_PROB_FILE, density.data)
-                    files[ONNX_LOG_PROB_FILE] = fsio.sha256_bytes(density.data)
-            base = {
-                "format_version": FORMAT_VERSION,
-                "name": name,
-                "library_version": cpflow.__version__,
-                "flow_config": config_json,
-                "dim": int(flow.dim),
-                "standardization": _standardization(flow),
-                "training": training_summary,
-                "files": files,
-                "plots": sorted(plots),
-                "onnx": onnx_info,
-            }
             with self._name_lock(name_dir):
                 version = self._allocate_locked(name_dir)
                 manifest = {**base, "version": version, "created_at": utc_now()}
