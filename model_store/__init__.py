@@ -13,6 +13,7 @@ from .errors import (
     StoreError,
 )
 from .names import validate_name
+from .object_store import ObjectModelStore, StoreUnavailable, open_store
 from .store import LoadedModel, ModelStore, PublishedVersion
 
 __all__ = [
@@ -26,8 +27,11 @@ __all__ = [
     "LoadedModel",
     "ModelNotFound",
     "ModelStore",
+    "ObjectModelStore",
     "PublishedVersion",
     "StoreError",
+    "StoreUnavailable",
     "array_sha256",
+    "open_store",
     "validate_name",
 ]

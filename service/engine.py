@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from model_store import ModelStore
+from model_store import ModelStore, open_store
 from service.batching import MicroBatcher
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -132,7 +132,11 @@ class InferenceEngine:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.store = store if store is not None else ModelStore(settings.store_dir)
+        self.store = (
+            store
+            if store is not None
+            else open_store(settings.store_url or settings.store_dir, settings.cache_dir)
+        )
         self.device = resolve_device(settings.device)
         self.threads = settings.resolved_inference_threads(self.device.type)
         self.torch_threads = settings.resolved_torch_threads(self.device.type)

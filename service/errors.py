@@ -186,6 +186,7 @@ def _install_store_handlers(app: FastAPI) -> None:
         ModelNotFound,
         StoreError,
     )
+    from model_store.object_store import StoreUnavailable
 
     mapping: list[tuple[type[Exception], int, str]] = [
         (ModelNotFound, 404, "model_not_found"),
@@ -194,6 +195,7 @@ def _install_store_handlers(app: FastAPI) -> None:
         (InvalidDataset, 422, "invalid_dataset"),
         (CorruptModel, 503, "model_corrupt"),
         (CorruptDataset, 503, "dataset_corrupt"),
+        (StoreUnavailable, 503, "store_unavailable"),
         (StoreError, 503, "store_error"),
     ]
     for exc_type, status, code in mapping:

@@ -31,6 +31,16 @@ class Settings(BaseSettings):
         default=Path("./var/store"),
         description="Root directory of the model store (manifests, weights, plots, datasets).",
     )
+    store_url: str | None = Field(
+        default=None,
+        description="Model store as a URL: s3://bucket/prefix (S3-compatible object storage; "
+        "endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) or a "
+        "folder (file:///path). Unset: CPFLOW_STORE_DIR.",
+    )
+    cache_dir: Path = Field(
+        default=Path("./var/cache"),
+        description="Local, digest-checked copies of the versions served from an s3:// store.",
+    )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         description="Redis URL for the training-job queue; /readyz reports whether it answers.",

@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("CPFLOW_STORE_DIR", "./var/store"),
         help="model store root (default: CPFLOW_STORE_DIR or ./var/store)",
     )
+    p.add_argument(
+        "--store-url",
+        default=os.environ.get("CPFLOW_STORE_URL"),
+        help="model store as s3://bucket/prefix (AWS_* variables) or file:///path; overrides "
+        "--store-dir",
+    )
     p.add_argument("--data-dir", help="folder with the paper's tabular data sets")
     p.add_argument("--checkpoint-dir", help="resumable trainer checkpoints go here")
     p.add_argument("--checkpoint-every", type=int)
@@ -152,7 +158,7 @@ def _train(args: argparse.Namespace, group: Dist) -> int:
 
     from pydantic import ValidationError
 
-    from model_store import ModelStore
+    from model_store import open_store
     from training.config import TrainConfig
     from training.datasets.errors import DatasetError
     from training.pipeline import train_and_publish
@@ -178,7 +184,7 @@ def _train(args: argparse.Namespace, group: Dist) -> int:
         bar.update(ev.iteration, ev.total, post)
 
     try:
-        store = ModelStore(args.store_dir)
+        store = open_store(args.store_url or args.store_dir)
         published = train_and_publish(
             args.dataset,
             args.name,

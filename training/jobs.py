@@ -202,14 +202,18 @@ def execute_spec(
 
     Raises ``training.trainer.TrainingCancelled`` when ``should_stop`` fires (nothing published).
     """
-    from model_store import ModelStore
+    from model_store import open_store
     from training.pipeline import train_and_publish
 
     runtime = spec.get("runtime", {})
-    store_dir = os.environ.get("CPFLOW_STORE_DIR") or runtime.get("store_dir")
-    if not store_dir:
-        raise RuntimeError("no model store: set CPFLOW_STORE_DIR for the worker")
-    store = ModelStore(store_dir)
+    where = (
+        os.environ.get("CPFLOW_STORE_URL")
+        or os.environ.get("CPFLOW_STORE_DIR")
+        or runtime.get("store_dir")
+    )
+    if not where:
+        raise RuntimeError("no model store: set CPFLOW_STORE_URL or CPFLOW_STORE_DIR")
+    store = open_store(where, os.environ.get("CPFLOW_CACHE_DIR"))
     training = dict(spec.get("training", {}))
     training.setdefault("device", os.environ.get("CPFLOW_DEVICE", "auto"))
     model = {k: v for k, v in spec.get("model", {}).items() if k != "dim"}

@@ -1,0 +1,280 @@
+"""ObjectModelStore: the model store on S3-compatible object storage (S3, MinIO, R2, GCS's S3
+API...), shared by API replicas and training workers on many machines.
+
+Object storage has no rename and no flock, so a version is published in three steps and
+becomes visible at the last one:
+
+1. a version number is claimed with a conditional write: ``<name>/claims/<v>`` is put with
+   ``If-None-Match: *``; the store answers 412 to every publisher but the first, so two
+   publishers never get the same number (the next try takes v + 1). Claims are never deleted,
+   so a number is never reused, even after its version is deleted;
+2. the version's files go to ``<name>/<v>/...``, the manifest (which lists every file's
+   sha256) and its digest last;
+3. the commit marker ``<name>/committed/<v>`` is written. Readers list only the markers, so
+   they see a version completely or not at all; a publisher killed before step 3 leaves a
+   claim and some files that :meth:`cleanup` removes once they are older than a grace period.
+
+Readers materialise a committed version into a local cache folder in the local store's layout
+(every file digest-checked on the way, then checked again by the reading code the local store
+shares), so requests read local files, never object storage. Deleting a version removes its
+marker first: replicas that cached it keep serving their copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from . import fsio
+from .errors import CorruptModel, InvalidName, StoreError
+from .manifest import MANIFEST_DIGEST_FILE, MANIFEST_FILE, dump_manifest, utc_now
+from .names import validate_name
+from .store import ModelStore, PublishedVersion, _member_path, _parse_version
+
+__all__ = ["ObjectModelStore", "StoreUnavailable", "open_store"]
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(StoreError):
+    """The object store could not be reached (the service answers 503)."""
+
+
+def open_store(url: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None):
+    """A store from a URL: ``s3://bucket/prefix`` (endpoint, region and credentials from the
+    usual AWS variables, e.g. AWS_ENDPOINT_URL) or a local folder (a path or ``file://``)."""
+    text = os.fspath(url)
+    if text.startswith("s3://"):
+        parsed = urlparse(text)
+        cache = cache_dir or Path(os.environ.get("CPFLOW_CACHE_DIR", "./var/cache"))
+        return ObjectModelStore(parsed.netloc, parsed.path.strip("/"), cache)
+    return ModelStore(text.removeprefix("file://"))
+
+
+class ObjectModelStore(ModelStore):
+    """Models in ``s3://<bucket>/<prefix>/``, read through a local cache (module docstring)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        cache_dir: str | os.PathLike[str],
+        *,
+        client: Any = None,
+        cleanup_grace_s: float = 3600.0,
+    ) -> None:
+        super().__init__(cache_dir)
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.cleanup_grace_s = cleanup_grace_s
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.client("s3", config=Config(retries={"max_attempts": 3}))
+        self.s3 = client
+
+    # ------------------------------------------------------------------ keys and calls
+
+    def _key(self, *parts: object) -> str:
+        return "/".join([self.prefix, *map(str, parts)] if self.prefix else map(str, parts))
+
+    def _call(self, op: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.s3, op)(Bucket=self.bucket, **kwargs)
+        except ClientError:
+            raise
+        except BotoCoreError as exc:  # connection refused, timeouts, endpoint gone
+            raise StoreUnavailable(f"object store s3://{self.bucket} unreachable: {exc}") from exc
+
+    def _list(self, prefix: str, delimiter: str | None = None) -> list[dict[str, Any]]:
+        """Every object (or common prefix, with a delimiter) under ``prefix``."""
+        out, token = [], None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix}
+            if delimiter:
+                kwargs["Delimiter"] = delimiter
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list_objects_v2", **kwargs)
+            out += page.get("CommonPrefixes", []) if delimiter else page.get("Contents", [])
+            if not page.get("IsTruncated"):
+                return out
+            token = page["NextContinuationToken"]
+
+    def _get(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._call("get_object", Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def _put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        """Write an object; with ``if_absent`` only if none exists (False if one did)."""
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {"Key": key, "Body": data}
+        if if_absent:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            self._call("put_object", **kwargs)
+        except ClientError as exc:
+            if if_absent and exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+                return False
+            raise
+        return True
+
+    def _numbers(self, name: str, kind: str) -> list[int]:
+        prefix = self._key(name, kind) + "/"
+        found = (_parse_version(o["Key"][len(prefix) :]) for o in self._list(prefix))
+        return sorted(v for v in found if v is not None)
+
+    # ------------------------------------------------------------------ reading
+
+    def versions(self, name: str) -> list[int]:
+        """Committed versions of ``name`` (their markers), ascending."""
+        return self._numbers(validate_name(name), "committed")
+
+    def names(self) -> list[str]:
+        root = self._key("") if self.prefix else ""
+        out = []
+        for entry in self._list(root, delimiter="/"):
+            name = entry["Prefix"][len(root) :].rstrip("/")
+            try:
+                validate_name(name)
+            except InvalidName:
+                continue
+            if self.versions(name):
+                out.append(name)
+        return sorted(out)
+
+    def _folder(self, name: str, number: int) -> Path:
+        """The cached copy of a committed version, fetched (digest-checked) on first use."""
+        folder = self._name_dir(name) / str(number)
+        if folder.is_dir():
+            return folder
+        raw = self._get(self._key(name, number, MANIFEST_FILE))
+        digest = self._get(self._key(name, number, MANIFEST_DIGEST_FILE))
+        if raw is None or digest is None:
+            missing = MANIFEST_FILE if raw is None else MANIFEST_DIGEST_FILE
+            raise CorruptModel(name, number, missing, "is missing from the object store")
+        if fsio.sha256_bytes(raw) != digest.decode().strip():
+            raise CorruptModel(name, number, MANIFEST_FILE, "does not match its sha256")
+        tmp = self._name_dir(name) / f".fetch-{uuid.uuid4().hex}"
+        tmp.mkdir(parents=True)
+        try:
+            (tmp / MANIFEST_FILE).write_bytes(raw)
+            (tmp / MANIFEST_DIGEST_FILE).write_bytes(digest)
+            for path, sha in self._manifest_files(name, number, raw).items():
+                target = _member_path(name, number, tmp, path)  # refuses unsafe paths
+                data = self._get(self._key(name, number, path))
+                if data is None:
+                    raise CorruptModel(name, number, path, "is missing from the object store")
+                if fsio.sha256_bytes(data) != sha:
+                    raise CorruptModel(
+                        name, number, path, "does not match its sha256 (altered or truncated)"
+                    )
+                target.parent.mkdir(exist_ok=True)
+                target.write_bytes(data)
+            try:
+                os.rename(tmp, folder)
+            except OSError:  # another request fetched it meanwhile: theirs is as good
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    def _manifest_files(self, name: str, number: int, raw: bytes) -> dict[str, str]:
+        import json
+
+        try:
+            files = json.loads(raw)["files"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptModel(name, number, MANIFEST_FILE, f"lists no files ({exc})") from None
+        if not isinstance(files, dict):
+            raise CorruptModel(name, number, MANIFEST_FILE, "lists no files")
+        return files
+
+    # ------------------------------------------------------------------ writing
+
+    def _claim(self, name: str) -> int:
+        """The next free version number, claimed by a conditional write (never reused)."""
+        number = max(self._numbers(name, "claims"), default=0) + 1
+        stamp = f"{socket.gethostname()}:{os.getpid()} {utc_now()}\n".encode()
+        while not self._put(self._key(name, "claims", number), stamp, if_absent=True):
+            number += 1  # another publisher took it first
+        return number
+
+    def publish(
+        self,
+        name: str,
+        flow: Any,
+        *,
+        training: dict[str, Any] | None = None,
+        plots: dict[str, bytes] | None = None,
+        export_onnx: bool = False,
+    ) -> PublishedVersion:
+        """Claim a number, upload the files, the manifest and its digest, then commit."""
+        files, base = self._payload(name, flow, training, plots, export_onnx)
+        version = self._claim(name)
+        for path, data in files.items():
+            _upload(self, self._key(name, version, path), data)
+        manifest = {**base, "version": version, "created_at": utc_now()}
+        raw = dump_manifest(manifest)
+        _upload(
+            self,
+            self._key(name, version, MANIFEST_DIGEST_FILE),
+            f"{fsio.sha256_bytes(raw)}\n".encode(),
+        )
+        _upload(self, self._key(name, version, MANIFEST_FILE), raw)
+        self._put(self._key(name, "committed", version), b"")  # the version becomes visible
+        return PublishedVersion(name, version, self._folder(name, version), manifest)
+
+    def delete(self, name: str, version: int | str) -> None:
+        """Remove the commit marker (the version disappears for every reader), then its files;
+        copies already cached by replicas keep serving."""
+        number = self.resolve(name, version)
+        self._call("delete_object", Key=self._key(name, "committed", number))
+        self._delete_prefix(self._key(name, number) + "/")
+        shutil.rmtree(self._name_dir(name) / str(number), ignore_errors=True)
+
+    def _delete_prefix(self, prefix: str) -> None:
+        for obj in self._list(prefix):
+            self._call("delete_object", Key=obj["Key"])
+
+    def cleanup(self, name: str | None = None) -> list[str]:
+        """Remove the files of claimed, never committed versions older than the grace period
+        (publishers that died); return what went."""
+        removed = []
+        for each in [validate_name(name)] if name else self._all_names():
+            committed = set(self._numbers(each, "committed"))
+            prefix = self._key(each, "claims") + "/"
+            for obj in self._list(prefix):
+                number = _parse_version(obj["Key"][len(prefix) :])
+                age = time.time() - obj["LastModified"].timestamp()
+                if number is None or number in committed or age < self.cleanup_grace_s:
+                    continue
+                if self._list(self._key(each, number) + "/"):
+                    self._delete_prefix(self._key(each, number) + "/")
+                    removed.append(f"{each}/{number}")
+        return removed
+
+    def _all_names(self) -> list[str]:
+        root = self._key("") if self.prefix else ""
+        return [e["Prefix"][len(root) :].rstrip("/") for e in self._list(root, delimiter="/")]
+
+
+def _upload(store: ObjectModelStore, key: str, data: bytes) -> None:
+    """One object of a version (module-level so tests can slow it down or kill mid-way)."""
+    store._put(key, data)

@@ -1,0 +1,194 @@
+"""The model store on S3-compatible object storage, against a real server process (moto).
+
+Same guarantees as the local store: a version appears all at once (commit marker last),
+concurrent publishers on different processes get distinct numbers (conditional writes), every
+file is digest-checked on load (a tampered byte names its file), a publisher killed mid-upload
+leaves nothing visible and cleanup removes its files, a deleted version keeps serving where it
+was cached.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+import uuid
+
+import pytest
+import torch
+from s3_server import client, s3_server
+from store_flows import make_flow
+
+from model_store import CorruptModel, ModelNotFound, object_store
+from model_store.object_store import ObjectModelStore, StoreUnavailable
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory):
+    with s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
+
+
+@pytest.fixture
+def bucket(endpoint) -> str:
+    name = f"cpflow-{uuid.uuid4().hex[:12]}"
+    client(endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def _store(endpoint: str, bucket: str, cache, **kw) -> ObjectModelStore:
+    return ObjectModelStore(bucket, "models", cache, client=client(endpoint), **kw)
+
+
+def test_round_trip_is_bit_identical_through_a_fresh_cache(endpoint, bucket, tmp_path) -> None:
+    a = _store(endpoint, bucket, tmp_path / "cache-a")
+    flow = make_flow(3, 0)
+    pub = a.publish("m", flow, training={"note": "x"}, plots={"p.png": b"\x89PNG fake"})
+    assert pub.version == 1 and a.versions("m") == [1] and a.names() == ["m"]
+    b = _store(endpoint, bucket, tmp_path / "cache-b")  # another replica, empty cache
+    loaded = b.load("m")
+    x = torch.randn(16, 3)
+    with torch.no_grad():
+        assert torch.equal(
+            loaded.flow.log_prob(x, method="exact"), flow.log_prob(x, method="exact")
+        )
+    for key, value in flow.state_dict().items():
+        assert torch.equal(loaded.flow.state_dict()[key], value), key
+    assert b.plot_path("m", 1, "p.png").read_bytes() == b"\x89PNG fake"
+    assert b.list_models()[0]["name"] == "m"
+
+
+def test_a_tampered_byte_is_refused_naming_the_file(endpoint, bucket, tmp_path) -> None:
+    a = _store(endpoint, bucket, tmp_path / "cache-a")
+    a.publish("bad", make_flow(2, 1))
+    a.publish("good", make_flow(2, 2))
+    s3 = client(endpoint)
+    key = "models/bad/1/weights.safetensors"
+    data = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x01
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    b = _store(endpoint, bucket, tmp_path / "cache-b")
+    with pytest.raises(CorruptModel, match="weights.safetensors"):
+        b.load("bad")
+    assert b.load("good").version == 1  # other models keep serving
+
+
+def _publish(endpoint: str, bucket: str, cache: str, seed: int, out, go) -> None:
+    torch.set_num_threads(1)
+    go.wait()
+    store = _store(endpoint, bucket, cache)
+    out.put(store.publish("race", make_flow(2, seed, blocks=1, hidden=4)).version)
+
+
+def test_eight_concurrent_publishers_get_versions_one_to_eight(endpoint, bucket, tmp_path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    out, go = ctx.Queue(), ctx.Event()
+    procs = [
+        ctx.Process(target=_publish, args=(endpoint, bucket, str(tmp_path / f"c{i}"), i, out, go))
+        for i in range(8)
+    ]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    got = sorted(out.get(timeout=5) for _ in procs)
+    assert got == list(range(1, 9))
+    assert _store(endpoint, bucket, tmp_path / "check").versions("race") == got
+
+
+def _publish_and_hang(endpoint: str, bucket: str, cache: str, marker: str) -> None:
+    torch.set_num_threads(1)
+    original = object_store._upload
+
+    def slow(store, key, data):
+        original(store, key, data)
+        if key.endswith("weights.safetensors"):  # files half uploaded: pause to be killed
+            open(marker, "w").close()
+            time.sleep(600)
+
+    object_store._upload = slow
+    _store(endpoint, bucket, cache).publish("killed", make_flow(2, 0, blocks=1, hidden=4))
+
+
+def test_a_publisher_killed_mid_upload_leaves_no_version(endpoint, bucket, tmp_path) -> None:
+    marker = tmp_path / "paused"
+    proc = multiprocessing.get_context("fork").Process(
+        target=_publish_and_hang, args=(endpoint, bucket, str(tmp_path / "c"), str(marker))
+    )
+    proc.start()
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.is_alive() and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(timeout=30)
+    store = _store(endpoint, bucket, tmp_path / "reader", cleanup_grace_s=0.0)
+    assert store.versions("killed") == [] and store.list_models() == []
+    with pytest.raises(ModelNotFound):
+        store.load("killed")
+    assert store.cleanup() == ["killed/1"]  # its uploaded files go; its number stays claimed
+    s3 = client(endpoint)
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="models/killed/1/")
+    assert store.publish("killed", make_flow(2, 1, blocks=1, hidden=4)).version == 2
+
+
+def test_deleting_a_version_spares_replicas_that_serve_it(endpoint, bucket, tmp_path) -> None:
+    a = _store(endpoint, bucket, tmp_path / "cache-a")
+    a.publish("d", make_flow(2, 3))
+    served = a.load("d")  # replica A has it cached and in memory
+    b = _store(endpoint, bucket, tmp_path / "cache-b")
+    b.delete("d", 1)
+    assert b.versions("d") == [] and a.versions("d") == []
+    x = torch.randn(4, 2)
+    with torch.no_grad():
+        assert torch.isfinite(served.flow.log_prob(x, method="exact")).all()
+    assert a.publish("d", make_flow(2, 4)).version == 2  # numbers are never reused
+
+
+def test_an_unreachable_server_is_store_unavailable(tmp_path) -> None:
+    store = _store("http://127.0.0.1:9", "nowhere", tmp_path / "cache")  # nothing listens
+    with pytest.raises(StoreUnavailable):
+        store.versions("m")
+
+
+def test_cpflow_train_publishes_into_an_s3_url(endpoint, bucket, tmp_path) -> None:
+    """`cpflow-train --store-url s3://bucket/prefix` with the AWS variables of the server."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from s3_server import env_for
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**env_for(endpoint), "PYTHONPATH": str(root), "CPFLOW_CACHE_DIR": str(tmp_path / "c")}
+    cmd = [sys.executable, "-m", "training.cli", "--dataset", "two_moons", "--name", "moons"]
+    cmd += ["--num-samples", "500", "--iterations", "10", "--quiet", "--no-plots"]
+    cmd += ["--store-url", f"s3://{bucket}/models"]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    store = _store(endpoint, bucket, tmp_path / "reader")
+    assert store.versions("moons") == [1]
+    assert store.load("moons").manifest["training"]["dataset"] == "two_moons"
+
+
+def test_the_service_answers_503_when_the_object_store_is_down(tmp_path, monkeypatch) -> None:
+    """Store-dependent routes: a 503 with the envelope's store_unavailable code, not a 500."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    settings = Settings(store_url="s3://down/models", cache_dir=tmp_path / "cache")
+    with TestClient(create_app(settings)) as api:
+        r = api.get("/v1/models")
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "store_unavailable"
+        r = api.post("/v1/models/m/log_prob", json={"inputs": [[0.0, 0.0]]})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
