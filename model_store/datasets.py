@@ -28,8 +28,8 @@ from .manifest import utc_now
 __all__ = ["DatasetRecord", "DatasetStore", "array_sha256"]
 
 _ID_RE = re.compile(r"[0-9a-f]{64}")
-_DATA_FILE = "data.npy"
-_RECORD_FILE = "record.json"
+DATA_FILE = "data.npy"
+RECORD_FILE = "record.json"
 _MAX_LABEL = 200
 _LOCK_FILE = ".lock"
 _TMP_PREFIX = ".tmp-"
@@ -107,7 +107,7 @@ class DatasetStore:
         label = _validate_label(name)
         digest = array_sha256(values)
         folder = self.root / digest
-        if (folder / _RECORD_FILE).exists():
+        if (folder / RECORD_FILE).exists():
             return self.get(digest)
         record = DatasetRecord(
             id=digest,
@@ -126,14 +126,14 @@ class DatasetStore:
             os.mkdir(tmp)
             tmp_fd = fsio.try_lock_dir(tmp)  # owner mark, dropped by the kernel if we die
         try:
-            fsio.write_durable(tmp / _DATA_FILE, buffer.getvalue())
-            fsio.write_durable(tmp / _RECORD_FILE, json.dumps(record.to_dict()).encode())
+            fsio.write_durable(tmp / DATA_FILE, buffer.getvalue())
+            fsio.write_durable(tmp / RECORD_FILE, json.dumps(record.to_dict()).encode())
             fsio.fsync_dir(tmp)
             try:
                 os.rename(tmp, folder)
             except OSError:
                 # Someone stored the same content first: theirs is identical by construction.
-                if (folder / _RECORD_FILE).exists():
+                if (folder / RECORD_FILE).exists():
                     return self.get(digest)
                 raise
             fsio.fsync_dir(self.root)
@@ -173,13 +173,13 @@ class DatasetStore:
         """The record of a stored data set."""
         folder = self._folder(dataset_id)
         try:
-            raw = json.loads((folder / _RECORD_FILE).read_bytes())
+            raw = json.loads((folder / RECORD_FILE).read_bytes())
             return DatasetRecord(**raw)
         except FileNotFoundError:
             raise DatasetNotFound(f"data set {dataset_id!r} not found") from None
         except (ValueError, TypeError) as exc:
             raise CorruptDataset(
-                f"data set {dataset_id!r}: {_RECORD_FILE} is damaged ({exc})"
+                f"data set {dataset_id!r}: {RECORD_FILE} is damaged ({exc})"
             ) from None
 
     def list(self) -> list[DatasetRecord]:
@@ -200,25 +200,25 @@ class DatasetStore:
     def load(self, dataset_id: str) -> np.ndarray:
         """The stored array (float32), after checking that it still matches its sha256."""
         self.get(dataset_id)
-        path = self._folder(dataset_id) / _DATA_FILE
+        path = self._folder(dataset_id) / DATA_FILE
         try:
             values = np.load(path, allow_pickle=False)
         except FileNotFoundError:
-            raise DatasetNotFound(f"data set {dataset_id!r}: {_DATA_FILE} is missing") from None
+            raise DatasetNotFound(f"data set {dataset_id!r}: {DATA_FILE} is missing") from None
         except ValueError as exc:
             raise CorruptDataset(
-                f"data set {dataset_id!r}: {_DATA_FILE} is damaged ({exc})"
+                f"data set {dataset_id!r}: {DATA_FILE} is damaged ({exc})"
             ) from None
         if values.ndim != 2 or array_sha256(values) != dataset_id:
             raise CorruptDataset(
-                f"data set {dataset_id!r}: {_DATA_FILE} does not match its sha256; upload it again"
+                f"data set {dataset_id!r}: {DATA_FILE} does not match its sha256; upload it again"
             )
         return values
 
     def path(self, dataset_id: str) -> Path:
         """Path of the stored .npy file (for tools that read it directly)."""
         self.get(dataset_id)
-        return self._folder(dataset_id) / _DATA_FILE
+        return self._folder(dataset_id) / DATA_FILE
 
     def delete(self, dataset_id: str) -> None:
         """Remove a data set (models that name it keep their recorded sha256)."""

@@ -22,6 +22,7 @@ marker first: replicas that cached it keep serving their copy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -33,12 +34,19 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import fsio
-from .errors import CorruptModel, InvalidName, StoreError
+from .datasets import DATA_FILE, RECORD_FILE, DatasetRecord, DatasetStore
+from .errors import CorruptDataset, CorruptModel, DatasetNotFound, InvalidName, StoreError
 from .manifest import MANIFEST_DIGEST_FILE, MANIFEST_FILE, dump_manifest, utc_now
-from .names import validate_name
+from .names import RESERVED_NAMES, validate_name
 from .store import ModelStore, PublishedVersion, _member_path, _parse_version
 
-__all__ = ["ObjectModelStore", "StoreUnavailable", "open_store"]
+__all__ = [
+    "ObjectDatasetStore",
+    "ObjectModelStore",
+    "S3Bucket",
+    "StoreUnavailable",
+    "open_store",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,77 @@ def open_store(url: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | 
     return ModelStore(text.removeprefix("file://"))
 
 
+class S3Bucket:
+    """A bucket and key prefix on an S3-compatible service, with the few calls the stores make;
+    an unreachable service is :class:`StoreUnavailable`."""
+
+    def __init__(self, bucket: str, prefix: str, client: Any = None) -> None:
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.client("s3", config=Config(retries={"max_attempts": 3}))
+        self.client = client
+
+    def key(self, *parts: object) -> str:
+        return "/".join([self.prefix, *map(str, parts)] if self.prefix else map(str, parts))
+
+    def call(self, op: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, op)(Bucket=self.bucket, **kwargs)
+        except ClientError:
+            raise
+        except BotoCoreError as exc:  # connection refused, timeouts, endpoint gone
+            raise StoreUnavailable(f"object store s3://{self.bucket} unreachable: {exc}") from exc
+
+    def list(self, prefix: str, delimiter: str | None = None) -> list[dict[str, Any]]:
+        """Every object (or common prefix, with a delimiter) under ``prefix``."""
+        out, token = [], None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix}
+            if delimiter:
+                kwargs["Delimiter"] = delimiter
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self.call("list_objects_v2", **kwargs)
+            out += page.get("CommonPrefixes", []) if delimiter else page.get("Contents", [])
+            if not page.get("IsTruncated"):
+                return out
+            token = page["NextContinuationToken"]
+
+    def get(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.call("get_object", Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        """Write an object; with ``if_absent`` only if none exists (False if one did)."""
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {"Key": key, "Body": data}
+        if if_absent:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            self.call("put_object", **kwargs)
+        except ClientError as exc:
+            if if_absent and exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+                return False
+            raise
+        return True
+
+    def delete_prefix(self, prefix: str) -> None:
+        for obj in self.list(prefix):
+            self.call("delete_object", Key=obj["Key"])
+
+
 class ObjectModelStore(ModelStore):
     """Models in ``s3://<bucket>/<prefix>/``, read through a local cache (module docstring)."""
 
@@ -71,73 +150,13 @@ class ObjectModelStore(ModelStore):
         cleanup_grace_s: float = 3600.0,
     ) -> None:
         super().__init__(cache_dir)
-        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.objects = S3Bucket(bucket, prefix, client)
         self.cleanup_grace_s = cleanup_grace_s
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            client = boto3.client("s3", config=Config(retries={"max_attempts": 3}))
-        self.s3 = client
-
-    # ------------------------------------------------------------------ keys and calls
-
-    def _key(self, *parts: object) -> str:
-        return "/".join([self.prefix, *map(str, parts)] if self.prefix else map(str, parts))
-
-    def _call(self, op: str, **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return getattr(self.s3, op)(Bucket=self.bucket, **kwargs)
-        except ClientError:
-            raise
-        except BotoCoreError as exc:  # connection refused, timeouts, endpoint gone
-            raise StoreUnavailable(f"object store s3://{self.bucket} unreachable: {exc}") from exc
-
-    def _list(self, prefix: str, delimiter: str | None = None) -> list[dict[str, Any]]:
-        """Every object (or common prefix, with a delimiter) under ``prefix``."""
-        out, token = [], None
-        while True:
-            kwargs: dict[str, Any] = {"Prefix": prefix}
-            if delimiter:
-                kwargs["Delimiter"] = delimiter
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._call("list_objects_v2", **kwargs)
-            out += page.get("CommonPrefixes", []) if delimiter else page.get("Contents", [])
-            if not page.get("IsTruncated"):
-                return out
-            token = page["NextContinuationToken"]
-
-    def _get(self, key: str) -> bytes | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            return self._call("get_object", Key=key)["Body"].read()
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                return None
-            raise
-
-    def _put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
-        """Write an object; with ``if_absent`` only if none exists (False if one did)."""
-        from botocore.exceptions import ClientError
-
-        kwargs: dict[str, Any] = {"Key": key, "Body": data}
-        if if_absent:
-            kwargs["IfNoneMatch"] = "*"
-        try:
-            self._call("put_object", **kwargs)
-        except ClientError as exc:
-            if if_absent and exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
-                return False
-            raise
-        return True
+        self.datasets = ObjectDatasetStore(self.root / "datasets", self.objects, cleanup_grace_s)
 
     def _numbers(self, name: str, kind: str) -> list[int]:
-        prefix = self._key(name, kind) + "/"
-        found = (_parse_version(o["Key"][len(prefix) :]) for o in self._list(prefix))
+        prefix = self.objects.key(name, kind) + "/"
+        found = (_parse_version(o["Key"][len(prefix) :]) for o in self.objects.list(prefix))
         return sorted(v for v in found if v is not None)
 
     # ------------------------------------------------------------------ reading
@@ -147,10 +166,12 @@ class ObjectModelStore(ModelStore):
         return self._numbers(validate_name(name), "committed")
 
     def names(self) -> list[str]:
-        root = self._key("") if self.prefix else ""
+        root = self.objects.key("") if self.objects.prefix else ""
         out = []
-        for entry in self._list(root, delimiter="/"):
+        for entry in self.objects.list(root, delimiter="/"):
             name = entry["Prefix"][len(root) :].rstrip("/")
+            if name in RESERVED_NAMES:
+                continue
             try:
                 validate_name(name)
             except InvalidName:
@@ -164,8 +185,8 @@ class ObjectModelStore(ModelStore):
         folder = self._name_dir(name) / str(number)
         if folder.is_dir():
             return folder
-        raw = self._get(self._key(name, number, MANIFEST_FILE))
-        digest = self._get(self._key(name, number, MANIFEST_DIGEST_FILE))
+        raw = self.objects.get(self.objects.key(name, number, MANIFEST_FILE))
+        digest = self.objects.get(self.objects.key(name, number, MANIFEST_DIGEST_FILE))
         if raw is None or digest is None:
             missing = MANIFEST_FILE if raw is None else MANIFEST_DIGEST_FILE
             raise CorruptModel(name, number, missing, "is missing from the object store")
@@ -178,7 +199,7 @@ class ObjectModelStore(ModelStore):
             (tmp / MANIFEST_DIGEST_FILE).write_bytes(digest)
             for path, sha in self._manifest_files(name, number, raw).items():
                 target = _member_path(name, number, tmp, path)  # refuses unsafe paths
-                data = self._get(self._key(name, number, path))
+                data = self.objects.get(self.objects.key(name, number, path))
                 if data is None:
                     raise CorruptModel(name, number, path, "is missing from the object store")
                 if fsio.sha256_bytes(data) != sha:
@@ -212,7 +233,9 @@ class ObjectModelStore(ModelStore):
         """The next free version number, claimed by a conditional write (never reused)."""
         number = max(self._numbers(name, "claims"), default=0) + 1
         stamp = f"{socket.gethostname()}:{os.getpid()} {utc_now()}\n".encode()
-        while not self._put(self._key(name, "claims", number), stamp, if_absent=True):
+        while not self.objects.put(
+            self.objects.key(name, "claims", number), stamp, if_absent=True
+        ):
             number += 1  # another publisher took it first
         return number
 
@@ -229,52 +252,123 @@ class ObjectModelStore(ModelStore):
         files, base = self._payload(name, flow, training, plots, export_onnx)
         version = self._claim(name)
         for path, data in files.items():
-            _upload(self, self._key(name, version, path), data)
+            _upload(self, self.objects.key(name, version, path), data)
         manifest = {**base, "version": version, "created_at": utc_now()}
         raw = dump_manifest(manifest)
         _upload(
             self,
-            self._key(name, version, MANIFEST_DIGEST_FILE),
+            self.objects.key(name, version, MANIFEST_DIGEST_FILE),
             f"{fsio.sha256_bytes(raw)}\n".encode(),
         )
-        _upload(self, self._key(name, version, MANIFEST_FILE), raw)
-        self._put(self._key(name, "committed", version), b"")  # the version becomes visible
+        _upload(self, self.objects.key(name, version, MANIFEST_FILE), raw)
+        self.objects.put(
+            self.objects.key(name, "committed", version), b""
+        )  # the version becomes visible
         return PublishedVersion(name, version, self._folder(name, version), manifest)
 
     def delete(self, name: str, version: int | str) -> None:
         """Remove the commit marker (the version disappears for every reader), then its files;
         copies already cached by replicas keep serving."""
         number = self.resolve(name, version)
-        self._call("delete_object", Key=self._key(name, "committed", number))
-        self._delete_prefix(self._key(name, number) + "/")
+        self.objects.call("delete_object", Key=self.objects.key(name, "committed", number))
+        self.objects.delete_prefix(self.objects.key(name, number) + "/")
         shutil.rmtree(self._name_dir(name) / str(number), ignore_errors=True)
-
-    def _delete_prefix(self, prefix: str) -> None:
-        for obj in self._list(prefix):
-            self._call("delete_object", Key=obj["Key"])
 
     def cleanup(self, name: str | None = None) -> list[str]:
         """Remove the files of claimed, never committed versions older than the grace period
         (publishers that died); return what went."""
-        removed = []
+        removed = [] if name else [f"datasets/{d}" for d in self.datasets.cleanup()]
         for each in [validate_name(name)] if name else self._all_names():
             committed = set(self._numbers(each, "committed"))
-            prefix = self._key(each, "claims") + "/"
-            for obj in self._list(prefix):
+            prefix = self.objects.key(each, "claims") + "/"
+            for obj in self.objects.list(prefix):
                 number = _parse_version(obj["Key"][len(prefix) :])
                 age = time.time() - obj["LastModified"].timestamp()
                 if number is None or number in committed or age < self.cleanup_grace_s:
                     continue
-                if self._list(self._key(each, number) + "/"):
-                    self._delete_prefix(self._key(each, number) + "/")
+                if self.objects.list(self.objects.key(each, number) + "/"):
+                    self.objects.delete_prefix(self.objects.key(each, number) + "/")
                     removed.append(f"{each}/{number}")
         return removed
 
     def _all_names(self) -> list[str]:
-        root = self._key("") if self.prefix else ""
-        return [e["Prefix"][len(root) :].rstrip("/") for e in self._list(root, delimiter="/")]
+        root = self.objects.key("") if self.objects.prefix else ""
+        entries = self.objects.list(root, delimiter="/")
+        names = (e["Prefix"][len(root) :].rstrip("/") for e in entries)
+        return [n for n in names if n not in RESERVED_NAMES]
 
 
 def _upload(store: ObjectModelStore, key: str, data: bytes) -> None:
     """One object of a version (module-level so tests can slow it down or kill mid-way)."""
-    store._put(key, data)
+    store.objects.put(key, data)
+
+
+class ObjectDatasetStore(DatasetStore):
+    """Uploaded data sets in ``<prefix>/datasets/<sha256>/`` on object storage: the array
+    first, its record last (the record is what makes it visible), copied on first use into
+    the local cache (and checked against its sha256 by every load)."""
+
+    def __init__(self, cache: Path, objects: S3Bucket, cleanup_grace_s: float) -> None:
+        super().__init__(cache)
+        self.objects, self.cleanup_grace_s = objects, cleanup_grace_s
+
+    def _remote(self, dataset_id: str, filename: str = "") -> str:
+        return self.objects.key("datasets", dataset_id, filename)
+
+    def _folder(self, dataset_id: str) -> Path:
+        folder = super()._folder(dataset_id)  # checks the id's form
+        if (folder / RECORD_FILE).exists():
+            return folder
+        record = self.objects.get(self._remote(dataset_id, RECORD_FILE))
+        data = None if record is None else self.objects.get(self._remote(dataset_id, DATA_FILE))
+        if record is None or data is None:
+            return folder  # not stored: get() says so
+        tmp = self.root / f".fetch-{uuid.uuid4().hex}"
+        tmp.mkdir(parents=True)
+        try:
+            (tmp / DATA_FILE).write_bytes(data)
+            (tmp / RECORD_FILE).write_bytes(record)
+            with contextlib.suppress(OSError):  # fetched meanwhile by another request
+                os.rename(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    def put(self, array: Any, name: str) -> DatasetRecord:
+        record = super().put(array, name)  # validates, and keeps the local copy
+        if self.objects.get(self._remote(record.id, RECORD_FILE)) is None:
+            folder = self.root / record.id
+            self.objects.put(self._remote(record.id, DATA_FILE), (folder / DATA_FILE).read_bytes())
+            self.objects.put(
+                self._remote(record.id, RECORD_FILE), (folder / RECORD_FILE).read_bytes()
+            )
+        return record
+
+    def list(self) -> list[DatasetRecord]:
+        prefix = self.objects.key("datasets") + "/"
+        records = []
+        for entry in self.objects.list(prefix, delimiter="/"):
+            dataset_id = entry["Prefix"][len(prefix) :].rstrip("/")
+            with contextlib.suppress(DatasetNotFound, CorruptDataset):
+                records.append(self.get(dataset_id))
+        return sorted(records, key=lambda r: (r.created_at, r.id))
+
+    def delete(self, dataset_id: str) -> None:
+        self.get(dataset_id)  # DatasetNotFound if it is not stored
+        self.objects.call("delete_object", Key=self._remote(dataset_id, RECORD_FILE))
+        self.objects.delete_prefix(self._remote(dataset_id))
+        shutil.rmtree(self.root / dataset_id, ignore_errors=True)
+
+    def cleanup(self) -> list[str]:
+        """Arrays whose record never came (a writer that died), older than the grace period."""
+        removed = super().cleanup()
+        prefix = self.objects.key("datasets") + "/"
+        for obj in self.objects.list(prefix):
+            dataset_id, _, filename = obj["Key"][len(prefix) :].partition("/")
+            age = time.time() - obj["LastModified"].timestamp()
+            if filename != DATA_FILE or age < self.cleanup_grace_s:
+                continue
+            if self.objects.get(self._remote(dataset_id, RECORD_FILE)) is None:
+                self.objects.delete_prefix(self._remote(dataset_id))
+                removed.append(dataset_id)
+        return removed

@@ -192,3 +192,22 @@ def test_the_service_answers_503_when_the_object_store_is_down(tmp_path, monkeyp
         assert r.json()["error"]["code"] == "store_unavailable"
         r = api.post("/v1/models/m/log_prob", json={"inputs": [[0.0, 0.0]]})
         assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+
+
+def test_uploaded_data_sets_are_shared_through_the_bucket(endpoint, bucket, tmp_path) -> None:
+    """An upload on replica A is listed, loaded (sha256-checked) and deletable on machine B."""
+    import numpy as np
+
+    a = _store(endpoint, bucket, tmp_path / "cache-a", cleanup_grace_s=0.0)
+    values = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    record = a.datasets.put(values, "blobs")
+    b = _store(endpoint, bucket, tmp_path / "cache-b")
+    assert [r.id for r in b.datasets.list()] == [record.id]
+    assert np.array_equal(b.datasets.load(record.id), values)
+    assert b.names() == []  # the data set area is not a model
+    b.datasets.delete(record.id)
+    c = _store(endpoint, bucket, tmp_path / "cache-c")
+    assert c.datasets.list() == []
+    with pytest.raises(Exception, match="not found"):
+        c.datasets.load(record.id)
+    assert a.cleanup() == []  # nothing half-written left behind
