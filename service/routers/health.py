@@ -45,11 +45,11 @@ def _ping_redis(url: str) -> dict[str, Any]:
 )
 async def readyz(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
     """503 when the store cannot be listed; Redis being down only shows in ``redis``."""
-    store: dict[str, Any] = {"ok": True, "path": str(settings.store_dir), "models": 0,
-                             "error": None}  # fmt: skip
+    where = settings.store_url or str(settings.store_dir)
+    store: dict[str, Any] = {"ok": True, "path": where, "models": 0, "error": None}
 
     def list_store() -> int:
-        if not settings.store_dir.is_dir():
+        if not settings.store_url and not settings.store_dir.is_dir():
             raise FileNotFoundError(f"store directory {settings.store_dir} does not exist")
         return len(engine.store.names())
 
