@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from model_store import ModelStore, open_store
+from model_store import ModelStore, StoreUnavailable, open_store
 from service.batching import MicroBatcher
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -203,7 +203,14 @@ class InferenceEngine:
         cached = self._latest.get(name)
         if cached is not None and now - cached[1] < self.settings.poll_interval_s:
             return cached[0]
-        latest = await self.io(self.store.resolve, name, "latest")
+        try:
+            latest = await self.io(self.store.resolve, name, "latest")
+        except StoreUnavailable:
+            if cached is None:
+                raise
+            # object storage unreachable: keep serving the version known to be latest
+            log.warning("store unreachable; serving the last known version", extra={"model": name})
+            return cached[0]
         self._latest[name] = (int(latest), now)
         return int(latest)
 

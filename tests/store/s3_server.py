@@ -66,3 +66,53 @@ def env_for(endpoint: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+class Outage:
+    """A TCP relay on its own loopback port in front of the S3 server: ``stop()`` makes the
+    store unreachable (connections refused) without losing the server's in-memory objects,
+    ``start()`` brings it back on the same port."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.target = int(endpoint.rsplit(":", 1)[1])
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: socket.socket | None = None
+        self.start()
+
+    def start(self) -> None:
+        import threading
+
+        server = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR on POSIX
+        self._server = server
+
+        def accept() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return  # stopped
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+                for a, b in ((conn, upstream), (upstream, conn)):
+                    threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

@@ -211,3 +211,41 @@ def test_uploaded_data_sets_are_shared_through_the_bucket(endpoint, bucket, tmp_
     with pytest.raises(Exception, match="not found"):
         c.datasets.load(record.id)
     assert a.cleanup() == []  # nothing half-written left behind
+
+
+def test_an_outage_is_503_while_cached_models_serve_and_recovers(
+    endpoint, bucket, tmp_path, monkeypatch
+) -> None:
+    """The object store goes away: store routes answer 503 store_unavailable, the model already
+    cached keeps answering; it comes back: everything recovers without a restart."""
+    from fastapi.testclient import TestClient
+    from s3_server import Outage
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    _store(endpoint, bucket, tmp_path / "publisher").publish("m", make_flow(2, 5))
+    relay = Outage(endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", relay.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    settings = Settings(
+        store_url=f"s3://{bucket}/models", cache_dir=tmp_path / "cache", poll_interval_s=0.0
+    )
+    rows = {"inputs": [[0.0, 1.0], [1.0, 2.0]], "method": "exact"}
+    try:
+        with TestClient(create_app(settings)) as api:
+            before = api.post("/v1/models/m/log_prob", json=rows)
+            assert before.status_code == 200, before.text
+            relay.stop()
+            r = api.get("/v1/models")
+            assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+            during = api.post("/v1/models/m/log_prob", json=rows)  # cached: still served
+            assert during.status_code == 200 and during.json() == before.json()
+            assert api.get("/readyz").status_code == 503
+            relay.start()
+            assert api.get("/v1/models").status_code == 200
+            assert api.get("/readyz").status_code == 200
+    finally:
+        relay.stop()
