@@ -35,7 +35,7 @@ __all__ = [
     "parse_options",
 ]
 
-SUITES = ("core", "toys", "tabular", "images", "conditional", "service", "distributed")
+SUITES = ("core", "toys", "tabular", "images", "conditional", "service", "distributed", "storage")
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
