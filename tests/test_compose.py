@@ -241,3 +241,27 @@ def test_serving_processes_get_the_benchmarked_malloc_settings() -> None:
             assert f"{var}={value}" in text, f"{name} lacks {var}={value}"
     for var, value in TUNED.items():
         assert f'export {var}="${{{var}:-{value}}}"' in up
+
+
+def test_the_object_store_override_points_every_cpflow_service_at_minio() -> None:
+    """docker-compose.s3.yml: a MinIO service and its bucket, and the API and workers on
+    s3:// with the endpoint, credentials and a cache folder of their own."""
+    override = yaml.safe_load((ROOT / "docker-compose.s3.yml").read_text())
+    services = override["services"]
+    minio = services["minio"]
+    assert "9000:9000" in minio["ports"] and minio["command"][0] == "server"
+    user = minio["environment"]["MINIO_ROOT_USER"]
+    bucket_cmd = " ".join(services["minio-bucket"]["entrypoint"])
+    for name in CPFLOW_SERVICES:
+        env = _env(services[name])
+        url = env["CPFLOW_STORE_URL"]
+        assert url.startswith("s3://") and f"store/{url[5:].split('/')[0]}" in bucket_cmd
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["AWS_ACCESS_KEY_ID"] == user
+        assert env["AWS_SECRET_ACCESS_KEY"] == minio["environment"]["MINIO_ROOT_PASSWORD"]
+        cache = env["CPFLOW_CACHE_DIR"]
+        assert any(m.endswith(":" + cache) for m in services[name]["volumes"]), name
+        assert services[name]["depends_on"]["minio-bucket"]["condition"].startswith("service_")
+    volumes = {m.split(":")[0] for name in CPFLOW_SERVICES for m in services[name]["volumes"]}
+    assert len(volumes) == len(CPFLOW_SERVICES)  # each service its own cache
+    assert volumes <= set(override["volumes"])
