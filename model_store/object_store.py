@@ -55,14 +55,20 @@ class StoreUnavailable(StoreError):
     """The object store could not be reached (the service answers 503)."""
 
 
-def open_store(url: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None):
+def open_store(
+    url: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_max_bytes: int | None = None,
+):
     """A store from a URL: ``s3://bucket/prefix`` (endpoint, region and credentials from the
     usual AWS variables, e.g. AWS_ENDPOINT_URL) or a local folder (a path or ``file://``)."""
     text = os.fspath(url)
     if text.startswith("s3://"):
         parsed = urlparse(text)
         cache = cache_dir or Path(os.environ.get("CPFLOW_CACHE_DIR", "./var/cache"))
-        return ObjectModelStore(parsed.netloc, parsed.path.strip("/"), cache)
+        return ObjectModelStore(
+            parsed.netloc, parsed.path.strip("/"), cache, cache_max_bytes=cache_max_bytes
+        )
     return ModelStore(text.removeprefix("file://"))
 
 
@@ -148,10 +154,14 @@ class ObjectModelStore(ModelStore):
         *,
         client: Any = None,
         cleanup_grace_s: float = 3600.0,
+        cache_max_bytes: int | None = None,
     ) -> None:
+        """``cache_max_bytes`` bounds the cached versions (least recently used go first; the
+        flows a service holds in memory are not affected). None: unbounded."""
         super().__init__(cache_dir)
         self.objects = S3Bucket(bucket, prefix, client)
         self.cleanup_grace_s = cleanup_grace_s
+        self.cache_max_bytes = cache_max_bytes
         self.datasets = ObjectDatasetStore(self.root / "datasets", self.objects, cleanup_grace_s)
 
     def _numbers(self, name: str, kind: str) -> list[int]:
@@ -184,6 +194,7 @@ class ObjectModelStore(ModelStore):
         """The cached copy of a committed version, fetched (digest-checked) on first use."""
         folder = self._name_dir(name) / str(number)
         if folder.is_dir():
+            os.utime(folder)  # recently used
             return folder
         raw = self.objects.get(self.objects.key(name, number, MANIFEST_FILE))
         digest = self.objects.get(self.objects.key(name, number, MANIFEST_DIGEST_FILE))
@@ -214,7 +225,23 @@ class ObjectModelStore(ModelStore):
                 pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        self._trim_cache(keep=folder)
         return folder
+
+    def _trim_cache(self, keep: Path) -> None:
+        """Drop the least recently used cached versions beyond ``cache_max_bytes``."""
+        if self.cache_max_bytes is None:
+            return
+        folders = [f for d in self.root.iterdir() if d.is_dir() and d.name != "datasets"
+                   for f in d.iterdir() if f.is_dir() and _parse_version(f.name)]  # fmt: skip
+        sizes = {f: sum(p.stat().st_size for p in f.rglob("*") if p.is_file()) for f in folders}
+        total = sum(sizes.values())
+        for folder in sorted(folders, key=lambda f: f.stat().st_mtime):
+            if total <= self.cache_max_bytes:
+                break
+            if folder != keep:
+                shutil.rmtree(folder, ignore_errors=True)
+                total -= sizes[folder]
 
     def _manifest_files(self, name: str, number: int, raw: bytes) -> dict[str, str]:
         import json

@@ -135,7 +135,11 @@ class InferenceEngine:
         self.store = (
             store
             if store is not None
-            else open_store(settings.store_url or settings.store_dir, settings.cache_dir)
+            else open_store(
+                settings.store_url or settings.store_dir,
+                settings.cache_dir,
+                settings.cache_max_bytes,
+            )
         )
         self.device = resolve_device(settings.device)
         self.threads = settings.resolved_inference_threads(self.device.type)

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         default=Path("./var/cache"),
         description="Local, digest-checked copies of the versions served from an s3:// store.",
     )
+    cache_max_bytes: int = Field(
+        default=10 * 1024**3,
+        ge=1024,
+        description="Largest size of CPFLOW_CACHE_DIR's model copies; the least recently used "
+        "versions are dropped beyond it.",
+    )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         description="Redis URL for the training-job queue; /readyz reports whether it answers.",

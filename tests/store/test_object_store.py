@@ -249,3 +249,19 @@ def test_an_outage_is_503_while_cached_models_serve_and_recovers(
             assert api.get("/readyz").status_code == 200
     finally:
         relay.stop()
+
+
+def test_the_cache_is_bounded_least_recently_used_first(endpoint, bucket, tmp_path) -> None:
+    publisher = _store(endpoint, bucket, tmp_path / "publisher")
+    for seed in range(3):
+        publisher.publish(f"m{seed}", make_flow(2, seed))
+    size = sum(p.stat().st_size for p in publisher.version_path("m0").rglob("*") if p.is_file())
+    reader = _store(endpoint, bucket, tmp_path / "cache", cache_max_bytes=int(2.5 * size))
+    reader.load("m0")
+    reader.load("m1")
+    time.sleep(0.01)
+    reader.load("m0")  # m0 is now more recent than m1
+    reader.load("m2")  # over budget: m1 goes
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir() if (p / "1").is_dir())
+    assert cached == ["m0", "m2"]
+    assert reader.load("m1").version == 1  # fetched again when asked
