@@ -17,17 +17,16 @@ import uuid
 
 import pytest
 import torch
-from s3_server import client, s3_server
+from s3_server import client
 from store_flows import make_flow
 
 from model_store import CorruptModel, ModelNotFound, object_store
 from model_store.object_store import ObjectModelStore, StoreUnavailable
 
 
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
-    with s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
-        yield url
+@pytest.fixture
+def endpoint(s3_endpoint):
+    return s3_endpoint
 
 
 @pytest.fixture

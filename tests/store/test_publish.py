@@ -15,6 +15,13 @@ from store_procs import fork_publisher
 from model_store import ModelNotFound, ModelStore
 
 
+@pytest.fixture
+def store(local_store):
+    """The local folder's publish protocol (flock, temp folder, rename); the object store's
+    counterparts (kill -9 mid-upload, 8 concurrent publishers) are in test_object_store.py."""
+    return local_store
+
+
 def _wait_for(path: Path, proc, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
