@@ -38,7 +38,7 @@ from .datasets import DATA_FILE, RECORD_FILE, DatasetRecord, DatasetStore
 from .errors import CorruptDataset, CorruptModel, DatasetNotFound, InvalidName, StoreError
 from .manifest import MANIFEST_DIGEST_FILE, MANIFEST_FILE, dump_manifest, utc_now
 from .names import RESERVED_NAMES, validate_name
-from .store import ModelStore, PublishedVersion, _member_path, _parse_version
+from .store import ModelStore, PublishedVersion, _member_path, _parse_version, parse_manifest
 
 __all__ = [
     "ObjectDatasetStore",
@@ -196,19 +196,14 @@ class ObjectModelStore(ModelStore):
         if folder.is_dir():
             os.utime(folder)  # recently used
             return folder
-        raw = self.objects.get(self.objects.key(name, number, MANIFEST_FILE))
-        digest = self.objects.get(self.objects.key(name, number, MANIFEST_DIGEST_FILE))
-        if raw is None or digest is None:
-            missing = MANIFEST_FILE if raw is None else MANIFEST_DIGEST_FILE
-            raise CorruptModel(name, number, missing, "is missing from the object store")
-        if fsio.sha256_bytes(raw) != digest.decode().strip():
-            raise CorruptModel(name, number, MANIFEST_FILE, "does not match its sha256")
+        raw, digest = self._remote_manifest(name, number)
+        manifest = parse_manifest(name, number, raw, digest)
         tmp = self._name_dir(name) / f".fetch-{uuid.uuid4().hex}"
         tmp.mkdir(parents=True)
         try:
             (tmp / MANIFEST_FILE).write_bytes(raw)
-            (tmp / MANIFEST_DIGEST_FILE).write_bytes(digest)
-            for path, sha in self._manifest_files(name, number, raw).items():
+            (tmp / MANIFEST_DIGEST_FILE).write_text(digest)
+            for path, sha in manifest["files"].items():
                 target = _member_path(name, number, tmp, path)  # refuses unsafe paths
                 data = self.objects.get(self.objects.key(name, number, path))
                 if data is None:
@@ -243,16 +238,18 @@ class ObjectModelStore(ModelStore):
                 shutil.rmtree(folder, ignore_errors=True)
                 total -= sizes[folder]
 
-    def _manifest_files(self, name: str, number: int, raw: bytes) -> dict[str, str]:
-        import json
+    def _remote_manifest(self, name: str, number: int) -> tuple[bytes | None, str | None]:
+        raw = self.objects.get(self.objects.key(name, number, MANIFEST_FILE))
+        digest = self.objects.get(self.objects.key(name, number, MANIFEST_DIGEST_FILE))
+        return raw, None if digest is None else digest.decode()
 
-        try:
-            files = json.loads(raw)["files"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptModel(name, number, MANIFEST_FILE, f"lists no files ({exc})") from None
-        if not isinstance(files, dict):
-            raise CorruptModel(name, number, MANIFEST_FILE, "lists no files")
-        return files
+    def manifest(self, name: str, version: int | str = "latest") -> dict[str, Any]:
+        """The verified manifest (from the cache, or the bucket without fetching the files:
+        listing models reads manifests only, as on the local store)."""
+        number = self.resolve(name, version)
+        if (self._name_dir(name) / str(number)).is_dir():
+            return super().manifest(name, number)
+        return parse_manifest(name, number, *self._remote_manifest(name, number))
 
     # ------------------------------------------------------------------ writing
 

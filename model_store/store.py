@@ -167,27 +167,14 @@ class ModelStore:
     def _read_manifest(self, name: str, version: int, folder: Path) -> dict[str, Any]:
         """Read manifest.json, check it against manifest.sha256 and its structure."""
         try:
-            expected = (folder / MANIFEST_DIGEST_FILE).read_text().strip()
+            expected = (folder / MANIFEST_DIGEST_FILE).read_text()
         except FileNotFoundError:
-            raise CorruptModel(name, version, MANIFEST_DIGEST_FILE, "is missing") from None
+            expected = None
         try:
             raw = (folder / MANIFEST_FILE).read_bytes()
         except FileNotFoundError:
-            raise CorruptModel(name, version, MANIFEST_FILE, "is missing") from None
-        if fsio.sha256_bytes(raw) != expected:
-            raise CorruptModel(
-                name, version, MANIFEST_FILE, "does not match its sha256 (edited or truncated)"
-            )
-        try:
-            manifest = json.loads(raw)
-        except ValueError as exc:
-            raise CorruptModel(
-                name, version, MANIFEST_FILE, f"is not valid JSON ({exc})"
-            ) from None
-        problem = check_manifest(manifest, name, version)
-        if problem:
-            raise CorruptModel(name, version, MANIFEST_FILE, problem)
-        return manifest
+            raw = None
+        return parse_manifest(name, version, raw, expected)
 
     def manifest(self, name: str, version: int | str = "latest") -> dict[str, Any]:
         """The verified manifest of a version (file digests are checked by load())."""
@@ -500,6 +487,27 @@ class ModelStore:
             os.rename(target, trash)
             fsio.fsync_dir(name_dir)
             shutil.rmtree(trash, ignore_errors=True)
+
+
+def parse_manifest(name: str, version: int, raw: bytes | None, digest: str | None) -> dict:
+    """A version's manifest from its bytes and its digest file's text (None: missing),
+    checked against the digest and for structure; CorruptModel names what is wrong."""
+    if digest is None:
+        raise CorruptModel(name, version, MANIFEST_DIGEST_FILE, "is missing")
+    if raw is None:
+        raise CorruptModel(name, version, MANIFEST_FILE, "is missing")
+    if fsio.sha256_bytes(raw) != digest.strip():
+        raise CorruptModel(
+            name, version, MANIFEST_FILE, "does not match its sha256 (edited or truncated)"
+        )
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptModel(name, version, MANIFEST_FILE, f"is not valid JSON ({exc})") from None
+    problem = check_manifest(manifest, name, version)
+    if problem:
+        raise CorruptModel(name, version, MANIFEST_FILE, problem)
+    return manifest
 
 
 def _write_file(path: Path, data: bytes) -> None:
