@@ -18,13 +18,12 @@ def _data(rows: int = 50, dim: int = 3, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
 
 
-def test_put_get_load_roundtrip(tmp_path) -> None:
-    store = ModelStore(tmp_path)
+def test_put_get_load_roundtrip(store) -> None:
     data = _data()
     record = store.datasets.put(data, "my data.csv")
     assert record.id == record.sha256 == array_sha256(data)
     assert (record.rows, record.dim, record.name) == (50, 3, "my data.csv")
-    assert (tmp_path / "datasets" / record.id / "data.npy").is_file()
+    assert (store.root / "datasets" / record.id / "data.npy").is_file()
     assert store.datasets.get(record.id) == record
     loaded = store.datasets.load(record.id)
     assert loaded.dtype == np.float32
@@ -32,8 +31,7 @@ def test_put_get_load_roundtrip(tmp_path) -> None:
     assert [r.id for r in store.datasets.list()] == [record.id]
 
 
-def test_same_content_is_stored_once(tmp_path) -> None:
-    store = ModelStore(tmp_path)
+def test_same_content_is_stored_once(store) -> None:
     first = store.datasets.put(_data(), "a")
     again = store.datasets.put(_data().astype(np.float64), "b")  # same float32 values
     assert again == first
@@ -48,8 +46,7 @@ def test_digest_depends_on_shape_and_values() -> None:
     assert array_sha256(data) != array_sha256(changed)
 
 
-def test_altered_data_detected(tmp_path) -> None:
-    store = ModelStore(tmp_path)
+def test_altered_data_detected(store) -> None:
     record = store.datasets.put(_data(), "x")
     path = store.datasets.path(record.id)
     raw = bytearray(path.read_bytes())
@@ -63,13 +60,12 @@ def test_altered_data_detected(tmp_path) -> None:
     "bad",
     [np.zeros(3), np.zeros((0, 2)), np.array([[1.0, np.nan]]), np.array([["a", "b"]])],
 )
-def test_invalid_arrays_refused(tmp_path, bad) -> None:
+def test_invalid_arrays_refused(store, bad) -> None:
     with pytest.raises(InvalidDataset):
-        ModelStore(tmp_path).datasets.put(bad, "bad")
+        store.datasets.put(bad, "bad")
 
 
-def test_unknown_and_malformed_ids(tmp_path) -> None:
-    store = ModelStore(tmp_path)
+def test_unknown_and_malformed_ids(store) -> None:
     for dataset_id in ["0" * 64, "../etc", "", "ABC"]:
         with pytest.raises(DatasetNotFound):
             store.datasets.get(dataset_id)
@@ -77,8 +73,7 @@ def test_unknown_and_malformed_ids(tmp_path) -> None:
             store.datasets.load(dataset_id)
 
 
-def test_delete(tmp_path) -> None:
-    store = ModelStore(tmp_path)
+def test_delete(store) -> None:
     record = store.datasets.put(_data(), "x")
     store.datasets.delete(record.id)
     assert store.datasets.list() == []
@@ -86,12 +81,11 @@ def test_delete(tmp_path) -> None:
         store.datasets.get(record.id)
     with pytest.raises(DatasetNotFound):
         store.datasets.delete(record.id)
-    leftovers = [p.name for p in (tmp_path / "datasets").iterdir() if p.name != ".lock"]
+    leftovers = [p.name for p in (store.root / "datasets").iterdir() if p.name != ".lock"]
     assert leftovers == []  # no trash left
 
 
-def test_datasets_area_is_not_a_model(tmp_path) -> None:
-    store = ModelStore(tmp_path)
+def test_datasets_area_is_not_a_model(store) -> None:
     store.datasets.put(_data(), "x")
     assert store.names() == []
     assert store.list_models() == []
