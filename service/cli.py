@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default=None, help="override CPFLOW_LOG_LEVEL (debug, info, warning, error)"
     )
+    parser.add_argument(
+        "--store-url", help="override CPFLOW_STORE_URL (s3://bucket/prefix or file:///path)"
+    )
     return parser
 
 
@@ -45,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("--workers must be at least 1")
     if args.log_level:
         os.environ["CPFLOW_LOG_LEVEL"] = args.log_level.upper()
+    if args.store_url:  # read by the app factory's settings, in every uvicorn worker
+        os.environ["CPFLOW_STORE_URL"] = args.store_url
 
     import uvicorn
 

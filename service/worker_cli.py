@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         help="longest pause (s) between attempts to reach Redis again after it went away",
     )
     p.add_argument("--log-level", default=os.environ.get("CPFLOW_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--store-url", help="override CPFLOW_STORE_URL (s3://bucket/prefix or file:///path)"
+    )
     return p
 
 
@@ -83,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     redis_url = args.redis_url or settings.redis_url
     queue_name = args.queue or JobSettings().queue_name
-    # The job function reads the store root from the environment (it does not import service).
+    # The job function reads the store from the environment (it does not import service).
     os.environ.setdefault("CPFLOW_STORE_DIR", str(settings.store_dir.resolve()))
+    if args.store_url:
+        os.environ["CPFLOW_STORE_URL"] = args.store_url
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     _preload()
     log = logging.getLogger("cpflow.worker")
