@@ -135,17 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _launch_group(nproc: int, argv: Sequence[str] | None) -> int:
-    """Run this command again as a torchrun group of ``nproc`` processes; its exit status."""
+    """Run this command again (without --nproc, which torchrun would take for its own) as a
+    torchrun group of ``nproc`` processes; the group's exit status."""
     from training.distributed import launch
 
     args = list(sys.argv[1:] if argv is None else argv)
-    for i, arg in enumerate(args):  # drop --nproc N / --nproc=N
-        if arg == "--nproc":
-            del args[i : i + 2]
-            break
-        if arg.startswith("--nproc="):
-            del args[i]
-            break
+    i = next(i for i, arg in enumerate(args) if arg.startswith("--nproc"))
+    del args[i : i + (1 if "=" in args[i] else 2)]
     return launch(nproc, "training.cli", args).wait()
 
 

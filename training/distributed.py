@@ -61,7 +61,9 @@ class Dist:
         """For each flag, whether it is set on any rank (every rank must call)."""
         if self.world == 1:
             return [bool(f) for f in flags]
-        t = torch.tensor([float(f) for f in flags], device=_collective_device())
+        nccl = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else None
+        t = torch.tensor([float(f) for f in flags], device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
@@ -73,12 +75,6 @@ class Dist:
 
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
-
-
-def _collective_device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def current() -> Dist:

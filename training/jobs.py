@@ -206,11 +206,8 @@ def execute_spec(
     from training.pipeline import train_and_publish
 
     runtime = spec.get("runtime", {})
-    where = (
-        os.environ.get("CPFLOW_STORE_URL")
-        or os.environ.get("CPFLOW_STORE_DIR")
-        or runtime.get("store_dir")
-    )
+    env = os.environ
+    where = env.get("CPFLOW_STORE_URL") or env.get("CPFLOW_STORE_DIR") or runtime.get("store_dir")
     if not where:
         raise RuntimeError("no model store: set CPFLOW_STORE_URL or CPFLOW_STORE_DIR")
     store = open_store(where, os.environ.get("CPFLOW_CACHE_DIR"))
