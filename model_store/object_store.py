@@ -301,8 +301,8 @@ class ObjectModelStore(ModelStore):
     def cleanup(self, name: str | None = None) -> list[str]:
         """Remove the files of claimed, never committed versions older than the grace period
         (publishers that died); return what went."""
-        removed = [] if name else [f"datasets/{d}" for d in self.datasets.cleanup()]
-        for each in [validate_name(name)] if name else self._all_names():
+        removed = [] if name is not None else [f"datasets/{d}" for d in self.datasets.cleanup()]
+        for each in [validate_name(name)] if name is not None else self._all_names():
             committed = set(self._numbers(each, "committed"))
             prefix = self.objects.key(each, "claims") + "/"
             for obj in self.objects.list(prefix):

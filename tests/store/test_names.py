@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_store import InvalidName, ModelStore, StoreError
+from model_store import InvalidName, StoreError
 from model_store.names import MAX_NAME_LENGTH, validate_filename, validate_name
 
 BAD_NAMES = [
@@ -51,9 +51,8 @@ def test_invalid_name_is_a_store_error_and_value_error() -> None:
 
 
 @pytest.mark.parametrize("name", ["../x", ".hidden", "", "a/b"])
-def test_store_refuses_invalid_names_everywhere(tmp_path, name: str) -> None:
-    """Every public entry point validates before touching the file system."""
-    store = ModelStore(tmp_path)
+def test_store_refuses_invalid_names_everywhere(store, tmp_path, name: str) -> None:
+    """Every public entry point validates before touching the file system (or the bucket)."""
     for call in (
         lambda: store.versions(name),
         lambda: store.resolve(name),
@@ -66,6 +65,9 @@ def test_store_refuses_invalid_names_everywhere(tmp_path, name: str) -> None:
         with pytest.raises(InvalidName):
             call()
     assert list(tmp_path.iterdir()) == []  # nothing created outside or inside the root
+    if hasattr(store, "objects"):  # nor in the bucket
+        listing = store.objects.client.list_objects_v2(Bucket=store.objects.bucket)
+        assert "Contents" not in listing
 
 
 @pytest.mark.parametrize("filename", ["../p.png", ".p.png", "a/b.png", ""])
