@@ -103,8 +103,48 @@ def store_backends(opts, ctx) -> dict:
                 "cached_load_s": statistics.median(cached),
                 "weights_bytes": len(pub.path.joinpath("weights.safetensors").read_bytes()),
             }
+        if not opts.s3_url:
+            out["http_log_prob"] = _first_request(Path(tmp), ep)
     out["s3_over_local_publish"] = out["s3"]["publish_s"] / out["local"]["publish_s"]
     out["s3_first_over_cached_load"] = out["s3"]["first_load_s"] / out["s3"]["cached_load_s"]
+    return out
+
+
+def _first_request(tmp: Path, endpoint: str) -> dict:
+    """Through the service: the first log_prob of a version no replica has cached (listing,
+    download, digests, building the flow) against the next one, per backend."""
+    import os
+
+    import boto3
+    from fastapi.testclient import TestClient
+
+    from model_store import ModelStore, ObjectModelStore
+    from service.app import create_app
+    from service.settings import Settings
+
+    flow = fitted_flow(lambda: __import__("torch").randn(256, 8), dim=8, blocks=5, hidden=64)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="bench", aws_secret_access_key="bench")  # fmt: skip
+    bucket = f"bench-http-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    ObjectModelStore(bucket, "m", tmp / "pub-cache", client=s3).publish("h", flow)
+    ModelStore(tmp / "http-local").publish("h", flow)
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
+    settings = {
+        "local": Settings(store_dir=tmp / "http-local"),
+        "s3": Settings(store_url=f"s3://{bucket}/m", cache_dir=tmp / "http-cache"),
+    }
+    body = {"inputs": [[0.0] * 8] * 16, "method": "exact"}
+    out = {}
+    for name, cfg in settings.items():
+        with TestClient(create_app(cfg)) as api:
+            times = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                assert api.post("/v1/models/h/log_prob", json=body).status_code == 200
+                times.append(time.perf_counter() - t0)
+        out[name] = {"first_request_s": times[0], "cached_request_s": times[1]}
     return out
 
 
