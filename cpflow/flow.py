@@ -208,9 +208,14 @@ class CPFlow(nn.Module):
         """The blocks in order (CP-Flow blocks, or coupling blocks for the ablation)."""
         return [m for m in self.layers if isinstance(m, CPFlowBlock | AffineCouplingBlock)]
 
+    @staticmethod
+    def _step(layer: nn.Module, h: Tensor, cc: Tensor | None) -> Tensor:
+        """One layer's forward map (a block's potential takes the context)."""
+        return layer(h, layer.prepare(cc)) if isinstance(layer, CPFlowBlock) else layer(h)
+
     def _chain(self, h: Tensor, cc: Tensor | None) -> Tensor:
         for layer in self.layers:
-            h = layer(h, layer.prepare(cc)) if isinstance(layer, CPFlowBlock) else layer(h)
+            h = self._step(layer, h, cc)
         return h
 
     def _const_logdet(self) -> Tensor:
@@ -258,7 +263,7 @@ class CPFlow(nn.Module):
                 layer.initialize(h)
             elif isinstance(layer, CPFlowBlock):
                 layer.icnn.initialize(h, cc)
-            h = layer(h, layer.prepare(cc)) if isinstance(layer, CPFlowBlock) else layer(h)
+            h = self._step(layer, h, cc)
 
     @property
     def initialized(self) -> bool:
@@ -476,9 +481,7 @@ class CPFlow(nn.Module):
             for i, layer in enumerate(self.layers):
                 if isinstance(layer, CPFlowBlock):
                     starts[i] = h
-                    h = layer(h, layer.prepare(cc))
-                else:
-                    h = layer(h)
+                h = self._step(layer, h, cc)
         h = z
         iters = 0
         for i in reversed(range(len(self.layers))):
