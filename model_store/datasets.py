@@ -90,6 +90,18 @@ def _validate_label(name: object) -> str:
     return name
 
 
+def parse_record(dataset_id: str, raw: bytes | None) -> DatasetRecord:
+    """A data set's record from its JSON bytes (None: not stored)."""
+    if raw is None:
+        raise DatasetNotFound(f"data set {dataset_id!r} not found")
+    try:
+        return DatasetRecord(**json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise CorruptDataset(
+            f"data set {dataset_id!r}: {RECORD_FILE} is damaged ({exc})"
+        ) from None
+
+
 class DatasetStore:
     """Content-addressed store of training arrays (float32, rows x dim)."""
 
@@ -171,16 +183,11 @@ class DatasetStore:
 
     def get(self, dataset_id: str) -> DatasetRecord:
         """The record of a stored data set."""
-        folder = self._folder(dataset_id)
         try:
-            raw = json.loads((folder / RECORD_FILE).read_bytes())
-            return DatasetRecord(**raw)
+            raw = (self._folder(dataset_id) / RECORD_FILE).read_bytes()
         except FileNotFoundError:
-            raise DatasetNotFound(f"data set {dataset_id!r} not found") from None
-        except (ValueError, TypeError) as exc:
-            raise CorruptDataset(
-                f"data set {dataset_id!r}: {RECORD_FILE} is damaged ({exc})"
-            ) from None
+            raw = None
+        return parse_record(dataset_id, raw)
 
     def list(self) -> list[DatasetRecord]:
         """All stored data sets, oldest first."""

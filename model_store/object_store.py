@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import fsio
-from .datasets import DATA_FILE, RECORD_FILE, DatasetRecord, DatasetStore
+from .datasets import DATA_FILE, RECORD_FILE, DatasetRecord, DatasetStore, parse_record
 from .errors import CorruptDataset, CorruptModel, DatasetNotFound, InvalidName, StoreError
 from .manifest import MANIFEST_DIGEST_FILE, MANIFEST_FILE, dump_manifest, utc_now
 from .names import RESERVED_NAMES, validate_name
@@ -176,19 +176,7 @@ class ObjectModelStore(ModelStore):
         return self._numbers(validate_name(name), "committed")
 
     def names(self) -> list[str]:
-        root = self.objects.key("") if self.objects.prefix else ""
-        out = []
-        for entry in self.objects.list(root, delimiter="/"):
-            name = entry["Prefix"][len(root) :].rstrip("/")
-            if name in RESERVED_NAMES:
-                continue
-            try:
-                validate_name(name)
-            except InvalidName:
-                continue
-            if self.versions(name):
-                out.append(name)
-        return sorted(out)
+        return sorted(name for name in self._all_names() if self.versions(name))
 
     def _folder(self, name: str, number: int) -> Path:
         """The cached copy of a committed version, fetched (digest-checked) on first use."""
@@ -198,28 +186,18 @@ class ObjectModelStore(ModelStore):
             return folder
         raw, digest = self._remote_manifest(name, number)
         manifest = parse_manifest(name, number, raw, digest)
-        tmp = self._name_dir(name) / f".fetch-{uuid.uuid4().hex}"
-        tmp.mkdir(parents=True)
-        try:
-            (tmp / MANIFEST_FILE).write_bytes(raw)
-            (tmp / MANIFEST_DIGEST_FILE).write_text(digest)
-            for path, sha in manifest["files"].items():
-                target = _member_path(name, number, tmp, path)  # refuses unsafe paths
-                data = self.objects.get(self.objects.key(name, number, path))
-                if data is None:
-                    raise CorruptModel(name, number, path, "is missing from the object store")
-                if fsio.sha256_bytes(data) != sha:
-                    raise CorruptModel(
-                        name, number, path, "does not match its sha256 (altered or truncated)"
-                    )
-                target.parent.mkdir(exist_ok=True)
-                target.write_bytes(data)
-            try:
-                os.rename(tmp, folder)
-            except OSError:  # another request fetched it meanwhile: theirs is as good
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        files = {Path(MANIFEST_FILE): raw, Path(MANIFEST_DIGEST_FILE): digest.encode()}
+        for path, sha in manifest["files"].items():
+            target = _member_path(name, number, Path(), path)  # refuses unsafe paths
+            data = self.objects.get(self.objects.key(name, number, path))
+            if data is None:
+                raise CorruptModel(name, number, path, "is missing from the object store")
+            if fsio.sha256_bytes(data) != sha:
+                raise CorruptModel(
+                    name, number, path, "does not match its sha256 (altered or truncated)"
+                )
+            files[target] = data
+        _place(folder, files)
         self._trim_cache(keep=folder)
         return folder
 
@@ -263,32 +241,22 @@ class ObjectModelStore(ModelStore):
             number += 1  # another publisher took it first
         return number
 
-    def publish(
-        self,
-        name: str,
-        flow: Any,
-        *,
-        training: dict[str, Any] | None = None,
-        plots: dict[str, bytes] | None = None,
-        export_onnx: bool = False,
+    def _commit(
+        self, name: str, files: dict[str, bytes], base: dict[str, Any]
     ) -> PublishedVersion:
-        """Claim a number, upload the files, the manifest and its digest, then commit."""
-        files, base = self._payload(name, flow, training, plots, export_onnx)
+        """Claim a number, upload the files, the manifest's digest and the manifest, then the
+        commit marker; the bytes just uploaded also become this machine's cached copy."""
         version = self._claim(name)
-        for path, data in files.items():
-            _upload(self, self.objects.key(name, version, path), data)
         manifest = {**base, "version": version, "created_at": utc_now()}
         raw = dump_manifest(manifest)
-        _upload(
-            self,
-            self.objects.key(name, version, MANIFEST_DIGEST_FILE),
-            f"{fsio.sha256_bytes(raw)}\n".encode(),
-        )
-        _upload(self, self.objects.key(name, version, MANIFEST_FILE), raw)
-        self.objects.put(
-            self.objects.key(name, "committed", version), b""
-        )  # the version becomes visible
-        return PublishedVersion(name, version, self._folder(name, version), manifest)
+        files = {**files, MANIFEST_DIGEST_FILE: f"{fsio.sha256_bytes(raw)}\n".encode()}
+        files[MANIFEST_FILE] = raw  # after its digest
+        for path, data in files.items():
+            _upload(self, self.objects.key(name, version, path), data)
+        self.objects.put(self.objects.key(name, "committed", version), b"")  # now visible
+        folder = self._name_dir(name) / str(version)
+        _place(folder, {_member_path(name, version, Path(), p): d for p, d in files.items()})
+        return PublishedVersion(name, version, folder, manifest)
 
     def delete(self, name: str, version: int | str) -> None:
         """Remove the commit marker (the version disappears for every reader), then its files;
@@ -316,15 +284,36 @@ class ObjectModelStore(ModelStore):
         return removed
 
     def _all_names(self) -> list[str]:
+        """The valid model names with any object under them (committed or not)."""
         root = self.objects.key("") if self.objects.prefix else ""
-        entries = self.objects.list(root, delimiter="/")
-        names = (e["Prefix"][len(root) :].rstrip("/") for e in entries)
-        return [n for n in names if n not in RESERVED_NAMES]
+        out = []
+        for entry in self.objects.list(root, delimiter="/"):
+            name = entry["Prefix"][len(root) :].rstrip("/")
+            if name in RESERVED_NAMES:
+                continue
+            with contextlib.suppress(InvalidName):
+                out.append(validate_name(name))
+        return out
 
 
 def _upload(store: ObjectModelStore, key: str, data: bytes) -> None:
     """One object of a version (module-level so tests can slow it down or kill mid-way)."""
     store.objects.put(key, data)
+
+
+def _place(folder: Path, files: dict[Path, bytes]) -> None:
+    """Write ``files`` (paths relative to ``folder``) into a temp folder beside it and rename
+    that into place; a concurrent fetch of the same content may win, and its copy is as good."""
+    tmp = folder.parent / f".fetch-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    try:
+        for path, data in files.items():
+            (tmp / path).parent.mkdir(exist_ok=True)
+            (tmp / path).write_bytes(data)
+        with contextlib.suppress(OSError):
+            os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class ObjectDatasetStore(DatasetStore):
@@ -345,18 +334,15 @@ class ObjectDatasetStore(DatasetStore):
             return folder
         record = self.objects.get(self._remote(dataset_id, RECORD_FILE))
         data = None if record is None else self.objects.get(self._remote(dataset_id, DATA_FILE))
-        if record is None or data is None:
-            return folder  # not stored: get() says so
-        tmp = self.root / f".fetch-{uuid.uuid4().hex}"
-        tmp.mkdir(parents=True)
-        try:
-            (tmp / DATA_FILE).write_bytes(data)
-            (tmp / RECORD_FILE).write_bytes(record)
-            with contextlib.suppress(OSError):  # fetched meanwhile by another request
-                os.rename(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if record is not None and data is not None:  # else not stored: get() says so
+            _place(folder, {Path(DATA_FILE): data, Path(RECORD_FILE): record})
         return folder
+
+    def get(self, dataset_id: str) -> DatasetRecord:
+        """The record, from the cache or the bucket (the array is fetched only to load it)."""
+        if (DatasetStore._folder(self, dataset_id) / RECORD_FILE).exists():
+            return super().get(dataset_id)
+        return parse_record(dataset_id, self.objects.get(self._remote(dataset_id, RECORD_FILE)))
 
     def put(self, array: Any, name: str) -> DatasetRecord:
         record = super().put(array, name)  # validates, and keeps the local copy

@@ -432,12 +432,16 @@ class ModelStore:
         plots: dict[str, bytes] | None = None,
         export_onnx: bool = False,
     ) -> PublishedVersion:
-        """Write ``flow`` as the next version of ``name``, atomically.
+        """Write ``flow`` as the next version of ``name``, atomically (see :meth:`_commit`)."""
+        files, base = self._payload(name, flow, training, plots, export_onnx)
+        return self._commit(name, files, base)
 
-        Files go to a temp folder beside the target (each fsynced), then, under the name's
+    def _commit(
+        self, name: str, files: dict[str, bytes], base: dict[str, Any]
+    ) -> PublishedVersion:
+        """Files go to a temp folder beside the target (each fsynced), then, under the name's
         lock, the version is allocated, the manifest written, and the folder renamed into place.
         """
-        files, base = self._payload(name, flow, training, plots, export_onnx)
         name_dir = self.root / name
         if not name_dir.is_dir():
             name_dir.mkdir(parents=True, exist_ok=True)
