@@ -79,6 +79,12 @@ class ServedModel:
     def conditional(self) -> bool:
         return self.context_dim is not None
 
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of an image model, None for a model over rows (from its loaded config)."""
+        shape = self.flow.config.image_shape
+        return None if shape is None else tuple(shape)
+
 
 @dataclass
 class LogProbResult:

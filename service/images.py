@@ -60,7 +60,7 @@ def inputs_to_rows(
 ) -> tuple[torch.Tensor, bool]:
     """(x as an (n, d) tensor, whether the caller sent images). Plain rows go through
     ``rows_to_tensor`` (the route's own checks, unchanged); images are checked here."""
-    shape = image_shape(model.manifest)
+    shape = model.image_shape
     image_items = [_is_image_item(item) for item in inputs]
     if not any(image_items):
         if shape is not None:

@@ -12,7 +12,7 @@ from cpflow import ContextError, check_context
 from service.deps import EngineDep, SettingsDep
 from service.engine import InferenceEngine, ServedModel
 from service.errors import ApiError, error_responses
-from service.images import image_shape, inputs_to_rows, rows_to_layout
+from service.images import inputs_to_rows, rows_to_layout
 from service.routers.models import ModelName, VersionNumber
 from service.schemas import (
     LogProbRequest,
@@ -253,7 +253,7 @@ async def _sample(
         )
     check_iterations(body.max_iterations, settings)
     model = await _model(engine, request, name, version)
-    shape = image_shape(model.manifest)
+    shape = model.image_shape
     if body.layout == "image" and shape is None:
         raise ApiError(
             422,
@@ -306,7 +306,7 @@ async def _transport(
     check_iterations(body.max_iterations, settings)
     model = await _model(engine, request, name, version)
     x, as_image = inputs_to_rows(body.inputs, model, rows_to_tensor)
-    shape = image_shape(model.manifest)
+    shape = model.image_shape
     context = context_tensor(body.context, x.shape[0], model)
     result = await engine.transport(
         model,
