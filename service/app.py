@@ -27,7 +27,7 @@ from service.errors import install_error_handlers
 from service.logging import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from service.routers import health
+from service.routers import health, v2
 from service.settings import Settings, get_settings
 
 __all__ = ["V1_ROUTERS", "create_app"]
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in modules:
         v1.include_router(module.router)
     app.include_router(v1)
+    app.include_router(v2.router)  # Open Inference Protocol (KServe v2)
     # Route templates for metrics labels, keyed by route object: recent FastAPI versions put the
     # router's own (unprefixed) route in the ASGI scope.
     templates = {id(r): getattr(r, "path", "") for r in health.router.routes}
