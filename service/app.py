@@ -27,6 +27,7 @@ from service.errors import install_error_handlers
 from service.logging import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.ratelimit import RateLimitMiddleware
 from service.routers import health, v2
 from service.settings import Settings, get_settings
 
@@ -118,8 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return settings.max_upload_bytes
         return settings.max_body_bytes
 
-    # Added innermost first: RequestContext wraps everything, so 401/413 are logged and counted.
+    # Added innermost first: RequestContext wraps everything, so 401/413/429 are logged and
+    # counted.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(RateLimitMiddleware, settings=settings)  # after auth: knows the key
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, route_template=route_template)
     return app
