@@ -152,12 +152,23 @@ def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
         ) from None
 
 
+# OpenAPI links: the id a submission returns is the job_id of these routes.
+_JOB_LINKS = {
+    name: {"operationId": f"jobs-{op}", "parameters": {"job_id": "$response.body#/id"}}
+    for name, op in (("GetJob", "get_job"), ("CancelJob", "cancel_job"),
+                     ("FollowJob", "job_events"))
+}  # fmt: skip
+
+
 @router.post(
     "/jobs",
     status_code=202,
     response_model=JobAccepted,
     summary="Submit a training job (validated now; runs on a cpflow-worker)",
-    responses=error_responses(401, 422, 429, 503),
+    responses={
+        202: {"description": "Queued", "links": _JOB_LINKS},
+        **error_responses(401, 422, 429, 503),
+    },
 )
 def submit_job(
     spec: JobSpec,
