@@ -213,7 +213,7 @@ class Settings(BaseSettings):
         "Redis down the limiter fails open (requests pass, a warning is logged).",
     )
     key_limits: dict[str, KeyLimits] = Field(
-        default_factory=dict,
+        default={},
         repr=False,
         description='Per-key overrides as JSON: {"<api key>": {"max_active_jobs": 2, '
         '"max_job_work": 1000000, "rate_limit": "10/second"}}; unset fields use the settings.',
