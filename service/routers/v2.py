@@ -138,7 +138,7 @@ def _data_shape(model: ServedModel) -> list[int]:
 
 
 async def _metadata(
-    engine: InferenceEngine, request: Request, name: str, version: int | None
+    name: str, version: int | None, request: Request, engine: InferenceEngine, _: Settings
 ) -> ModelMetadata:
     model = await _served(engine, request, name, version)
     versions = await engine.io(engine.store.versions, name)
@@ -163,57 +163,47 @@ async def _metadata(
     )
 
 
-_MODEL_ERRORS = _errors(401, 404, 422, 503)
-
-
-@router.get(
-    "/models/{name}",
-    response_model=ModelMetadata,
-    summary="Model metadata (v2, latest version): input and output tensors",
-    dependencies=_AUTH,
-    responses=_MODEL_ERRORS,
-)
-async def model_metadata(name: ModelName, engine: EngineDep, request: Request) -> ModelMetadata:
-    return await _metadata(engine, request, name, None)
-
-
-@router.get(
-    "/models/{name}/versions/{version}",
-    response_model=ModelMetadata,
-    summary="Model metadata (v2, pinned version)",
-    dependencies=_AUTH,
-    responses=_MODEL_ERRORS,
-)
-async def model_version_metadata(
-    name: ModelName, version: VersionNumber, engine: EngineDep, request: Request
-) -> ModelMetadata:
-    return await _metadata(engine, request, name, version)
-
-
-@router.get(
-    "/models/{name}/ready",
-    response_model=ModelReady,
-    summary="Model readiness (v2, latest version): loaded and able to answer",
-    dependencies=_AUTH,
-    responses=_MODEL_ERRORS,
-)
-async def model_ready(name: ModelName, engine: EngineDep, request: Request) -> ModelReady:
-    model = await _served(engine, request, name, None)
-    return ModelReady(name=model.name, ready=True)
-
-
-@router.get(
-    "/models/{name}/versions/{version}/ready",
-    response_model=ModelReady,
-    summary="Model readiness (v2, pinned version)",
-    dependencies=_AUTH,
-    responses=_MODEL_ERRORS,
-)
-async def model_version_ready(
-    name: ModelName, version: VersionNumber, engine: EngineDep, request: Request
+async def _ready(
+    name: str, version: int | None, request: Request, engine: InferenceEngine, _: Settings
 ) -> ModelReady:
     model = await _served(engine, request, name, version)
     return ModelReady(name=model.name, ready=True)
+
+
+def _latest_and_pinned(
+    suffix: str, method: str, route_name: str, handler: Any, summary: str, **route: Any
+) -> None:
+    """Register ``/models/{name}<suffix>`` (the latest version) and
+    ``/models/{name}/versions/{version}<suffix>`` (a pinned one), both served by ``handler``."""
+
+    async def latest(name: ModelName, request: Request, engine: EngineDep, settings: SettingsDep):
+        return await handler(name, None, request, engine, settings)
+
+    async def pinned(
+        name: ModelName, version: VersionNumber, request: Request, engine: EngineDep,
+        settings: SettingsDep,
+    ):  # fmt: skip
+        return await handler(name, version, request, engine, settings)
+
+    for path, endpoint, which, tail in (
+        (f"/models/{{name}}{suffix}", latest, "latest version", ""),
+        (f"/models/{{name}}/versions/{{version}}{suffix}", pinned, "pinned version", "_version"),
+    ):
+        router.add_api_route(
+            path, endpoint, methods=[method], name=route_name + tail,
+            summary=f"{summary} (v2, {which})", dependencies=_AUTH, **route,
+        )  # fmt: skip
+
+
+_MODEL_ERRORS = _errors(401, 404, 422, 503)
+_latest_and_pinned(
+    "", "GET", "model_metadata", _metadata, "Model metadata: input and output tensors",
+    response_model=ModelMetadata, responses=_MODEL_ERRORS,
+)  # fmt: skip
+_latest_and_pinned(
+    "/ready", "GET", "model_ready", _ready, "Model readiness: loaded and able to answer",
+    response_model=ModelReady, responses=_MODEL_ERRORS,
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------ inference
@@ -356,30 +346,7 @@ _INFER_RESPONSES = {
 }
 
 
-@router.post(
-    "/models/{name}/infer",
-    summary="Inference (v2, latest version)",
-    description=_INFER_DOC,
-    dependencies=_AUTH,
-    responses=_INFER_RESPONSES,
-    openapi_extra=_INFER_BODY,
-)
-async def infer(
-    name: ModelName, request: Request, engine: EngineDep, settings: SettingsDep
-) -> Response:
-    return await _infer(name, None, request, engine, settings)
-
-
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    summary="Inference (v2, pinned version)",
-    description=_INFER_DOC,
-    dependencies=_AUTH,
-    responses=_INFER_RESPONSES,
-    openapi_extra=_INFER_BODY,
-)
-async def infer_version(
-    name: ModelName, version: VersionNumber, request: Request, engine: EngineDep,
-    settings: SettingsDep,
-) -> Response:  # fmt: skip
-    return await _infer(name, version, request, engine, settings)
+_latest_and_pinned(
+    "/infer", "POST", "infer", _infer, "Inference", description=_INFER_DOC,
+    responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY,
+)  # fmt: skip

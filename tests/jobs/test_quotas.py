@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 from conftest import SHORT_TRAINING, TINY_MODEL, stack_env
-from jobs_procs import start_server
+from jobs_procs import replicas
 
 from service.queue import record_key
 
@@ -22,7 +22,7 @@ KEYS = {"a": "key-a", "b": "key-b", "c": "key-c"}
 
 
 @pytest.fixture
-def replicas(tmp_path, queue_name):
+def two_apis(tmp_path, queue_name):
     env = stack_env(tmp_path / "store", queue_name)
     env.update(
         {
@@ -33,15 +33,8 @@ def replicas(tmp_path, queue_name):
             "CPFLOW_KEY_LIMITS": json.dumps({KEYS["c"]: {"max_job_work": 1000}}),
         }
     )
-    procs = [start_server(env, tmp_path / f"api{i}.log") for i in range(2)]
-    clients = [httpx.Client(base_url=url, timeout=30) for _, url in procs]
-    try:
+    with replicas(env, tmp_path) as clients:
         yield clients
-    finally:
-        for client in clients:
-            client.close()
-        for proc, _ in procs:
-            proc.stop()
 
 
 def _submit(client: httpx.Client, key: str, name: str, **training) -> httpx.Response:
@@ -64,8 +57,8 @@ def _refused(r: httpx.Response, limit: str, maximum: int) -> str:
     return err["message"]
 
 
-def test_limits_per_key_and_total_hold_across_replicas(replicas, redis_conn, queue_name):
-    a, b = replicas
+def test_limits_per_key_and_total_hold_across_replicas(two_apis, redis_conn, queue_name):
+    a, b = two_apis
     first = _submit(a, "a", "qa1")
     assert first.status_code == 202, first.text
     assert _submit(b, "a", "qa2").status_code == 202
@@ -97,8 +90,8 @@ def test_limits_per_key_and_total_hold_across_replicas(replicas, redis_conn, que
     assert lost["status"] == "failed" and "worker lost" in lost["error"]
 
 
-def test_job_size_cap_per_key(replicas):
-    a, _ = replicas
+def test_job_size_cap_per_key(two_apis):
+    a, _ = two_apis
     r = _submit(a, "c", "big", iterations=100, batch_size=32)  # 3200 > key c's 1000
     assert r.status_code == 422, r.text
     err = r.json()["error"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import stack_env
-from jobs_procs import free_port, start_redis, start_server, wait_for
+from jobs_procs import free_port, replicas, start_redis, start_server, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from svc_procs import publish_models
@@ -47,28 +47,23 @@ def _auth(key: str) -> dict[str, str]:
 
 @pytest.fixture
 def servers(tmp_path, queue_name):
-    env = _env(tmp_path, queue_name, "redis://127.0.0.1:6379/13", "3 per 3 seconds")
-    procs = [start_server(env, tmp_path / f"api{i}.log") for i in range(2)]
-    clients = [httpx.Client(base_url=url, timeout=30) for _, url in procs]
-    try:
+    env = _env(tmp_path, queue_name, "redis://127.0.0.1:6379/13", "3 per 6 seconds")
+    with replicas(env, tmp_path) as clients:
         yield clients
-    finally:
-        for c in clients:
-            c.close()
-        for proc, _ in procs:
-            proc.stop()
 
 
 def test_limit_shared_by_replicas_with_retry_after_and_recovery(servers):
     a, b = servers
+    for c in (a, b):  # load the model on both first (key b has a limit of its own)
+        assert c.post(LOG_PROB, json=ROW, headers=_auth("b")).status_code == 200
     answers = [c.post(LOG_PROB, json=ROW, headers=_auth("a")) for c in (a, b, a)]
     assert [r.status_code for r in answers] == [200, 200, 200], answers[-1].text
-    refused = b.post(LOG_PROB, json=ROW, headers=_auth("a"))  # the 4th in 3 s, other replica
+    refused = b.post(LOG_PROB, json=ROW, headers=_auth("a"))  # the 4th in 6 s, other replica
     assert refused.status_code == 429, refused.text
     err = refused.json()["error"]
-    assert err["code"] == "rate_limited" and "3 per 3 second" in err["message"]
+    assert err["code"] == "rate_limited" and "3 per 6 second" in err["message"]
     retry = int(refused.headers["retry-after"])
-    assert 1 <= retry <= 3
+    assert 1 <= retry <= 6
     v2 = a.post(V2_INFER, json=V2_ROW, headers=_auth("a"))  # /v2 counts too, protocol shape
     assert v2.status_code == 429 and set(v2.json()) == {"error"}
     assert "rate limit" in v2.json()["error"] and v2.headers["retry-after"]
@@ -102,3 +97,23 @@ def test_redis_down_fails_open_and_limits_again_when_back(tmp_path, queue_name):
     finally:
         api.stop()
         redis_proc.stop()
+
+
+def test_in_process_limits_without_redis(tmp_path):
+    """Storage auto with no Redis answering: the limits hold in the process (per client address
+    on a server without keys)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    store = tmp_path / "store"
+    publish_models(store)
+    settings = Settings(store_dir=store, redis_url="redis://127.0.0.1:1/0", rate_limit="2/minute",
+                        inference_threads=1, torch_threads=1)  # fmt: skip
+    with TestClient(create_app(settings)) as c:
+        assert [c.post(LOG_PROB, json=ROW).status_code for _ in range(2)] == [200, 200]
+        r = c.post(LOG_PROB, json=ROW)
+        assert r.status_code == 429 and "per client address" in r.json()["error"]["message"]
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
