@@ -27,6 +27,7 @@ from service.errors import install_error_handlers
 from service.logging import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.openapi_limits import install_limits
 from service.ratelimit import RateLimitMiddleware
 from service.routers import health, v2
 from service.settings import Settings, get_settings
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.engine = engine
     install_error_handlers(app)
+    install_limits(app, settings)  # the settings' limits, stated in /openapi.json
 
     app.include_router(health.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Security(bearer_scheme)])

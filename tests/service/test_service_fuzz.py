@@ -126,7 +126,15 @@ def _positive_statuses(op, base_url: str, path_parameters: dict) -> list[int]:
 
 def test_schema_constraints_match_validation(operations, limited_server):
     """Positive cases on a real model ('moons' version 1) pass schemathesis's mismatch rule on
-    every operation whose validity the schema can state."""
+    every operation whose validity the schema can state; the document states this server's
+    limits (CPFLOW_MAX_SAMPLES=16, CPFLOW_MAX_INVERSE_ITERATIONS=5, CPFLOW_MAX_BATCH=64)."""
+    import httpx
+
+    schemas = httpx.get(limited_server + "/openapi.json").json()["components"]["schemas"]
+    sample = schemas["SampleRequest"]["properties"]
+    assert sample["num_samples"]["maximum"] == 16
+    assert sample["max_iterations"]["anyOf"][0]["maximum"] == 5
+    assert schemas["LogProbRequest"]["properties"]["inputs"]["maxItems"] == 64
     mismatched = []
     for op in operations:
         real = {
