@@ -1,4 +1,5 @@
-"""Request-rate limits on /v1 and /v2 (the `limits` library, moving windows), as ASGI middleware.
+"""Request-rate limits on /v1 and /v2 as ASGI middleware (the `limits` library's sliding window
+counters: two counters per caller and limit, whatever the rate).
 
 The caller is the API key (its id, set by ApiKeyMiddleware, which runs first) or, on a server
 without keys, the client address; its limit is CPFLOW_RATE_LIMIT or its CPFLOW_KEY_LIMITS
@@ -19,7 +20,7 @@ from functools import lru_cache
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.middleware import send_error
@@ -61,7 +62,7 @@ class RateLimitMiddleware:
         self.enabled = settings.rate_limit is not None or any(
             k.rate_limit for k in settings.key_limits.values()
         )
-        self._limiter: MovingWindowRateLimiter | None = None
+        self._limiter: SlidingWindowCounterRateLimiter | None = None
         self._storage_kind = ""
         self._down_until = 0.0
 
@@ -80,7 +81,7 @@ class RateLimitMiddleware:
             socket_timeout=0.25,
         )
 
-    async def _get_limiter(self) -> MovingWindowRateLimiter:
+    async def _get_limiter(self) -> SlidingWindowCounterRateLimiter:
         """The limiter, its storage chosen on first use (auto: Redis if it answers)."""
         if self._limiter is None:
             kind = self.settings.rate_limit_storage
@@ -94,7 +95,7 @@ class RateLimitMiddleware:
                     storage = MemoryStorage()
             self._storage_kind = "redis" if isinstance(storage, RedisStorage) else "memory"
             log.info("rate limiter ready", extra={"storage": self._storage_kind})
-            self._limiter = MovingWindowRateLimiter(storage)
+            self._limiter = SlidingWindowCounterRateLimiter(storage)
         return self._limiter
 
     async def _check(
