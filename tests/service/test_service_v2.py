@@ -222,3 +222,13 @@ def test_errors_take_the_protocol_shape(v2_server, triton_client):
     with pytest.raises(InferenceServerException) as info:
         _infer(triton_client, "dense", {"operation": "sample"})
     assert "num_samples" in info.value.message() and info.value.status() == "400"
+
+
+def test_overflowing_output_is_null_in_json_and_nan_in_binary(v2_server, triton_client):
+    x = np.array([[1e30, 0.0], [1.0, 1.0]], dtype=np.float32)  # finite, but log p overflows
+    lp = _infer(triton_client, "dense", {"method": "exact"}, x).as_numpy("log_prob")
+    assert np.isnan(lp[0]) and np.isfinite(lp[1])
+    tensor = {"name": "input", "shape": [2, 2], "datatype": "FP32", "data": x.ravel().tolist()}
+    r = httpx.post(v2_server + "/v2/models/dense/infer", json={"inputs": [tensor]}, headers=AUTH)
+    (out,) = r.json()["outputs"]
+    assert out["data"][0] is None and out["data"][1] == float(lp[1])
