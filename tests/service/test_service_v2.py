@@ -21,8 +21,8 @@ from model_store import ModelStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "images"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conditional"))
+from conditional_flows import conditional_flow
 from image_flows import random_image_flow
-from test_conditional_service import _conditional_flow
 
 KEY = "v2-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -41,7 +41,7 @@ def v2_server(tmp_path_factory):
     store.publish("dense", make_flow(2, seed=4))
     store.publish("dense", make_flow(2, seed=5))  # version 2: latest
     store.publish("digits", random_image_flow((1, 4, 4), (1, 1), hidden=4, depth=2, seed=5))
-    store.publish("cond", _conditional_flow())
+    store.publish("cond", conditional_flow())
     env = {
         "CPFLOW_STORE_DIR": str(root),
         "CPFLOW_API_KEYS": KEY,
