@@ -41,7 +41,6 @@ CONTEXT = "context"
 OUTPUTS = ("log_prob", "stderr", "samples", "output", "max_residual", "converged")
 """Every output tensor name (which ones an inference returns depends on its operation)."""
 
-TensorName = Annotated[str, Field(min_length=1, max_length=64, examples=[INPUT])]
 FloatType = Literal["FP32", "FP64"]
 
 
@@ -165,7 +164,9 @@ class RequestInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: TensorName
+    name: Literal["input", "context"] = Field(
+        description="input: the data rows or images; context: a conditional model's context."
+    )
     shape: list[Annotated[StrictInt, Field(ge=0, le=2**31)]] = Field(
         min_length=1, max_length=4, examples=[[2, 2]]
     )

@@ -225,9 +225,6 @@ def _rows(tensors: dict[str, np.ndarray], name: str, ndims: tuple[int, ...]) -> 
 
 def _v1_fields(p: InferParameters, tensors: dict[str, np.ndarray], model: ServedModel) -> dict:
     """The /v1 body of the operation, from the protocol's tensors and parameters."""
-    unknown = sorted(set(tensors) - {INPUT, CONTEXT})
-    if unknown:
-        raise _bad(f"unknown input {unknown[0]!r}; the inputs are {INPUT!r} and {CONTEXT!r}")
     context = _rows(tensors, CONTEXT, (2,))
     if p.operation == "sample":
         if INPUT in tensors:
