@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.middleware import send_error
+from service.middleware import is_guarded, send_error
 
 __all__ = ["ApiKeyMiddleware", "bearer_scheme", "key_id", "key_matches"]
 
@@ -47,25 +47,12 @@ class ApiKeyMiddleware:
     """Rejects /v1 and /v2 requests without a valid ``Authorization: Bearer <key>`` with a 401
     (in the envelope, or the protocol's error shape under /v2)."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        keys: Sequence[str],
-        prefixes: tuple[str, ...] = ("/v1", "/v2"),
-        open_prefixes: tuple[str, ...] = ("/v2/health",),
-    ) -> None:
+    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
-        self.prefixes = prefixes
-        self.open_prefixes = open_prefixes
-
-    def _guarded(self, path: str) -> bool:
-        return any(_under(path, p) for p in self.prefixes) and not any(
-            _under(path, p) for p in self.open_prefixes
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or not self._guarded(scope["path"]):
+        if scope["type"] != "http" or not self.keys or not is_guarded(scope["path"]):
             await self.app(scope, receive, send)
             return
         header = ""
@@ -86,7 +73,3 @@ class ApiKeyMiddleware:
         )
         challenge = [(b"www-authenticate", b'Bearer realm="cpflow"')]
         await send_error(scope, send, 401, "unauthorized", message, challenge)
-
-
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix + "/")

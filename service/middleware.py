@@ -19,10 +19,34 @@ from service.errors import error_content
 from service.logging import request_id_var
 from service.metrics import ServiceMetrics
 
-__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware", "send_error"]
+__all__ = [
+    "API_PREFIXES",
+    "OPEN_PREFIXES",
+    "BodyLimitMiddleware",
+    "RequestContextMiddleware",
+    "is_guarded",
+    "send_error",
+]
 
 access_log = logging.getLogger("cpflow.access")
 _RID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+API_PREFIXES = ("/v1", "/v2")
+"""The API's routes: behind the API keys, the rate limits and the quotas."""
+OPEN_PREFIXES = ("/v2/health",)
+"""API routes that stay open (orchestrators' probes, like /healthz)."""
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def is_guarded(path: str) -> bool:
+    """Whether ``path`` is an API route that auth and rate limits apply to."""
+    return any(_under(path, p) for p in API_PREFIXES) and not any(
+        _under(path, p) for p in OPEN_PREFIXES
+    )
 
 
 async def send_error(

@@ -23,7 +23,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.middleware import send_error
+from service.middleware import is_guarded, send_error
 from service.queue import JobSettings
 from service.quotas import limits_for
 from service.settings import Settings
@@ -41,35 +41,18 @@ def _parse(text: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(text))
 
 
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix + "/")
-
-
 class RateLimitMiddleware:
     """429 with Retry-After past a caller's request rate; fails open when storage is down."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        settings: Settings,
-        prefixes: tuple[str, ...] = ("/v1", "/v2"),
-        open_prefixes: tuple[str, ...] = ("/v2/health",),
-    ) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        self.prefixes = prefixes
-        self.open_prefixes = open_prefixes
         self.enabled = settings.rate_limit is not None or any(
             k.rate_limit for k in settings.key_limits.values()
         )
         self._limiter: SlidingWindowCounterRateLimiter | None = None
         self._storage_kind = ""
         self._down_until = 0.0
-
-    def _guarded(self, path: str) -> bool:
-        return any(_under(path, p) for p in self.prefixes) and not any(
-            _under(path, p) for p in self.open_prefixes
-        )
 
     def _redis(self) -> Storage:
         prefix = f"cpflow:{JobSettings().queue_name}:rate"
@@ -128,7 +111,7 @@ class RateLimitMiddleware:
         return refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.enabled or not self._guarded(scope["path"]):
+        if scope["type"] != "http" or not self.enabled or not is_guarded(scope["path"]):
             await self.app(scope, receive, send)
             return
         who = scope.get("state", {}).get("client")
