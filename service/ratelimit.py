@@ -75,6 +75,11 @@ class RateLimitMiddleware:
                 except Exception:  # noqa: BLE001 - any failure means: not reachable
                     ok = False
                 if not ok:
+                    log.warning(
+                        "rate limiter: Redis did not answer at first use; counting in this "
+                        "process (each replica alone) until restart",
+                        extra={"redis_url": self.settings.redis_url},
+                    )
                     storage = MemoryStorage()
             self._storage_kind = "redis" if isinstance(storage, RedisStorage) else "memory"
             log.info("rate limiter ready", extra={"storage": self._storage_kind})
