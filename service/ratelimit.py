@@ -77,8 +77,7 @@ class RateLimitMiddleware:
                 if not ok:
                     log.warning(
                         "rate limiter: Redis did not answer at first use; counting in this "
-                        "process (each replica alone) until restart",
-                        extra={"redis_url": self.settings.redis_url},
+                        "process (each replica alone) until restart"
                     )
                     storage = MemoryStorage()
             self._storage_kind = "redis" if isinstance(storage, RedisStorage) else "memory"
