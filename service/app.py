@@ -27,7 +27,9 @@ from service.errors import install_error_handlers
 from service.logging import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from service.routers import health
+from service.openapi_limits import install_limits
+from service.ratelimit import RateLimitMiddleware
+from service.routers import health, v2
 from service.settings import Settings, get_settings
 
 __all__ = ["V1_ROUTERS", "create_app"]
@@ -97,12 +99,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.engine = engine
     install_error_handlers(app)
+    install_limits(app, settings)  # the settings' limits, stated in /openapi.json
 
     app.include_router(health.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Security(bearer_scheme)])
     for module in modules:
         v1.include_router(module.router)
     app.include_router(v1)
+    app.include_router(v2.router)  # Open Inference Protocol (KServe v2)
     # Route templates for metrics labels, keyed by route object: recent FastAPI versions put the
     # router's own (unprefixed) route in the ASGI scope.
     templates = {id(r): getattr(r, "path", "") for r in health.router.routes}
@@ -117,8 +121,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return settings.max_upload_bytes
         return settings.max_body_bytes
 
-    # Added innermost first: RequestContext wraps everything, so 401/413 are logged and counted.
+    # Added innermost first: RequestContext wraps everything, so 401/413/429 are logged and
+    # counted.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(RateLimitMiddleware, settings=settings)  # after auth: knows the key
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, route_template=route_template)
     return app

@@ -1,22 +1,26 @@
-"""Bearer-token auth for the /v1 routes.
+"""Bearer-token auth for the /v1 and /v2 routes.
 
 Enforcement is a pure ASGI middleware (:class:`ApiKeyMiddleware`) so it runs before the body is
-read and covers every /v1 route, including routers added later. :data:`bearer_scheme` is
-attached to the /v1 routers only so that OpenAPI shows the lock and /docs offers "Authorize".
+read and covers every /v1 and /v2 route, including routers added later; the /v2 health probes
+stay open like /healthz (orchestrators probe without credentials). :data:`bearer_scheme` is
+attached to the routers only so that OpenAPI shows the lock and /docs offers "Authorize".
+
+The middleware also names the caller for quotas and rate limits: ``scope["state"]["client"]``
+is :func:`key_id` of the key presented (or None when the server has no keys).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import json
 from collections.abc import Sequence
 
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import error_payload
+from service.middleware import is_guarded, send_error
 
-__all__ = ["ApiKeyMiddleware", "bearer_scheme", "key_matches"]
+__all__ = ["ApiKeyMiddleware", "bearer_scheme", "key_id", "key_matches"]
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -34,16 +38,21 @@ def key_matches(presented: str, keys: Sequence[bytes]) -> bool:
     return ok
 
 
-class ApiKeyMiddleware:
-    """Rejects /v1 requests without a valid ``Authorization: Bearer <key>`` with a 401 envelope."""
+def key_id(key: str) -> str:
+    """A stable, non-secret name of an API key (for Redis keys and logs)."""
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str], prefix: str = "/v1") -> None:
+
+class ApiKeyMiddleware:
+    """Rejects /v1 and /v2 requests without a valid ``Authorization: Bearer <key>`` with a 401
+    (in the envelope, or the protocol's error shape under /v2)."""
+
+    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
-        self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or not _under(scope["path"], self.prefix):
+        if scope["type"] != "http" or not self.keys or not is_guarded(scope["path"]):
             await self.app(scope, receive, send)
             return
         header = ""
@@ -52,7 +61,9 @@ class ApiKeyMiddleware:
                 header = value.decode("latin-1")
                 break
         scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token.strip() and key_matches(token.strip(), self.keys):
+        token = token.strip()
+        if scheme.lower() == "bearer" and token and key_matches(token, self.keys):
+            scope.setdefault("state", {})["client"] = key_id(token)
             await self.app(scope, receive, send)
             return
         message = (
@@ -60,20 +71,5 @@ class ApiKeyMiddleware:
             if not header
             else "invalid API key; send 'Authorization: Bearer <api key>' with a configured key"
         )
-        body = json.dumps(error_payload("unauthorized", message)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="cpflow"'),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix + "/")
+        challenge = [(b"www-authenticate", b'Bearer realm="cpflow"')]
+        await send_error(scope, send, 401, "unauthorized", message, challenge)

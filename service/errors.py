@@ -1,7 +1,9 @@
 """The error envelope ``{"error": {"code", "message"}}`` and the handlers that produce it.
 
 Every failure the service returns, from a malformed body to a corrupted model, goes through
-:class:`ApiError` or one of the handlers here, so clients parse one shape only.
+:class:`ApiError` or one of the handlers here, so clients parse one shape only. Under /v2 (the
+Open Inference Protocol) the same errors take that protocol's shape, ``{"error": "message"}``
+(:func:`error_content` picks the shape by path).
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ __all__ = [
     "ApiError",
     "ErrorBody",
     "ErrorResponse",
+    "error_content",
     "error_payload",
     "error_responses",
     "install_error_handlers",
+    "is_protocol_path",
+    "validation_message",
 ]
 
 log = logging.getLogger("cpflow.service")
@@ -89,6 +94,21 @@ def error_payload(
     return {"error": body}
 
 
+def is_protocol_path(path: str) -> bool:
+    """Whether ``path`` is an Open Inference Protocol route (/v2...)."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_content(
+    path: str, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The error body for a request to ``path``: ``{"error": message}`` under /v2 (the
+    protocol's shape; the message names what to fix), the envelope everywhere else."""
+    if is_protocol_path(path):
+        return {"error": message}
+    return error_payload(code, message, details)
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries documenting the envelope for the given statuses."""
     return {
@@ -101,7 +121,7 @@ def _loc_text(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) if parts else "body"
 
 
-def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str, int]:
+def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str, int]:
     """Turn pydantic errors into (code, message, status) a caller can act on."""
     first = errors[0]
     if first.get("type") == "json_invalid":
@@ -129,17 +149,17 @@ def install_error_handlers(app: FastAPI) -> None:
     """Route every exception type the app can raise into the envelope."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
-            error_payload(exc.code, exc.message, exc.details),
+            error_content(request.url.path, exc.code, exc.message, exc.details),
             status_code=exc.status,
             headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
-        code, message, status = _validation_message(errors)
+        code, message, status = validation_message(errors)
         details = [
             {
                 "loc": [str(p) for p in e.get("loc", ())],
@@ -148,10 +168,12 @@ def install_error_handlers(app: FastAPI) -> None:
             }
             for e in errors[:20]
         ]
-        return JSONResponse(error_payload(code, message, details), status_code=status)
+        return JSONResponse(
+            error_content(request.url.path, code, message, details), status_code=status
+        )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
@@ -159,7 +181,7 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = "method not allowed on this route; see /docs for the API"
         return JSONResponse(
-            error_payload(code, message),
+            error_content(request.url.path, code, message),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
@@ -169,8 +191,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        message = f"internal error ({type(exc).__name__}); see logs"
         return JSONResponse(
-            error_payload("internal_error", f"internal error ({type(exc).__name__}); see logs"),
+            error_content(request.url.path, "internal_error", message),
             status_code=500,
         )
 
@@ -201,8 +224,10 @@ def _install_store_handlers(app: FastAPI) -> None:
     for exc_type, status, code in mapping:
 
         async def _handler(
-            _: Request, exc: Exception, status: int = status, code: str = code
+            request: Request, exc: Exception, status: int = status, code: str = code
         ) -> JSONResponse:
-            return JSONResponse(error_payload(code, str(exc)), status_code=status)
+            return JSONResponse(
+                error_content(request.url.path, code, str(exc)), status_code=status
+            )
 
         app.add_exception_handler(exc_type, _handler)

@@ -15,23 +15,55 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_payload
+from service.errors import error_content
 from service.logging import request_id_var
 from service.metrics import ServiceMetrics
 
-__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware"]
+__all__ = [
+    "API_PREFIXES",
+    "OPEN_PREFIXES",
+    "BodyLimitMiddleware",
+    "RequestContextMiddleware",
+    "is_guarded",
+    "send_error",
+]
 
 access_log = logging.getLogger("cpflow.access")
 _RID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-async def _send_error(send: Send, status: int, code: str, message: str) -> None:
-    """An error envelope sent from a middleware; RequestContextMiddleware (outermost) adds the
-    request id header."""
-    body = json.dumps(error_payload(code, message)).encode()
+API_PREFIXES = ("/v1", "/v2")
+"""The API's routes: behind the API keys, the rate limits and the quotas."""
+OPEN_PREFIXES = ("/v2/health",)
+"""API routes that stay open (orchestrators' probes, like /healthz)."""
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def is_guarded(path: str) -> bool:
+    """Whether ``path`` is an API route that auth and rate limits apply to."""
+    return any(_under(path, p) for p in API_PREFIXES) and not any(
+        _under(path, p) for p in OPEN_PREFIXES
+    )
+
+
+async def send_error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """An error (the envelope, or the protocol's shape under /v2) sent from a middleware;
+    RequestContextMiddleware (outermost) adds the request id header."""
+    body = json.dumps(error_content(scope["path"], code, message)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *(headers or []),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -121,13 +153,13 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await _send_error(send, 400, "bad_request", "invalid Content-Length")
+                    await send_error(scope, send, 400, "bad_request", "invalid Content-Length")
                     return
                 break
         too_big = f"request body exceeds the limit of {limit} bytes; send fewer rows per request"
         if declared is not None:
             if declared > limit:
-                await _send_error(send, 413, "payload_too_large", too_big)
+                await send_error(scope, send, 413, "payload_too_large", too_big)
                 return
             await self.app(scope, receive, send)
             return
@@ -141,7 +173,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _send_error(send, 413, "payload_too_large", too_big)
+                await send_error(scope, send, 413, "payload_too_large", too_big)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

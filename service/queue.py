@@ -165,7 +165,8 @@ class JobQueue:
         return Queue(self.queue_name, connection=self.connection, serializer=JSONSerializer)
 
     @contextmanager
-    def _available(self) -> Iterator[None]:
+    def available(self) -> Iterator[None]:
+        """Turn Redis connection errors inside the block into :class:`QueueUnavailable`."""
         try:
             yield
         except _REDIS_ERRORS as exc:
@@ -188,9 +189,11 @@ class JobQueue:
         model_name: str,
         dataset_id: str | None,
         timeout_s: int | None = None,
+        job_id: str | None = None,
     ) -> dict[str, Any]:
-        """Create the record, enqueue the job function, return the public view (queued)."""
-        job_id = uuid.uuid4().hex
+        """Create the record, enqueue the job function, return the public view (queued).
+        ``job_id``: an id reserved beforehand (service.quotas); default a new one."""
+        job_id = job_id or uuid.uuid4().hex
         key = self._key(job_id)
         timeout = int(timeout_s or self.job_timeout_s)
         runtime = {
@@ -222,7 +225,7 @@ class JobQueue:
                 }
             ),
         }
-        with self._available():
+        with self.available():
             pipe = self.connection.pipeline()
             pipe.hset(key, mapping=record)
             pipe.zadd(self._index_key, {job_id: now})
@@ -246,7 +249,7 @@ class JobQueue:
     # ------------------------------------------------------------------ read
     def get(self, job_id: str) -> dict[str, Any]:
         """The public view of one job, after lease and RQ reconciliation."""
-        with self._available():
+        with self.available():
             raw = self._fetch(job_id)
             if raw is None:
                 raise JobNotFound(job_id)
@@ -255,7 +258,7 @@ class JobQueue:
     def list_jobs(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Jobs newest first, optionally only those with ``status``."""
         out: list[dict[str, Any]] = []
-        with self._available():
+        with self.available():
             ids = [i.decode() for i in self.connection.zrevrange(self._index_key, 0, -1)]
             pipe = self.connection.pipeline()
             for job_id in ids:
@@ -276,7 +279,7 @@ class JobQueue:
 
     def active_jobs_using(self, dataset_id: str) -> list[str]:
         """Ids of queued or running jobs that train on ``dataset_id``."""
-        with self._available():
+        with self.available():
             ids = [i.decode() for i in self.connection.zrevrange(self._index_key, 0, -1)]
             users = []
             for job_id in ids:
@@ -295,7 +298,7 @@ class JobQueue:
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued job now; ask a running one to stop (the worker ends it cancelled)."""
         key = self._key(job_id)
-        with self._available():
+        with self.available():
             raw = self._fetch(job_id)
             if raw is None:
                 raise JobNotFound(job_id)

@@ -12,12 +12,40 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["KeyLimits", "Settings", "check_rate_limit", "get_settings"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def check_rate_limit(value: str | None) -> str | None:
+    """``value`` if the limits library can parse it (e.g. '600/minute'), else a ValueError."""
+    if value is None or not value.strip():
+        return None
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ValueError(f"rate limit {value!r}: {exc}; write e.g. '600/minute'") from None
+    return value
+
+
+class KeyLimits(BaseModel):
+    """One API key's own quotas (CPFLOW_KEY_LIMITS); unset fields use the settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_active_jobs: int | None = Field(default=None, ge=0)
+    max_job_work: int | None = Field(default=None, ge=1)
+    rate_limit: str | None = None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        return check_rate_limit(value)
 
 
 class Settings(BaseSettings):
@@ -149,6 +177,52 @@ class Settings(BaseSettings):
         ge=1,
         description="How long finished training jobs and their results stay visible.",
     )
+
+    # ---- quotas and request-rate limits (service.quotas, service.ratelimit)
+    max_active_jobs_per_key: int = Field(
+        default=8,
+        ge=0,
+        description="Most queued+running training jobs one API key may have (without API keys: "
+        "all callers together); more get 429 job_quota_exceeded. 0: no limit.",
+    )
+    max_active_jobs: int = Field(
+        default=32,
+        ge=0,
+        description="Most queued+running training jobs in total, over every key and API "
+        "replica sharing Redis. 0: no limit.",
+    )
+    max_job_work: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="Largest training.iterations x training.batch_size x resources.processes "
+        "(rows drawn in training) one job may ask for; larger jobs get 422 job_too_large.",
+    )
+    quota_retry_after_s: int = Field(
+        default=30, ge=1, description="Retry-After of a 429 job_quota_exceeded answer."
+    )
+    rate_limit: str | None = Field(
+        default=None,
+        description="Request-rate limit per API key (per client address without keys) on /v1 "
+        "and /v2, in the limits library's notation: '600/minute', '20/second;600/minute'. "
+        "Unset: no limit.",
+    )
+    rate_limit_storage: Literal["auto", "redis", "memory"] = Field(
+        default="auto",
+        description="Where request counts live: redis (CPFLOW_REDIS_URL, shared by replicas), "
+        "memory (this process), auto (redis when it answers at start-up, else memory). With "
+        "Redis down the limiter fails open (requests pass, a warning is logged).",
+    )
+    key_limits: dict[str, KeyLimits] = Field(
+        default={},
+        repr=False,
+        description='Per-key overrides as JSON: {"<api key>": {"max_active_jobs": 2, '
+        '"max_job_work": 1000000, "rate_limit": "10/second"}}; unset fields use the settings.',
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        return check_rate_limit(value)
 
     @field_validator("api_keys", "preload_models", mode="before")
     @classmethod

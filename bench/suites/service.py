@@ -204,6 +204,12 @@ async def run_scenario(port: int, path: str, body: dict, clients: int, seconds: 
     }
 
 
+def _v2_body(rows: list[list[float]]) -> dict:
+    data = [v for row in rows for v in row]
+    tensor = {"name": "input", "shape": [len(rows), 2], "datatype": "FP32", "data": data}
+    return {"inputs": [tensor], "parameters": {"method": "exact"}}
+
+
 def _scenarios(only: list[str] | None) -> dict[str, tuple[str, dict]]:
     rng = np.random.default_rng(0)
     scenarios = {
@@ -213,6 +219,10 @@ def _scenarios(only: list[str] | None) -> dict[str, tuple[str, dict]]:
                                 {"inputs": rng.normal(1, 1, (256, 2)).tolist(), "method": "exact"}),
         "sample_16": ("/v1/models/bench2d/sample", {"num_samples": 16, "seed": 0}),
         "transport_forward_b1": ("/v1/models/bench2d/transport", {"inputs": [[0.5, 1.0]]}),
+        # the same exact log_prob through the Open Inference Protocol route (JSON tensors)
+        "v2_log_prob_exact_b1": ("/v2/models/bench2d/infer", _v2_body([[0.5, 1.0]])),
+        "v2_log_prob_exact_b256": ("/v2/models/bench2d/infer",
+                                   _v2_body(rng.normal(1, 1, (256, 2)).tolist())),
     }  # fmt: skip
     if only:
         scenarios = {k: v for k, v in scenarios.items() if k in only or k == "constant"}
@@ -251,7 +261,8 @@ def service_load(opts, ctx) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
         publish_bench2d(store, opts.blocks, opts.hidden)
-        keep = ("CPFLOW_INFERENCE_THREADS", "CPFLOW_TORCH_THREADS", "CPFLOW_BATCH_WAIT_MS")
+        keep = ("CPFLOW_INFERENCE_THREADS", "CPFLOW_TORCH_THREADS", "CPFLOW_BATCH_WAIT_MS",
+                "CPFLOW_RATE_LIMIT", "CPFLOW_RATE_LIMIT_STORAGE", "CPFLOW_REDIS_URL")  # fmt: skip
         drop = tuple(k for k in os.environ if k.startswith("CPFLOW_") and k not in keep)
         env = child_env(
             {
@@ -324,7 +335,9 @@ def service_load(opts, ctx) -> dict:
         "model": {"dim": 2, "blocks": opts.blocks, "hidden": opts.hidden, "depth": 3},
         "server": {"workers": 1, "device": ready.get("device"),
                    "inference_threads": os.environ.get("CPFLOW_INFERENCE_THREADS", "default"),
-                   "torch_threads": os.environ.get("CPFLOW_TORCH_THREADS", "default")},
+                   "torch_threads": os.environ.get("CPFLOW_TORCH_THREADS", "default"),
+                   "rate_limit": os.environ.get("CPFLOW_RATE_LIMIT"),
+                   "rate_limit_storage": os.environ.get("CPFLOW_RATE_LIMIT_STORAGE", "auto")},
         "loadavg_1m": os.getloadavg()[0],
         "results": results,
         "rps_ratio_to_constant_route": ratios,

@@ -50,6 +50,28 @@ _UPLOAD_DOC = {
 }
 
 
+# OpenAPI links: the id an upload returns is the dataset_id of these routes (and a job's data).
+_DATASET_LINKS = {
+    "GetDataset": {
+        "operationId": "datasets-get_dataset",
+        "parameters": {"dataset_id": "$response.body#/id"},
+    },
+    "DeleteDataset": {
+        "operationId": "datasets-delete_dataset",
+        "parameters": {"dataset_id": "$response.body#/id"},
+    },
+    "TrainOnDataset": {
+        "operationId": "jobs-submit_job",
+        "requestBody": {
+            "model_name": "from-upload",
+            "dataset": {"id": "$response.body#/id"},
+            "training": {"iterations": 10, "batch_size": 16},
+            "plots": False,
+        },
+    },
+}
+
+
 def _public(record: Any) -> dict[str, Any]:
     return {
         "id": record.id,
@@ -66,7 +88,15 @@ def _public(record: Any) -> dict[str, Any]:
     status_code=201,
     response_model=DatasetPublic,
     summary="Upload a data set (.npy or .csv); the same content twice is one data set (200)",
-    responses=error_responses(400, 401, 413, 415, 422),
+    responses={
+        201: {"description": "Stored", "links": _DATASET_LINKS},
+        200: {
+            "description": "The same content was uploaded before: that data set",
+            "model": DatasetPublic,
+            "links": _DATASET_LINKS,
+        },
+        **error_responses(400, 401, 413, 415, 422),
+    },
     openapi_extra=_UPLOAD_DOC,
 )
 async def upload_dataset(request: Request, response: Response, store: StoreDep) -> Any:

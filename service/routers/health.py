@@ -12,7 +12,7 @@ from service.deps import EngineDep, MetricsDep, SettingsDep
 from service.metrics import CONTENT_TYPE_LATEST
 from service.schemas import HealthResponse, ReadyResponse
 
-__all__ = ["router"]
+__all__ = ["router", "store_status"]
 
 router = APIRouter(tags=["operations"])
 
@@ -37,14 +37,8 @@ def _ping_redis(url: str) -> dict[str, Any]:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-@router.get(
-    "/readyz",
-    summary="Readiness: the model store is readable (Redis reported, not required)",
-    response_model=ReadyResponse,
-    responses={503: {"model": ReadyResponse, "description": "store not readable"}},
-)
-async def readyz(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
-    """503 when the store cannot be listed; Redis being down only shows in ``redis``."""
+async def store_status(engine: Any, settings: Any) -> dict[str, Any]:
+    """Whether the model store can be listed: ok, where it is, how many models, the error."""
     where = settings.store_url or str(settings.store_dir)
     store: dict[str, Any] = {"ok": True, "path": where, "models": 0, "error": None}
 
@@ -53,11 +47,23 @@ async def readyz(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
             raise FileNotFoundError(f"store directory {settings.store_dir} does not exist")
         return len(engine.store.names())
 
-    redis_task = asyncio.create_task(asyncio.to_thread(_ping_redis, settings.redis_url))
     try:
         store["models"] = await engine.io(list_store)
     except Exception as exc:  # noqa: BLE001 - reported in the body
         store.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+    return store
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the model store is readable (Redis reported, not required)",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "store not readable"}},
+)
+async def readyz(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
+    """503 when the store cannot be listed; Redis being down only shows in ``redis``."""
+    redis_task = asyncio.create_task(asyncio.to_thread(_ping_redis, settings.redis_url))
+    store = await store_status(engine, settings)
     redis_status = await redis_task
     body = ReadyResponse(
         status="ready" if store["ok"] else "unavailable",

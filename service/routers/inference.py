@@ -24,7 +24,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 
-__all__ = ["context_tensor", "require_json", "router", "rows_to_tensor"]
+__all__ = ["OPERATIONS", "context_tensor", "require_json", "router", "rows_to_tensor"]
 
 _DTYPE_MAX = {torch.float32: "3.4e38", torch.float64: "1.8e308"}
 
@@ -337,3 +337,12 @@ _TRANSPORT_DOC = (
 
 
 _routes("transport", _transport, _TRANSPORT_DOC, TransportRequest, TransportResponse)
+
+
+OPERATIONS: dict[str, tuple[Any, type]] = {
+    "log_prob": (_log_prob, LogProbRequest),
+    "sample": (_sample, SampleRequest),
+    "transport": (_transport, TransportRequest),
+}
+"""Operation name -> (handler, request body model): other protocols (/v2) call the same handlers
+with a body built from their own request, so every check and answer is the /v1 one."""

@@ -37,6 +37,7 @@ from service.queue import (
     QueueUnavailable,
     connect,
 )
+from service.quotas import admitted, check_job_size, client_of, limits_for
 
 __all__ = ["QueueDep", "get_job_queue", "lifespan", "router", "unavailable"]
 
@@ -151,15 +152,31 @@ def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
         ) from None
 
 
+# OpenAPI links: the id a submission returns is the job_id of these routes.
+_JOB_LINKS = {
+    name: {"operationId": f"jobs-{op}", "parameters": {"job_id": "$response.body#/id"}}
+    for name, op in (("GetJob", "get_job"), ("CancelJob", "cancel_job"),
+                     ("FollowJob", "job_events"))
+}  # fmt: skip
+
+
 @router.post(
     "/jobs",
     status_code=202,
     response_model=JobAccepted,
     summary="Submit a training job (validated now; runs on a cpflow-worker)",
-    responses=error_responses(401, 422, 503),
+    responses={
+        202: {"description": "Queued", "links": _JOB_LINKS},
+        **error_responses(401, 422, 429, 503),
+    },
 )
 def submit_job(
-    spec: JobSpec, response: Response, queue: QueueDep, store: StoreDep, settings: SettingsDep
+    spec: JobSpec,
+    request: Request,
+    response: Response,
+    queue: QueueDep,
+    store: StoreDep,
+    settings: SettingsDep,
 ) -> JobAccepted:
     if spec.resources.processes > settings.max_job_processes:
         raise ApiError(
@@ -168,6 +185,9 @@ def submit_job(
             f"resources.processes is {spec.resources.processes}; at most "
             f"{settings.max_job_processes} per job (CPFLOW_MAX_JOB_PROCESSES)",
         )
+    client = client_of(request)
+    limits = limits_for(settings, client)
+    check_job_size(spec, limits)
     dim, context_dim, dataset_id = _dataset_dims(spec, store)
     _check_model(spec, dim, context_dim)
     body = spec.model_dump(mode="json")
@@ -175,9 +195,14 @@ def submit_job(
     if body["dataset"].get("context_columns", 0) is None:
         del body["dataset"]["context_columns"]  # an unconditional job's record stays as it was
     try:
-        record = queue.submit(
-            body, model_name=spec.model_name, dataset_id=dataset_id, timeout_s=spec.timeout_s
-        )
+        with admitted(queue, settings, client, limits) as job_id:
+            record = queue.submit(
+                body,
+                model_name=spec.model_name,
+                dataset_id=dataset_id,
+                timeout_s=spec.timeout_s,
+                job_id=job_id,
+            )
     except QueueUnavailable as exc:
         raise unavailable(exc) from None
     response.headers["Location"] = f"/v1/jobs/{record['id']}"

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse
 
 from model_store.manifest import manifest_flow_config
+from model_store.names import MAX_NAME_LENGTH
 from service.deps import EngineDep
 from service.errors import error_responses
 from service.images import image_shape
@@ -17,8 +18,26 @@ __all__ = ["ModelName", "VersionNumber", "router"]
 
 router = APIRouter(prefix="/models", tags=["models"])
 
+# The store's name rules (model_store.names), stated in the schema; the store enforces them
+# (422 invalid_name, with a message saying which rule a name breaks).
+_NAME_RULES = {
+    "minLength": 1,
+    "maxLength": MAX_NAME_LENGTH,
+    "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+}
 ModelName = Annotated[
-    str, Path(description="Model name, as published to the store.", examples=["moons"])
+    str,
+    Path(
+        description="Model name, as published to the store.",
+        examples=["moons"],
+        json_schema_extra=_NAME_RULES,
+    ),
+]
+PlotFile = Annotated[
+    str,
+    Path(
+        description="A plot's file name.", examples=["density.png"], json_schema_extra=_NAME_RULES
+    ),
 ]
 VersionNumber = Annotated[
     int, Path(ge=1, le=2**31, description="A published version number.", examples=[1])
@@ -122,7 +141,7 @@ async def _plot(engine: Any, name: str, version: int | str, file: str) -> FileRe
     response_class=FileResponse,
     responses={**_PNG, **error_responses(401, 404, 503)},
 )
-async def get_plot(name: ModelName, file: str, engine: EngineDep) -> FileResponse:
+async def get_plot(name: ModelName, file: PlotFile, engine: EngineDep) -> FileResponse:
     """A plot stored with the latest version (density, samples, transport...)."""
     return await _plot(engine, name, "latest", file)
 
@@ -134,7 +153,7 @@ async def get_plot(name: ModelName, file: str, engine: EngineDep) -> FileRespons
     responses={**_PNG, **error_responses(401, 404, 503)},
 )
 async def get_version_plot(
-    name: ModelName, version: VersionNumber, file: str, engine: EngineDep
+    name: ModelName, version: VersionNumber, file: PlotFile, engine: EngineDep
 ) -> FileResponse:
     """A plot stored with a pinned version."""
     return await _plot(engine, name, version, file)

@@ -12,30 +12,16 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+from conditional_flows import conditional_flow
 from svc_procs import make_flow, run_server
 
-from cpflow import CPFlow, FlowConfig
 from model_store import ModelStore
-
-
-def _conditional_flow() -> CPFlow:
-    torch.manual_seed(11)
-    cfg = FlowConfig(dim=2, context_dim=1, blocks=1, hidden=8, depth=2)
-    flow = CPFlow(cfg)
-    c = torch.rand(256, 1) * 2.0 - 1.0
-    x = torch.randn(256, 2) * torch.tensor([0.5, 2.0]) + c + 1.0
-    flow.set_standardization(x.mean(0), x.std(0), c.mean(0), c.std(0))
-    flow.initialize(x, c)
-    with torch.no_grad():  # a real (non-identity) map that depends on c
-        for p in flow.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return flow
 
 
 @pytest.fixture(scope="module")
 def cond_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("condsvc") / "store"
-    flow = _conditional_flow()
+    flow = conditional_flow()
     store = ModelStore(root)
     store.publish("cond", flow)
     store.publish("plain", make_flow(2))

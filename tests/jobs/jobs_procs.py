@@ -6,13 +6,14 @@ so no test leaves a server, worker or work horse behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,7 @@ __all__ = [
     "descendants",
     "free_port",
     "kill_tree",
+    "replicas",
     "start_redis",
     "start_server",
     "start_worker",
@@ -156,6 +158,24 @@ def start_server(env: dict[str, str], log: Path) -> tuple[Proc, str]:
 
     wait_for(healthy, 90, "uvicorn to answer /healthz", step=0.2)
     return proc, url
+
+
+@contextlib.contextmanager
+def replicas(env: dict[str, str], tmp: Path, n: int = 2) -> Iterator[list[httpx.Client]]:
+    """``n`` API replicas (uvicorn processes) with one environment, as clients of each."""
+    started: list[Proc] = []
+    clients: list[httpx.Client] = []
+    try:
+        for i in range(n):
+            proc, url = start_server(env, tmp / f"api{i}.log")
+            started.append(proc)
+            clients.append(httpx.Client(base_url=url, timeout=30))
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+        for proc in started:
+            proc.stop()
 
 
 def start_worker(env: dict[str, str], log: Path) -> Proc:

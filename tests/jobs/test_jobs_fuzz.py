@@ -1,6 +1,7 @@
 """Property-based fuzz of the job and data-set routes (schemathesis strategies from the
 OpenAPI schema, driven by hypothesis) in process, on the real Redis: no request, valid or not,
-may produce a 5xx, and every 4xx carries the error envelope."""
+may produce a 5xx, and every 4xx carries the error envelope. The job quota holds against the
+fuzzer: it cannot queue more than CPFLOW_MAX_ACTIVE_JOBS_PER_KEY jobs (others get 429)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from schemathesis import GenerationMode
 from service.app import create_app
 from service.settings import Settings
 
+QUOTA = 2
+
 
 @pytest.fixture
 def app(tmp_path: Path, queue_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
@@ -25,6 +28,7 @@ def app(tmp_path: Path, queue_name: str, monkeypatch: pytest.MonkeyPatch) -> Ite
         store_dir=tmp_path / "store",
         redis_url="redis://127.0.0.1:6379/13",
         max_upload_bytes=64 * 1024,
+        max_active_jobs_per_key=QUOTA,
         inference_threads=1,
         torch_threads=1,
     )
@@ -50,6 +54,9 @@ def test_job_and_dataset_routes_never_answer_5xx(app) -> None:
             def check(case) -> None:
                 response = case.call()
                 seen.append((case.method, case.operation.path, response.status_code))
+                if response.status_code == 429:
+                    (retry,) = response.headers["retry-after"]  # schemathesis: header -> values
+                    assert int(retry) >= 1
                 assert response.status_code < 500, (case.as_curl_command(), response.text)
                 if response.status_code >= 400:
                     body = response.json()
@@ -63,3 +70,5 @@ def test_job_and_dataset_routes_never_answer_5xx(app) -> None:
     assert {p for _, p, _ in seen} >= {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/datasets"}
     accepted = {(m, p) for m, p, status in seen if status < 300}
     assert ("POST", "/v1/jobs") in accepted and ("GET", "/v1/jobs") in accepted, sorted(seen)
+    queued = [s for m, p, s in seen if (m, p) == ("POST", "/v1/jobs") and s == 202]
+    assert len(queued) <= QUOTA, sorted(seen)  # nobody cancels them: the quota stays full

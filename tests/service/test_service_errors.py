@@ -145,7 +145,8 @@ def test_unknown_model_and_version(client):
 
 
 def test_unknown_route_and_method(client):
-    assert_envelope(client.get("/v2/nothing"), 404, "not_found")
+    # (under /v2, the Open Inference Protocol, errors take its shape: test_service_v2)
+    assert_envelope(client.get("/v3/nothing"), 404, "not_found")
     assert_envelope(client.get(LP), 405, "method_not_allowed")
     assert_envelope(client.delete("/healthz"), 405, "method_not_allowed")
 
