@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return templates.get(id(route)) or getattr(route, "path", None) or "unmatched"
 
     def body_limit(path: str) -> int:
-        if path.startswith("/v1/datasets"):
+        if path.startswith("/v1/datasets") or path.endswith("/log_prob.csv"):
             return settings.max_upload_bytes
         return settings.max_body_bytes
 

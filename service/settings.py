@@ -95,7 +95,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=256 * 1024 * 1024,
         ge=1024,
-        description="Largest dataset upload (multipart body under /v1/datasets) in bytes.",
+        description="Largest dataset upload (multipart body under /v1/datasets) or CSV sent to "
+        ".../log_prob.csv, in bytes.",
     )
     exact_max_dim: int = Field(
         default=64,
@@ -148,6 +149,13 @@ class Settings(BaseSettings):
         default=7 * 24 * 3600,
         ge=1,
         description="How long finished training jobs and their results stay visible.",
+    )
+    # Web console (/ui) and CSV scoring
+    max_csv_rows: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most rows one POST .../log_prob.csv may send (its body is also capped by "
+        "CPFLOW_MAX_UPLOAD_BYTES); they are scored CPFLOW_MAX_BATCH rows at a time.",
     )
 
     @field_validator("api_keys", "preload_models", mode="before")

@@ -11,7 +11,7 @@ import io
 
 import numpy as np
 
-__all__ = ["MIN_ROWS", "UploadError", "parse_upload"]
+__all__ = ["MIN_ROWS", "UploadError", "parse_upload", "read_csv"]
 
 MIN_ROWS = 10
 """Fewest rows an uploaded data set may have: training splits it into train/val/test."""
@@ -62,6 +62,12 @@ def _parse_npy(content: bytes) -> np.ndarray:
 
 
 def _parse_csv(content: bytes) -> np.ndarray:
+    return read_csv(content)[1]
+
+
+def read_csv(content: bytes) -> tuple[list[str] | None, np.ndarray]:
+    """A CSV of numbers as (its header row, or None, and a float64 array (rows, columns));
+    UploadError names the first row that is ragged or not numeric."""
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -70,8 +76,9 @@ def _parse_csv(content: bytes) -> np.ndarray:
     if not rows:
         raise UploadError("the .csv file has no rows")
     # One non-numeric first row is a header; anywhere else text is an error.
+    header = None
     if not _numeric_row(rows[0]) and len(rows) > 1:
-        rows = rows[1:]
+        header, rows = [c.strip() for c in rows[0]], rows[1:]
     width = len(rows[0])
     values = []
     for i, row in enumerate(rows, start=1):
@@ -88,7 +95,7 @@ def _parse_csv(content: bytes) -> np.ndarray:
                 f"data row {i} has a non-numeric value {bad.strip()[:40]!r}; "
                 "only numbers (and one header row) are allowed"
             ) from None
-    return np.asarray(values, dtype=np.float64)
+    return header, np.asarray(values, dtype=np.float64)
 
 
 def _is_float(cell: str) -> bool:
