@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 
 import cpflow
 from service.auth import ApiKeyMiddleware, bearer_scheme
+from service.console import install_console
 from service.engine import InferenceEngine
 from service.errors import install_error_handlers
 from service.logging import configure_logging
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in modules:
         v1.include_router(module.router)
     app.include_router(v1)
+    install_console(app)  # /ui: browser pages over /v1, outside the OpenAPI schema
     # Route templates for metrics labels, keyed by route object: recent FastAPI versions put the
     # router's own (unprefixed) route in the ASGI scope.
     templates = {id(r): getattr(r, "path", "") for r in health.router.routes}
