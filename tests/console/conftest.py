@@ -38,12 +38,14 @@ KEY_STORAGE = "cpflow-api-key"  # the sessionStorage entry console.js reads
 
 
 def chromium_path() -> str | None:
-    """The system's Chromium, or None."""
-    explicit = os.environ.get("CPFLOW_CHROMIUM")
-    if explicit:
-        return explicit if Path(explicit).is_file() else None
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
+    """CPFLOW_CHROMIUM, or the system's Chromium on PATH (as scripts/ensure_browser.sh finds it)."""
+    for name in (
+        os.environ.get("CPFLOW_CHROMIUM"),
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+    ):
+        found = shutil.which(name) if name else None
         if found:
             return found
     return None
