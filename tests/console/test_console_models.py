@@ -100,7 +100,8 @@ def test_scored_csv_download_equals_api(page, stack, tmp_path, shots):
     summary.wait_for()
     assert summary.inner_text() == ("1000 rows scored with method exact; the first 100 are shown.")
     assert page.locator("#score-table tbody tr").count() == 100
-    page.screenshot(path=shots / "scoring.png", full_page=True)
+    page.locator("#score-h").scroll_into_view_if_needed()
+    page.screenshot(path=shots / "scoring.png")
     with page.expect_download() as info:
         page.click("#score-download")
     download = info.value
@@ -180,7 +181,9 @@ def test_samples_shown_with_scatter_over_density(page, stack, shots):
         return seen.size; }"""
     )
     assert colours > 20
-    page.locator("#sample-plot").screenshot(path=shots / "samples.png")
+    page.locator("section", has=page.locator("#sample-form")).screenshot(
+        path=shots / "samples.png"
+    )
 
 
 def test_model_page_is_readable_400px_wide(narrow_page, stack, shots):

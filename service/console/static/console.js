@@ -289,7 +289,8 @@ function setUpScoring(model, base) {
       const text = await response.text();
       const lines = text.trimEnd().split("\n");
       const header = parseCsvLine(lines[0]);
-      const rows = lines.slice(1, 101).map(parseCsvLine);
+      // The table rounds for reading; the download keeps every digit.
+      const rows = lines.slice(1, 101).map((line) => parseCsvLine(line).map((v) => number(Number(v), 7)));
       fillTable($("#score-table"), header, rows, "no rows");
       const count = lines.length - 1;
       const method = response.headers.get("X-Cpflow-Method");
