@@ -141,6 +141,23 @@ def test_long_job_progress_updates_live_and_cancel(page, stack, shots):
     assert page.locator("#job-eta").inner_text() != ""
     page.screenshot(path=shots / "job-running.png", full_page=True)
 
+    # The job list follows running jobs too.
+    page.goto(stack.url + "/ui/jobs")
+    cell = page.locator("#jobs tbody tr", has_text="console-long").locator("td").nth(4)
+    cell.wait_for()
+    listed = int(cell.inner_text().split(" / ")[0])
+    page.evaluate("window.__sameDocument = true")
+    page.wait_for_function(
+        f"""() => [...document.querySelectorAll('#jobs tbody tr')].some((tr) =>
+            tr.textContent.includes('console-long')
+            && parseInt(tr.children[4].textContent) > {listed})""",
+        timeout=120_000,
+    )
+    assert page.evaluate("window.__sameDocument") is True
+
+    page.go_back()
+    page.wait_for_selector("#job-cancel:enabled")
+    page.evaluate(WATCH)
     page.click("#job-cancel")
     page.locator("#job-status", has_text="cancelled").wait_for(timeout=120_000)
     assert page.evaluate("window.__sameDocument") is True

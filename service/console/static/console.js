@@ -427,9 +427,14 @@ function datasetText(dataset) {
   return dataset.builtin ? dataset.builtin : `uploaded ${String(dataset.id).slice(0, 8)}`;
 }
 
+// The list refreshes itself every 2 s while a job is queued or running.
+let jobsTimer = null;
+
 async function listJobs() {
+  clearTimeout(jobsTimer);
   await guarded($("#jobs-error"), async () => {
     const jobs = await api("/v1/jobs");
+    if (jobs.some((job) => !TERMINAL.has(job.status))) jobsTimer = setTimeout(listJobs, 2000);
     const rows = jobs.map((job) => [
       link(`/ui/jobs/${enc(job.id)}`, job.id.slice(0, 12)),
       job.model_name,
