@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import math
@@ -410,18 +411,24 @@ def _csv_inputs(array: np.ndarray, model: ServedModel) -> tuple[torch.Tensor, An
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         i, j = (int(v) for v in (~finite).nonzero()[0])
+        value = float(array[i, j])
+        problem = (
+            f"overflows to infinity in {str(model.dtype).removeprefix('torch.')}: rescale the data"
+            if math.isfinite(value)
+            else "is not a number: every value must be finite"
+        )
         raise ApiError(
-            422,
-            "value_out_of_range",
-            f"data row {i + 1}, column {j + 1} ({array[i, j]:g}) overflows to infinity in "
-            f"{str(model.dtype).removeprefix('torch.')}: rescale the data",
+            422, "value_out_of_range", f"data row {i + 1}, column {j + 1} ({value:g}) {problem}"
         )
     context = context_tensor(array[:, model.dim :], len(array), model) if extra else None
     return x.contiguous(), context
 
 
-def _csv_line(values: list[float]) -> str:
-    return ",".join(map(repr, values)) + "\n"
+def _csv_lines(inputs: np.ndarray, scored: list[torch.Tensor]) -> bytes:
+    """Rows as CSV lines: the inputs as sent, then the scores (Python's shortest round-trip
+    spelling, so the file holds exactly the values the JSON route returns)."""
+    rows = np.hstack([inputs, *(t.double().numpy()[:, None] for t in scored)]).tolist()
+    return "".join(",".join(map(repr, row)) + "\n" for row in rows).encode()
 
 
 def _csv_header(names: list[str]) -> bytes:
@@ -452,24 +459,31 @@ async def _log_prob_csv(
     extra = ["log_prob", "stderr"] if resolved == "slq" else ["log_prob"]
     step = settings.max_batch
 
+    def score(start: int) -> asyncio.Future:
+        stop = start + step
+        c = None if context is None else context[start:stop]
+        return asyncio.ensure_future(
+            engine.log_prob(
+                model, x[start:stop], resolved, probes=probes, steps=steps, seed=seed, context=c
+            )
+        )
+
     async def body() -> AsyncIterator[bytes]:
         yield _csv_header([*columns, *extra])
-        for start in range(0, len(array), step):
-            stop = start + step
-            result = await engine.log_prob(
-                model,
-                x[start:stop],
-                resolved,
-                probes=probes,
-                steps=steps,
-                seed=seed,
-                context=None if context is None else context[start:stop],
-            )
-            scored = [result.log_prob.double().numpy()[:, None]]
-            if result.stderr is not None:
-                scored.append(result.stderr.double().numpy()[:, None])
-            rows = np.hstack([array[start:stop], *scored]).tolist()
-            yield "".join(map(_csv_line, rows)).encode()
+        starts = range(0, len(array), step)
+        pending = score(0)
+        try:
+            for start in starts:
+                result = await pending
+                if start + step < len(array):
+                    pending = score(start + step)  # the next batch scores while this one is sent
+                scored = [result.log_prob]
+                if result.stderr is not None:
+                    scored.append(result.stderr)
+                # Off the event loop: formatting a batch takes tens of milliseconds.
+                yield await run_in_threadpool(_csv_lines, array[start : start + step], scored)
+        finally:
+            pending.cancel()  # the client went away: no batch left running for nobody
 
     headers = {
         "Content-Disposition": f'attachment; filename="{model.name}-v{model.version}-scored.csv"',
