@@ -29,7 +29,9 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "images"))
 
+from image_flows import random_image_flow
 from jobs_procs import REDIS_URL, purge, stack_env, start_server, start_worker
 from svc_procs import make_flow
 
@@ -75,7 +77,8 @@ class ConsoleStack:
 
 
 def publish_demo(store_dir: Path) -> None:
-    """'demo': version 1 without plots, version 2 with a real density plot and metrics."""
+    """'demo': version 1 without plots, version 2 with a real density plot and metrics;
+    'tiles': a small image model (1 x 4 x 4)."""
     from model_store import ModelStore
     from training.plots import density_figure
 
@@ -86,6 +89,7 @@ def publish_demo(store_dir: Path) -> None:
     png = density_figure(flow, data, n_samples=200, grid=40)
     metrics = {"test_nll": 2.71, "val_nll": 2.69}
     store.publish("demo", flow, training={"metrics": metrics}, plots={"density.png": png})
+    store.publish("tiles", random_image_flow((1, 4, 4), (1, 1), hidden=4, seed=3))
 
 
 @pytest.fixture(scope="session")

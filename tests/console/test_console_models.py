@@ -15,6 +15,12 @@ LABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
     .filter((el) => el.labels === null || el.labels.length === 0).map((el) => el.id)"""
 
 
+COLOURS = """() => { const c = document.querySelector('#sample-plot').getContext('2d');
+    const d = c.getImageData(0, 0, 480, 480).data; const seen = new Set();
+    for (let i = 0; i < d.length; i += 4 * 97) seen.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]);
+    return seen.size; }"""
+
+
 def _assert_labelled(page) -> None:
     assert page.evaluate(LABELLED) == [], "form fields without a label"
 
@@ -174,16 +180,25 @@ def test_samples_shown_with_scatter_over_density(page, stack, shots):
     label = page.locator("#sample-plot").get_attribute("aria-label")
     assert label.startswith("Scatter of 300 samples over the model density")
     # The canvas holds a picture: density colours differ across it.
-    colours = page.evaluate(
-        """() => { const c = document.querySelector('#sample-plot').getContext('2d');
-        const d = c.getImageData(0, 0, 480, 480).data; const seen = new Set();
-        for (let i = 0; i < d.length; i += 4 * 97) seen.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]);
-        return seen.size; }"""
-    )
+    colours = page.evaluate(COLOURS)
     assert colours > 20
     page.locator("section", has=page.locator("#sample-form")).screenshot(
         path=shots / "samples.png"
     )
+
+
+def test_image_samples_are_drawn_as_tiles(page, stack):
+    page.goto(stack.url + "/ui/models/tiles")
+    page.locator("#model-title", has_text="tiles · version 1").wait_for()
+    assert "(image 1×4×4)" in page.locator("#model-summary").inner_text()
+    page.fill("#sample-n", "8")
+    page.click("#sample-form button[type=submit]")
+    page.wait_for_selector("#sample-plot[data-drawn='8']")
+    label = page.locator("#sample-plot").get_attribute("aria-label")
+    assert label.startswith("8 image samples (1×4×4), scaled from")
+    assert page.locator("#sample-table").is_hidden()
+    assert page.evaluate(COLOURS) > 5  # grey levels of 8 x 16 pixels, not a blank canvas
+    assert page.locator("#sample-summary").inner_text().startswith("8 samples;")
 
 
 def test_model_page_is_readable_400px_wide(narrow_page, stack, shots):

@@ -326,12 +326,18 @@ function setUpSampling(model, base) {
       const converged = result.converged ? "all converged" : "NOT all converged";
       $("#sample-summary").textContent =
         `${samples.length} samples; largest inversion residual ${number(result.max_residual, 3)} (${converged}); seed ${result.seed}.`;
-      const header = samples.length ? samples[0].map((_, j) => `x${j + 1}`) : [];
-      fillTable($("#sample-table"), header, samples.slice(0, 20).map((r) => r.map((v) => number(v, 6))), "no samples");
+      const image = Array.isArray(model.input_shape);
+      const table = $("#sample-table");
+      table.hidden = image; // image samples are drawn, not listed
+      if (!image) {
+        const header = samples.length ? samples[0].map((_, j) => `x${j + 1}`) : [];
+        fillTable(table, header, samples.slice(0, 20).map((r) => r.map((v) => number(v, 6))), "no samples");
+      }
       $("#sample-result").hidden = false;
       const canvas = $("#sample-plot");
-      canvas.hidden = model.dim !== 2;
-      if (model.dim === 2) await drawScatter(canvas, base, samples, context);
+      canvas.hidden = !image && model.dim !== 2;
+      if (image) drawImages(canvas, samples, model.input_shape);
+      else if (model.dim === 2) await drawScatter(canvas, base, samples, context);
     });
   });
 }
@@ -374,6 +380,35 @@ async function drawScatter(canvas, base, samples, context) {
     `Scatter of ${samples.length} samples over the model density, x from ${number(x0, 3)} to ${number(x1, 3)}, y from ${number(y0, 3)} to ${number(y1, 3)}`,
   );
   canvas.dataset.drawn = String(samples.length);
+}
+
+// Up to 16 image samples ([C, H, W] each) as tiles, grey (1 channel) or colour (3), scaled
+// together from the smallest to the largest value shown.
+function drawImages(canvas, samples, [c, h, w]) {
+  const shown = samples.slice(0, 16);
+  const values = shown.flat(3);
+  const lo = Math.min(...values);
+  const span = Math.max(...values) - lo || 1;
+  const cols = Math.ceil(Math.sqrt(shown.length));
+  const cell = Math.floor(canvas.width / cols);
+  const px = Math.max(1, Math.floor((cell - 4) / Math.max(h, w)));
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const level = (v) => Math.round((255 * (v - lo)) / span);
+  shown.forEach((img, k) => {
+    const x0 = (k % cols) * cell + 2;
+    const y0 = Math.floor(k / cols) * cell + 2;
+    for (let i = 0; i < h; i++) {
+      for (let j = 0; j < w; j++) {
+        const [r, g, b] = c === 3 ? [0, 1, 2].map((ch) => level(img[ch][i][j])) : Array(3).fill(level(img[0][i][j]));
+        ctx.fillStyle = `rgb(${r}, ${g}, ${b})`;
+        ctx.fillRect(x0 + j * px, y0 + i * px, px, px);
+      }
+    }
+  });
+  canvas.setAttribute("aria-label", `${shown.length} image samples (${c}×${h}×${w}), scaled from ${number(lo, 3)} to ${number(lo + span, 3)}`);
+  canvas.dataset.drawn = String(shown.length);
 }
 
 // ------------------------------------------------------------------ jobs
