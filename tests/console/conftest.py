@@ -15,81 +15,14 @@ else to a temporary folder.
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import numpy as np
 import pytest
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "images"))
-
-from image_flows import random_image_flow
-from jobs_procs import REDIS_URL, purge, stack_env, start_server, start_worker
-from svc_procs import make_flow
-
-API_KEY = "console-test-key"
-KEY_STORAGE = "cpflow-api-key"  # the sessionStorage entry console.js reads
-
-
-def chromium_path() -> str | None:
-    """CPFLOW_CHROMIUM, or the system's Chromium on PATH (as scripts/ensure_browser.sh finds it)."""
-    for name in (
-        os.environ.get("CPFLOW_CHROMIUM"),
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-    ):
-        found = shutil.which(name) if name else None
-        if found:
-            return found
-    return None
-
-
-# ------------------------------------------------------------------ the live stack
-
-
-class ConsoleStack:
-    """uvicorn (auth on) + one worker on a store holding a 2-version 'demo' model."""
-
-    def __init__(self, tmp: Path, queue_name: str) -> None:
-        self.tmp = tmp
-        store_dir = tmp / "store"
-        publish_demo(store_dir)
-        self.env = {**stack_env(store_dir, queue_name), "CPFLOW_API_KEYS": API_KEY}
-        self.worker = start_worker(self.env, tmp / "worker.log")
-        self.server, self.url = start_server(self.env, tmp / "server.log")
-        self.client = httpx.Client(
-            base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}
-        )
-
-    def close(self) -> None:
-        self.client.close()
-        self.worker.stop()
-        self.server.stop()
-
-
-def publish_demo(store_dir: Path) -> None:
-    """'demo': version 1 without plots, version 2 with a real density plot and metrics;
-    'tiles': a small image model (1 x 4 x 4)."""
-    from model_store import ModelStore
-    from training.plots import density_figure
-
-    store = ModelStore(store_dir)
-    store.publish("demo", make_flow(2, seed=4), training={"metrics": {"test_nll": 2.9}})
-    flow = make_flow(2, seed=5)
-    data = np.random.default_rng(0).normal(size=(400, 2)) + 1.0
-    png = density_figure(flow, data, n_samples=200, grid=40)
-    metrics = {"test_nll": 2.71, "val_nll": 2.69}
-    store.publish("demo", flow, training={"metrics": metrics}, plots={"density.png": png})
-    store.publish("tiles", random_image_flow((1, 4, 4), (1, 1), hidden=4, seed=3))
+from console_stack import API_KEY, KEY_STORAGE, ConsoleStack, PageLog, chromium_path
+from jobs_procs import REDIS_URL, purge  # on sys.path once console_stack is imported
 
 
 @pytest.fixture(scope="session")
@@ -133,22 +66,6 @@ def browser(chromium):
             yield b
         finally:
             b.close()
-
-
-class PageLog:
-    """Console errors and JS exceptions of one page; some HTTP errors may be allowed."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self.allowed: list[re.Pattern[str]] = []
-        self.urls: list[str] = []
-
-    def allow(self, status: int) -> None:
-        """A failed fetch with this status is expected (Chromium logs it as a console error)."""
-        self.allowed.append(re.compile(rf"status of {status}\b"))
-
-    def unexpected(self) -> list[str]:
-        return [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
 
 
 @pytest.fixture

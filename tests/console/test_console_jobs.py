@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from console_stack import assert_labelled
 
 WATCH = """() => {
   window.__sameDocument = true;  // gone if the page reloads
@@ -60,6 +61,7 @@ def test_datasets_upload_list_delete_and_bad_file(page, stack, page_log, tmp_pat
     drop = page.locator("#datasets tbody tr", has_text="console-drop")
     drop.wait_for()
     assert drop.locator("td").nth(1).inner_text() == "50"
+    assert_labelled(page)
     page.screenshot(path=shots / "datasets.png", full_page=True)
 
     page.get_by_role("button", name="Delete data set console-drop").click()
@@ -120,6 +122,7 @@ def test_long_job_progress_updates_live_and_cancel(page, stack, shots):
     }.items():  # fmt: skip
         page.fill(field, value)
     page.uncheck("#job-plots")
+    assert_labelled(page)
     page.screenshot(path=shots / "jobs.png", full_page=True)
     page.click("#job-form button[type=submit]")
     page.wait_for_url(re.compile(r".*/ui/jobs/[^/?]+$"))

@@ -9,20 +9,12 @@ import io
 from pathlib import Path
 
 import numpy as np
-from conftest import API_KEY
-
-LABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
-    .filter((el) => el.labels === null || el.labels.length === 0).map((el) => el.id)"""
-
+from console_stack import API_KEY, assert_labelled
 
 COLOURS = """() => { const c = document.querySelector('#sample-plot').getContext('2d');
     const d = c.getImageData(0, 0, 480, 480).data; const seen = new Set();
     for (let i = 0; i < d.length; i += 4 * 97) seen.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]);
     return seen.size; }"""
-
-
-def _assert_labelled(page) -> None:
-    assert page.evaluate(LABELLED) == [], "form fields without a label"
 
 
 def test_key_entered_once_opens_models_and_plots(bare_page, stack, page_log, shots):
@@ -44,7 +36,7 @@ def test_key_entered_once_opens_models_and_plots(bare_page, stack, page_log, sho
     assert cells[:4] == ["demo", "2", "2", "2.71"]  # name, latest version, dim, test NLL
     assert page.locator("#key-state").inner_text() == "key set for this tab"
     assert page.locator("#auth-alert").is_hidden()
-    _assert_labelled(page)
+    assert_labelled(page)
     page.screenshot(path=shots / "models.png", full_page=True)
 
     row.get_by_role("link", name="demo").click()
@@ -58,7 +50,7 @@ def test_key_entered_once_opens_models_and_plots(bare_page, stack, page_log, sho
     metrics = page.locator("#model-metrics").inner_text()
     assert "test_nll" in metrics and "2.71" in metrics
     assert "Dimension" in page.locator("#model-summary").inner_text()
-    _assert_labelled(page)
+    assert_labelled(page)
     page.screenshot(path=shots / "model.png", full_page=True)
 
     # The version picker loads version 1 (its own metrics, no plots); the key stays out of URLs.

@@ -246,21 +246,24 @@ async function showPlots(model) {
     holder.replaceChildren(cell("p", "No plots stored with this version."));
     return;
   }
-  holder.replaceChildren();
-  for (const [file, url] of entries) {
-    const figure = document.createElement("figure");
-    try {
-      const blob = await (await api(url, { raw: true })).blob();
-      const img = document.createElement("img");
-      img.src = URL.createObjectURL(blob);
-      img.alt = `${file.replace(/\.png$/i, "").replaceAll("_", " ")} plot of ${model.name} version ${model.version}`;
-      figure.append(img);
-    } catch (error) {
-      figure.append(cell("p", `could not load ${file}: ${error.message}`));
-    }
-    figure.append(cell("figcaption", file));
-    holder.append(figure);
+  // Fetched together, shown in the manifest's order.
+  const figures = await Promise.all(entries.map(([file, url]) => plotFigure(model, file, url)));
+  holder.replaceChildren(...figures);
+}
+
+async function plotFigure(model, file, url) {
+  const figure = document.createElement("figure");
+  try {
+    const blob = await (await api(url, { raw: true })).blob();
+    const img = document.createElement("img");
+    img.src = URL.createObjectURL(blob);
+    img.alt = `${file.replace(/\.png$/i, "").replaceAll("_", " ")} plot of ${model.name} version ${model.version}`;
+    figure.append(img);
+  } catch (error) {
+    figure.append(cell("p", `could not load ${file}: ${error.message}`));
   }
+  figure.append(cell("figcaption", file));
+  return figure;
 }
 
 // ------------------------------------------------------------------ scoring
