@@ -21,11 +21,19 @@ templates = Jinja2Templates(directory=_HERE / "templates")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
+def _size(n: int) -> str:
+    """Bytes as people read them: 256 MiB, 64 KiB, 1000 bytes."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
 def _page(request: Request, template: str, page: str, **context: Any) -> HTMLResponse:
     settings: Settings = request.app.state.settings
     limits = {
         "max_csv_rows": settings.max_csv_rows,
-        "max_upload_mib": settings.max_upload_bytes / 2**20,
+        "max_upload": _size(settings.max_upload_bytes),
         "max_samples": settings.max_samples,
         "max_batch": settings.max_batch,
     }

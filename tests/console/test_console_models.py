@@ -55,6 +55,7 @@ def test_key_entered_once_opens_models_and_plots(bare_page, stack, page_log, sho
 
     # The version picker loads version 1 (its own metrics, no plots); the key stays out of URLs.
     page.select_option("#version-picker", "1")
+    page.get_by_role("button", name="Open version").click()
     page.wait_for_url("**/ui/models/demo?version=1")
     page.wait_for_function("document.querySelector('#model-title').textContent.includes('1')")
     assert page.locator("#model-title").inner_text() == "demo · version 1"

@@ -50,7 +50,7 @@ def test_pages_render_without_a_key(client, path, page):
 
 def test_pages_state_the_limits_and_escape_names(client):
     model = client.get("/ui/models/demo?version=3").text
-    assert "At most\n      1234 rows" in model and 'max="77"' in model
+    assert "At most\n      1,234 rows and 256 MiB per file" in model and 'max="77"' in model
     assert 'data-name="demo" data-version="3"' in model
     job = client.get("/ui/jobs/%3Cscript%3E").text
     assert "<script>" not in job and "&lt;script&gt;" in job

@@ -232,10 +232,9 @@ function showVersionPicker(model) {
       return option;
     }),
   );
+  // A plain GET form (?version=N): choosing with the arrow keys does not navigate by itself.
   picker.disabled = false;
-  picker.addEventListener("change", () => {
-    window.location.href = `/ui/models/${enc(model.name)}?version=${enc(picker.value)}`;
-  });
+  $("#version-form button").disabled = false;
 }
 
 // Plots sit behind the API's auth, so they are fetched with the key and shown as blobs.
