@@ -199,6 +199,11 @@ def test_model_page_is_readable_400px_wide(narrow_page, stack, shots):
     page.goto(stack.url + "/ui/models/demo")
     page.locator("#model-title", has_text="version 2").wait_for()
     page.get_by_role("img", name="density plot of demo version 2").wait_for()
+    # Keyboard: the first Tab reaches the skip link, Enter moves focus to the content.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
     # Nothing wider than the screen: no sideways scrolling of the page itself.
     assert page.evaluate("document.documentElement.scrollWidth") <= 400
     page.screenshot(path=shots / "model-400px.png", full_page=True)

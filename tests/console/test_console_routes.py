@@ -45,7 +45,7 @@ def test_pages_render_without_a_key(client, path, page):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/html")
     assert f'data-page="{page}"' in r.text
-    assert '<script src="/ui/static/console.js" defer>' in r.text
+    assert '<script type="module" src="/ui/static/console.js">' in r.text
 
 
 def test_pages_state_the_limits_and_escape_names(client):
@@ -59,8 +59,10 @@ def test_pages_state_the_limits_and_escape_names(client):
 
 
 def test_static_files_and_bad_version(client):
-    js = client.get("/ui/static/console.js")
+    js = client.get("/ui/static/api.js")
     assert js.status_code == 200 and "sessionStorage" in js.text
+    # ES modules load only with a JavaScript media type.
+    assert "javascript" in client.get("/ui/static/console.js").headers["content-type"]
     assert client.get("/ui/static/console.css").status_code == 200
     assert client.get("/ui/static/nope.js").status_code == 404
     bad = client.get("/ui/models/demo?version=0")
