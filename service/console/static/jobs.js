@@ -77,7 +77,8 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 function showJob(job) {
   const p = job.progress || {};
-  $("#job-status").textContent = job.status + (job.cancel_requested && !TERMINAL.has(job.status) ? " (cancelling)" : "");
+  const cancelling = job.cancel_requested && !TERMINAL.has(job.status);
+  $("#job-status").textContent = job.status + (cancelling ? " (cancelling)" : "");
   $("#job-model").textContent = job.model_name || "";
   $("#job-iteration").textContent = progressText(job) || "not started";
   $("#job-val-nll").textContent = number(p.val_nll, 5) || "not yet";
@@ -88,7 +89,8 @@ function showJob(job) {
   const result = $("#job-result");
   if (job.result) {
     const r = job.result;
-    const text = `${r.model} version ${r.version}` + (r.test_nll != null ? `, test NLL ${number(r.test_nll, 5)}` : "");
+    const nll = r.test_nll != null ? `, test NLL ${number(r.test_nll, 5)}` : "";
+    const text = `${r.model} version ${r.version}${nll}`;
     result.replaceChildren(link(`/ui/models/${enc(r.model)}?version=${r.version}`, text));
   } else {
     result.textContent = job.error ? `error: ${job.error}` : "not yet";

@@ -89,7 +89,8 @@ async function plotFigure(model, file, url) {
     const blob = await (await api(url, { raw: true })).blob();
     const img = document.createElement("img");
     img.src = URL.createObjectURL(blob);
-    img.alt = `${file.replace(/\.png$/i, "").replaceAll("_", " ")} plot of ${model.name} version ${model.version}`;
+    const what = file.replace(/\.png$/i, "").replaceAll("_", " ");
+    img.alt = `${what} plot of ${model.name} version ${model.version}`;
     figure.append(img);
   } catch (error) {
     figure.append(cell("p", `could not load ${file}: ${error.message}`));

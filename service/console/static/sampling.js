@@ -19,7 +19,8 @@ export function setUpSampling(model, base) {
       const samples = result.samples;
       const converged = result.converged ? "all converged" : "NOT all converged";
       $("#sample-summary").textContent =
-        `${samples.length} samples; largest inversion residual ${number(result.max_residual, 3)} (${converged}); seed ${result.seed}.`;
+        `${samples.length} samples; largest inversion residual ` +
+        `${number(result.max_residual, 3)} (${converged}); seed ${result.seed}.`;
       const image = Array.isArray(model.input_shape);
       const table = $("#sample-table");
       table.hidden = image; // image samples are drawn, not listed
@@ -60,7 +61,8 @@ async function drawScatter(canvas, base, samples, context) {
   const ch = canvas.height / n;
   logp.forEach((v, k) => {
     const t = v === null ? 0 : Math.exp(v - top);
-    ctx.fillStyle = `rgb(${Math.round(20 + 235 * t)}, ${Math.round(30 + 190 * t)}, ${Math.round(90 + 20 * t)})`;
+    const [r, g, b] = [20 + 235 * t, 30 + 190 * t, 90 + 20 * t].map(Math.round); // navy -> gold
+    ctx.fillStyle = `rgb(${r}, ${g}, ${b})`;
     ctx.fillRect((k % n) * cw, Math.floor(k / n) * ch, cw + 1, ch + 1);
   });
   ctx.fillStyle = "rgba(255, 255, 255, 0.8)";
@@ -71,7 +73,8 @@ async function drawScatter(canvas, base, samples, context) {
   });
   canvas.setAttribute(
     "aria-label",
-    `Scatter of ${samples.length} samples over the model density, x from ${number(x0, 3)} to ${number(x1, 3)}, y from ${number(y0, 3)} to ${number(y1, 3)}`,
+    `Scatter of ${samples.length} samples over the model density, ` +
+      `x from ${number(x0, 3)} to ${number(x1, 3)}, y from ${number(y0, 3)} to ${number(y1, 3)}`,
   );
   canvas.dataset.drawn = String(samples.length);
 }
@@ -95,12 +98,14 @@ function drawImages(canvas, samples, [c, h, w]) {
     const y0 = Math.floor(k / cols) * cell + 2;
     for (let i = 0; i < h; i++) {
       for (let j = 0; j < w; j++) {
-        const [r, g, b] = c === 3 ? [0, 1, 2].map((ch) => level(img[ch][i][j])) : Array(3).fill(level(img[0][i][j]));
+        const channels = c === 3 ? [0, 1, 2] : [0, 0, 0];
+        const [r, g, b] = channels.map((ch) => level(img[ch][i][j]));
         ctx.fillStyle = `rgb(${r}, ${g}, ${b})`;
         ctx.fillRect(x0 + j * px, y0 + i * px, px, px);
       }
     }
   });
-  canvas.setAttribute("aria-label", `${shown.length} image samples (${c}×${h}×${w}), scaled from ${number(lo, 3)} to ${number(lo + span, 3)}`);
+  const range = `scaled from ${number(lo, 3)} to ${number(lo + span, 3)}`;
+  canvas.setAttribute("aria-label", `${shown.length} image samples (${c}×${h}×${w}), ${range}`);
   canvas.dataset.drawn = String(shown.length);
 }
