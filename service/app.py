@@ -104,7 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in modules:
         v1.include_router(module.router)
     app.include_router(v1)
-    install_console(app)  # /ui: browser pages over /v1, outside the OpenAPI schema
+    if settings.console:
+        install_console(app)  # /ui: browser pages over /v1, outside the OpenAPI schema
     # Route templates for metrics labels, keyed by route object: recent FastAPI versions put the
     # router's own (unprefixed) route in the ASGI scope.
     templates = {id(r): getattr(r, "path", "") for r in health.router.routes}

@@ -151,6 +151,11 @@ class Settings(BaseSettings):
         description="How long finished training jobs and their results stay visible.",
     )
     # Web console (/ui) and CSV scoring
+    console: bool = Field(
+        default=True,
+        description="Serve the web console at /ui (browser pages over the /v1 API; the API's "
+        "own auth applies to every call they make).",
+    )
     max_csv_rows: int = Field(
         default=1_000_000,
         ge=1,

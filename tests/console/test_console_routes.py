@@ -68,3 +68,11 @@ def test_static_files_and_bad_version(client):
     bad = client.get("/ui/models/demo?version=0")
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
     assert client.get("/v1/models").status_code == 401  # the data stay behind the key
+
+
+def test_console_can_be_turned_off(tmp_path):
+    settings = Settings(store_dir=tmp_path / "store", console=False, log_level="WARNING")
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/ui").status_code == 404
+        assert c.get("/ui/static/console.js").status_code == 404
+        assert c.get("/v1/models").status_code == 200
