@@ -21,6 +21,16 @@ templates = Jinja2Templates(directory=_HERE / "templates")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
+# The API key lives in the page's sessionStorage: only the console's own scripts may run, no
+# other site may frame the page, and no URL of it leaks through a Referer header.
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 def _size(n: int) -> str:
     """Bytes as people read them: 256 MiB, 64 KiB, 1000 bytes."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -38,7 +48,7 @@ def _page(request: Request, template: str, page: str, **context: Any) -> HTMLRes
         "max_batch": settings.max_batch,
     }
     return templates.TemplateResponse(
-        request, template, {"page": page, "limits": limits, **context}
+        request, template, {"page": page, "limits": limits, **context}, headers=_HEADERS
     )
 
 

@@ -45,6 +45,8 @@ def test_pages_render_without_a_key(client, path, page):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/html")
     assert f'data-page="{page}"' in r.text
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert '<script type="module" src="/ui/static/console.js">' in r.text
 
 
