@@ -108,3 +108,14 @@ def test_row_limit_is_stated(limited_server, auth_headers):
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "too_many_rows"
     assert "at most 64" in r.json()["error"]["message"]
+
+
+def test_csv_body_may_exceed_the_json_body_limit(client):
+    # The server caps JSON bodies at 1 MiB (CPFLOW_MAX_BODY_BYTES); a CSV is an upload, capped by
+    # CPFLOW_MAX_UPLOAD_BYTES instead.
+    x = np.random.default_rng(3).normal(size=(30_000, 2))
+    body = _csv(x)
+    assert len(body) > 1024 * 1024
+    r = _post(client, "/v1/models/toy2d/log_prob.csv", body)
+    assert r.status_code == 200, r.text[:300]
+    assert r.text.count("\n") == 30_001
