@@ -76,7 +76,13 @@ def read_csv(content: bytes) -> tuple[list[str] | None, np.ndarray]:
     fast = _read_plain_numbers(text)
     if fast is not None:
         return fast
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    except csv.Error as exc:
+        reason = str(exc)
+        if "new-line character" in reason:
+            reason = "a line holds a bare carriage return (\\r); end lines with \\n or \\r\\n"
+        raise UploadError(f"the .csv file is not readable as CSV: {reason}") from None
     if not rows:
         raise UploadError("the .csv file has no rows")
     # One non-numeric first row is a header; anywhere else text is an error.
@@ -115,7 +121,10 @@ def _read_plain_numbers(text: str) -> tuple[list[str] | None, np.ndarray] | None
         if end < 0:
             return None
         pos, skip = end + 1, skip + 1
-    first = next(csv.reader([line.rstrip("\r")]))
+    try:
+        first = next(csv.reader([line.rstrip("\r")]))
+    except csv.Error:
+        return None
     header = None if _numeric_row(first) else [c.strip() for c in first]
     try:
         with warnings.catch_warnings():

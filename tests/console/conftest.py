@@ -55,7 +55,9 @@ def stack(chromium, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consol
 # ------------------------------------------------------------------ the browser
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running on this thread
+# while it is started, and later tests of the session call asyncio.run().
+@pytest.fixture(scope="module")
 def browser(chromium):
     from playwright.sync_api import sync_playwright
 

@@ -85,6 +85,7 @@ def test_slq_adds_stderr_and_repeats_with_seed(client):
         (b"1,2,3\n4,5,6\n", "text/csv", 422, "wrong_dimension", "expects 2"),
         (b"1,2\n1e39,0\n", "text/csv", 422, "value_out_of_range", "row 2, column 1 (1e+39) over"),
         (b"1,2\n0,nan\n", "text/csv", 422, "value_out_of_range", "row 2, column 2 (nan) is not"),
+        (b"\r0", "text/csv", 422, "invalid_csv", "bare carriage return"),  # found by the fuzzer
     ],
 )
 def test_bad_csv_is_4xx_naming_the_problem(client, body, ctype, status, code, says):
