@@ -137,7 +137,7 @@ def _read_plain_numbers(text: str) -> tuple[list[str] | None, np.ndarray] | None
                 dtype=np.float64,
                 comments=None,
             )
-    except (ValueError, UserWarning):
+    except Exception:  # noqa: BLE001 - anything numpy cannot read goes to the careful parser
         return None
     return (header, array) if array.size else None
 

@@ -6,6 +6,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.uploads import MIN_ROWS, UploadError, parse_upload, read_csv
 
@@ -94,3 +96,21 @@ def test_bad_npy_arrays_are_refused(array: np.ndarray, fragment: str) -> None:
     with pytest.raises(UploadError) as info:
         parse_upload("a.npy", _npy(array))
     assert fragment in str(info.value)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    st.one_of(
+        st.binary(max_size=120), st.text(alphabet='0123456789.,-+eE \t\r\n"xnaif', max_size=120)
+    )
+)
+def test_any_bytes_parse_or_say_why(content: bytes | str) -> None:
+    """Whatever is sent, read_csv returns numbers or raises UploadError (an HTTP 422), never
+    anything else (which would be a 500)."""
+    data = content.encode() if isinstance(content, str) else content
+    try:
+        header, values = read_csv(data)
+    except UploadError:
+        return
+    assert values.ndim == 2 and values.shape[0] >= 1
+    assert header is None or isinstance(header, list)
