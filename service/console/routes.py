@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -45,7 +45,6 @@ def _page(request: Request, template: str, page: str, **context: Any) -> HTMLRes
         "max_csv_rows": settings.max_csv_rows,
         "max_upload": _size(settings.max_upload_bytes),
         "max_samples": settings.max_samples,
-        "max_batch": settings.max_batch,
     }
     return templates.TemplateResponse(
         request, template, {"page": page, "limits": limits, **context}, headers=_HEADERS
@@ -56,11 +55,6 @@ def _page(request: Request, template: str, page: str, **context: Any) -> HTMLRes
 def models_page(request: Request) -> HTMLResponse:
     """Every model in the store (latest version, dimension, test NLL, created)."""
     return _page(request, "models.html", "models")
-
-
-@router.get("/", response_class=RedirectResponse)
-def models_page_slash() -> RedirectResponse:
-    return RedirectResponse("/ui")
 
 
 @router.get("/models/{name}", response_class=HTMLResponse)

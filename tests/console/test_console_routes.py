@@ -67,6 +67,7 @@ def test_static_files_and_bad_version(client):
     assert "javascript" in client.get("/ui/static/console.js").headers["content-type"]
     assert client.get("/ui/static/console.css").status_code == 200
     assert client.get("/ui/static/nope.js").status_code == 404
+    assert client.get("/ui/", follow_redirects=False).headers["location"].endswith("/ui")
     bad = client.get("/ui/models/demo?version=0")
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
     assert client.get("/v1/models").status_code == 401  # the data stay behind the key
