@@ -1,6 +1,8 @@
 // The jobs page (form, self-refreshing list) and one job's page, followed live.
 import { api } from "./api.js";
-import { $, duration, enc, fillTable, guarded, handle, link, number, when, cell } from "./dom.js";
+import { $, cell, duration, enc, fillTable, guarded, handle, link, number, when } from "./dom.js";
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 export async function jobsPage() {
   const uploaded = await guarded($("#jobs-error"), () => api("/v1/datasets"));
@@ -72,8 +74,6 @@ async function listJobs() {
 }
 
 // ------------------------------------------------------------------ one job, live
-
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 function showJob(job) {
   const p = job.progress || {};
