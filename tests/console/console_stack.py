@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -101,3 +102,14 @@ class PageLog:
 
     def unexpected(self) -> list[str]:
         return [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
+
+
+def wait_until(page, predicate: str, arg: object = None, timeout: float = 60.0) -> None:
+    """Poll a JS predicate with page.evaluate until it is truthy. Not Playwright's
+    wait_for_function: that one evals a string inside the page, which the console's
+    Content-Security-Policy rightly refuses (and reports as a console error)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(predicate, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+        page.wait_for_timeout(100)

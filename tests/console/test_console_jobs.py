@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from console_stack import assert_labelled
+from console_stack import assert_labelled, wait_until
 
 WATCH = """() => {
   window.__sameDocument = true;  // gone if the page reloads
@@ -128,15 +128,17 @@ def test_long_job_progress_updates_live_and_cancel(page, stack, shots):
     page.wait_for_url(re.compile(r".*/ui/jobs/[^/?]+$"))
     job_id = page.url.rsplit("/", 1)[1]
     page.evaluate(WATCH)
-    page.wait_for_function(
+    wait_until(
+        page,
         "() => /^[1-9]\\d* \\/ 1000000$/.test(document.querySelector('#job-iteration').textContent)",
-        timeout=120_000,
+        timeout=120,
     )
     first = _iteration(page)
     # The worker writes progress about once a second; the page shows it without a reload.
-    page.wait_for_function(
+    wait_until(
+        page,
         f"() => parseInt(document.querySelector('#job-iteration').textContent) > {first}",
-        timeout=120_000,
+        timeout=120,
     )
     assert _iteration(page) > first
     assert page.locator("#job-status").inner_text() == "running"
@@ -150,11 +152,12 @@ def test_long_job_progress_updates_live_and_cancel(page, stack, shots):
     cell.wait_for()
     listed = int(cell.inner_text().split(" / ")[0])
     page.evaluate("window.__sameDocument = true")
-    page.wait_for_function(
+    wait_until(
+        page,
         f"""() => [...document.querySelectorAll('#jobs tbody tr')].some((tr) =>
             tr.textContent.includes('console-long')
             && parseInt(tr.children[4].textContent) > {listed})""",
-        timeout=120_000,
+        timeout=120,
     )
     assert page.evaluate("window.__sameDocument") is True
 

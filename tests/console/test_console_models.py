@@ -9,7 +9,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from console_stack import API_KEY, assert_labelled
+from console_stack import API_KEY, assert_labelled, wait_until
 
 COLOURS = """() => { const c = document.querySelector('#sample-plot').getContext('2d');
     const d = c.getImageData(0, 0, 480, 480).data; const seen = new Set();
@@ -43,9 +43,7 @@ def test_key_entered_once_opens_models_and_plots(bare_page, stack, page_log, sho
     page.wait_for_url("**/ui/models/demo")
     plot = page.get_by_role("img", name="density plot of demo version 2")
     plot.wait_for()
-    page.wait_for_function(
-        "img => img.complete && img.naturalWidth > 0", arg=plot.element_handle()
-    )
+    wait_until(page, "img => img.complete && img.naturalWidth > 0", plot.element_handle())
     assert page.locator("#model-title").inner_text() == "demo · version 2"
     metrics = page.locator("#model-metrics").inner_text()
     assert "test_nll" in metrics and "2.71" in metrics
@@ -57,7 +55,7 @@ def test_key_entered_once_opens_models_and_plots(bare_page, stack, page_log, sho
     page.select_option("#version-picker", "1")
     page.get_by_role("button", name="Open version").click()
     page.wait_for_url("**/ui/models/demo?version=1")
-    page.wait_for_function("document.querySelector('#model-title').textContent.includes('1')")
+    wait_until(page, "() => document.querySelector('#model-title').textContent.endsWith(' 1')")
     assert page.locator("#model-title").inner_text() == "demo · version 1"
     page.get_by_text("No plots stored with this version.").wait_for()
     assert "2.9" in page.locator("#model-metrics").inner_text()
