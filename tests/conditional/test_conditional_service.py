@@ -159,3 +159,21 @@ def test_context_on_plain_model_is_refused(cond_setup):
         assert r.json()["error"]["code"] == "context_not_accepted"
     ok = client.post("/v1/models/plain/log_prob", json={"inputs": [[0.1, 0.2]]})
     assert ok.status_code == 200
+
+
+def test_csv_scoring_takes_the_context_from_the_last_columns(cond_setup):
+    client, flow = cond_setup
+    x, c = _rows(6, 5)
+    rows = torch.cat([x, c], dim=1).double().tolist()
+    text = "a,b,c\n" + "".join(",".join(repr(v) for v in row) + "\n" for row in rows)
+    headers = {"Content-Type": "text/csv"}
+    r = client.post("/v1/models/cond/log_prob.csv", content=text, headers=headers)
+    assert r.status_code == 200, r.text
+    lines = r.text.strip().split("\n")
+    assert lines[0] == "a,b,c,log_prob"
+    got = torch.tensor([float(line.rsplit(",", 1)[1]) for line in lines[1:]])
+    assert torch.allclose(got, flow.log_prob(x, c, method="exact"), rtol=1e-5, atol=1e-5)
+    short = client.post("/v1/models/cond/log_prob.csv", content="1,2\n", headers=headers)
+    assert short.status_code == 422, short.text
+    assert short.json()["error"]["code"] == "wrong_dimension"
+    assert "expects 2 plus 1 context columns (last)" in short.json()["error"]["message"]

@@ -16,15 +16,11 @@ import httpx
 import numpy as np
 import pytest
 import redis
-from jobs_procs import Proc, start_server, start_worker, wait_for
+from jobs_procs import REDIS_URL, Proc, purge, stack_env, start_server, start_worker, wait_for
 
 from service.queue import record_key
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
-
 # Small numbers keep the suite fast; they are settings, not assertions.
-LEASE_S = 5.0  # generous: under heavy CPU contention a heartbeat thread can stall
-HEARTBEAT_S = 0.25
 TINY_MODEL = {"blocks": 1, "hidden": 8, "depth": 1}
 SHORT_TRAINING = {"iterations": 30, "batch_size": 32, "val_every": 10, "lr": 5e-3}
 LONG_TRAINING = {"iterations": 1_000_000, "batch_size": 32, "val_every": 50, "lr": 1e-3}
@@ -44,24 +40,6 @@ def redis_conn() -> redis.Redis:
     return redis.Redis.from_url(REDIS_URL)
 
 
-def purge(conn: redis.Redis, queue_name: str) -> None:
-    """Delete every key of ``queue_name``: job records, RQ queue/registries, RQ jobs."""
-    job_ids = {m.decode() for m in conn.zrange(f"cpflow:{queue_name}:jobs", 0, -1)}
-    for key in conn.scan_iter(match="rq:job:*", count=1000, _type="HASH"):  # db 13: tests only
-        if conn.hget(key, "origin") == queue_name.encode():
-            job_ids.add(key.decode().split(":")[2])
-    keys = set(conn.scan_iter(match=f"*{queue_name}*", count=1000))
-    for job_id in job_ids:
-        keys.update(conn.scan_iter(match=f"*{job_id}*", count=1000))
-    for key in conn.scan_iter(match="rq:worker:*", count=1000, _type="HASH"):
-        if conn.hget(key, "queues") == queue_name.encode():  # workers that were SIGKILLed
-            keys.update({key, key + b":executions"})
-            conn.srem("rq:workers", key)
-    if keys:
-        conn.delete(*keys)
-    conn.srem("rq:queues", f"rq:queue:{queue_name}")
-
-
 @pytest.fixture
 def queue_name(redis_conn: redis.Redis) -> Iterator[str]:
     name = f"cpflow-test-{uuid.uuid4().hex[:10]}"
@@ -75,26 +53,6 @@ def in_process_runtime(queue_name: str, job: dict, heartbeat_s: float = 0.2) -> 
         "job_id": job["id"],
         "record_key": record_key(queue_name, job["id"]),
         "heartbeat_s": heartbeat_s,
-    }
-
-
-def stack_env(store_dir: Path, queue_name: str, redis_url: str = REDIS_URL) -> dict[str, str]:
-    """Environment shared by the service and the workers of one test stack."""
-    return {
-        "CPFLOW_STORE_DIR": str(store_dir),
-        "CPFLOW_REDIS_URL": redis_url,
-        "CPFLOW_QUEUE_NAME": queue_name,
-        "CPFLOW_JOB_LEASE_S": str(LEASE_S),
-        "CPFLOW_JOB_HEARTBEAT_S": str(HEARTBEAT_S),
-        "CPFLOW_DEVICE": "cpu",
-        "CPFLOW_POLL_INTERVAL_S": "0",
-        "CPFLOW_INFERENCE_THREADS": "1",
-        "CPFLOW_TORCH_THREADS": "1",
-        "CPFLOW_WORKER_TORCH_THREADS": "1",
-        "CPFLOW_LOG_LEVEL": "WARNING",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
     }
 
 

@@ -1,4 +1,5 @@
-"""Process helpers for the jobs integration tests: uvicorn, cpflow-worker, redis-server.
+"""Process helpers for the jobs integration tests: uvicorn, cpflow-worker, redis-server, and
+the environment and Redis clean-up of one test stack.
 
 Every process is started in its own session and killed (with its descendants) at teardown,
 so no test leaves a server, worker or work horse behind.
@@ -17,14 +18,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import redis
 
 __all__ = [
+    "REDIS_URL",
     "ROOT",
     "Proc",
     "descendants",
     "free_port",
     "kill_tree",
+    "purge",
     "replicas",
+    "stack_env",
     "start_redis",
     "start_server",
     "start_worker",
@@ -33,6 +38,50 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
+REDIS_URL = "redis://127.0.0.1:6379/13"
+"""The tests' Redis database; every test session adds a queue name of its own."""
+
+# Small numbers keep the suite fast; they are settings, not assertions.
+LEASE_S = 5.0  # generous: under heavy CPU contention a heartbeat thread can stall
+HEARTBEAT_S = 0.25
+
+
+def stack_env(store_dir: Path, queue_name: str, redis_url: str = REDIS_URL) -> dict[str, str]:
+    """Environment shared by the service and the workers of one test stack."""
+    return {
+        "CPFLOW_STORE_DIR": str(store_dir),
+        "CPFLOW_REDIS_URL": redis_url,
+        "CPFLOW_QUEUE_NAME": queue_name,
+        "CPFLOW_JOB_LEASE_S": str(LEASE_S),
+        "CPFLOW_JOB_HEARTBEAT_S": str(HEARTBEAT_S),
+        "CPFLOW_DEVICE": "cpu",
+        "CPFLOW_POLL_INTERVAL_S": "0",
+        "CPFLOW_INFERENCE_THREADS": "1",
+        "CPFLOW_TORCH_THREADS": "1",
+        "CPFLOW_WORKER_TORCH_THREADS": "1",
+        "CPFLOW_LOG_LEVEL": "WARNING",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def purge(conn: redis.Redis, queue_name: str) -> None:
+    """Delete every key of ``queue_name``: job records, RQ queue/registries, RQ jobs."""
+    job_ids = {m.decode() for m in conn.zrange(f"cpflow:{queue_name}:jobs", 0, -1)}
+    for key in conn.scan_iter(match="rq:job:*", count=1000, _type="HASH"):  # db 13: tests only
+        if conn.hget(key, "origin") == queue_name.encode():
+            job_ids.add(key.decode().split(":")[2])
+    keys = set(conn.scan_iter(match=f"*{queue_name}*", count=1000))
+    for job_id in job_ids:
+        keys.update(conn.scan_iter(match=f"*{job_id}*", count=1000))
+    for key in conn.scan_iter(match="rq:worker:*", count=1000, _type="HASH"):
+        if conn.hget(key, "queues") == queue_name.encode():  # workers that were SIGKILLed
+            keys.update({key, key + b":executions"})
+            conn.srem("rq:workers", key)
+    if keys:
+        conn.delete(*keys)
+    conn.srem("rq:queues", f"rq:queue:{queue_name}")
 
 
 def free_port() -> int:

@@ -44,6 +44,7 @@ def limited_server(store_dir, tmp_path_factory):
         "CPFLOW_MAX_BATCH": "64",
         "CPFLOW_MAX_SAMPLES": "16",
         "CPFLOW_MAX_INVERSE_ITERATIONS": "5",
+        "CPFLOW_MAX_CSV_ROWS": "64",
         "CPFLOW_MAX_BODY_BYTES": str(64 * 1024),
         "CPFLOW_REDIS_URL": "redis://127.0.0.1:1/0",
     }

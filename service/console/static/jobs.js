@@ -1,0 +1,142 @@
+// The jobs page (form, self-refreshing list) and one job's page, followed live.
+import { api } from "./api.js";
+import { $, cell, duration, enc, fillTable, guarded, handle, link, number, when } from "./dom.js";
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+export async function jobsPage() {
+  const uploaded = await guarded($("#jobs-error"), () => api("/v1/datasets"));
+  const wanted = new URLSearchParams(window.location.search).get("dataset");
+  const group = $("#job-uploaded");
+  (uploaded || []).forEach((d) => {
+    const option = cell("option", `${d.name} (${d.rows} rows, ${d.dim}-D, ${d.id.slice(0, 8)})`);
+    option.value = `id:${d.id}`;
+    option.selected = d.id === wanted;
+    group.append(option);
+  });
+  handle($("#job-form"), async () => {
+    await guarded($("#job-form-error"), async () => {
+      const value = (id) => $(id).value;
+      const [kind, ref] = value("#job-dataset").split(/:(.*)/s);
+      const spec = {
+        model_name: value("#job-model-name").trim(),
+        dataset: kind === "id" ? { id: ref } : { builtin: ref },
+        model: {
+          blocks: Number(value("#job-blocks")),
+          hidden: Number(value("#job-hidden")),
+          depth: Number(value("#job-depth")),
+        },
+        training: {
+          iterations: Number(value("#job-iterations")),
+          batch_size: Number(value("#job-batch")),
+          lr: Number(value("#job-lr")),
+          val_every: Number(value("#job-val-every")),
+        },
+        plots: $("#job-plots").checked,
+      };
+      const { id } = await api("/v1/jobs", { method: "POST", json: spec });
+      window.location.href = `/ui/jobs/${enc(id)}`;
+    });
+  });
+  $("#jobs-refresh").addEventListener("click", listJobs);
+  await listJobs();
+}
+
+function progressText(job) {
+  const p = job.progress;
+  if (!p) return "";
+  return p.total ? `${p.iteration} / ${p.total}` : String(p.iteration);
+}
+
+function datasetText(dataset) {
+  if (!dataset) return "";
+  return dataset.builtin ? dataset.builtin : `uploaded ${String(dataset.id).slice(0, 8)}`;
+}
+
+// The list refreshes itself every 2 s while a job is queued or running.
+let jobsTimer = null;
+
+async function listJobs() {
+  clearTimeout(jobsTimer);
+  await guarded($("#jobs-error"), async () => {
+    const jobs = await api("/v1/jobs");
+    if (jobs.some((job) => !TERMINAL.has(job.status))) jobsTimer = setTimeout(listJobs, 2000);
+    const rows = jobs.map((job) => [
+      link(`/ui/jobs/${enc(job.id)}`, job.id.slice(0, 12)),
+      job.model_name,
+      datasetText(job.dataset),
+      job.status,
+      progressText(job),
+      when(job.created_at),
+    ]);
+    fillTable($("#jobs"), null, rows, "No jobs yet.");
+  });
+}
+
+// ------------------------------------------------------------------ one job, live
+
+function showJob(job) {
+  const p = job.progress || {};
+  const cancelling = job.cancel_requested && !TERMINAL.has(job.status);
+  $("#job-status").textContent = job.status + (cancelling ? " (cancelling)" : "");
+  $("#job-model").textContent = job.model_name || "";
+  $("#job-iteration").textContent = progressText(job) || "not started";
+  $("#job-val-nll").textContent = number(p.val_nll, 5) || "not yet";
+  $("#job-eta").textContent = TERMINAL.has(job.status) ? "done" : duration(p.eta_s) || "estimating";
+  const bar = $("#job-progress");
+  bar.max = p.total || 1;
+  bar.value = job.status === "succeeded" ? bar.max : p.iteration || 0;
+  const result = $("#job-result");
+  if (job.result) {
+    const r = job.result;
+    const nll = r.test_nll != null ? `, test NLL ${number(r.test_nll, 5)}` : "";
+    const text = `${r.model} version ${r.version}${nll}`;
+    result.replaceChildren(link(`/ui/models/${enc(r.model)}?version=${r.version}`, text));
+  } else {
+    result.textContent = job.error ? `error: ${job.error}` : "not yet";
+  }
+  $("#job-cancel").disabled = TERMINAL.has(job.status) || job.cancel_requested;
+}
+
+// Follow the API's server-sent events. EventSource cannot send the Authorization header, so
+// the stream is read with fetch and split into events here.
+async function followJob(id) {
+  const live = $("#job-live");
+  let last = null;
+  while (!last || !TERMINAL.has(last.status)) {
+    live.textContent = "following live";
+    const response = await api(`/v1/jobs/${enc(id)}/events?interval_s=0.5`, { raw: true });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const kind = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (kind === "job" && data) {
+          last = JSON.parse(data);
+          showJob(last);
+        } else if (kind === "error" && data) {
+          throw new Error(JSON.parse(data).message);
+        }
+      }
+    }
+    if (!last || !TERMINAL.has(last.status)) await new Promise((r) => setTimeout(r, 1000));
+  }
+  live.textContent = `finished: ${last.status}`;
+}
+
+export async function jobPage() {
+  const id = document.body.dataset.job;
+  $("#job-cancel").addEventListener("click", async () => {
+    await guarded($("#job-error"), async () => {
+      showJob(await api(`/v1/jobs/${enc(id)}`, { method: "DELETE" }));
+    });
+  });
+  await guarded($("#job-error"), () => followJob(id));
+}

@@ -1,0 +1,100 @@
+// The models list and one model's page (summary, metrics, plots, version picker).
+import { api } from "./api.js";
+import { $, cell, enc, fillFacts, fillTable, guarded, link, number, when } from "./dom.js";
+import { setUpSampling } from "./sampling.js";
+import { setUpScoring } from "./scoring.js";
+
+export async function modelsPage() {
+  await guarded($("#models-error"), async () => {
+    const { models } = await api("/v1/models");
+    const rows = models.map((m) => [
+      link(`/ui/models/${enc(m.name)}`, m.name),
+      String(m.version),
+      String(m.dim),
+      number(m.metrics?.test_nll),
+      when(m.created_at),
+    ]);
+    fillTable($("#models"), null, rows, "No models yet: start a training job on the Jobs page.");
+  });
+}
+
+// ------------------------------------------------------------------ one model
+
+export async function modelPage() {
+  const { name, version } = document.body.dataset;
+  const path = `/v1/models/${enc(name)}` + (version ? `/versions/${enc(version)}` : "");
+  const model = await guarded($("#model-error"), () => api(path));
+  if (!model) return;
+  const base = `/v1/models/${enc(model.name)}/versions/${model.version}`;
+  $("#model-title").textContent = `${model.name} · version ${model.version}`;
+  document.title = `${model.name} v${model.version} · cpflow console`;
+  showVersionPicker(model);
+  const config = model.flow_config || {};
+  const potential = config.potential || {};
+  fillFacts($("#model-summary"), [
+    ["Dimension", model.input_shape ? `${model.dim} (image ${model.input_shape.join("×")})` : model.dim],
+    ["Context dimension", model.context_dim],
+    ["Created", when(model.created_at)],
+    ["Library version", model.library_version],
+    ["Potential", potential.kind],
+    ["Blocks", config.blocks],
+    ["Hidden units", potential.hidden],
+    ["Depth", potential.depth],
+    ["Standardization", config.standardization],
+    ["Data type", config.dtype],
+    ["Latest version", model.latest_version],
+    ["Loaded in memory", model.loaded ? "yes" : "no"],
+  ]);
+  const metrics = Object.entries(model.metrics || {}).map(([k, v]) => [
+    k,
+    typeof v === "number" ? number(v, 6) : JSON.stringify(v),
+  ]);
+  fillFacts($("#model-metrics"), metrics);
+  setUpScoring(model, base);
+  setUpSampling(model, base);
+  await showPlots(model);
+}
+
+function showVersionPicker(model) {
+  const picker = $("#version-picker");
+  picker.replaceChildren(
+    ...[...model.versions].reverse().map((v) => {
+      const option = cell("option", v === model.latest_version ? `${v} (latest)` : String(v));
+      option.value = String(v);
+      option.selected = v === model.version;
+      return option;
+    }),
+  );
+  // A plain GET form (?version=N): choosing with the arrow keys does not navigate by itself.
+  picker.disabled = false;
+  $("#version-form button").disabled = false;
+}
+
+// Plots sit behind the API's auth, so they are fetched with the key and shown as blobs.
+async function showPlots(model) {
+  const holder = $("#model-plots");
+  const entries = Object.entries(model.plots || {});
+  if (!entries.length) {
+    holder.replaceChildren(cell("p", "No plots stored with this version."));
+    return;
+  }
+  // Fetched together, shown in the manifest's order.
+  const figures = await Promise.all(entries.map(([file, url]) => plotFigure(model, file, url)));
+  holder.replaceChildren(...figures);
+}
+
+async function plotFigure(model, file, url) {
+  const figure = document.createElement("figure");
+  try {
+    const blob = await (await api(url, { raw: true })).blob();
+    const img = document.createElement("img");
+    img.src = URL.createObjectURL(blob);
+    const what = file.replace(/\.png$/i, "").replaceAll("_", " ");
+    img.alt = `${what} plot of ${model.name} version ${model.version}`;
+    figure.append(img);
+  } catch (error) {
+    figure.append(cell("p", `could not load ${file}: ${error.message}`));
+  }
+  figure.append(cell("figcaption", file));
+  return figure;
+}
