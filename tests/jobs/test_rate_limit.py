@@ -12,8 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import stack_env
-from jobs_procs import free_port, replicas, start_redis, start_server, wait_for
+from jobs_procs import free_port, replicas, stack_env, start_redis, start_server, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from svc_procs import publish_models
