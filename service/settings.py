@@ -222,8 +222,14 @@ class Settings(BaseSettings):
     rate_limit_storage: Literal["auto", "redis", "memory"] = Field(
         default="auto",
         description="Where request counts live: redis (CPFLOW_REDIS_URL, shared by replicas), "
-        "memory (this process), auto (redis when it answers at start-up, else memory). With "
+        "memory (this process), auto (redis when it answers, else memory until it does). With "
         "Redis down the limiter fails open (requests pass, a warning is logged).",
+    )
+    rate_limit_reprobe_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="With storage auto counting in the process because Redis did not answer: "
+        "how often Redis is asked again; once it answers, counts move there.",
     )
     key_limits: dict[str, KeyLimits] = Field(
         default={},

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from jobs_procs import free_port, replicas, stack_env, start_redis, start_server, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
@@ -116,3 +117,36 @@ def test_in_process_limits_without_redis(tmp_path):
         assert r.status_code == 429 and "per client address" in r.json()["error"]["message"]
         assert 1 <= int(r.headers["retry-after"]) <= 60
         assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+
+
+def test_auto_storage_moves_to_redis_once_it_answers(tmp_path, queue_name):
+    """Storage auto, Redis started after the replicas: each counts alone, then both find Redis
+    (asked again every 0.5 s here) and share one count there."""
+    port = free_port()
+    env = _env(tmp_path, queue_name, f"redis://127.0.0.1:{port}/0", "3/minute")
+    env.update({"CPFLOW_RATE_LIMIT_STORAGE": "auto", "CPFLOW_RATE_LIMIT_REPROBE_S": "0.5"})
+    data = tmp_path / "redis"
+    data.mkdir()
+    redis_proc = None
+    try:
+        with replicas(env, tmp_path) as (a, b):
+            assert [a.post(LOG_PROB, json=ROW, headers=_auth("a")).status_code for _ in range(4)] == [
+                200, 200, 200, 429
+            ]  # fmt: skip
+            assert b.post(LOG_PROB, json=ROW, headers=_auth("a")).status_code == 200  # own count
+            redis_proc = start_redis(port, data, tmp_path / "redis.log")
+            logs = [tmp_path / f"api{i}.log" for i in range(2)]
+
+            def both_moved() -> bool:  # key b's requests (own limit) set off the probes
+                for c in (a, b):
+                    assert c.post(LOG_PROB, json=ROW, headers=_auth("b")).status_code == 200
+                return all("Redis answers now" in log.read_text() for log in logs)
+
+            wait_for(both_moved, 30, "both replicas to count in Redis", step=0.2)
+            answers = [c.post(LOG_PROB, json=ROW, headers=_auth("a")) for c in (a, b, a, b)]
+            assert [r.status_code for r in answers] == [200, 200, 200, 429], answers[-1].text
+        keys = redis.Redis(port=port).keys(f"cpflow:{queue_name}:rate*")
+        assert keys, "no rate counts in Redis"
+    finally:
+        if redis_proc is not None:
+            redis_proc.stop()
