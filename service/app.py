@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     limiter = RateLimiter(settings)
     app.add_middleware(RateLimitMiddleware, limiter=limiter)  # after auth: knows the key
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    # failed auth is rate limited too, per client address
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, gate=limiter.refuse_address)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, route_template=route_template)
     return app

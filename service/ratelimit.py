@@ -3,7 +3,10 @@ counters per caller and limit, whatever the rate).
 
 The caller is the API key (its id, set by ApiKeyMiddleware, which runs first) or, on a server
 without keys, the client address; its limit is CPFLOW_RATE_LIMIT or its CPFLOW_KEY_LIMITS
-rate_limit. Over the limit: 429 ``rate_limited`` with Retry-After.
+rate_limit. Requests that fail auth are counted too, per client address under
+CPFLOW_RATE_LIMIT (ApiKeyMiddleware asks :meth:`RateLimiter.refuse_address` before its 401), so
+guessing keys is limited without touching any key's budget. Over the limit: 429
+``rate_limited`` with Retry-After.
 
 Counts live in Redis (CPFLOW_REDIS_URL, so replicas share them) or in this process
 (CPFLOW_RATE_LIMIT_STORAGE). With ``auto`` and Redis silent, counts stay in the process and
@@ -159,6 +162,11 @@ class RateLimiter:
         headers = [(b"retry-after", str(retry).encode())]
         await send_error(scope, send, 429, "rate_limited", message, headers)
         return True
+
+    async def refuse_address(self, scope: Scope, send: Send) -> bool:
+        """For a request that failed auth: count it per client address under
+        CPFLOW_RATE_LIMIT; past it, answer 429 (instead of the 401) and return True."""
+        return await self.refuse(scope, send, _address(scope), self.settings.rate_limit)
 
 
 class RateLimitMiddleware:

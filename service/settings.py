@@ -215,9 +215,9 @@ class Settings(BaseSettings):
     )
     rate_limit: str | None = Field(
         default=None,
-        description="Request-rate limit per API key (per client address without keys) on /v1 "
-        "and /v2, in the limits library's notation: '600/minute', '20/second;600/minute'. "
-        "Unset: no limit.",
+        description="Request-rate limit per API key (per client address without keys, and for "
+        "requests failing auth) on /v1 and /v2, in the limits library's notation: "
+        "'600/minute', '20/second;600/minute'. Unset: no limit.",
     )
     rate_limit_storage: Literal["auto", "redis", "memory"] = Field(
         default="auto",
