@@ -29,7 +29,7 @@ from service.logging import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.openapi_limits import install_limits
-from service.ratelimit import RateLimitMiddleware
+from service.ratelimit import RateLimiter, RateLimitMiddleware
 from service.routers import health, v2
 from service.settings import Settings, get_settings
 
@@ -127,7 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first: RequestContext wraps everything, so 401/413/429 are logged and
     # counted.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
-    app.add_middleware(RateLimitMiddleware, settings=settings)  # after auth: knows the key
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    limiter = RateLimiter(settings)
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)  # after auth: knows the key
+    # failed auth is rate limited too, per client address
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, gate=limiter.refuse_address)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, route_template=route_template)
     return app

@@ -6,14 +6,16 @@ stay open like /healthz (orchestrators probe without credentials). :data:`bearer
 attached to the routers only so that OpenAPI shows the lock and /docs offers "Authorize".
 
 The middleware also names the caller for quotas and rate limits: ``scope["state"]["client"]``
-is :func:`key_id` of the key presented (or None when the server has no keys).
+is :func:`key_id` of the key presented (or None when the server has no keys). A request that
+fails auth goes to the optional ``gate`` first (the rate limiter: per client address), which may
+answer it itself (429) instead of the 401.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -45,11 +47,18 @@ def key_id(key: str) -> str:
 
 class ApiKeyMiddleware:
     """Rejects /v1 and /v2 requests without a valid ``Authorization: Bearer <key>`` with a 401
-    (in the envelope, or the protocol's error shape under /v2)."""
+    (in the envelope, or the protocol's error shape under /v2), unless ``gate(scope, send)``
+    answered them already (returns True)."""
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Sequence[str],
+        gate: Callable[[Scope, Send], Awaitable[bool]] | None = None,
+    ) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
+        self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or not is_guarded(scope["path"]):
@@ -66,6 +75,8 @@ class ApiKeyMiddleware:
             scope.setdefault("state", {})["client"] = key_id(token)
             await self.app(scope, receive, send)
             return
+        if self.gate is not None and await self.gate(scope, send):
+            return  # answered (429) by the gate
         message = (
             "missing Authorization header; send 'Authorization: Bearer <api key>'"
             if not header

@@ -215,15 +215,21 @@ class Settings(BaseSettings):
     )
     rate_limit: str | None = Field(
         default=None,
-        description="Request-rate limit per API key (per client address without keys) on /v1 "
-        "and /v2, in the limits library's notation: '600/minute', '20/second;600/minute'. "
-        "Unset: no limit.",
+        description="Request-rate limit per API key (per client address without keys, and for "
+        "requests failing auth) on /v1 and /v2, in the limits library's notation: "
+        "'600/minute', '20/second;600/minute'. Unset: no limit.",
     )
     rate_limit_storage: Literal["auto", "redis", "memory"] = Field(
         default="auto",
         description="Where request counts live: redis (CPFLOW_REDIS_URL, shared by replicas), "
-        "memory (this process), auto (redis when it answers at start-up, else memory). With "
+        "memory (this process), auto (redis when it answers, else memory until it does). With "
         "Redis down the limiter fails open (requests pass, a warning is logged).",
+    )
+    rate_limit_reprobe_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="With storage auto counting in the process because Redis did not answer: "
+        "how often Redis is asked again; once it answers, counts move there.",
     )
     key_limits: dict[str, KeyLimits] = Field(
         default={},

@@ -45,6 +45,7 @@ def _page(request: Request, template: str, page: str, **context: Any) -> HTMLRes
         "max_csv_rows": settings.max_csv_rows,
         "max_upload": _size(settings.max_upload_bytes),
         "max_samples": settings.max_samples,
+        "max_batch": settings.max_batch,
     }
     return templates.TemplateResponse(
         request, template, {"page": page, "limits": limits, **context}, headers=_HEADERS
@@ -63,7 +64,8 @@ def model_page(
     name: Annotated[str, PathParam(max_length=256)],
     version: Annotated[int | None, Query(ge=1, le=2**31)] = None,
 ) -> HTMLResponse:
-    """One version of a model: summary, metrics, plots, version picker, scoring, sampling."""
+    """One version of a model: summary, metrics, plots, version picker, scoring, sampling,
+    transport."""
     return _page(request, "model.html", "model", name=name, version=version)
 
 

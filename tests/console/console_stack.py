@@ -17,7 +17,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "images"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conditional"))
 
+from conditional_flows import conditional_flow
 from image_flows import random_image_flow
 from jobs_procs import stack_env, start_server, start_worker
 from svc_procs import make_flow
@@ -65,7 +67,7 @@ class ConsoleStack:
 
 def publish_demo(store_dir: Path) -> None:
     """'demo': version 1 without plots, version 2 with a real density plot and metrics;
-    'tiles': a small image model (1 x 4 x 4)."""
+    'tiles': a small image model (1 x 4 x 4); 'cond': a conditional model (dim 2, context 1)."""
     from model_store import ModelStore
     from training.plots import density_figure
 
@@ -77,6 +79,7 @@ def publish_demo(store_dir: Path) -> None:
     metrics = {"test_nll": 2.71, "val_nll": 2.69}
     store.publish("demo", flow, training={"metrics": metrics}, plots={"density.png": png})
     store.publish("tiles", random_image_flow((1, 4, 4), (1, 1), hidden=4, seed=3))
+    store.publish("cond", conditional_flow())
 
 
 _UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea')]

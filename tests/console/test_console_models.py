@@ -1,14 +1,17 @@
 """The console's model pages in a real headless Chromium against a live service (auth on):
 the key entered once, the models list, a model page with its plots and version picker,
-scoring a CSV (downloaded values equal the API's log_prob), sampling, errors shown."""
+scoring a CSV (downloaded values equal the API's log_prob), sampling, transport (forward and
+back), errors shown."""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from console_stack import API_KEY, assert_labelled, wait_until
 
 COLOURS = """() => { const c = document.querySelector('#sample-plot').getContext('2d');
@@ -176,6 +179,81 @@ def test_samples_shown_with_scatter_over_density(page, stack, shots):
     page.locator("section", has=page.locator("#sample-form")).screenshot(
         path=shots / "samples.png"
     )
+
+
+def _table(page, selector: str) -> np.ndarray:
+    rows = page.locator(f"{selector} tbody tr").all()
+    return np.array([[float(v) for v in r.locator("td").all_inner_texts()] for r in rows])
+
+
+def test_rows_transported_forward_and_back(page, stack, shots):
+    page.goto(stack.url + "/ui/models/demo")
+    page.locator("#model-title", has_text="version 2").wait_for()
+    rows = [[0.5, 0.5], [1.0, -1.0], [2.0, 2.0]]
+    # A row that is not numbers is named before any request.
+    page.fill("#transport-rows", "x,y\n1,2\n3,oops")
+    page.click("#transport-form button[type=submit]")
+    page.locator("#transport-error", has_text="Row 2 has a non-numeric value 'oops'").wait_for()
+    assert page.locator("#transport-tolerance").is_disabled()  # forward: no tolerance
+
+    page.fill("#transport-rows", "x,y\n" + "\n".join(f"{a},{b}" for a, b in rows))
+    page.click("#transport-form button[type=submit]")
+    page.locator("#transport-summary", has_text="3 rows mapped forward (x to z).").wait_for()
+    assert page.locator("#transport-error").is_hidden()
+    header = page.locator("#transport-table thead th").all_inner_texts()
+    assert header == ["x1", "x2", "z1", "z2"]
+    shown = _table(page, "#transport-table")
+    api = stack.client.post("/v1/models/demo/versions/2/transport", json={"inputs": rows})
+    assert api.status_code == 200, api.text
+    z = api.json()["outputs"]
+    # The table shows 7 significant digits of the API's numbers.
+    np.testing.assert_allclose(shown[:, :2], rows)
+    np.testing.assert_allclose(shown[:, 2:], z, rtol=1e-6, atol=1e-7)
+
+    # Inverse of those z (all their digits pasted) comes back to the rows: an independent
+    # check of the round trip, to the solver's tolerance (float32 model: atol 1e-4).
+    page.fill("#transport-rows", "\n".join(",".join(repr(v) for v in row) for row in z))
+    page.select_option("#transport-direction", "inverse")
+    page.fill("#transport-tolerance", "1e-5")
+    page.click("#transport-form button[type=submit]")
+    summary = page.locator("#transport-summary", has_text="mapped inverse")
+    summary.wait_for()
+    text = summary.inner_text()
+    assert text.startswith("3 rows mapped inverse (z to x); largest residual max|f(x) - z| ")
+    assert "(all converged)" in text
+    back = _table(page, "#transport-table")
+    np.testing.assert_allclose(back[:, 2:], rows, atol=1e-4)
+    inverse = stack.client.post(
+        "/v1/models/demo/versions/2/transport",
+        json={"inputs": z, "direction": "inverse", "tolerance": 1e-5},
+    ).json()
+    assert inverse["converged"] and inverse["max_residual"] <= 1e-5
+    residual = float(re.search(r"max\|f\(x\) - z\| (\S+) ", text).group(1))
+    assert residual == pytest.approx(inverse["max_residual"], rel=5e-3)  # 3 digits shown
+    assert_labelled(page)
+    page.locator("section", has=page.locator("#transport-form")).screenshot(
+        path=shots / "transport.png"
+    )
+
+
+def test_conditional_rows_take_their_context_from_the_last_column(page, stack):
+    page.goto(stack.url + "/ui/models/cond")
+    page.locator("#model-title", has_text="cond · version 1").wait_for()
+    page.fill("#transport-rows", "0.5,0.5")
+    page.click("#transport-form button[type=submit]")
+    message = "Row 1 has 2 values; this model takes 3 (2 inputs, then 1 context values)."
+    page.locator("#transport-error", has_text=message).wait_for()
+    rows = [[0.5, 0.5, -0.5], [0.5, 0.5, 0.5], [1.0, -1.0, 0.0]]
+    page.fill("#transport-rows", "\n".join(",".join(map(str, r)) for r in rows))
+    page.click("#transport-form button[type=submit]")
+    page.locator("#transport-summary", has_text="3 rows mapped forward").wait_for()
+    shown = _table(page, "#transport-table")
+    body = {"inputs": [r[:2] for r in rows], "context": [r[2:] for r in rows]}
+    api = stack.client.post("/v1/models/cond/versions/1/transport", json=body)
+    assert api.status_code == 200, api.text
+    z = np.array(api.json()["outputs"])
+    np.testing.assert_allclose(shown[:, 2:], z, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(z[0], z[1], atol=1e-3)  # same x, other context: another z
 
 
 def test_image_samples_are_drawn_as_tiles(page, stack):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis
 import torch
-from conftest import TINY_MODEL, Stack, in_process_runtime
+from jobs_stack import TINY_MODEL, Stack, in_process_runtime
 
 from model_store import ModelStore
 from service.job_schemas import CONDITIONAL_BUILTIN_DATASETS

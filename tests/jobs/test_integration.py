@@ -11,8 +11,8 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import LONG_TRAINING, SHORT_TRAINING, Stack, two_blobs
 from jobs_procs import descendants, wait_for
+from jobs_stack import LONG_TRAINING, SHORT_TRAINING, Stack, two_blobs
 
 from model_store import ModelStore
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from conftest import SHORT_TRAINING, TINY_MODEL, in_process_runtime
+from jobs_stack import SHORT_TRAINING, TINY_MODEL, in_process_runtime
 
 from model_store import ModelStore
 from service.queue import JobQueue

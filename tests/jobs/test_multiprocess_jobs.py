@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import Stack, two_blobs
+from jobs_stack import Stack, two_blobs
 
 from model_store import ModelStore
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, purge, stack_env, two_blobs
-from jobs_procs import start_server, start_worker, wait_for
+from jobs_procs import purge, stack_env, start_server, start_worker, wait_for
+from jobs_stack import TINY_MODEL, two_blobs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
 import httpx

@@ -13,8 +13,8 @@ import time
 
 import httpx
 import pytest
-from conftest import SHORT_TRAINING, TINY_MODEL, stack_env
-from jobs_procs import replicas
+from jobs_procs import replicas, stack_env
+from jobs_stack import SHORT_TRAINING, TINY_MODEL
 
 from service.queue import record_key
 

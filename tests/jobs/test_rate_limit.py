@@ -1,7 +1,8 @@
 """Request-rate limits through real uvicorn processes: counted in the real Redis and shared by
 two replicas, 429 rate_limited with Retry-After on /v1 and /v2 (each in its error shape), per-key
 limits, recovery after Retry-After; with Redis killed the limiter fails open (scoring answers,
-a warning is logged) and limits again once Redis is back."""
+a warning is logged) and limits again once Redis is back; storage auto moves to a Redis that
+starts answering late; requests failing auth are limited per client address, apart from keys."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import stack_env
-from jobs_procs import free_port, replicas, start_redis, start_server, wait_for
+import redis
+from jobs_procs import free_port, replicas, stack_env, start_redis, start_server, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from svc_procs import publish_models
@@ -117,3 +118,64 @@ def test_in_process_limits_without_redis(tmp_path):
         assert r.status_code == 429 and "per client address" in r.json()["error"]["message"]
         assert 1 <= int(r.headers["retry-after"]) <= 60
         assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+
+
+def test_auto_storage_moves_to_redis_once_it_answers(tmp_path, queue_name):
+    """Storage auto, Redis started after the replicas: each counts alone, then both find Redis
+    (asked again every 0.5 s here) and share one count there."""
+    port = free_port()
+    env = _env(tmp_path, queue_name, f"redis://127.0.0.1:{port}/0", "3/minute")
+    env.update({"CPFLOW_RATE_LIMIT_STORAGE": "auto", "CPFLOW_RATE_LIMIT_REPROBE_S": "0.5"})
+    data = tmp_path / "redis"
+    data.mkdir()
+    redis_proc = None
+    try:
+        with replicas(env, tmp_path) as (a, b):
+            assert [a.post(LOG_PROB, json=ROW, headers=_auth("a")).status_code for _ in range(4)] == [
+                200, 200, 200, 429
+            ]  # fmt: skip
+            assert b.post(LOG_PROB, json=ROW, headers=_auth("a")).status_code == 200  # own count
+            redis_proc = start_redis(port, data, tmp_path / "redis.log")
+            logs = [tmp_path / f"api{i}.log" for i in range(2)]
+
+            def both_moved() -> bool:  # key b's requests (own limit) set off the probes
+                for c in (a, b):
+                    assert c.post(LOG_PROB, json=ROW, headers=_auth("b")).status_code == 200
+                return all("Redis answers now" in log.read_text() for log in logs)
+
+            wait_for(both_moved, 30, "both replicas to count in Redis", step=0.2)
+            answers = [c.post(LOG_PROB, json=ROW, headers=_auth("a")) for c in (a, b, a, b)]
+            assert [r.status_code for r in answers] == [200, 200, 200, 429], answers[-1].text
+        keys = redis.Redis(port=port).keys(f"cpflow:{queue_name}:rate*")
+        assert keys, "no rate counts in Redis"
+    finally:
+        if redis_proc is not None:
+            redis_proc.stop()
+
+
+def test_failed_auth_limited_per_address_apart_from_keys(tmp_path):
+    """Missing or wrong keys count per client address: past the limit they get 429 instead of
+    401 (a key-guessing client is limited), and a valid key's own budget is untouched."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    store = tmp_path / "store"
+    publish_models(store)
+    settings = Settings(store_dir=store, api_keys=(KEYS["a"],), rate_limit="3/minute",
+                        rate_limit_storage="memory", inference_threads=1, torch_threads=1)  # fmt: skip
+    guess = {"Authorization": "Bearer not-a-key"}
+    with TestClient(create_app(settings)) as c:
+        codes = [c.post(LOG_PROB, json=ROW, headers=guess).status_code for _ in range(3)]
+        assert codes == [401, 401, 401]
+        r = c.post(LOG_PROB, json=ROW, headers=guess)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited", r.text
+        assert "per client address" in r.json()["error"]["message"]
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert c.post(LOG_PROB, json=ROW).status_code == 429  # no key at all: same address
+        v2 = c.post(V2_INFER, json=V2_ROW, headers=guess)
+        assert v2.status_code == 429 and set(v2.json()) == {"error"}
+        ok = [c.post(LOG_PROB, json=ROW, headers=_auth("a")).status_code for _ in range(4)]
+        assert ok == [200, 200, 200, 429]  # the key's own 3/minute, not spent by the guesses
+        assert c.get("/healthz").status_code == 200

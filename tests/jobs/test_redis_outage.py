@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import SHORT_TRAINING, TINY_MODEL, stack_env
-from jobs_procs import free_port, start_redis, start_server, start_worker, wait_for
+from jobs_procs import free_port, stack_env, start_redis, start_server, start_worker, wait_for
+from jobs_stack import SHORT_TRAINING, TINY_MODEL
 
 from cpflow import CPFlow, FlowConfig
 from model_store import ModelStore

@@ -3,6 +3,7 @@ import { api } from "./api.js";
 import { $, cell, enc, fillFacts, fillTable, guarded, link, number, when } from "./dom.js";
 import { setUpSampling } from "./sampling.js";
 import { setUpScoring } from "./scoring.js";
+import { setUpTransport } from "./transport.js";
 
 export async function modelsPage() {
   await guarded($("#models-error"), async () => {
@@ -52,6 +53,7 @@ export async function modelPage() {
   fillFacts($("#model-metrics"), metrics);
   setUpScoring(model, base);
   setUpSampling(model, base);
+  setUpTransport(model, base);
   await showPlots(model);
 }
 
