@@ -35,7 +35,17 @@ __all__ = [
     "parse_options",
 ]
 
-SUITES = ("core", "toys", "tabular", "images", "conditional", "service", "distributed", "storage")
+SUITES = (
+    "core",
+    "toys",
+    "tabular",
+    "images",
+    "conditional",
+    "service",
+    "distributed",
+    "storage",
+    "tables",
+)
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 

@@ -1,0 +1,135 @@
+"""The ``auto`` recipe: flow and trainer settings chosen from the training rows themselves.
+
+``auto_recipe(train_rows)`` looks at the number of rows, the dimension and, in 2-D, whether the
+data are rotation-invariant about their mean, and returns FlowConfig and TrainConfig overrides
+plus a record of every choice with its reason (the manifest's ``training.auto``). Explicit
+options override any of them (training.pipeline.build_configs). Images and conditional data
+keep the library defaults: the recipe covers rows.
+
+The rules and the measurements behind them:
+
+* 2-D with plenty of rows (the toys): the toy preset (paper Table 5's 5 blocks x 3 x 32,
+  lr 0.02 cosine, exact log-det); if the angles about the mean are near uniform (rings), 32
+  radial units per block, Gaussian softplus and clipping at norm 1, the toy preset's rings
+  settings (bench/reports/2026-11-29f).
+* Tables (fewer rows per dimension): whitening by the full training covariance, so that
+  identity blocks are the full-covariance Gaussian the flow has to beat, one or more blocks of
+  a small ICNN near the identity, weight decay, early stopping on validation NLL, plateau
+  decay; bench `tables` (bench/reports/2026-12-04/tables) is where they were tuned.
+* Objective: the exact log-det up to EXACT_LOSS_MAX_DIM columns, the CG surrogate above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AUTO", "Recipe", "auto_recipe", "rows_of"]
+
+AUTO = "auto"
+
+# 2-D data with at least this many training rows get the toy recipe.
+TOY_MIN_ROWS = 5000
+# Largest deviation of a 16-bin angle histogram from uniform, as a fraction of the uniform
+# count, below which 2-D data count as rotation-invariant (rings: ~0.05; eight_gaussians:
+# > 1; a Gaussian: ~0.05).
+RADIAL_MAX_DEVIATION = 0.25
+EXACT_LOSS_MAX_DIM = 16
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """FlowConfig and TrainConfig overrides, and why each was chosen."""
+
+    flow: dict[str, Any]
+    train: dict[str, Any]
+    choices: dict[str, Any] = field(default_factory=dict)
+
+
+def rows_of(splits: Any) -> np.ndarray | None:
+    """The training rows the recipe reads, or None for images and conditional data."""
+    if getattr(splits, "contexts", None) is not None or getattr(splits, "levels", None):
+        return None
+    train = np.asarray(getattr(splits, "train", splits))
+    return train if train.ndim == 2 else None
+
+
+def angle_deviation(rows: np.ndarray, bins: int = 16) -> float:
+    """Largest |count - uniform| / uniform over a histogram of the angles about the mean
+    (after whitening), for 2-D rows."""
+    x = np.asarray(rows, dtype=np.float64)
+    x = x - x.mean(0)
+    cov = np.cov(x, rowvar=False) + 1e-9 * np.eye(2)
+    x = x @ np.linalg.cholesky(np.linalg.inv(cov))
+    counts, _ = np.histogram(np.arctan2(x[:, 1], x[:, 0]), bins=bins, range=(-np.pi, np.pi))
+    expected = len(x) / bins
+    return float(np.abs(counts - expected).max() / expected)
+
+
+def _choose(choices: dict, out: dict, name: str, value: Any, why: str) -> None:
+    out[name] = value
+    choices[name] = {"value": value, "why": why}
+
+
+def auto_recipe(rows: np.ndarray | None) -> Recipe:
+    """The recipe for these training rows (None: images or conditional data, no overrides)."""
+    if rows is None:
+        return Recipe({}, {}, {"data": "images or conditional data: the library defaults"})
+    n, dim = int(rows.shape[0]), int(rows.shape[1])
+    choices: dict[str, Any] = {"data": {"rows": n, "dim": dim}}
+    flow: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    if dim <= 2 and n >= TOY_MIN_ROWS:
+        _toy(rows, choices, flow, train)
+    else:
+        _table(n, dim, choices, flow, train)
+    exact = dim <= EXACT_LOSS_MAX_DIM
+    _choose(
+        choices,
+        train,
+        "loss",
+        "exact" if exact else "surrogate",
+        f"d={dim} {'<=' if exact else '>'} {EXACT_LOSS_MAX_DIM}: "
+        + ("the exact log-det gradient is affordable" if exact else "the CG surrogate scales"),
+    )
+    return Recipe(flow, train, choices)
+
+
+def _toy(rows: np.ndarray, choices: dict, flow: dict, train: dict) -> None:
+    why = f"{len(rows)} rows in {rows.shape[1]}-D: the toy recipe (paper Table 5)"
+    for name, value in (("blocks", 5), ("depth", 3), ("hidden", 32), ("icnn", "augmented")):
+        _choose(choices, flow, name, value, why)
+    for name, value in (("lr", 0.02), ("schedule", "cosine")):
+        _choose(choices, train, name, value, why + ", lr measured on eight_gaussians")
+    train.update(val_every=250, val_max_points=2000)
+    deviation = angle_deviation(rows)
+    radial = rows.shape[1] == 2 and deviation <= RADIAL_MAX_DEVIATION
+    why = (
+        f"angle histogram about the mean within {deviation:.2f} of uniform "
+        f"({'<=' if radial else '>'} {RADIAL_MAX_DEVIATION}): "
+        + ("rotation-invariant data, radial steps of the map" if radial else "not radial")
+    )
+    _choose(choices, flow, "radial_units", 32 if radial else 0, why)
+    _choose(choices, flow, "activation", "gaussian" if radial else "logistic", why)
+    if radial:
+        _choose(choices, train, "grad_clip", 1.0, why)
+
+
+def _table(n: int, dim: int, choices: dict, flow: dict, train: dict) -> None:
+    _choose(
+        choices,
+        flow,
+        "standardization",
+        "whiten",
+        "whitening by the train covariance: identity blocks are the full-covariance Gaussian",
+    )
+    _choose(choices, flow, "blocks", 1, f"{n} rows: one block of a small ICNN")
+    _choose(choices, flow, "depth", 1, f"{n} rows: one hidden layer")
+    _choose(choices, flow, "hidden", 64, f"{n} rows: 64 units")
+    _choose(choices, train, "lr", 0.005, "tuned on the tuning tables")
+    _choose(choices, train, "weight_decay", 1e-4, f"{n} rows: regularise")
+    _choose(choices, train, "schedule", "plateau", "10x decay on validation plateaus")
+    train.update(plateau_patience=10, val_every=10, val_max_points=None)
+    _choose(choices, train, "early_stopping_patience", 30, "stop when validation NLL stalls")
