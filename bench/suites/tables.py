@@ -26,8 +26,8 @@ trains on the same 70% and selects on the same 10%). Columns are standardised by
 rows' mean and std for every model; NLLs are nats per row in those standardised units (the
 same constant shift for all models).
 
-Held out (decided 2026-12-04 07:38 UTC, commit 979fa83, BEFORE any tuning of the auto recipe): the recipe is
-tuned on TUNING only; HELD_OUT is reported as held out.
+Held out (decided 2026-12-04 07:38 UTC, commit 979fa83, BEFORE any tuning of the auto recipe):
+the recipe is tuned on TUNING only; HELD_OUT is reported as held out.
 """
 
 from __future__ import annotations
