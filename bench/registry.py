@@ -45,6 +45,7 @@ SUITES = (
     "distributed",
     "storage",
     "console",
+    "tables",
 )
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

@@ -95,27 +95,29 @@ class UploadedDataset(BaseModel):
 
 
 class ModelSpec(BaseModel):
-    """Architecture of the flow (cpflow.FlowConfig fields); ``dim`` is checked, not chosen."""
+    """Architecture of the flow (cpflow.FlowConfig fields); ``dim`` is checked, not chosen.
+    A field left out (null) is chosen from the data by the ``auto`` recipe (training.recipes);
+    the manifest's ``training.auto`` says what it chose and why."""
 
     model_config = _Strict
     dim: int | None = Field(None, ge=1, description="if given, must equal the data set's dim")
-    blocks: int = Field(4, ge=1, le=32)
-    hidden: int = Field(32, ge=2, le=1024)
-    depth: int = Field(3, ge=1, le=8)
-    icnn: Literal["vanilla", "augmented", "dense"] = "augmented"
-    activation: Literal["logistic", "gaussian", "laplace"] = "logistic"
+    blocks: int | None = Field(None, ge=1, le=32)
+    hidden: int | None = Field(None, ge=2, le=1024)
+    depth: int | None = Field(None, ge=1, le=8)
+    icnn: Literal["vanilla", "augmented", "dense"] | None = None
+    activation: Literal["logistic", "gaussian", "laplace"] | None = None
     symmetric_first: bool = True
     actnorm: bool = True
-    standardization: Literal["diagonal", "isotropic", "whiten"] = Field(
-        "diagonal",
+    standardization: Literal["diagonal", "isotropic", "whiten"] | None = Field(
+        None,
         description="input scaling: per-coordinate std, one scalar std, or whitening by the"
         " full training covariance (not for conditional models)",
     )
     init_gain: float | None = Field(
         None, gt=0.0, le=10.0, description="softplus(w1) at init; small = near-identity blocks"
     )
-    radial_units: int = Field(
-        0,
+    radial_units: int | None = Field(
+        None,
         ge=0,
         le=256,
         description="radial convex units per block: steps of the map along |x| around the"
@@ -125,25 +127,26 @@ class ModelSpec(BaseModel):
     dtype: Literal["float32", "float64"] = "float32"
 
     def flow_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``FlowConfig(dim=..., **kwargs)``."""
-        return self.model_dump(exclude={"dim"})
+        """Keyword arguments for ``FlowConfig(dim=..., **kwargs)`` (the fields given)."""
+        return self.model_dump(exclude={"dim"}, exclude_none=True)
 
 
 class TrainingSpec(BaseModel):
-    """Optimisation settings (training.config.TrainConfig fields, in safe ranges)."""
+    """Optimisation settings (training.config.TrainConfig fields, in safe ranges); a field left
+    out (null) beside the budget is chosen from the data by the ``auto`` recipe."""
 
     model_config = _Strict
     iterations: int = Field(2000, ge=1, le=1_000_000)
     batch_size: int = Field(128, ge=1, le=65_536)
-    lr: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    lr: float | None = Field(None, gt=0.0, le=1.0, description="Adam learning rate")
+    weight_decay: float | None = Field(None, ge=0.0, le=1.0)
     grad_clip: float | None = Field(None, gt=0.0)
-    schedule: Literal["none", "plateau", "cosine"] = "none"
+    schedule: Literal["none", "plateau", "cosine"] | None = None
     warmup_iterations: int = Field(0, ge=0, le=1_000_000, description="linear lr warm-up")
-    loss: Literal["auto", "surrogate", "exact"] = Field(
-        "auto", description="training objective: CG surrogate, exact log-det, auto (exact d<=2)"
+    loss: Literal["auto", "surrogate", "exact"] | None = Field(
+        None, description="training objective: CG surrogate, exact log-det, auto (exact d<=2)"
     )
-    val_every: int = Field(100, ge=1, le=1_000_000)
+    val_every: int | None = Field(None, ge=1, le=1_000_000)
     early_stopping_patience: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
 

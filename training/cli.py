@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         "indices of the context c (e.g. 3,4; negatives count from the end, -1 is the last)",
     )
     p.add_argument("--name", required=True, help="model name in the store")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="paper settings (see README)")
+    p.add_argument(
+        "--preset",
+        choices=["auto", *sorted(PRESETS)],
+        default="auto",
+        help="paper settings (see README); auto (the default) chooses from the data",
+    )
     p.add_argument("--iterations", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -107,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    if not args.dataset and not args.preset:
+    if not args.dataset and args.preset == "auto":
         print(
             "cpflow-train: give --dataset or a --preset with a default data set", file=sys.stderr
         )

@@ -15,10 +15,12 @@ import numpy as np
 
 from training.config import TrainConfig
 from training.presets import resolve_preset
+from training.recipes import AUTO, Recipe, auto_recipe, rows_of
 from training.trainer import ProgressEvent, TrainResult, train
 
 __all__ = [
     "IMAGE_DATASETS",
+    "auto_record",
     "build_configs",
     "data_summary",
     "load_splits",
@@ -72,12 +74,20 @@ def build_configs(
     dataset: str | None,
     flow_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
+    recipe: Recipe | None = None,
 ) -> tuple[str | None, dict[str, Any], TrainConfig, int | None]:
-    """Merge a preset with explicit overrides (explicit wins); ``dim`` is left to the data."""
+    """Merge a preset with explicit overrides (explicit wins); ``dim`` is left to the data.
+
+    The ``auto`` preset needs the ``recipe`` that ``training.recipes.auto_recipe`` chose for
+    the data."""
     flow: dict[str, Any] = {}
     train_kw: dict[str, Any] = {}
     num_samples = None
-    if preset:
+    if preset == AUTO:
+        if recipe is None:
+            raise ValueError("the auto preset is chosen from the data: pass its recipe")
+        flow, train_kw = dict(recipe.flow), dict(recipe.train)
+    elif preset:
         dataset, flow, train_kw, num_samples = resolve_preset(preset, dataset)
     flow.update({k: v for k, v in (flow_overrides or {}).items() if v is not None})
     overrides = {k: v for k, v in (train_overrides or {}).items() if v is not None}
@@ -85,6 +95,18 @@ def build_configs(
         train_kw["epochs"] = None  # an explicit iteration budget replaces a preset's epochs
     train_kw.update(overrides)
     return dataset, flow, TrainConfig.model_validate(train_kw), num_samples
+
+
+def auto_record(
+    recipe: Recipe, flow_overrides: dict[str, Any], train_overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """The manifest's record of the auto recipe: its choices with reasons, and which of them
+    explicit options overrode."""
+    explicit = {k for k, v in {**flow_overrides, **train_overrides}.items() if v is not None}
+    return {
+        "choices": recipe.choices,
+        "overridden": sorted(explicit & set(recipe.choices)),
+    }
 
 
 def data_summary(splits: Any) -> dict[str, Any]:
@@ -163,7 +185,9 @@ def train_and_publish(
 
     ``context_columns`` (with file data) trains p(x | c) on the other columns.
     ``flow_config`` may be a FlowConfig or a dict of overrides without ``dim``;
-    ``train_config`` a TrainConfig or a dict. A ``preset`` fills what they leave out.
+    ``train_config`` a TrainConfig or a dict. A ``preset`` fills what they leave out; without
+    one the ``auto`` recipe chooses from the loaded data (the manifest's ``training.auto``
+    says what it chose and why).
     Returns the store's PublishedVersion (None on the ranks other than 0 of a torchrun group).
     """
     from model_store import ModelStore
@@ -180,12 +204,13 @@ def train_and_publish(
         if isinstance(train_config, TrainConfig)
         else dict(train_config or {})
     )
-    ds_resolved, flow_kw, cfg, preset_samples = build_configs(
-        preset=preset,
-        dataset=ds_name if by_name else None,
-        flow_overrides=flow_overrides,
-        train_overrides=train_overrides,
-    )
+    preset = preset or AUTO
+    configs = {"flow_overrides": flow_overrides, "train_overrides": train_overrides}
+    ds_resolved, preset_samples = ds_name if by_name else None, None
+    if preset != AUTO:
+        ds_resolved, flow_kw, cfg, preset_samples = build_configs(
+            preset=preset, dataset=ds_resolved, **configs
+        )
     if by_name:
         ds_name = ds_resolved or dataset
         if ds_name is None:
@@ -200,6 +225,10 @@ def train_and_publish(
         data_dir=data_dir,
         context_columns=context_columns,
     )
+    recipe = None
+    if preset == AUTO:
+        recipe = auto_recipe(rows_of(splits))
+        _, flow_kw, cfg, _ = build_configs(preset=AUTO, dataset=None, recipe=recipe, **configs)
     problem = getattr(splits, "problem", None)
     ot_curve, hook = None, None
     if problem is not None:  # the OT experiment: follow KL and transport cost as Fig. 4
@@ -248,6 +277,8 @@ def train_and_publish(
         num_train=len(splits.train),
     )
     summary.update(data_summary(splits))
+    if recipe is not None:
+        summary["auto"] = auto_record(recipe, flow_overrides, train_overrides)
     if ot_curve:
         summary["ot"] = {
             "w2_squared_optimum": problem.w2_squared,

@@ -34,11 +34,13 @@ NUM_TEST = Option("num_test", "int", 20000, "fresh rows scored against the true 
 def train_toy_preset(opts, splits):
     """Train the preset on the toy rows; (result, flow kwargs, train config)."""
     from training.pipeline import build_configs
+    from training.recipes import AUTO, auto_recipe
     from training.trainer import train
 
     _, flow_kw, cfg, _ = build_configs(
         preset=opts.preset,
         dataset=opts.dataset,
+        recipe=auto_recipe(splits.train) if opts.preset == AUTO else None,
         flow_overrides=opts.flow,
         train_overrides={
             "iterations": opts.iterations,
@@ -91,7 +93,7 @@ def gap_by_density(true_logp: np.ndarray, model_logp: np.ndarray, bins: int = 5)
     "toy preset quality: exact NLL of fresh generator points vs the true-density floor",
     options=[
         DATASET,
-        Option("preset", "str", "toy", "training preset"),
+        Option("preset", "str", "toy", "training preset (auto: chosen from the rows)"),
         ITERATIONS,
         BATCH,
         NUM_TRAIN,

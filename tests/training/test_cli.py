@@ -180,10 +180,10 @@ def _tiny_run(
     return args + ["--store-dir", str(tmp_path), "--no-plots", "--quiet", *extra]
 
 
-@pytest.mark.parametrize(("loss", "expected"), [(None, "surrogate"), ("exact", "exact")])
+@pytest.mark.parametrize(("loss", "expected"), [(None, "exact"), ("surrogate", "surrogate")])
 def test_cli_loss_option_reaches_the_trainer(tmp_path, loss, expected) -> None:
     assert main(_tiny_run(tmp_path, "m", *(["--loss", loss] if loss else []))) == 0
-    # d = 3: auto means the CG surrogate; --loss exact overrides it.
+    # d = 3: the auto recipe picks the exact log-det; --loss surrogate overrides it.
     assert ModelStore(tmp_path).manifest("m", 1)["training"]["metrics"]["train_loss"] == expected
 
 

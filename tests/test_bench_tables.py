@@ -1,0 +1,51 @@
+"""The real-tables benchmark's data handling: which columns count as continuous, and the one
+split and scaling every model sees."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench.suites.tables import (
+    HELD_OUT,
+    TABLES,
+    TUNING,
+    continuous_columns,
+    table_splits,
+)
+
+
+def test_point_masses_discrete_codes_and_few_values_are_not_continuous_columns() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "height": rng.normal(170, 10, n).round(1),
+            "count": rng.poisson(20, n).astype(float),  # a count: its zero cell is fine
+            "spiky": np.where(rng.uniform(size=n) < 0.2, 0.0, rng.lognormal(size=n)),
+            "code": rng.integers(0, 5, n).astype(float),  # 5 values
+            "mostly_one": np.where(rng.uniform(size=n) < 0.5, 1.0, rng.integers(2, 60, n)),
+        }
+    )
+    assert continuous_columns(frame) == ["height", "count"]
+
+
+def test_every_model_gets_the_same_80_20_split_standardised_by_the_train_rows() -> None:
+    splits = table_splits("sklearn:iris")
+    sizes = splits.sizes
+    total = sum(sizes.values())
+    assert total == 150 and sizes["test"] == 30 and sizes["val"] == round(120 / 8)
+    assert np.allclose(splits.train.mean(0), 0, atol=1e-5)
+    assert np.allclose(splits.train.std(0), 1, atol=1e-5)
+    # iris is recorded in millimetres: every column is dequantised by one step of 0.1 cm
+    assert splits.meta["dequantized"] == {c: 0.1 for c in splits.meta["columns"]}
+    again = table_splits("sklearn:iris")
+    assert splits.sha256 == again.sha256  # fixed shuffle and fixed noise
+    assert set(TUNING).isdisjoint(HELD_OUT) and set(TUNING) | set(HELD_OUT) == set(TABLES)
