@@ -50,6 +50,7 @@ class ConsoleStack:
 
     def __init__(self, tmp: Path, queue_name: str) -> None:
         self.tmp = tmp
+        self.queue_name = queue_name
         store_dir = tmp / "store"
         publish_demo(store_dir)
         self.env = {**stack_env(store_dir, queue_name), "CPFLOW_API_KEYS": API_KEY}

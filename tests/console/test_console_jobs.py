@@ -6,10 +6,15 @@ Jobs use a tiny model and few iterations; timeouts only bound a hang."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
+import redis
 from console_stack import assert_labelled, wait_until
+from jobs_procs import REDIS_URL
+
+from service.queue import record_key
 
 WATCH = """() => {
   window.__sameDocument = true;  // gone if the page reloads
@@ -168,7 +173,13 @@ def test_long_job_progress_updates_live_and_cancel(page, stack, shots):
     page.locator("#job-status", has_text="cancelled").wait_for(timeout=120_000)
     assert page.evaluate("window.__sameDocument") is True
     assert page.locator("#job-cancel").is_disabled()
-    assert stack.client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    job = stack.client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "cancelled"
+    # Fields left blank on the form (lr) are left out of the spec: the auto recipe chooses them.
+    record = redis.Redis.from_url(REDIS_URL).hget(record_key(stack.queue_name, job_id), "spec")
+    spec = json.loads(record)
+    assert (spec["model"]["blocks"], spec["model"]["hidden"], spec["model"]["depth"]) == (1, 8, 1)
+    assert spec["training"]["val_every"] == 50 and spec["training"].get("lr") is None
 
     page.goto(stack.url + "/ui/jobs")
     row = page.locator("#jobs tbody tr", has_text="console-long")

@@ -17,20 +17,22 @@ export async function jobsPage() {
   handle($("#job-form"), async () => {
     await guarded($("#job-form-error"), async () => {
       const value = (id) => $(id).value;
+      // Blank fields are left out: the auto recipe chooses them from the data.
+      const given = (fields) =>
+        Object.fromEntries(
+          Object.entries(fields)
+            .filter(([, id]) => value(id).trim() !== "")
+            .map(([name, id]) => [name, Number(value(id))]),
+        );
       const [kind, ref] = value("#job-dataset").split(/:(.*)/s);
       const spec = {
         model_name: value("#job-model-name").trim(),
         dataset: kind === "id" ? { id: ref } : { builtin: ref },
-        model: {
-          blocks: Number(value("#job-blocks")),
-          hidden: Number(value("#job-hidden")),
-          depth: Number(value("#job-depth")),
-        },
+        model: given({ blocks: "#job-blocks", hidden: "#job-hidden", depth: "#job-depth" }),
         training: {
           iterations: Number(value("#job-iterations")),
           batch_size: Number(value("#job-batch")),
-          lr: Number(value("#job-lr")),
-          val_every: Number(value("#job-val-every")),
+          ...given({ lr: "#job-lr", val_every: "#job-val-every" }),
         },
         plots: $("#job-plots").checked,
       };
