@@ -8,6 +8,7 @@ import io
 import math
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -170,9 +171,13 @@ async def _model(
     return model
 
 
-def _routes(op: str, handler: Any, doc: str, body_model: type, response_model: type) -> None:
+def _routes(
+    op: str, handler: Any, doc: str, body: Any, response_model: Any, **options: Any
+) -> None:
     """Register ``POST /{name}/<op>`` (the latest version) and
-    ``POST /{name}/versions/{version}/<op>`` (a pinned one), both served by ``handler``."""
+    ``POST /{name}/versions/{version}/<op>`` (a pinned one), both served by ``handler``, called
+    as ``handler(name, version or None, body, engine, settings, request)``. ``options`` override
+    the JSON routes' defaults (a CSV route's media types, say)."""
 
     async def latest(name, body, engine, settings, request):
         return await handler(name, None, body, engine, settings, request)
@@ -180,19 +185,20 @@ def _routes(op: str, handler: Any, doc: str, body_model: type, response_model: t
     async def pinned(name, version, body, engine, settings, request):
         return await handler(name, version, body, engine, settings, request)
 
-    common = {"name": ModelName, "body": body_model, "engine": EngineDep}
+    common = {"name": ModelName, "body": body, "engine": EngineDep}
     common |= {"settings": SettingsDep, "request": Request, "return": response_model}
     latest.__annotations__ = common
     pinned.__annotations__ = {"version": VersionNumber, **common}
-    title = _SUMMARIES[op]
+    title, route_name = _SUMMARIES[op], op.replace(".", "_")
+    route = {"response_model": response_model, "responses": _ERRORS}
+    route |= {"dependencies": [Depends(require_json)], **options}
     for path, endpoint, which, suffix in (
         (f"/{{name}}/{op}", latest, "latest version", ""),
         (f"/{{name}}/versions/{{version}}/{op}", pinned, "pinned version", "_version"),
     ):
         router.add_api_route(
-            path, endpoint, methods=["POST"], name=op + suffix, summary=f"{title} ({which})",
-            description=doc, response_model=response_model, responses=_ERRORS,
-            dependencies=[Depends(require_json)],
+            path, endpoint, methods=["POST"], name=route_name + suffix,
+            summary=f"{title} ({which})", description=doc, **route,
         )  # fmt: skip
 
 
@@ -200,6 +206,7 @@ _SUMMARIES = {
     "log_prob": "Log-density of rows",
     "sample": "Draw samples",
     "transport": "Transport rows forward (x -> z) or inverse (z -> x)",
+    "log_prob.csv": "Log-density of the rows of a CSV file, as CSV",
 }
 
 
@@ -447,16 +454,10 @@ def _csv_header(names: list[str]) -> bytes:
 
 
 async def _log_prob_csv(
-    name: str,
-    version: int | None,
-    request: Request,
-    engine: InferenceEngine,
-    settings: Settings,
-    method: Literal["exact", "slq", "auto"],
-    probes: int | None,
-    steps: int | None,
-    seed: int | None,
-) -> StreamingResponse:
+    name: str, version: int | None, options: CsvScoring, engine: InferenceEngine,
+    settings: Settings, request: Request,
+) -> StreamingResponse:  # fmt: skip
+    method, probes, steps, seed = options.method, options.probes, options.steps, options.seed
     header, array = await _csv_rows(request, settings)
     model = await _model(engine, request, name, version)
     x, context = _csv_inputs(array, model)
@@ -521,46 +522,24 @@ _Steps = Annotated[int | None, Query(ge=1, le=512, description="SLQ Lanczos step
 _Seed = Annotated[int | None, Query(ge=0, le=2**63 - 1, description="seed of the SLQ probes")]
 
 
-@router.post(
-    "/{name}/log_prob.csv",
-    summary="Log-density of the rows of a CSV file (latest version), as CSV",
-    description=_CSV_DOC,
-    response_class=StreamingResponse,
-    responses={**_CSV_OK, **_ERRORS},
-    openapi_extra=_CSV_BODY,
-)
-async def log_prob_csv(
-    name: ModelName,
-    request: Request,
-    engine: EngineDep,
-    settings: SettingsDep,
-    method: _Method = "auto",
-    probes: _Probes = None,
-    steps: _Steps = None,
-    seed: _Seed = None,
-) -> StreamingResponse:
-    return await _log_prob_csv(name, None, request, engine, settings, method, probes, steps, seed)
+@dataclass(frozen=True)
+class CsvScoring:
+    """The query options of a CSV scoring request."""
+
+    method: Literal["exact", "slq", "auto"]
+    probes: int | None
+    steps: int | None
+    seed: int | None
 
 
-@router.post(
-    "/{name}/versions/{version}/log_prob.csv",
-    summary="Log-density of the rows of a CSV file (pinned version), as CSV",
-    description=_CSV_DOC,
-    response_class=StreamingResponse,
-    responses={**_CSV_OK, **_ERRORS},
-    openapi_extra=_CSV_BODY,
-)
-async def log_prob_csv_version(
-    name: ModelName,
-    version: VersionNumber,
-    request: Request,
-    engine: EngineDep,
-    settings: SettingsDep,
-    method: _Method = "auto",
-    probes: _Probes = None,
-    steps: _Steps = None,
-    seed: _Seed = None,
-) -> StreamingResponse:
-    return await _log_prob_csv(
-        name, version, request, engine, settings, method, probes, steps, seed
-    )
+def _csv_scoring(
+    method: _Method = "auto", probes: _Probes = None, steps: _Steps = None, seed: _Seed = None
+) -> CsvScoring:
+    return CsvScoring(method, probes, steps, seed)
+
+
+_routes(
+    "log_prob.csv", _log_prob_csv, _CSV_DOC, Annotated[CsvScoring, Depends(_csv_scoring)], None,
+    response_class=StreamingResponse, responses={**_CSV_OK, **_ERRORS}, openapi_extra=_CSV_BODY,
+    dependencies=[],
+)  # fmt: skip
