@@ -6,17 +6,14 @@ python -m bench run csv_scoring [--set rows=1000000 blocks=5 hidden=32]
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.registry import REPO, Option, benchmark
-from bench.suites.common import child_env
-from bench.suites.service import publish_bench2d
+from bench.registry import Option, benchmark
+from bench.suites.service import served_bench2d
 
 
 def _peak_rss_mib(pid: int) -> float | None:
@@ -53,65 +50,42 @@ def csv_scoring(opts, ctx) -> dict:
     base = f"http://127.0.0.1:{opts.port}"
     rng = np.random.default_rng(0)
     x = rng.normal(size=(opts.rows, 2)) * np.array([2.0, 0.5]) + 1.0
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Path(tmp) / "store"
-        publish_bench2d(store, opts.blocks, opts.hidden)
+    path = f"{base}/v1/models/bench2d/log_prob"
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        served_bench2d(opts.port, opts.blocks, opts.hidden) as server,
+    ):
         csv_path = Path(tmp) / "rows.csv"
         np.savetxt(csv_path, x, delimiter=",", header="x,y", comments="", fmt="%.17g")
-        drop = tuple(k for k in os.environ if k.startswith("CPFLOW_"))
-        env = child_env(
-            {
-                "CPFLOW_STORE_DIR": str(store),
-                "CPFLOW_LOG_LEVEL": "WARNING",
-                "CPFLOW_DEVICE": "cpu",
-            },
-            drop=drop,
-        )
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
-               "--app-dir", str(REPO), "--port", str(opts.port), "--no-access-log",
-               "--log-level", "warning"]  # fmt: skip
-        server = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{base}/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            path = f"{base}/v1/models/bench2d/log_prob"
-            httpx.post(path, json={"inputs": [[0.0, 0.0]]}, timeout=60)  # load the model
-            rss_before = _peak_rss_mib(server.pid)
+        rss_before = _peak_rss_mib(server.pid)
 
-            body = csv_path.read_bytes()
-            start = time.perf_counter()
-            first_byte = None
-            chunks = []
-            headers = {"Content-Type": "text/csv"}
-            with httpx.stream(
-                "POST", path + ".csv", content=body, headers=headers, params={"method": "exact"},
-                timeout=3600,
-            ) as r:  # fmt: skip
-                r.raise_for_status()
-                for chunk in r.iter_bytes():
-                    if first_byte is None:
-                        first_byte = time.perf_counter() - start
-                    chunks.append(chunk)
-            csv_seconds = time.perf_counter() - start
-            rss_after = _peak_rss_mib(server.pid)
-            answer = b"".join(chunks).decode().splitlines()
+        body = csv_path.read_bytes()
+        start = time.perf_counter()
+        first_byte = None
+        chunks = []
+        headers = {"Content-Type": "text/csv"}
+        with httpx.stream(
+            "POST", path + ".csv", content=body, headers=headers, params={"method": "exact"},
+            timeout=3600,
+        ) as r:  # fmt: skip
+            r.raise_for_status()
+            for chunk in r.iter_bytes():
+                if first_byte is None:
+                    first_byte = time.perf_counter() - start
+                chunks.append(chunk)
+        csv_seconds = time.perf_counter() - start
+        rss_after = _peak_rss_mib(server.pid)
+        answer = b"".join(chunks).decode().splitlines()
 
-            start = time.perf_counter()
-            json_lp = []
-            with httpx.Client(timeout=600) as client:
-                for s in range(0, opts.rows, opts.json_batch):
-                    rows = x[s : s + opts.json_batch].tolist()
-                    resp = client.post(path, json={"inputs": rows, "method": "exact"})
-                    resp.raise_for_status()
-                    json_lp.extend(resp.json()["log_prob"])
-            json_seconds = time.perf_counter() - start
-        finally:
-            server.terminate()
-            server.wait(30)
+        start = time.perf_counter()
+        json_lp = []
+        with httpx.Client(timeout=600) as client:
+            for s in range(0, opts.rows, opts.json_batch):
+                rows = x[s : s + opts.json_batch].tolist()
+                resp = client.post(path, json={"inputs": rows, "method": "exact"})
+                resp.raise_for_status()
+                json_lp.extend(resp.json()["log_prob"])
+        json_seconds = time.perf_counter() - start
 
     picks = np.linspace(0, opts.rows - 1, 50).astype(int)
     csv_lp = np.array([float(answer[1 + i].rsplit(",", 1)[1]) for i in picks])

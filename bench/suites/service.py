@@ -20,7 +20,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -55,6 +56,52 @@ def publish_bench2d(root: Path, blocks: int, hidden: int) -> None:
         depth=3,
     )
     model_store(root).publish("bench2d", flow)
+
+
+@contextmanager
+def served_bench2d(
+    port: int,
+    blocks: int,
+    hidden: int,
+    *,
+    app: str = "service.app:create_app",
+    keep: tuple[str, ...] = (),
+    grace_s: float = 30,
+) -> Iterator[subprocess.Popen]:
+    """A real uvicorn process (``app``, a factory) on ``port`` over a temporary store holding
+    the d=2 ``bench2d`` model, answering and with the model loaded; the CPFLOW_* variables of
+    this process reach it only if named in ``keep``. Stopped on exit (killed after ``grace_s``:
+    an unconverging sample may still hold a thread)."""
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        publish_bench2d(store, blocks, hidden)
+        drop = tuple(k for k in os.environ if k.startswith("CPFLOW_") and k not in keep)
+        settings = {"CPFLOW_STORE_DIR": str(store), "CPFLOW_LOG_LEVEL": "WARNING"}
+        env = child_env({**settings, "CPFLOW_DEVICE": "cpu"}, drop=drop)
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", app, "--app-dir", str(REPO),
+               "--port", str(port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
+        server = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(600):
+                try:
+                    if httpx.get(f"{base}/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            # Load the model once before timing anything.
+            load = {"inputs": [[0.0, 0.0]]}
+            httpx.post(f"{base}/v1/models/bench2d/log_prob", json=load, timeout=60)
+            yield server
+        finally:
+            server.terminate()
+            try:
+                server.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
 def create_bench_app():
@@ -258,53 +305,22 @@ def service_load(opts, ctx) -> dict:
 
     scenarios = _scenarios(opts.only)
     base = f"http://127.0.0.1:{opts.port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Path(tmp) / "store"
-        publish_bench2d(store, opts.blocks, opts.hidden)
-        keep = ("CPFLOW_INFERENCE_THREADS", "CPFLOW_TORCH_THREADS", "CPFLOW_BATCH_WAIT_MS",
-                "CPFLOW_RATE_LIMIT", "CPFLOW_RATE_LIMIT_STORAGE", "CPFLOW_REDIS_URL")  # fmt: skip
-        drop = tuple(k for k in os.environ if k.startswith("CPFLOW_") and k not in keep)
-        env = child_env(
-            {
-                "CPFLOW_STORE_DIR": str(store),
-                "CPFLOW_LOG_LEVEL": "WARNING",
-                "CPFLOW_DEVICE": "cpu",
-            },
-            drop=drop,
-        )
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "bench.suites.service:create_bench_app",
-               "--app-dir", str(REPO), "--port", str(opts.port), "--no-access-log",
-               "--log-level", "warning"]  # fmt: skip
-        server = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{base}/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            ready = httpx.get(f"{base}/readyz").json()
-            # Load the model once before timing anything.
-            httpx.post(f"{base}/v1/models/bench2d/log_prob", json={"inputs": [[0.0, 0.0]]},
-                       timeout=60)  # fmt: skip
-            rounds: list[dict[str, dict]] = []
-            for _ in range(opts.rounds):
-                one = {}
-                for name, (path, body) in scenarios.items():
-                    for c in opts.concurrency:
-                        one[f"{name}@c{c}"] = asyncio.run(
-                            run_scenario(opts.port, path, body, c, opts.seconds)
-                        )
-                rounds.append(one)
-            busy = asyncio.run(healthz_during_long_sample(opts.port, opts.seconds))
-            metrics = httpx.get(f"{base}/metrics").text
-        finally:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:  # the unconverging sample still holds a thread
-                server.kill()
-                server.wait()
+    keep = ("CPFLOW_INFERENCE_THREADS", "CPFLOW_TORCH_THREADS", "CPFLOW_BATCH_WAIT_MS",
+            "CPFLOW_RATE_LIMIT", "CPFLOW_RATE_LIMIT_STORAGE", "CPFLOW_REDIS_URL")  # fmt: skip
+    app = "bench.suites.service:create_bench_app"
+    with served_bench2d(opts.port, opts.blocks, opts.hidden, app=app, keep=keep, grace_s=10):
+        ready = httpx.get(f"{base}/readyz").json()
+        rounds: list[dict[str, dict]] = []
+        for _ in range(opts.rounds):
+            one = {}
+            for name, (path, body) in scenarios.items():
+                for c in opts.concurrency:
+                    one[f"{name}@c{c}"] = asyncio.run(
+                        run_scenario(opts.port, path, body, c, opts.seconds)
+                    )
+            rounds.append(one)
+        busy = asyncio.run(healthz_during_long_sample(opts.port, opts.seconds))
+        metrics = httpx.get(f"{base}/metrics").text
 
     # Medians over rounds; each ratio is taken within a round (same load), then the median.
     results = {}
