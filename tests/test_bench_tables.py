@@ -15,9 +15,11 @@ if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an in
 
 from bench.suites.tables import (
     HELD_OUT,
+    LARGE,
     TABLES,
     TUNING,
     continuous_columns,
+    subsample,
     table_splits,
 )
 
@@ -48,4 +50,15 @@ def test_every_model_gets_the_same_80_20_split_standardised_by_the_train_rows() 
     assert splits.meta["dequantized"] == {c: 0.1 for c in splits.meta["columns"]}
     again = table_splits("sklearn:iris")
     assert splits.sha256 == again.sha256  # fixed shuffle and fixed noise
-    assert set(TUNING).isdisjoint(HELD_OUT) and set(TUNING) | set(HELD_OUT) == set(TABLES)
+    groups = [set(TUNING), set(HELD_OUT), set(LARGE)]
+    assert sum(map(len, groups)) == len(TABLES) and set().union(*groups) == set(TABLES)
+
+
+def test_a_large_table_is_cut_to_the_same_seeded_subsample_in_table_order() -> None:
+    frame = pd.DataFrame({"x": np.arange(1000.0), "y": np.arange(1000.0) ** 2})
+    cut = subsample(frame, 100)
+    assert len(cut) == 100 and cut.index.is_unique and cut.index.is_monotonic_increasing
+    assert (cut["y"] == cut["x"] ** 2).all()  # whole rows, not columns drawn apart
+    assert cut.equals(subsample(frame, 100))  # fixed seed
+    assert not cut.equals(frame.iloc[:100])  # drawn, not the first rows
+    assert subsample(frame, None) is frame and subsample(frame, 5000) is frame
