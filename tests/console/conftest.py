@@ -15,14 +15,16 @@ else to a temporary folder.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from console_stack import API_KEY, KEY_STORAGE, ConsoleStack, PageLog, chromium_path
-from jobs_procs import REDIS_URL, purge  # on sys.path once console_stack is imported
+from jobs_procs import (  # on sys.path once console_stack is imported
+    connect_test_redis,
+    new_queue_name,
+    purge,
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +40,8 @@ def chromium() -> str:
 
 @pytest.fixture(scope="session")
 def stack(chromium, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
-    conn = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        conn.ping()
-    except redis.exceptions.ConnectionError:
-        pytest.fail(f"Redis is not answering at {REDIS_URL}; start it (scripts/ensure_redis.sh)")
-    name = f"cpflow-test-{uuid.uuid4().hex[:10]}"
+    conn = connect_test_redis()
+    name = new_queue_name()
     s = ConsoleStack(tmp_path_factory.mktemp("console"), name)
     try:
         yield s

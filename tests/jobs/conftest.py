@@ -8,32 +8,22 @@ and deleted at teardown, so parallel runs do not see each other's jobs.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
-from jobs_procs import REDIS_URL, purge
+from jobs_procs import connect_test_redis, new_queue_name, purge
 from jobs_stack import Stack
-
-
-def _redis_up() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
-    except redis.exceptions.ConnectionError:
-        return False
 
 
 @pytest.fixture(scope="session")
 def redis_conn() -> redis.Redis:
-    if not _redis_up():
-        pytest.fail(f"Redis is not answering at {REDIS_URL}; start it (scripts/ensure_redis.sh)")
-    return redis.Redis.from_url(REDIS_URL)
+    return connect_test_redis()
 
 
 @pytest.fixture
 def queue_name(redis_conn: redis.Redis) -> Iterator[str]:
-    name = f"cpflow-test-{uuid.uuid4().hex[:10]}"
+    name = new_queue_name()
     yield name
     purge(redis_conn, name)
 
@@ -41,7 +31,7 @@ def queue_name(redis_conn: redis.Redis) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_conn: redis.Redis) -> Iterator[Stack]:
     """One uvicorn service and two cpflow-workers for a test module."""
-    name = f"cpflow-test-{uuid.uuid4().hex[:10]}"
+    name = new_queue_name()
     s = Stack(tmp_path_factory.mktemp("stack"), name)
     try:
         yield s

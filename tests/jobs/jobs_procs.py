@@ -14,19 +14,23 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
 __all__ = [
     "REDIS_URL",
     "ROOT",
     "Proc",
+    "connect_test_redis",
     "descendants",
     "free_port",
     "kill_tree",
+    "new_queue_name",
     "purge",
     "replicas",
     "stack_env",
@@ -64,6 +68,21 @@ def stack_env(store_dir: Path, queue_name: str, redis_url: str = REDIS_URL) -> d
         "MKL_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def connect_test_redis() -> redis.Redis:
+    """A connection to the tests' Redis database; fails the test loudly when Redis is down."""
+    conn = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        conn.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.fail(f"Redis is not answering at {REDIS_URL}; start it (scripts/ensure_redis.sh)")
+    return conn
+
+
+def new_queue_name() -> str:
+    """A queue name of this test's own: job records and RQ keys are namespaced by it."""
+    return f"cpflow-test-{uuid.uuid4().hex[:10]}"
 
 
 def purge(conn: redis.Redis, queue_name: str) -> None:

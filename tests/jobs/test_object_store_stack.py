@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jobs_procs import purge, stack_env, start_server, start_worker, wait_for
+from jobs_procs import new_queue_name, purge, stack_env, start_server, start_worker, wait_for
 from jobs_stack import TINY_MODEL, two_blobs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_replicas_share_models_and_uploads_through_the_bucket(tmp_path, redis_conn) -> None:
-    queue = f"cpflow-test-{uuid.uuid4().hex[:10]}"
+    queue = new_queue_name()
     bucket = f"cpflow-{uuid.uuid4().hex[:12]}"
     procs = []
     try:
