@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .activations import Activation
+from .layer import Prepared
 from .layers import ActNorm
 from .sweeps import forward_sweep, hvp_sweep
 
@@ -64,14 +65,14 @@ class ChannelActNorm(ActNorm):
         return t.view(1, -1, 1)
 
     def _per_channel(
-        self, x: Tensor, scale: Tensor, shift: Tensor, *, shift_first: bool
+        self, x: Tensor, scale: Tensor, shift: Tensor | float, *, shift_first: bool
     ) -> Tensor:
         xc = x.reshape(x.shape[0], self.features, -1)
         out = (xc + shift) * scale if shift_first else xc * scale - shift
         return out.reshape(x.shape)
 
     @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
+    def initialize(self, x: Tensor, context: Tensor | None = None) -> None:
         """Zero mean, unit variance per channel over (n, H, W) of x (n, C, H, W)."""
         x = x.reshape(x.shape[0], self.features, -1).transpose(0, 1).reshape(self.features, -1)
         mean = x.mean(1)
@@ -80,7 +81,7 @@ class ChannelActNorm(ActNorm):
         self.log_scale.copy_(-torch.log(std.clamp_min(1e-6)))
         self.initialized.fill_(True)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, w: Prepared | None = None) -> Tensor:
         return self._per_channel(
             x, self._view(self.scale()), self._view(self.shift), shift_first=True
         )

@@ -16,25 +16,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from .block import CPFlowBlock
+from .chain import build_layers
 from .config import FlowConfig
 from .context import ContextError, check_context
-from .conv import ChannelActNorm, ConvICNN
-from .coupling import AffineCouplingBlock
-from .icnn import ICNN
-from .inverse import minimize_batched
-from .layers import ActNorm, Squeeze, Standardization, Unsqueeze
-from .logdet import rademacher, slq_logdet
-from .picnn import PICNN
-from .radial import RadialTerm
+from .layer import FlowLayer, InverseSolve, SLQProbes, SurrogateProbes
+from .layers import Standardization
 from .stats import TrainStats, TrainStatsCollector
 
-__all__ = ["CPFlow", "InverseInfo", "TrainStats", "as_flat_images", "invert_block"]
+__all__ = ["CPFlow", "InverseInfo", "TrainStats", "as_flat_images"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -99,51 +93,6 @@ def as_flat_images(x: Tensor, shape: tuple[int, int, int]) -> tuple[Tensor, bool
     )
 
 
-def _potential(cfg: FlowConfig, shape: tuple[int, int, int] | None) -> nn.Module:
-    """The convex network G of one block, as ``cfg.potential`` describes it."""
-    p = cfg.potential
-    if p.kind == "conv":
-        return ConvICNN(shape, p.hidden, p.depth, p.activation, symmetric_first=p.symmetric_first)
-    common = {"symmetric_first": p.symmetric_first, "zero_offset": p.zero_offset}
-    if p.kind == "picnn":
-        return PICNN(
-            cfg.dim, p.context_dim, p.hidden, p.depth, p.icnn, p.activation,
-            context_hidden=p.context_hidden, cut_context=p.cut_context,
-            actnorm=p.icnn_actnorm, **common,
-        )  # fmt: skip
-    return ICNN(cfg.dim, p.hidden, p.depth, p.icnn, p.activation, actnorm=p.icnn_actnorm, **common)
-
-
-def build_layers(cfg: FlowConfig) -> list[nn.Module]:
-    """ActNorms and blocks scale by scale, a squeeze between image scales and the unsqueezes
-    that bring z back to the input's layout at the end."""
-    layers: list[nn.Module] = []
-    shape = cfg.image_shape
-    squeezed: list[tuple[int, int, int]] = []
-    for scale, count in enumerate(cfg.scales):
-        if scale > 0:
-            layers.append(Squeeze(shape))
-            squeezed.append(shape)
-            c, h, w = shape
-            shape = (4 * c, h // 2, w // 2)
-        for i in range(count):
-            if cfg.actnorm:
-                layers.append(ActNorm(cfg.dim) if shape is None else ChannelActNorm(*shape))
-            if cfg.potential.kind == "coupling":
-                parity = (sum(cfg.scales[:scale]) + i) % 2
-                layers.append(AffineCouplingBlock(shape, cfg.potential.hidden, parity))
-                continue
-            radial_units = getattr(cfg.potential, "radial_units", 0)
-            radial = (
-                RadialTerm(cfg.dim, radial_units, cfg.potential.activation)
-                if radial_units
-                else None
-            )
-            layers.append(CPFlowBlock(_potential(cfg, shape), cfg.init_gain, radial))
-    layers.extend(Unsqueeze(s) for s in reversed(squeezed))
-    return layers
-
-
 def _legacy_state_keys(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
     """Conditional models stored before the one-flow design named a block's PICNN ``picnn``."""
     for key in [k for k in state_dict if ".picnn." in k]:
@@ -151,7 +100,13 @@ def _legacy_state_keys(module: nn.Module, state_dict: dict, prefix: str, *args: 
 
 
 class CPFlow(nn.Module):
-    """A convex potential flow with a standard normal base (see module docstring)."""
+    """A convex potential flow with a standard normal base (see module docstring).
+
+    Its map is one chain of :class:`~cpflow.layer.FlowLayer`: the standardisation, then
+    ``layers``; every method loops over the chain through that interface."""
+
+    standardization: Standardization
+    context_standardization: Standardization | None
 
     def __init__(self, config: FlowConfig | dict) -> None:
         super().__init__()
@@ -185,7 +140,7 @@ class CPFlow(nn.Module):
             raise ValueError(f"expected inputs of shape (n, {self.dim}), got {tuple(x.shape)}")
         return rows.to(dtype=self._ref.dtype, device=self._ref.device), was_image
 
-    def _as_context(self, context: Any, n: int) -> Tensor | None:
+    def _as_context(self, context: object, n: int) -> Tensor | None:
         """Standardised contexts (n, context_dim) (one row is broadcast), or None for a flow
         without context; a context that cannot go with the inputs is a ContextError."""
         if self.context_dim is None:
@@ -195,6 +150,7 @@ class CPFlow(nn.Module):
                 )
             return None
         c = check_context(context, n, self.context_dim)
+        assert self.context_standardization is not None  # built whenever context_dim is set
         return self.context_standardization(c.to(dtype=self._ref.dtype, device=self._ref.device))
 
     def _out(self, rows: Tensor, was_image: bool) -> Tensor:
@@ -204,25 +160,30 @@ class CPFlow(nn.Module):
     def _base_log_prob(z: Tensor) -> Tensor:
         return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * _LOG_2PI
 
-    def blocks(self) -> list[nn.Module]:
+    def _layers(self) -> list[FlowLayer]:
+        """The layers after the standardisation (``build_layers`` makes only FlowLayers)."""
+        return cast(list[FlowLayer], list(self.layers))
+
+    def _chain_layers(self) -> list[FlowLayer]:
+        """The whole map x -> z: the standardisation, then the layers."""
+        return [self.standardization, *self._layers()]
+
+    def blocks(self) -> list[FlowLayer]:
         """The blocks in order (CP-Flow blocks, or coupling blocks for the ablation)."""
-        return [m for m in self.layers if isinstance(m, CPFlowBlock | AffineCouplingBlock)]
+        return [m for m in self._layers() if m.is_block]
 
-    @staticmethod
-    def _step(layer: nn.Module, h: Tensor, cc: Tensor | None) -> Tensor:
-        """One layer's forward map (a block's potential takes the context)."""
-        return layer(h, layer.prepare(cc)) if isinstance(layer, CPFlowBlock) else layer(h)
-
-    def _chain(self, h: Tensor, cc: Tensor | None) -> Tensor:
-        for layer in self.layers:
-            h = self._step(layer, h, cc)
-        return h
+    def _chain(self, x: Tensor, cc: Tensor | None) -> Tensor:
+        """The forward map of raw rows x (standardisation included)."""
+        for layer in self._chain_layers():
+            x = layer(x, layer.prepare(cc))
+        return x
 
     def _const_logdet(self) -> Tensor:
-        total = self.standardization.logdet()
-        for layer in self.layers:
-            if isinstance(layer, ActNorm):
-                total = total + layer.logdet()
+        """The input-independent part of log|det dz/dx| (standardisation and ActNorms)."""
+        first, *rest = self._chain_layers()
+        total = first.constant_logdet()
+        for layer in rest:
+            total = total + layer.constant_logdet()
         return total
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -248,22 +209,19 @@ class CPFlow(nn.Module):
             return
         if self.context_standardization is None:
             raise ValueError("this flow is not conditional: it has no context standardisation")
-        cm = torch.zeros(self.context_dim) if context_mean is None else context_mean
-        cs = torch.ones(self.context_dim) if context_std is None else context_std
+        dim = self.context_standardization.dim
+        cm = torch.zeros(dim) if context_mean is None else context_mean
+        cs = torch.ones(dim) if context_std is None else context_std
         self.context_standardization.set(cm, cs)
 
     @torch.no_grad()
     def initialize(self, x: Tensor, context: Tensor | None = None) -> None:
         """Data-dependent ActNorm initialisation on a batch of raw (x, c), layer by layer."""
-        rows, _ = self._as_input(x)
-        h = self.standardization(rows)
+        h, _ = self._as_input(x)
         cc = self._as_context(context, h.shape[0])
-        for layer in self.layers:
-            if isinstance(layer, ActNorm):
-                layer.initialize(h)
-            elif isinstance(layer, CPFlowBlock):
-                layer.icnn.initialize(h, cc)
-            h = self._step(layer, h, cc)
+        for layer in self._chain_layers():
+            layer.initialize(h, cc)
+            h = layer(h, layer.prepare(cc))
 
     @property
     def initialized(self) -> bool:
@@ -275,25 +233,17 @@ class CPFlow(nn.Module):
     def transform(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Forward map x -> z (in the layout of x), given c for a conditional flow."""
         rows, was_image = self._as_input(x)
-        h = self.standardization(rows)
-        return self._out(self._chain(h, self._as_context(context, h.shape[0])), was_image)
+        return self._out(self._chain(rows, self._as_context(context, rows.shape[0])), was_image)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return self.transform(x, context)
 
     def _logdet_chain(self, rows: Tensor, cc: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(z, sum of the blocks' exact log-dets) for standardised-to-be rows."""
-        h = self.standardization(rows)
-        logdet = h.new_zeros(h.shape[0])
-        for layer in self.layers:
-            if isinstance(layer, CPFlowBlock):
-                h, ld = layer.forward_and_logdet(h, layer.prepare(cc))
-                logdet = logdet + ld
-            elif isinstance(layer, AffineCouplingBlock):
-                h, ld = layer.forward_and_logdet(h)
-                logdet = logdet + ld
-            else:
-                h = layer(h)
+        """(z, the input-dependent part of the exact log-det) for raw rows."""
+        h, logdet = rows, rows.new_zeros(rows.shape[0])
+        for layer in self._chain_layers():
+            h, ld = layer.forward_and_logdet(h, layer.prepare(cc))
+            logdet = logdet + ld
         return h, logdet
 
     def transform_and_logdet(
@@ -341,25 +291,24 @@ class CPFlow(nn.Module):
         out = torch.cat(parts) if parts else rows.new_zeros(0)
         return (out, stderr) if return_stderr else out
 
-    def _slq(self, rows, cc, probes, steps, generator) -> tuple[Tensor, Tensor]:
-        p = probes or self.config.slq_probes
-        m = steps or self.config.slq_steps
-        h = self.standardization(rows)
-        per_probe = h.new_zeros(p, h.shape[0])
-        for layer in self.layers:
-            if isinstance(layer, CPFlowBlock):
-                y, hvp = layer.linearize(h, layer.prepare(cc))
-                v = rademacher((p, *h.shape), dtype=h.dtype, device=h.device, generator=generator)
-                per_probe = per_probe + slq_logdet(hvp, v, m)
-                h = y
-            elif isinstance(layer, AffineCouplingBlock):  # exact: no estimator error
-                h, ld = layer.forward_and_logdet(h)
-                per_probe = per_probe + ld
-            else:
-                h = layer(h)
+    def _slq(
+        self,
+        rows: Tensor,
+        cc: Tensor | None,
+        probes: int | None,
+        steps: int | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor]:
+        spec = SLQProbes(
+            probes or self.config.slq_probes, steps or self.config.slq_steps, generator
+        )
+        h, per_probe = rows, rows.new_zeros(spec.probes, rows.shape[0])
+        for layer in self._chain_layers():
+            h, estimates = layer.forward_and_slq(h, layer.prepare(cc), spec)
+            per_probe = per_probe + estimates
         logdet = per_probe.mean(0)
-        if p > 1:
-            stderr = per_probe.std(0, unbiased=True) / math.sqrt(p)
+        if spec.probes > 1:
+            stderr = per_probe.std(0, unbiased=True) / math.sqrt(spec.probes)
         else:
             stderr = torch.full_like(logdet, float("nan"))
         return self._base_log_prob(h) + logdet + self._const_logdet(), stderr
@@ -386,30 +335,16 @@ class CPFlow(nn.Module):
         """
         cfg = self.config
         rows, _ = self._as_input(x)
-        h = self.standardization(rows)
-        cc = self._as_context(context, h.shape[0])
-        surrogate = h.new_zeros(h.shape[0])
+        cc = self._as_context(context, rows.shape[0])
         collector = TrainStatsCollector()
-        for layer in self.layers:
-            if isinstance(layer, AffineCouplingBlock):
-                h, ld = layer.forward_and_logdet(h)
-                surrogate = surrogate + ld
-                continue
-            if not isinstance(layer, CPFlowBlock):
-                h = layer(h)
-                continue
-            start, total = batch_rows or (0, h.shape[0])
-            v = rademacher(
-                (total, h.shape[1]), dtype=h.dtype, device=h.device, generator=generator
-            )
-            v = v[start : start + h.shape[0]]
-            y, surr, cg, rq = layer.logdet_surrogate(
-                h, v, layer.prepare(cc), atol=cfg.cg_atol, rtol=cfg.cg_rtol,
-                max_iter=cfg.cg_max_iter,
-            )  # fmt: skip
-            surrogate = surrogate + surr
-            collector.add(cg, rq)
-            h = y
+        probes = SurrogateProbes(
+            atol=cfg.cg_atol, rtol=cfg.cg_rtol, max_iter=cfg.cg_max_iter, generator=generator,
+            batch_rows=batch_rows, collector=collector,
+        )  # fmt: skip
+        h, surrogate = rows, rows.new_zeros(rows.shape[0])
+        for layer in self._chain_layers():
+            h, term = layer.forward_and_surrogate(h, layer.prepare(cc), probes)
+            surrogate = surrogate + term
         base = self._base_log_prob(h)
         loss = -(base + surrogate + self._const_logdet()).mean()
         return loss, collector.finish(base)
@@ -441,7 +376,7 @@ class CPFlow(nn.Module):
         # affordable (d <= exact_max_dim; it converges in one or two steps), else one more
         # pass of L-BFGS at tol/100, each block warm-started from the current estimate.
         x, iters = self._inverse_pass(rows, cc, tol * 0.1, max_iter, solver)
-        residual = (self._chain(self.standardization(x), cc) - rows).abs().amax(-1)
+        residual = (self._chain(x, cc) - rows).abs().amax(-1)
         newton = self.dim <= cfg.exact_max_dim and cfg.potential.kind != "coupling"
 
         def polish(miss: Tensor) -> tuple[Tensor, int]:
@@ -454,7 +389,7 @@ class CPFlow(nn.Module):
 
         def measure(miss: Tensor, xr: Tensor) -> Tensor:
             c_miss = None if cc is None else cc[miss]
-            return (self._chain(self.standardization(xr), c_miss) - rows[miss]).abs().amax(-1)
+            return (self._chain(xr, c_miss) - rows[miss]).abs().amax(-1)
 
         iters = max(iters, refine_misses(x, residual, tol, 2, polish, measure))
         # the end-to-end residual is measured, so it decides: never flag a sample above tol
@@ -475,33 +410,19 @@ class CPFlow(nn.Module):
         """One pass through the layers, last to first; ``start`` (an estimate of x) gives each
         block's solve its starting point (where the estimate's forward pass puts its input).
         Returns x and the most iterations a block took (InverseInfo judges x end to end)."""
-        starts: dict[int, Tensor] = {}
+        layers = self._chain_layers()
+        starts: list[Tensor | None] = [None] * len(layers)
         if start is not None:
-            h = self.standardization(start)
-            for i, layer in enumerate(self.layers):
-                if isinstance(layer, CPFlowBlock):
-                    starts[i] = h
-                h = self._step(layer, h, cc)
-        h = z
-        iters = 0
-        for i in reversed(range(len(self.layers))):
-            layer = self.layers[i]
-            if not isinstance(layer, CPFlowBlock):
-                h = layer.inverse(h)
-                continue
-            res = invert_block(
-                layer,
-                h,
-                layer.prepare(cc),
-                tol=tol,
-                max_iter=max_iter,
-                solver=solver,
-                history=self.config.lbfgs_history,
-                x0=starts.get(i),
-            )
-            h = res.x
-            iters = max(iters, int(res.iterations.max()) if res.iterations.numel() else 0)
-        return self.standardization.inverse(h), iters
+            h = start
+            for i, layer in enumerate(layers):
+                starts[i] = h
+                h = layer(h, layer.prepare(cc))
+        solve = InverseSolve(tol, max_iter, solver, self.config.lbfgs_history)
+        h, iters = z, 0
+        for layer, x0 in zip(reversed(layers), reversed(starts), strict=True):
+            h, layer_iters = layer.invert(h, layer.prepare(cc), solve, x0)
+            iters = max(iters, layer_iters)
+        return h, iters
 
     def _newton_polish(self, x: Tensor, z: Tensor, cc: Tensor | None, steps: int) -> Tensor:
         """Newton steps on the whole map in standardised coordinates: h <- h - J(h)^-1 (T(h) - z),
@@ -514,14 +435,8 @@ class CPFlow(nn.Module):
         eye = torch.eye(d, dtype=h.dtype, device=h.device)
         for _ in range(steps + 1):
             y, J = h, eye.expand(n, -1, -1)
-            for layer in self.layers:
-                if isinstance(layer, CPFlowBlock):
-                    y, H = layer.forward_and_hessian(y, layer.prepare(cc))
-                    J = H @ J
-                else:  # ActNorm scales and squeeze permutations act on J's rows
-                    y = layer(y)
-                    J = layer.linear(J.transpose(1, 2).reshape(n * d, d))
-                    J = J.reshape(n, d, d).transpose(1, 2)
+            for layer in self._layers():
+                y, J = layer.forward_and_jacobian(y, layer.prepare(cc), J)
             r = y - z
             rmax = r.abs().amax(-1)
             gain = rmax < best_r
@@ -551,35 +466,3 @@ class CPFlow(nn.Module):
         z = torch.randn(n, self.dim, generator=generator, device=gen_device, dtype=self._ref.dtype)
         x, info = self.inverse(z.to(self._ref.device), context, tol=tol, max_iter=max_iter)
         return (self._out(x, True) if images else x), info
-
-
-def invert_block(
-    block: CPFlowBlock,
-    y: Tensor,
-    w: Any = None,
-    *,
-    tol: float,
-    max_iter: int,
-    solver: str = "lbfgs",
-    history: int = 10,
-    x0: Tensor | None = None,
-):
-    """Solve f(x) = y for one block: argmin_x F(x) - y^T x (Algorithm 1), per sample, from
-    ``x0`` (default y / alpha); ``w`` is the block's prepared weights (:meth:`prepare`)."""
-
-    w = block.prepare(None) if w is None else w  # the parameters are fixed during the solve
-
-    def fg(x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        val, grad = block.value_and_grad(x, w.select(idx))
-        yi = y[idx]
-        return val - (yi * x).sum(-1), grad - yi
-
-    def hess(x: Tensor, idx: Tensor) -> Tensor:
-        return block.forward_and_hessian(x, w.select(idx))[1]
-
-    if x0 is None:
-        # f(x) = alpha x + (bounded ICNN gradient), so y / alpha is close for far-out points
-        x0 = y / block.coefficients()[0]
-    return minimize_batched(
-        fg, x0, tol=tol, max_iter=max_iter, history=history, method=solver, hessian=hess
-    )

@@ -4,12 +4,31 @@ squeeze permutation between the scales of an image flow."""
 from __future__ import annotations
 
 import math
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["ActNorm", "PositiveLinear", "Squeeze", "Standardization", "Unsqueeze", "softplus_inv"]
+from .layer import AffineLayer, Prepared
+
+__all__ = [
+    "ActNorm",
+    "PositiveLinear",
+    "Squeeze",
+    "Standardization",
+    "Unsqueeze",
+    "module_list",
+    "softplus_inv",
+]
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def module_list(modules: nn.ModuleList, kind: type[M]) -> list[M]:
+    """The items of a ModuleList built from ``kind`` only, typed as such (torch types every
+    item as a plain Module)."""
+    return cast(list[M], list(modules))
 
 
 def softplus_inv(y: float) -> float:
@@ -38,12 +57,14 @@ class PositiveLinear(nn.Module):
         return x @ self.effective_weight().T
 
 
-class ActNorm(nn.Module):
+class ActNorm(AffineLayer):
     """Elementwise y = exp(log_scale) * (x + shift): a positive scale, data-initialised once.
 
     The ``initialized`` flag is a buffer, so it travels in the ``state_dict`` and a loaded model
     never re-initialises. Initialisation only happens through :meth:`initialize`.
     """
+
+    initialized: Tensor
 
     def __init__(self, features: int) -> None:
         super().__init__()
@@ -53,7 +74,7 @@ class ActNorm(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
 
     @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
+    def initialize(self, x: Tensor, context: Tensor | None = None) -> None:
         """Set shift/scale so that x (n, features) has zero mean and unit variance per feature."""
         x = x.reshape(-1, self.features)
         mean = x.mean(0)
@@ -65,7 +86,7 @@ class ActNorm(nn.Module):
     def scale(self) -> Tensor:
         return torch.exp(self.log_scale)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, w: Prepared | None = None) -> Tensor:
         return (x + self.shift) * self.scale()
 
     def inverse(self, y: Tensor) -> Tensor:
@@ -80,17 +101,23 @@ class ActNorm(nn.Module):
         return self.log_scale.sum()
 
 
-class Squeeze(nn.Module):
+class Squeeze(AffineLayer):
     """Images (C, H, W) -> (4C, H/2, W/2): each 2x2 patch becomes 4 channels (Dinh et al.,
     2017). A permutation (log-det 0); takes and returns flat rows (n, C*H*W) or images."""
 
     def __init__(self, shape: tuple[int, int, int] | None = None) -> None:
         super().__init__()
-        self.shape = None if shape is None else tuple(int(s) for s in shape)
+        self.shape = None if shape is None else (int(shape[0]), int(shape[1]), int(shape[2]))
+
+    def _image_shape(self) -> tuple[int, int, int]:
+        """The unsqueezed image shape, which flat rows need."""
+        if self.shape is None:
+            raise ValueError("a Squeeze built without a shape takes images (n, C, H, W) only")
+        return self.shape
 
     def _squeeze(self, x: Tensor) -> Tensor:
         flat = x.ndim == 2
-        x = x.reshape(x.shape[0], *self.shape) if flat else x
+        x = x.reshape(x.shape[0], *self._image_shape()) if flat else x
         n, c, h, w = x.shape
         x = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
         x = x.reshape(n, c * 4, h // 2, w // 2)
@@ -99,7 +126,7 @@ class Squeeze(nn.Module):
     def _unsqueeze(self, y: Tensor) -> Tensor:
         flat = y.ndim == 2
         if flat:
-            c, h, w = self.shape
+            c, h, w = self._image_shape()
             y = y.reshape(y.shape[0], 4 * c, h // 2, w // 2)
         n, c4, h2, w2 = y.shape
         c = c4 // 4
@@ -107,7 +134,7 @@ class Squeeze(nn.Module):
         y = y.reshape(n, c, h2 * 2, w2 * 2)
         return y.reshape(n, -1) if flat else y
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, w: Prepared | None = None) -> Tensor:
         return self._squeeze(x)
 
     def inverse(self, y: Tensor) -> Tensor:
@@ -116,19 +143,23 @@ class Squeeze(nn.Module):
     def linear(self, v: Tensor) -> Tensor:
         return self.forward(v)
 
+    def logdet(self) -> Tensor:
+        """A permutation: log|det| = 0."""
+        return torch.zeros(())
+
 
 class Unsqueeze(Squeeze):
     """The inverse of :class:`Squeeze` over images of ``shape`` (the unsqueezed shape); the
     last layers of an image flow, so that z comes back in the input's layout."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, w: Prepared | None = None) -> Tensor:
         return self._unsqueeze(x)
 
     def inverse(self, y: Tensor) -> Tensor:
         return self._squeeze(y)
 
 
-class Standardization(nn.Module):
+class Standardization(AffineLayer):
     """Fixed affine layer z = (x - mean) / std, stored as buffers with its log-det.
 
     It makes the model take raw user data while the flow sees standardised values. With
@@ -136,6 +167,11 @@ class Standardization(nn.Module):
     covariance, so a flow whose blocks are the identity is that full-covariance Gaussian.
     ``std`` then holds the marginal standard deviations (informative; the map uses L).
     """
+
+    mean: Tensor
+    std: Tensor
+    chol: Tensor
+    chol_inv: Tensor
 
     def __init__(self, dim: int, *, full: bool = False) -> None:
         super().__init__()
@@ -191,10 +227,11 @@ class Standardization(nn.Module):
         self.chol.copy_(chol)
         self.chol_inv.copy_(chol_inv)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.full:
-            return (x - self.mean) @ self.chol_inv.T
-        return (x - self.mean) / self.std
+    def forward(self, x: Tensor, w: Prepared | None = None) -> Tensor:
+        return self.linear(x - self.mean)
+
+    def linear(self, v: Tensor) -> Tensor:
+        return v @ self.chol_inv.T if self.full else v / self.std
 
     def inverse(self, z: Tensor) -> Tensor:
         if self.full:

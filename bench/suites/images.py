@@ -48,8 +48,8 @@ def preset_config(preset: str, **overrides):
 
 def digits_config(model: str, hidden: int, blocks: list[int], standardization: str):
     """The digits preset's multiscale CP-Flow, or the coupling ablation of equal size."""
+    from bench.ablation import coupling_parameter_match
     from cpflow import CPFlow
-    from cpflow.coupling import coupling_parameter_match
 
     scaling = {"pixel": "diagonal", "scalar": "isotropic"}[standardization]
     cfg = preset_config("digits", hidden=hidden, blocks=blocks, standardization=scaling)

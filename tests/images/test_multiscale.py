@@ -9,8 +9,8 @@ import pytest
 import torch
 from image_flows import random_image_flow
 
+from bench.ablation import coupling_parameter_match
 from cpflow import CPFlow, FlowConfig
-from cpflow.coupling import coupling_parameter_match
 from cpflow.flow import as_flat_images
 from cpflow.layers import Squeeze
 from training.presets import resolve_preset
