@@ -125,7 +125,7 @@ class FlowConfig(BaseModel):
         description="number of blocks; for images a list, blocks per scale with a squeeze"
         " (2x2 patches -> channels) between scales",
     )
-    potential: Potential = Field(default_factory=ICNNPotential)
+    potential: Potential = Field(default_factory=lambda: ICNNPotential.model_validate({}))
     actnorm: bool = Field(True, description="ActNorm layer before each block")
     init_gain: float | None = Field(
         None,
@@ -226,7 +226,8 @@ class FlowConfig(BaseModel):
                 )
         if kind == "picnn" and self.standardization == "whiten":
             raise ValueError("a conditional flow standardises per coordinate: use 'diagonal'")
-        if kind == "icnn" and self.potential.icnn == "augmented" and self.potential.hidden < 2:
+        p = self.potential
+        if isinstance(p, ICNNPotential) and p.icnn == "augmented" and p.hidden < 2:
             raise ValueError("an augmented ICNN needs hidden >= 2")
         return self
 
@@ -269,18 +270,19 @@ class FlowConfig(BaseModel):
         )
 
     @classmethod
-    def transport(cls, dim: int, **kwargs: object) -> FlowConfig:
+    def transport(cls, dim: int, **kwargs: Any) -> FlowConfig:
         """A config whose transform is a Brenier map: one block, no ActNorm, scalar std."""
         kwargs = {"blocks": 1, "actnorm": False, "standardization": "isotropic", **kwargs}
         return cls(dim=dim, **kwargs)
 
     @classmethod
-    def image(cls, shape: tuple[int, int, int], blocks: list[int], **kwargs: object) -> FlowConfig:
+    def image(cls, shape: tuple[int, int, int], blocks: list[int], **kwargs: Any) -> FlowConfig:
         """A multiscale image flow over ``shape`` = (C, H, W) (convolutional potentials unless
         ``kind="coupling"`` is given), e.g. ``FlowConfig.image((1, 8, 8), [2, 2, 2])``."""
-        return cls(image_shape=tuple(shape), blocks=list(blocks), **kwargs)
+        return cls(image_shape=(shape[0], shape[1], shape[2]), blocks=list(blocks), **kwargs)
 
     @classmethod
-    def conditional(cls, dim: int, context_dim: int, **kwargs: object) -> FlowConfig:
-        """A conditional flow p(x | c) with PICNN potentials."""
-        return cls(dim=dim, context_dim=context_dim, **kwargs)
+    def conditional(cls, dim: int, context_dim: int, **kwargs: Any) -> FlowConfig:
+        """A conditional flow p(x | c) with PICNN potentials (the flat form: the validator
+        gathers ``context_dim`` and the other potential fields into ``potential``)."""
+        return cls.model_validate({"dim": dim, "context_dim": context_dim, **kwargs})

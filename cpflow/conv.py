@@ -22,13 +22,15 @@ for parameter gradients. All public maps take flat rows (n, C*H*W): that is the 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .activations import Activation
 from .layer import Prepared
-from .layers import ActNorm
+from .layers import ActNorm, module_list
 from .sweeps import forward_sweep, hvp_sweep
 
 __all__ = ["ChannelActNorm", "ConvICNN", "PositiveConv2d"]
@@ -188,13 +190,22 @@ class ConvICNN(nn.Module):
             raise ValueError("a convolutional ICNN potential takes no context")
         return self.weights()
 
+    def _norms(self) -> list[ChannelActNorm]:
+        return module_list(self.norms, ChannelActNorm)
+
     def weights(self) -> _ConvWeights:
-        A, b, P, sc = [], [], [], []
-        for k in range(self.depth):
-            A.append(self.conv_x[k].weight)
-            b.append((self.conv_x[k].bias + self.norms[k].shift).view(1, -1, 1, 1))
-            P.append(self.pos[k - 1].effective_weight() if k > 0 else None)
-            sc.append(self.norms[k].scale().view(1, -1, 1, 1))
+        """The effective weights (the positive kernels' softplus, the ActNorms' shift and
+        scale)."""
+        A: list[Tensor] = []
+        b: list[Tensor] = []
+        P: list[Tensor | None] = []
+        sc: list[Tensor] = []
+        conv_x, pos = module_list(self.conv_x, nn.Conv2d), module_list(self.pos, PositiveConv2d)
+        for k, norm in enumerate(self._norms()):
+            A.append(conv_x[k].weight)
+            b.append((cast(Tensor, conv_x[k].bias) + norm.shift).view(1, -1, 1, 1))
+            P.append(pos[k - 1].effective_weight() if k > 0 else None)
+            sc.append(norm.scale().view(1, -1, 1, 1))
         w_out = (F.softplus(self.out_weight) / self.hidden).view(1, -1, 1, 1)
         return _ConvWeights(A=A, b=b, P=P, sc=sc, w_out=w_out)
 
@@ -214,7 +225,7 @@ class ConvICNN(nn.Module):
         """c_k = dG/dz_k (per layer) and grad_x G (n, C, H, W)."""
         cs: list[Tensor] = [None] * self.depth  # type: ignore[list-item]
         c = w["w_out"].expand_as(s1[-1])
-        grad = None
+        grad: Tensor | None = None
         for k in reversed(range(self.depth)):
             cs[k] = c
             g = s1[k] * c * w["sc"][k]  # dG/dpre_k
@@ -222,6 +233,8 @@ class ConvICNN(nn.Module):
             grad = term if grad is None else grad + term
             if k > 0:
                 c = F.conv_transpose2d(g, w["P"][k], padding=self.padding)
+        if grad is None:
+            raise ValueError("a convolutional ICNN has at least one layer")
         return cs, grad
 
     # -- public maps ----------------------------------------------------------------------------
@@ -260,8 +273,7 @@ class ConvICNN(nn.Module):
     def initialize(self, x: Tensor, context: Tensor | None = None) -> None:
         """Data-dependent init of the hidden ActNorms, layer by layer, on a batch x."""
         xi = self._img(x)
-        for k in range(self.depth):
-            norm = self.norms[k]
+        for k, norm in enumerate(self._norms()):
             w = self.weights()
             u = self._forward(xi, w)[0][k]
             raw = u / w["sc"][k] - norm.shift.view(1, -1, 1, 1)

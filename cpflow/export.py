@@ -45,15 +45,11 @@ def export_onnx(flow: CPFlow, path: str | Path, *, dynamo: bool = False, opset: 
     module = ExplicitTransform(flow).eval()
     ref = flow.standardization.mean
     example = torch.zeros(2, flow.dim, dtype=ref.dtype, device=ref.device)
-    kwargs = {
-        "input_names": ["x"],
-        "output_names": ["z"],
-        "dynamic_axes": {"x": {0: "n"}, "z": {0: "n"}},
-        "opset_version": opset,
-        "dynamo": dynamo,
-    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         with torch.no_grad():
-            torch.onnx.export(module, (example,), str(path), **kwargs)
+            torch.onnx.export(
+                module, (example,), str(path), input_names=["x"], output_names=["z"],
+                dynamic_axes={"x": {0: "n"}, "z": {0: "n"}}, opset_version=opset, dynamo=dynamo,
+            )  # fmt: skip
     return path

@@ -19,6 +19,7 @@ hidden layers).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -70,14 +71,15 @@ class ICNNLinearization:
         net, w = self.net, self.w
 
         def tangent(k: int, jt: list[Tensor]) -> Tensor:
-            tk = v @ w.A[k].T
-            if w.P[k] is None:
+            tk, Pk = v @ w.A[k].T, w.P[k]
+            if Pk is None:
                 return tk
-            return net._add_pos(tk, net._gather(jt, k) @ w.P[k].T, k)
+            return net._add_pos(tk, net._gather(jt, k) @ Pk.T, k)
 
         def adjoint(k: int, rk: Tensor, acc: list[Tensor | None]) -> Tensor:
-            if w.P[k] is not None:
-                net._scatter_back(acc, rk[..., : net.pos_rows[k]] @ w.P[k], k)
+            Pk = w.P[k]
+            if Pk is not None:
+                net._scatter_back(acc, rk[..., : net.pos_rows[k]] @ Pk, k)
             return rk @ w.A[k]
 
         return hvp_sweep(self.s1, self.c2, tangent, adjoint)
@@ -143,8 +145,8 @@ class ICNN(nn.Module):
     def _scatter_back(self, acc: list[Tensor | None], back: Tensor, k: int) -> None:
         h = self.hidden
         for i, j in enumerate(self.sources[k]):
-            piece = back[..., i * h : (i + 1) * h]
-            acc[j] = piece if acc[j] is None else acc[j] + piece
+            piece, prev = back[..., i * h : (i + 1) * h], acc[j]
+            acc[j] = piece if prev is None else prev + piece
 
     def prepare(self, context: Tensor | None = None) -> _Weights:
         """The effective weights for a batch (an ICNN takes no context)."""
@@ -152,13 +154,24 @@ class ICNN(nn.Module):
             raise ValueError("an ICNN potential takes no context")
         return self.weights()
 
+    def _linear(self, k: int) -> nn.Linear:
+        return cast(nn.Linear, self.lin_x[k])
+
+    def _norm(self, k: int) -> _HiddenActNorm:
+        assert self.norms is not None
+        return cast(_HiddenActNorm, self.norms[k])
+
     def weights(self) -> _Weights:
-        A, b, P = [], [], []
+        """The effective weights (the positive maps' softplus, the ActNorms folded in)."""
+        A: list[Tensor] = []
+        b: list[Tensor] = []
+        P: list[Tensor | None] = []
         for k in range(self.depth):
-            Ak, bk = self.lin_x[k].weight, self.lin_x[k].bias
-            Pk = self.pos[k - 1].effective_weight() if k > 0 else None
+            Ak: Tensor = self._linear(k).weight
+            bk: Tensor = self._linear(k).bias
+            Pk = cast(PositiveLinear, self.pos[k - 1]).effective_weight() if k > 0 else None
             if self.norms is not None:
-                sc, sh = self.norms[k].scale(), self.norms[k].shift
+                sc, sh = self._norm(k).scale(), self._norm(k).shift
                 Ak = Ak * sc[:, None]
                 bk = (bk + sh) * sc
                 if Pk is not None:
@@ -171,10 +184,10 @@ class ICNN(nn.Module):
     # -- passes -----------------------------------------------------------------------------
     def _forward(self, x: Tensor, w: _Weights, order: int):
         def pre_activation(k: int, zs: list[Tensor]) -> Tensor:
-            pre = F.linear(x, w.A[k], w.b[k])
-            if w.P[k] is None:
+            pre, Pk = F.linear(x, w.A[k], w.b[k]), w.P[k]
+            if Pk is None:
                 return pre
-            return self._add_pos(pre, self._gather(zs, k) @ w.P[k].T, k)
+            return self._add_pos(pre, self._gather(zs, k) @ Pk.T, k)
 
         return forward_sweep(self.acts, pre_activation, order)
 
@@ -193,8 +206,9 @@ class ICNN(nn.Module):
             cs[k] = ck
             delta = s1[k] * ck
             grad = grad + delta @ w.A[k]
-            if w.P[k] is not None:
-                self._scatter_back(acc, delta[..., : self.pos_rows[k]] @ w.P[k], k)
+            Pk = w.P[k]
+            if Pk is not None:
+                self._scatter_back(acc, delta[..., : self.pos_rows[k]] @ Pk, k)
         return cs, grad
 
     def forward(self, x: Tensor, w: _Weights | None = None) -> Tensor:
@@ -255,9 +269,10 @@ class ICNN(nn.Module):
             shared_part = torch.addmm(bias[upper], shared_w, outer[:, upper])
         else:
             H = torch.addmm(bias, shared_w, outer).reshape(n, d, d)
-        VT: list[Tensor | None] = [None] * self.depth  # (n, d, h_pos): per-sample rows of U_k
+        VT: dict[int, Tensor] = {}  # (n, d, h_pos): per-sample rows of U_k, k >= 1
         for k in range(1, self.depth):
             hp, Pk = pos[k], w.P[k]
+            assert Pk is not None  # every layer after the first has a positive map
             coeffs, tensors = [], []
             for i, j in enumerate(self.sources[k]):
                 cols = Pk[:, i * h + pos[j] : (i + 1) * h]
@@ -275,6 +290,7 @@ class ICNN(nn.Module):
         if upper_only:
             H = x.new_zeros(n, d, d) if H is None else H
             H.view(n, d * d).index_add_(1, upper, shared_part)
+        assert H is not None  # without upper_only it is built before the loop
         return grad, H
 
     def linearize(self, x: Tensor, w: _Weights | None = None) -> tuple[Tensor, ICNNLinearization]:
@@ -293,7 +309,7 @@ class ICNN(nn.Module):
             return
         # layer by layer: each initialisation changes what later layers see
         for k in range(self.depth):
-            norm = self.norms[k]
+            norm = self._norm(k)
             us = self._forward(x, self.weights(), 0)[0]
             raw = us[k] / norm.scale() - norm.shift  # undo the folded ActNorm of layer k
             norm.initialize_from(raw)
@@ -301,6 +317,8 @@ class ICNN(nn.Module):
 
 class _HiddenActNorm(nn.Module):
     """Positive-scale ActNorm on ICNN pre-activations (folded into the weights when used)."""
+
+    initialized: Tensor
 
     def __init__(self, features: int) -> None:
         super().__init__()

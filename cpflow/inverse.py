@@ -145,6 +145,37 @@ class _WorkingSet:
         )
         self.gamma = x.new_ones(k)
 
+    def direction(self, it: int, history: int, hessian: Hessian | None) -> Tensor:
+        """The search direction at iteration ``it``: the L-BFGS two-loop recursion, or a
+        Newton step (steepest descent where the Hessian's Cholesky factorisation fails)."""
+        if self.memory is not None:
+            S, Y, rho = self.memory
+            order = [(it - 1 - j) % history for j in range(min(it, history))]
+            return -_two_loop(self.g, S, Y, rho, self.gamma, order)
+        if hessian is None:
+            raise ValueError("newton needs a hessian function")
+        L, info = torch.linalg.cholesky_ex(hessian(self.x, self.idx))
+        direction = -torch.cholesky_solve(self.g.unsqueeze(-1), L).squeeze(-1)
+        return torch.where((info != 0).unsqueeze(-1), -self.g, direction)
+
+    def remember(self, slot: int, xn: Tensor, gn: Tensor, moved: Tensor, finished: Tensor) -> None:
+        """Keep the step to (xn, gn) in L-BFGS memory ``slot`` (before x and g move there);
+        nothing for Newton."""
+        if self.memory is None:
+            return
+        S, Y, rho = self.memory
+        s, yv = xn - self.x, gn - self.g
+        sy, yy = (s * yv).sum(-1), (yv * yv).sum(-1)
+        valid = moved & (sy > 0) & (yy > 0)
+        S[slot] = s
+        Y[slot] = yv
+        rho[slot] = torch.where(valid, 1.0 / torch.where(valid, sy, 1.0), 0.0)
+        # a failed search discards the memory: steepest descent next time
+        rho.masked_fill_((~moved & ~finished).unsqueeze(0), 0.0)
+        self.gamma = torch.where(
+            valid, sy / torch.where(valid, yy, 1.0), torch.where(moved, self.gamma, 1.0)
+        )
+
     def keep(self, rows: Tensor) -> None:
         for name in ("idx", "x", "f", "g", "iters", "best", "since", "fails", "gamma"):
             setattr(self, name, getattr(self, name)[rows])
@@ -198,14 +229,7 @@ def minimize_batched(
             finished = finished[rest]
         if ws.idx.numel() == 0:
             break
-        if ws.memory is not None:
-            S, Y, rho = ws.memory
-            order = [(it - 1 - j) % history for j in range(min(it, history))]
-            direction = -_two_loop(ws.g, S, Y, rho, ws.gamma, order)
-        else:
-            L, info = torch.linalg.cholesky_ex(hessian(ws.x, ws.idx))
-            direction = -torch.cholesky_solve(ws.g.unsqueeze(-1), L).squeeze(-1)
-            direction = torch.where((info != 0).unsqueeze(-1), -ws.g, direction)
+        direction = ws.direction(it, history, hessian)
         gd = (ws.g * direction).sum(-1)
         bad = ~(gd < 0) | ~torch.isfinite(gd)
         direction = torch.where(bad.unsqueeze(-1), -ws.g, direction)
@@ -213,19 +237,7 @@ def minimize_batched(
         direction = direction.masked_fill(finished.unsqueeze(-1), 0.0)
         step, xn, fn, gn = line_search_batched(fg, ws.idx, ws.x, direction, ws.f, ws.g)
         moved = (step > 0) & ~finished
-        if ws.memory is not None:
-            s, yv = xn - ws.x, gn - ws.g
-            sy, yy = (s * yv).sum(-1), (yv * yv).sum(-1)
-            valid = moved & (sy > 0) & (yy > 0)
-            slot = it % history
-            S[slot] = s
-            Y[slot] = yv
-            rho[slot] = torch.where(valid, 1.0 / torch.where(valid, sy, 1.0), 0.0)
-            # a failed search discards the memory: steepest descent next time
-            rho.masked_fill_((~moved & ~finished).unsqueeze(0), 0.0)
-            ws.gamma = torch.where(
-                valid, sy / torch.where(valid, yy, 1.0), torch.where(moved, ws.gamma, 1.0)
-            )
+        ws.remember(it % history, xn, gn, moved, finished)
         keep_g = finished.unsqueeze(-1)
         ws.x, ws.f, ws.g = xn, torch.where(finished, ws.f, fn), torch.where(keep_g, ws.g, gn)
         gi = ws.g.abs().amax(-1)

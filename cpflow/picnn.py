@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .activations import Activation
-from .layers import PositiveLinear, softplus_inv
+from .layers import PositiveLinear, module_list, softplus_inv
 from .sweeps import forward_sweep, hvp_sweep
 
 __all__ = ["PICNN", "PICNNContext", "PICNNLinearization"]
@@ -85,14 +85,15 @@ class PICNNLinearization:
         net, w = self.net, self.w
 
         def tangent(k: int, jt: list[Tensor]) -> Tensor:
-            tk = (v * w.gx[k]) @ w.A[k].T
-            if w.P[k] is None:
+            tk, Pk, gzk = (v * w.gx[k]) @ w.A[k].T, w.P[k], w.gz[k]
+            if Pk is None or gzk is None:
                 return tk
-            return net._add_pos(tk, (jt[k - 1] * w.gz[k]) @ w.P[k].T)
+            return net._add_pos(tk, (jt[k - 1] * gzk) @ Pk.T)
 
         def adjoint(k: int, rk: Tensor, acc: list[Tensor | None]) -> Tensor:
-            if w.P[k] is not None:
-                acc[k - 1] = (rk[..., : net.pos_rows[k]] @ w.P[k]) * w.gz[k]
+            Pk, gzk = w.P[k], w.gz[k]
+            if Pk is not None and gzk is not None:
+                acc[k - 1] = (rk[..., : net.pos_rows[k]] @ Pk) * gzk
             return (rk @ w.A[k]) * w.gx[k]
 
         return hvp_sweep(self.s1, self.c2, tangent, adjoint)
@@ -146,12 +147,13 @@ class PICNN(nn.Module):
         self.out_pos = PositiveLinear(hidden, 1)
         self.out_x = nn.Linear(ch, dim)
         # gates start near 1 (the network starts as an ICNN with mild context effects)
+        gate_x, gate_z = module_list(self.gate_x, nn.Linear), module_list(self.gate_z, nn.Linear)
         with torch.no_grad():
-            for lin in [*self.gate_x, *self.gate_z, self.gate_out, self.out_x]:
+            for lin in [*gate_x, *gate_z, self.gate_out, self.out_x]:
                 lin.weight.mul_(0.1)
-            for lin in self.gate_x:
+            for lin in gate_x:
                 lin.bias.zero_()
-            for lin in [*self.gate_z, self.gate_out]:
+            for lin in [*gate_z, self.gate_out]:
                 lin.bias.fill_(_ONE_INV)
         self.norm_shift = nn.ParameterList(
             nn.Parameter(torch.zeros(hidden)) for _ in range(depth if actnorm else 0)
@@ -161,6 +163,8 @@ class PICNN(nn.Module):
         )
         self.actnorm = actnorm
         self.register_buffer("initialized", torch.tensor(not actnorm))
+
+    initialized: Tensor
 
     # -- context ------------------------------------------------------------------------------
     def context_features(self, c: Tensor) -> list[Tensor]:
@@ -175,12 +179,17 @@ class PICNN(nn.Module):
     def prepare(self, c: Tensor) -> PICNNContext:
         """Effective per-sample weights for contexts c (n, context_dim)."""
         us = self.context_features(c)
-        gx, gz, bias, A, P = [], [], [], [], []
+        lin_x, pos = module_list(self.lin_x, nn.Linear), module_list(self.pos, PositiveLinear)
+        gx: list[Tensor] = []
+        gz: list[Tensor | None] = []
+        bias: list[Tensor] = []
+        A: list[Tensor] = []
+        P: list[Tensor | None] = []
         for k in range(self.depth):
             u = us[k]
-            Ak = self.lin_x[k].weight
+            Ak: Tensor = lin_x[k].weight
             bk = self.bias[k](u)
-            Pk = self.pos[k - 1].effective_weight() if k > 0 else None
+            Pk = pos[k - 1].effective_weight() if k > 0 else None
             if self.actnorm:
                 sc = torch.exp(self.norm_log_scale[k])
                 Ak = Ak * sc[:, None]
@@ -208,10 +217,10 @@ class PICNN(nn.Module):
 
     def _forward(self, x: Tensor, w: PICNNContext):
         def pre_activation(k: int, zs: list[Tensor]) -> Tensor:
-            pre = (x * w.gx[k]) @ w.A[k].T + w.bias[k]
-            if w.P[k] is None:
+            pre, Pk, gzk = (x * w.gx[k]) @ w.A[k].T + w.bias[k], w.P[k], w.gz[k]
+            if Pk is None or gzk is None:
                 return pre
-            return self._add_pos(pre, (zs[k - 1] * w.gz[k]) @ w.P[k].T)
+            return self._add_pos(pre, (zs[k - 1] * gzk) @ Pk.T)
 
         return forward_sweep(self.acts, pre_activation)
 
@@ -223,8 +232,9 @@ class PICNN(nn.Module):
             cs[k] = acc
             delta = s1[k] * acc
             grad = grad + (delta @ w.A[k]) * w.gx[k]
-            if w.P[k] is not None:
-                acc = (delta[..., : self.pos_rows[k]] @ w.P[k]) * w.gz[k]
+            Pk, gzk = w.P[k], w.gz[k]
+            if Pk is not None and gzk is not None:
+                acc = (delta[..., : self.pos_rows[k]] @ Pk) * gzk
         return cs, grad
 
     def forward(self, x: Tensor, c: Tensor | PICNNContext) -> Tensor:
@@ -262,11 +272,12 @@ class PICNN(nn.Module):
         cs, grad = self._adjoints(w, s1)
         n = x.shape[0]
         H = x.new_zeros(n, self.dim, self.dim)
-        J_prev = None
+        J_prev: Tensor | None = None
         for k in range(self.depth):
             U = w.A[k].unsqueeze(0) * w.gx[k].unsqueeze(1)  # (n, h, d)
-            if w.P[k] is not None:
-                pu = torch.matmul(w.P[k], w.gz[k].unsqueeze(-1) * J_prev)  # (n, hp, d)
+            Pk, gzk = w.P[k], w.gz[k]
+            if Pk is not None and gzk is not None and J_prev is not None:
+                pu = torch.matmul(Pk, gzk.unsqueeze(-1) * J_prev)  # (n, hp, d)
                 hp = self.pos_rows[k]
                 U = torch.cat([U[:, :hp] + pu, U[:, hp:]], 1) if hp < self.hidden else U + pu
             J_prev = s1[k].unsqueeze(-1) * U

@@ -64,16 +64,18 @@ class RadialTerm(nn.Module):
     def _radius(self, x: Tensor) -> Tensor:
         return torch.sqrt((x * x).sum(-1) + self.eps * self.eps)
 
-    def _pass(self, x: Tensor, order: int):
-        """r (n,), R (n,), R'(r) and R''(r) (n,) where ``order`` asks for them (else None)."""
+    def _pass(self, x: Tensor, order: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """r (n,), R (n,) and the derivatives [R'(r), R''(r)] (n,) up to ``order``."""
         r = self._radius(x)
         a, beta = F.softplus(self.raw_slope), F.softplus(self.raw_weight)
         u = (r[..., None] - self.centre) * a
         s, s1, s2 = self.act.all(u, order)
-        value = s @ beta
-        p = None if order < 1 else s1 @ (beta * a)
-        q = None if order < 2 else s2 @ (beta * a * a)
-        return r, value, p, q
+        derivatives = []
+        if order >= 1 and s1 is not None:
+            derivatives.append(s1 @ (beta * a))
+        if order >= 2 and s2 is not None:
+            derivatives.append(s2 @ (beta * a * a))
+        return r, s @ beta, derivatives
 
     def forward(self, x: Tensor) -> Tensor:
         """R(x), shape (n,)."""
@@ -81,7 +83,7 @@ class RadialTerm(nn.Module):
 
     def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(R(x) (n,), grad R(x) (n, d))."""
-        r, value, p, _ = self._pass(x, 1)
+        r, value, (p,) = self._pass(x, 1)
         return value, (p / r)[..., None] * x
 
     def grad(self, x: Tensor) -> Tensor:
@@ -102,7 +104,7 @@ class RadialTerm(nn.Module):
 
     def _second_order(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(grad R, iso, rank1) with Hess R = iso I + rank1 x x^T."""
-        r, _, p, q = self._pass(x, 2)
+        r, _, (p, q) = self._pass(x, 2)
         iso = p / r
         return iso[..., None] * x, iso, (q - iso) / (r * r)
 

@@ -57,11 +57,13 @@ def hvp_sweep(
         t.append(tk)
         jt.append(s1[k] * tk)
     acc: list[Tensor | None] = [None] * depth
-    out = None
+    out: Tensor | None = None
     for k in reversed(range(depth)):
-        rk = c2[k] * t[k]
-        if acc[k] is not None:
-            rk = rk + s1[k] * acc[k]
+        rk, ak = c2[k] * t[k], acc[k]
+        if ak is not None:
+            rk = rk + s1[k] * ak
         term = adjoint(k, rk, acc)
         out = term if out is None else out + term
+    if out is None:
+        raise ValueError("a convex network has at least one layer")
     return out
