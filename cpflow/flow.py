@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -255,6 +255,32 @@ class CPFlow(nn.Module):
         z, logdet = self._logdet_chain(rows, self._as_context(context, rows.shape[0]))
         return self._out(z, was_image), logdet + self._const_logdet()
 
+    @overload
+    def log_prob(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        method: str = "exact",
+        *,
+        probes: int | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        return_stderr: Literal[False] = False,
+    ) -> Tensor: ...
+
+    @overload
+    def log_prob(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        method: str = "exact",
+        *,
+        probes: int | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        return_stderr: Literal[True],
+    ) -> tuple[Tensor, Tensor | None]: ...
+
     def log_prob(
         self,
         x: Tensor,
@@ -265,7 +291,7 @@ class CPFlow(nn.Module):
         steps: int | None = None,
         generator: torch.Generator | None = None,
         return_stderr: bool = False,
-    ):
+    ) -> Tensor | tuple[Tensor, Tensor | None]:
         """log p(x) (n,) of raw inputs (log p(x | c) for a conditional flow). ``exact``:
         Cholesky of analytic Hessians (``config.exact_chunk`` rows at a time); ``slq``:
         stochastic Lanczos quadrature (with a standard error across probes); ``auto``: exact
