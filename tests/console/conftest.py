@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from console_stack import API_KEY, KEY_STORAGE, ConsoleStack, PageLog, chromium_path
-from jobs_procs import (  # on sys.path once console_stack is imported
+
+from tests.console.console_stack import API_KEY, KEY_STORAGE, ConsoleStack, PageLog, chromium_path
+from tests.helpers.procs import (
     connect_test_redis,
     new_queue_name,
     purge,

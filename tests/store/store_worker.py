@@ -1,7 +1,7 @@
 """Fresh-interpreter entry point for the store tests: load a model and write its outputs.
 
-Run as ``python store_worker.py load ...`` with this folder on PYTHONPATH; pytest does not
-collect it.
+Run as ``python -m tests.store.store_worker load ...`` from the repository root; pytest does
+not collect it.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 import torch
-from store_flows import actnorm_state
 
 from model_store import ModelStore
+from tests.helpers.flows import actnorm_state
 
 torch.set_num_threads(1)
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from store_flows import actnorm_state, make_flow
-from store_procs import run_worker
 
 from model_store import ModelNotFound
 from model_store.manifest import MANIFEST_FILE, WEIGHTS_FILE
+from tests.helpers.flows import actnorm_state, make_flow
+from tests.store.store_procs import run_worker
 
 
 def _outputs(flow, x: torch.Tensor) -> dict[str, np.ndarray]:
