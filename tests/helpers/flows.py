@@ -8,22 +8,25 @@ the parameters, so each block is a real map.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from cpflow import CPFlow, FlowConfig
 
-__all__ = ["actnorm_state", "conditional_flow", "make_flow", "random_flow"]
+__all__ = ["actnorm_state", "conditional_flow", "flow_outputs", "make_flow", "random_flow"]
 
 
 def make_flow(
     dim: int = 2, seed: int = 0, *, blocks: int = 2, hidden: int = 8, dtype: str = "float32"
 ) -> CPFlow:
-    """A small flow with the standardisation of shifted, scaled data, perturbed after its
-    ActNorms are initialised (so the ICNN terms matter); in eval mode."""
+    """A small flow fitted to data ~ N(1, diag(0.5 ... 2.0)^2) (a standardisation that makes
+    units matter), perturbed after its ActNorms are initialised (so the ICNN terms matter); in
+    eval mode."""
     gen = torch.Generator().manual_seed(seed)
     flow = CPFlow(FlowConfig(dim=dim, blocks=blocks, hidden=hidden, depth=2, dtype=dtype))
     tdtype = flow.config.torch_dtype
-    data = torch.randn(256, dim, generator=gen, dtype=tdtype) * 2.0 + 3.0
+    scale = torch.linspace(0.5, 2.0, dim, dtype=tdtype)
+    data = torch.randn(512, dim, generator=gen, dtype=tdtype) * scale + 1.0
     flow.set_standardization(data.mean(0), data.std(0))
     flow.initialize(data)
     with torch.no_grad():
@@ -85,4 +88,18 @@ def actnorm_state(flow: CPFlow) -> dict[str, torch.Tensor]:
         key: value.detach().clone()
         for key, value in flow.state_dict().items()
         if any(part in key for part in ("shift", "log_scale", "initialized"))
+    }
+
+
+def flow_outputs(flow: CPFlow, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """log_prob (exact), transform and inverse of transform, as numpy arrays: what two
+    processes holding the same stored model must agree on."""
+    log_prob = flow.log_prob(x, method="exact").detach()
+    z = flow.transform(x).detach()
+    back, info = flow.inverse(z)
+    return {
+        "log_prob": log_prob.numpy(),
+        "z": z.numpy(),
+        "inverse": back.detach().numpy(),
+        "residual": info.residual.detach().numpy(),
     }
