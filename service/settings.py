@@ -41,6 +41,11 @@ DEFAULT_LEASE_S = 60.0
 DEFAULT_HEARTBEAT_S = 5.0
 """Seconds between two heartbeats of a running job (must be well under the lease)."""
 
+_FROM_ENVIRONMENT = SettingsConfigDict(
+    env_prefix="CPFLOW_", env_ignore_empty=True, extra="ignore", frozen=True
+)
+"""How every settings class here reads the environment: CPFLOW_<FIELD>, empty means unset."""
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -75,9 +80,7 @@ class KeyLimits(BaseModel):
 class Settings(BaseSettings):
     """Everything the HTTP service (and its job routes) can be configured with."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CPFLOW_", env_ignore_empty=True, extra="ignore", frozen=True
-    )
+    model_config = _FROM_ENVIRONMENT
 
     store_dir: Path = Field(
         default=Path("./var/store"),
@@ -306,9 +309,7 @@ class JobSettings(BaseSettings):
     those whose lease ran out) and cpflow-worker (runs them and beats their heartbeat): both
     must see the same values."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CPFLOW_", env_ignore_empty=True, extra="ignore", frozen=True
-    )
+    model_config = _FROM_ENVIRONMENT
 
     queue_name: str = Field(
         default=DEFAULT_QUEUE_NAME,
