@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "EXACT_MAX_DIM",
     "ConvPotential",
     "CouplingBlocks",
     "FlowConfig",
@@ -29,6 +30,10 @@ __all__ = [
     "PICNNPotential",
     "Potential",
 ]
+
+EXACT_MAX_DIM = 64
+"""Largest dimension at which method "auto" takes the exact Hessian log-det (SLQ above it): the
+default of FlowConfig, of the training config and of the service's CPFLOW_EXACT_MAX_DIM."""
 
 Activation = Literal["logistic", "gaussian", "laplace"]
 
@@ -144,7 +149,9 @@ class FlowConfig(BaseModel):
     cg_max_iter: int | None = Field(None, ge=1, description="None: d iterations")
     slq_steps: int = Field(20, ge=1, le=1024)
     slq_probes: int = Field(8, ge=1, le=4096)
-    exact_max_dim: int = Field(64, ge=0, description="log_prob 'auto': exact up to this d")
+    exact_max_dim: int = Field(
+        EXACT_MAX_DIM, ge=0, description="log_prob 'auto': exact up to this d"
+    )
     exact_chunk: int | None = Field(
         None, ge=1, description="rows per exact log-det batch (bounds the (n, d, d) memory)"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .backend import StoreBackend
 from .datasets import DatasetRecord, DatasetStore, array_sha256
 from .errors import (
     CorruptDataset,
@@ -29,6 +30,7 @@ __all__ = [
     "ModelStore",
     "ObjectModelStore",
     "PublishedVersion",
+    "StoreBackend",
     "StoreError",
     "StoreUnavailable",
     "array_sha256",

@@ -8,6 +8,7 @@ why this is offered only up to :data:`LOG_PROB_MAX_DIM`.
 from __future__ import annotations
 
 import math
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,15 @@ def unrolled_cholesky_logdet(H: Tensor) -> Tensor:
     return logdet
 
 
+class _ConstantJacobianLayer(Protocol):
+    """A chain layer other than a CP-Flow block (ActNorm, fixed affine maps): its log-det
+    does not depend on the input."""
+
+    def __call__(self, h: Tensor) -> Tensor: ...
+
+    def logdet(self) -> Tensor: ...
+
+
 class ExplicitLogProb(nn.Module):
     """x -> log p(x) (n,), the same quantity as ``flow.log_prob(x, method="exact")``."""
 
@@ -58,7 +68,8 @@ class ExplicitLogProb(nn.Module):
                 h, hessian = layer.forward_and_hessian(h)
                 logdet = logdet + unrolled_cholesky_logdet(hessian)
             else:
-                h = layer(h)
-                constant = constant + layer.logdet()
+                affine = cast(_ConstantJacobianLayer, layer)
+                h = affine(h)
+                constant = constant + affine.logdet()
         base = -0.5 * (h * h).sum(-1) - 0.5 * flow.dim * math.log(2.0 * math.pi)
         return base + logdet + constant

@@ -22,6 +22,7 @@ marker first: replicas that cached it keep serving their copy.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -34,6 +35,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import fsio
+from .backend import StoreBackend
 from .datasets import DATA_FILE, RECORD_FILE, DatasetRecord, DatasetStore, parse_record
 from .errors import CorruptDataset, CorruptModel, DatasetNotFound, InvalidName, StoreError
 from .manifest import MANIFEST_DIGEST_FILE, MANIFEST_FILE, dump_manifest, utc_now
@@ -41,6 +43,7 @@ from .names import RESERVED_NAMES, validate_name
 from .store import ModelStore, PublishedVersion, _member_path, _parse_version, parse_manifest
 
 __all__ = [
+    "DEFAULT_CACHE_DIR",
     "ObjectDatasetStore",
     "ObjectModelStore",
     "S3Bucket",
@@ -55,17 +58,26 @@ class StoreUnavailable(StoreError):
     """The object store could not be reached (the service answers 503)."""
 
 
+DEFAULT_CACHE_DIR = Path("./var/cache")
+"""Where an s3:// store keeps its local copies when the caller's settings name no folder
+(the service's CPFLOW_CACHE_DIR defaults to it)."""
+
+
 def open_store(
     url: str | os.PathLike[str],
     cache_dir: str | os.PathLike[str] | None = None,
     cache_max_bytes: int | None = None,
-):
+) -> StoreBackend:
     """A store from a URL: ``s3://bucket/prefix`` (endpoint, region and credentials from the
-    usual AWS variables, e.g. AWS_ENDPOINT_URL) or a local folder (a path or ``file://``)."""
+    usual AWS variables, e.g. AWS_ENDPOINT_URL) or a local folder (a path or ``file://``).
+
+    ``cache_dir`` (an s3:// store's local copies) comes from the caller's settings; unset:
+    :data:`DEFAULT_CACHE_DIR`.
+    """
     text = os.fspath(url)
     if text.startswith("s3://"):
         parsed = urlparse(text)
-        cache = cache_dir or Path(os.environ.get("CPFLOW_CACHE_DIR", "./var/cache"))
+        cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
         return ObjectModelStore(
             parsed.netloc, parsed.path.strip("/"), cache, cache_max_bytes=cache_max_bytes
         )
@@ -186,6 +198,7 @@ class ObjectModelStore(ModelStore):
             return folder
         raw, digest = self._remote_manifest(name, number)
         manifest = parse_manifest(name, number, raw, digest)
+        assert raw is not None and digest is not None  # parse_manifest refuses a missing one
         files = {Path(MANIFEST_FILE): raw, Path(MANIFEST_DIGEST_FILE): digest.encode()}
         for path, sha in manifest["files"].items():
             target = _member_path(name, number, Path(), path)  # refuses unsafe paths
@@ -369,7 +382,7 @@ class ObjectDatasetStore(DatasetStore):
         self.objects.delete_prefix(self._remote(dataset_id))
         shutil.rmtree(self.root / dataset_id, ignore_errors=True)
 
-    def cleanup(self) -> list[str]:
+    def cleanup(self) -> builtins.list[str]:  # this class's own list() shadows the builtin
         """Arrays whose record never came (a writer that died), older than the grace period."""
         removed = super().cleanup()
         prefix = self.objects.key("datasets") + "/"

@@ -273,8 +273,11 @@ class ModelStore:
             raise CorruptModel(
                 name, number, MANIFEST_FILE, f"holds an invalid flow_config ({exc})"
             ) from None
+        weights = contents.get(WEIGHTS_FILE)
+        if weights is None:
+            raise CorruptModel(name, number, WEIGHTS_FILE, "is not listed in the manifest")
         try:
-            state = load_safetensors(contents[WEIGHTS_FILE])
+            state = load_safetensors(weights)
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             raise CorruptModel(
                 name, number, WEIGHTS_FILE, f"cannot be parsed as safetensors ({exc})"
@@ -576,7 +579,7 @@ def _standardization(flow: CPFlow) -> dict[str, Any] | None:
     }
 
 
-def torch_tensor_type() -> type:
+def torch_tensor_type() -> type[torch.Tensor]:
     """torch.Tensor, imported lazily so that name/manifest code does not need torch."""
     import torch
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -51,6 +51,11 @@ context dimension: a job on one of these trains a conditional model p(x | c)."""
 _Strict = ConfigDict(extra="forbid")
 
 
+_BUILTIN_NAMES: list[JsonValue] = [
+    *sorted([*BUILTIN_DATASETS, *CONDITIONAL_BUILTIN_DATASETS])
+]  # the JSON schema's enum of data set names
+
+
 class BuiltinDataset(BaseModel):
     """Train on a data set that ships with cpflow."""
 
@@ -58,15 +63,17 @@ class BuiltinDataset(BaseModel):
     builtin: str = Field(
         examples=["two_moons"],
         description="a data set name; mog1d and banana are conditional (a model p(x | c))",
-        json_schema_extra={"enum": sorted([*BUILTIN_DATASETS, *CONDITIONAL_BUILTIN_DATASETS])},
+        json_schema_extra={"enum": _BUILTIN_NAMES},
     )
     num_samples: int | None = Field(
-        None,
+        default=None,
         ge=30,
         le=5_000_000,
         description="rows to draw (toy sets) or keep; default: all (20000 for mog1d, banana)",
     )
-    seed: int = Field(0, ge=0, description="seed of sampling and of the train/val/test split")
+    seed: int = Field(
+        default=0, ge=0, description="seed of sampling and of the train/val/test split"
+    )
 
     @field_validator("builtin")
     @classmethod
@@ -85,7 +92,7 @@ class UploadedDataset(BaseModel):
     model_config = _Strict
     id: str = Field(min_length=1, max_length=128, description="id returned by POST /v1/datasets")
     context_columns: list[int] | None = Field(
-        None,
+        default=None,
         max_length=4096,
         examples=[[2]],
         description="0-based indices of the columns that are the context c: the job then "
@@ -100,24 +107,29 @@ class ModelSpec(BaseModel):
     the manifest's ``training.auto`` says what it chose and why."""
 
     model_config = _Strict
-    dim: int | None = Field(None, ge=1, description="if given, must equal the data set's dim")
-    blocks: int | None = Field(None, ge=1, le=32)
-    hidden: int | None = Field(None, ge=2, le=1024)
-    depth: int | None = Field(None, ge=1, le=8)
+    dim: int | None = Field(
+        default=None, ge=1, description="if given, must equal the data set's dim"
+    )
+    blocks: int | None = Field(default=None, ge=1, le=32)
+    hidden: int | None = Field(default=None, ge=2, le=1024)
+    depth: int | None = Field(default=None, ge=1, le=8)
     icnn: Literal["vanilla", "augmented", "dense"] | None = None
     activation: Literal["logistic", "gaussian", "laplace"] | None = None
     symmetric_first: bool = True
     actnorm: bool = True
     standardization: Literal["diagonal", "isotropic", "whiten"] | None = Field(
-        None,
+        default=None,
         description="input scaling: per-coordinate std, one scalar std, or whitening by the"
         " full training covariance (not for conditional models)",
     )
     init_gain: float | None = Field(
-        None, gt=0.0, le=10.0, description="softplus(w1) at init; small = near-identity blocks"
+        default=None,
+        gt=0.0,
+        le=10.0,
+        description="softplus(w1) at init; small = near-identity blocks",
     )
     radial_units: int | None = Field(
-        None,
+        default=None,
         ge=0,
         le=256,
         description="radial convex units per block: steps of the map along |x| around the"
@@ -136,19 +148,20 @@ class TrainingSpec(BaseModel):
     out (null) beside the budget is chosen from the data by the ``auto`` recipe."""
 
     model_config = _Strict
-    iterations: int = Field(2000, ge=1, le=1_000_000)
-    batch_size: int = Field(128, ge=1, le=65_536)
-    lr: float | None = Field(None, gt=0.0, le=1.0, description="Adam learning rate")
-    weight_decay: float | None = Field(None, ge=0.0, le=1.0)
-    grad_clip: float | None = Field(None, gt=0.0)
+    iterations: int = Field(default=2000, ge=1, le=1_000_000)
+    batch_size: int = Field(default=128, ge=1, le=65_536)
+    lr: float | None = Field(default=None, gt=0.0, le=1.0, description="Adam learning rate")
+    weight_decay: float | None = Field(default=None, ge=0.0, le=1.0)
+    grad_clip: float | None = Field(default=None, gt=0.0)
     schedule: Literal["none", "plateau", "cosine"] | None = None
-    warmup_iterations: int = Field(0, ge=0, le=1_000_000, description="linear lr warm-up")
+    warmup_iterations: int = Field(default=0, ge=0, le=1_000_000, description="linear lr warm-up")
     loss: Literal["auto", "surrogate", "exact"] | None = Field(
-        None, description="training objective: CG surrogate, exact log-det, auto (exact d<=2)"
+        default=None,
+        description="training objective: CG surrogate, exact log-det, auto (exact d<=2)",
     )
-    val_every: int | None = Field(None, ge=1, le=1_000_000)
-    early_stopping_patience: int | None = Field(None, ge=1)
-    seed: int = Field(0, ge=0)
+    val_every: int | None = Field(default=None, ge=1, le=1_000_000)
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    seed: int = Field(default=0, ge=0)
 
 
 class Resources(BaseModel):
@@ -156,7 +169,7 @@ class Resources(BaseModel):
 
     model_config = _Strict
     processes: int = Field(
-        1,
+        default=1,
         ge=1,
         le=64,
         description="data-parallel training processes (a torchrun group on the worker: gloo on"
@@ -179,9 +192,12 @@ class JobSpec(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: Resources = Field(default_factory=Resources)
-    plots: bool = Field(True, description="store density/curve plots with the model")
+    plots: bool = Field(default=True, description="store density/curve plots with the model")
     timeout_s: int | None = Field(
-        None, ge=1, le=30 * 24 * 3600, description="wall-clock limit; default: the server's"
+        default=None,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="wall-clock limit; default: the server's",
     )
 
     @field_validator("model_name")
@@ -208,7 +224,8 @@ class JobProgress(BaseModel):
     seconds_per_iteration: float | None = None
     eta_s: float | None = None
     processes: list[int] | None = Field(
-        None, description="pids of a multi-process job's group (torchrun first, then ranks)"
+        default=None,
+        description="pids of a multi-process job's group (torchrun first, then ranks)",
     )
 
 

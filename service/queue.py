@@ -30,14 +30,14 @@ from enum import StrEnum
 from typing import Any
 
 import redis
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
+
+from service.settings import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_S, DEFAULT_QUEUE_NAME, JobSettings
 
 __all__ = [
     "ACTIVE",
@@ -59,15 +59,6 @@ __all__ = [
 JOB_FUNCTION = "training.jobs.run_training_job"
 """Dotted path of the function a worker runs; the API process never imports it."""
 
-DEFAULT_QUEUE_NAME = "cpflow-training"
-"""RQ queue name; also namespaces the job records (``cpflow:<queue>:``)."""
-
-DEFAULT_LEASE_S = 60.0
-"""Seconds without a heartbeat after which a running job counts as abandoned (worker lost)."""
-
-DEFAULT_HEARTBEAT_S = 5.0
-"""Seconds between two heartbeats of a running job (must be well under the lease)."""
-
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
@@ -83,20 +74,6 @@ class JobStatus(StrEnum):
 
 ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-
-
-class JobSettings(BaseSettings):
-    """Queue knobs beside service.settings.Settings (``CPFLOW_QUEUE_NAME``, ...)."""
-
-    model_config = SettingsConfigDict(env_prefix="CPFLOW_", env_ignore_empty=True, extra="ignore")
-
-    queue_name: str = Field(DEFAULT_QUEUE_NAME, min_length=1, description="RQ queue name")
-    job_lease_s: float = Field(
-        DEFAULT_LEASE_S, gt=0, description="heartbeat silence after which a job is failed"
-    )
-    job_heartbeat_s: float = Field(
-        DEFAULT_HEARTBEAT_S, gt=0, description="period of a running job's heartbeat"
-    )
 
 
 class QueueUnavailable(RuntimeError):

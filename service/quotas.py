@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 
@@ -111,7 +111,7 @@ def _sets(queue: JobQueue, client: str) -> tuple[str, str]:
 
 def _admit(queue: JobQueue, client: str, job_id: str, per_key: int, total: int) -> list:
     prefix = record_key(queue.queue_name, "")
-    args = [job_id, time.time(), RESERVATION_GRACE_S, per_key, total, prefix]
+    args: list[str | float] = [job_id, time.time(), RESERVATION_GRACE_S, per_key, total, prefix]
     with queue.available():
         result = queue.connection.eval(_ADMIT, 2, *_sets(queue, client), *args)
     return [r.decode() if isinstance(r, bytes) else r for r in result]
@@ -121,7 +121,9 @@ def _reconcile(queue: JobQueue, client: str) -> None:
     """Read every counted job through the queue, which fails those whose worker is gone."""
     for key in _sets(queue, client):
         with queue.available():
-            ids = [i.decode() for i in queue.connection.zrange(key, 0, -1)]
+            # service.queue.connect never decodes responses: the members are bytes.
+            members = cast(list[bytes], queue.connection.zrange(key, 0, -1))
+        ids = [member.decode() for member in members]
         for job_id in ids:
             try:
                 queue.get(job_id)

@@ -1,4 +1,7 @@
-"""Service settings, read from ``CPFLOW_*`` environment variables by pydantic-settings.
+"""Settings of the service's processes, read from ``CPFLOW_*`` environment variables by
+pydantic-settings: :class:`Settings` (the HTTP service, cpflow-serve) and :class:`JobSettings`
+(the training-job queue that the API and cpflow-worker share). README's configuration table
+documents every field of both (tests/test_readme.py checks it).
 
 Use :func:`get_settings` (cached) rather than a module-level instance, so importing the app
 never needs a full environment and tests can build their own :class:`Settings`.
@@ -15,7 +18,33 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["KeyLimits", "Settings", "check_rate_limit", "get_settings"]
+from cpflow.config import EXACT_MAX_DIM
+from model_store.object_store import DEFAULT_CACHE_DIR
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_S",
+    "DEFAULT_LEASE_S",
+    "DEFAULT_QUEUE_NAME",
+    "JobSettings",
+    "KeyLimits",
+    "Settings",
+    "check_rate_limit",
+    "get_settings",
+]
+
+DEFAULT_QUEUE_NAME = "cpflow-training"
+"""RQ queue name; also namespaces the job records (``cpflow:<queue>:``)."""
+
+DEFAULT_LEASE_S = 60.0
+"""Seconds without a heartbeat after which a running job counts as abandoned (worker lost)."""
+
+DEFAULT_HEARTBEAT_S = 5.0
+"""Seconds between two heartbeats of a running job (must be well under the lease)."""
+
+_FROM_ENVIRONMENT = SettingsConfigDict(
+    env_prefix="CPFLOW_", env_ignore_empty=True, extra="ignore", frozen=True
+)
+"""How every settings class here reads the environment: CPFLOW_<FIELD>, empty means unset."""
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -51,9 +80,7 @@ class KeyLimits(BaseModel):
 class Settings(BaseSettings):
     """Everything the HTTP service (and its job routes) can be configured with."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CPFLOW_", env_ignore_empty=True, extra="ignore", frozen=True
-    )
+    model_config = _FROM_ENVIRONMENT
 
     store_dir: Path = Field(
         default=Path("./var/store"),
@@ -66,7 +93,7 @@ class Settings(BaseSettings):
         "folder (file:///path). Unset: CPFLOW_STORE_DIR.",
     )
     cache_dir: Path = Field(
-        default=Path("./var/cache"),
+        default=DEFAULT_CACHE_DIR,
         description="Local, digest-checked copies of the versions served from an s3:// store.",
     )
     cache_max_bytes: int = Field(
@@ -127,7 +154,7 @@ class Settings(BaseSettings):
         ".../log_prob.csv, in bytes.",
     )
     exact_max_dim: int = Field(
-        default=64,
+        default=EXACT_MAX_DIM,
         ge=1,
         description="log_prob method=auto uses the exact Hessian log-det up to this dimension, "
         "stochastic Lanczos quadrature (SLQ) above it.",
@@ -275,6 +302,33 @@ class Settings(BaseSettings):
             return self.torch_threads
         cores = os.cpu_count() or 1
         return max(1, cores // self.resolved_inference_threads(device_type))
+
+
+class JobSettings(BaseSettings):
+    """The training-job queue, shared by the API (submits jobs, reads their records, fails
+    those whose lease ran out) and cpflow-worker (runs them and beats their heartbeat): both
+    must see the same values."""
+
+    model_config = _FROM_ENVIRONMENT
+
+    queue_name: str = Field(
+        default=DEFAULT_QUEUE_NAME,
+        min_length=1,
+        description="RQ queue the API enqueues training jobs on and cpflow-worker listens to; "
+        "it also namespaces the job records in Redis (cpflow:<queue>:...).",
+    )
+    job_lease_s: float = Field(
+        default=DEFAULT_LEASE_S,
+        gt=0,
+        description="Seconds without a heartbeat after which a running job counts as abandoned "
+        "(its worker died) and is marked failed by whoever reads it.",
+    )
+    job_heartbeat_s: float = Field(
+        default=DEFAULT_HEARTBEAT_S,
+        gt=0,
+        description="Seconds between two heartbeats of a running job; keep it well under "
+        "CPFLOW_JOB_LEASE_S.",
+    )
 
 
 @lru_cache

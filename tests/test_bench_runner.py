@@ -16,8 +16,6 @@ import pytest
 from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from bench.__main__ import main
 from bench.registry import BenchmarkError, all_benchmarks, get, parse_options

@@ -3,15 +3,12 @@ split and scaling every model sees."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an installed package
-    sys.path.insert(0, str(ROOT))
 
 from bench.suites.tables import (
     HELD_OUT,

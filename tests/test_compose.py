@@ -229,11 +229,8 @@ def test_dockerfiles_copy_every_package_of_the_distribution() -> None:
 def test_serving_processes_get_the_benchmarked_malloc_settings() -> None:
     """Both images and scripts/up.sh set what the malloc_tuning benchmark measures as
     ``tuned`` (bench/suites/service.py)."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        from bench.suites.service import TUNED
-    finally:
-        sys.path.pop(0)
+    from bench.suites.service import TUNED
+
     up = (ROOT / "scripts/up.sh").read_text()
     for name in ("Dockerfile.cpu", "Dockerfile.cuda"):
         text = (ROOT / "docker" / name).read_text()

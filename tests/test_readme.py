@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,13 +99,21 @@ def test_endpoint_index_lists_only_routes_the_app_serves(tmp_path: Path) -> None
     assert not extra, f"README lists routes the app does not serve: {sorted(extra)}"
 
 
-def test_configuration_table_names_every_setting() -> None:
+def _settings_classes() -> list[Any]:
+    """Every settings class the table documents: the service's and the job queue's."""
     try:
-        from service.settings import Settings
+        from service.settings import JobSettings, Settings
     except ModuleNotFoundError as exc:
         pytest.skip(f"service settings not built yet ({exc.name})")
-    prefix = Settings.model_config.get("env_prefix", "CPFLOW_")
-    expected = {prefix + name.upper() for name in Settings.model_fields}
+    return [Settings, JobSettings]
+
+
+def test_configuration_table_names_every_setting() -> None:
+    expected = {
+        cls.model_config.get("env_prefix", "CPFLOW_") + name.upper()
+        for cls in _settings_classes()
+        for name in cls.model_fields
+    }
     documented = _readme_settings()
     missing = sorted(expected - set(documented))
     assert not missing, f"add rows for {missing} to the Configuration table in README.md"
@@ -113,13 +122,10 @@ def test_configuration_table_names_every_setting() -> None:
 
 
 def test_configuration_table_gives_the_real_defaults() -> None:
-    try:
-        from service.settings import Settings
-    except ModuleNotFoundError as exc:
-        pytest.skip(f"service settings not built yet ({exc.name})")
     documented = _readme_settings()
     checked = 0
-    for name, field in Settings.model_fields.items():
+    fields = [item for cls in _settings_classes() for item in cls.model_fields.items()]
+    for name, field in fields:
         default = field.default
         if default is None or isinstance(default, tuple | list | dict):
             continue  # computed or empty defaults are described in words

@@ -1,6 +1,6 @@
 """Behaviour of the shell layer behind the README's commands (scripts/*.sh, .ci/run):
-syntax, Redis discovery and start-up, the message a machine without Redis gets, and
-stopping background processes by pid file."""
+syntax, Redis discovery and start-up, the message a machine without Redis gets, stopping
+background processes by pid file, and what the test command and CI prepare before pytest."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "scripts").glob("*.sh")) + [ROOT / ".ci/run"]
 
@@ -22,12 +24,6 @@ def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 60
     return subprocess.run(
         args, check=False, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_ping(port: int, attempts: int = 100) -> bool:
@@ -63,7 +59,7 @@ def test_shellcheck_is_clean() -> None:
 def test_ensure_redis_accepts_a_running_redis() -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
         stdout=subprocess.DEVNULL,
@@ -83,7 +79,7 @@ def test_ensure_redis_accepts_a_running_redis() -> None:
 def test_ensure_redis_starts_a_local_redis_that_is_down() -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
-    port = _free_port()
+    port = free_port()
     url = f"redis://localhost:{port}/0"
     res = _run(["bash", "scripts/ensure_redis.sh"], {"CPFLOW_REDIS_URL": url})
     try:
@@ -118,7 +114,7 @@ def _path_without_redis(tmp_path: Path) -> str:
 
 
 def test_machine_without_redis_is_told_what_to_do(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     res = _run(
         ["bash", "scripts/ensure_redis.sh"],
         {
@@ -169,3 +165,69 @@ def test_down_stops_process_groups_by_pid_file(tmp_path: Path) -> None:
     assert not (var / "run" / "worker.pid").exists()
     again = _run(["bash", "scripts/down.sh"], {"CPFLOW_VAR_DIR": str(var)})
     assert again.returncode == 0 and "worker not running" in again.stdout
+
+
+def _stub_venv(tmp_path: Path, mypy_rc: int = 0) -> tuple[Path, Path]:
+    """A virtual environment of stubs whose python, ruff and mypy log their arguments (python
+    passes its version and import checks), installed as far as setup.sh can tell; with the
+    log file they write to."""
+    venv, log = tmp_path / "venv", tmp_path / "calls.log"
+    (venv / "bin").mkdir(parents=True)
+    rcs = {"python": 0, "ruff": 0, "mypy": mypy_rc}
+    for name, rc in rcs.items():
+        stub = venv / "bin" / name
+        stub.write_text(
+            f'#!/usr/bin/env bash\n[[ "$1" == -c ]] && exit 0\necho "{name} $*" >>"{log}"\n'
+            f"exit {rc}\n"
+        )
+        stub.chmod(0o755)
+    cksum = _run(["bash", "-c", "cksum <pyproject.toml | cut -d' ' -f1"]).stdout.strip()
+    (venv / ".cpflow-install-stamp").write_text(cksum + "\n")
+    return venv, log
+
+
+def _prepared_env(tmp_path: Path, venv: Path) -> dict[str, str]:
+    """Environment for test.sh and .ci/run on stubs: the tests' Redis, a stub browser, no
+    package installs."""
+    browser = tmp_path / "fake-chromium"
+    browser.write_text("#!/usr/bin/env bash\nexit 0\n")
+    browser.chmod(0o755)
+    return {
+        "CPFLOW_VENV": str(venv),
+        "CPFLOW_CHROMIUM": str(browser),
+        "CPFLOW_NO_INSTALL": "1",
+        "CPFLOW_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "CPFLOW_TESTS_PREPARED": "",
+    }
+
+
+def test_test_command_makes_sure_of_the_browser_before_pytest(tmp_path: Path) -> None:
+    """The README's command prepares what .ci/run prepares (install, Redis, browser), so the
+    browser tests run on a fresh machine, then hands its arguments to pytest."""
+    venv, log = _stub_venv(tmp_path)
+    env = _prepared_env(tmp_path, venv)
+    res = _run(["bash", "scripts/test.sh", "-q", "tests/core"], env)
+    assert res.returncode == 0, res.stderr
+    assert "environment up to date" in res.stdout
+    assert "redis answers at 127.0.0.1:6379" in res.stdout
+    assert f"browser for the console tests: {env['CPFLOW_CHROMIUM']}" in res.stdout
+    assert log.read_text().splitlines() == ["python -m pytest -q tests/core"]
+
+
+def test_ci_prepares_once_then_lints_type_checks_and_tests(tmp_path: Path) -> None:
+    venv, log = _stub_venv(tmp_path)
+    res = _run(["bash", ".ci/run"], _prepared_env(tmp_path, venv), timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("environment up to date") == 1  # setup.sh ran once
+    assert res.stdout.count("browser for the console tests") == 1
+    calls = [line.strip() for line in log.read_text().splitlines()]
+    assert calls[:3] == ["ruff format --check .", "ruff check .", "mypy"]
+    assert len(calls) == 4 and calls[3].startswith("python -m pytest -p no:cacheprovider")
+    assert "CI passed" in res.stdout
+
+
+def test_ci_fails_on_type_errors(tmp_path: Path) -> None:
+    venv, _ = _stub_venv(tmp_path, mypy_rc=1)
+    res = _run(["bash", ".ci/run"], _prepared_env(tmp_path, venv), timeout=120)
+    assert res.returncode == 1
+    assert "CI FAILED: mypy" in res.stderr

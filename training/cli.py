@@ -185,7 +185,7 @@ def _train(args: argparse.Namespace, group: Dist) -> int:
         bar.update(ev.iteration, ev.total, post)
 
     try:
-        store = open_store(args.store_url or args.store_dir)
+        store = open_store(args.store_url or args.store_dir, os.environ.get("CPFLOW_CACHE_DIR"))
         published = train_and_publish(
             args.dataset,
             args.name,

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cpflow.config import EXACT_MAX_DIM
+
 __all__ = ["TrainConfig"]
 
 
@@ -80,7 +82,9 @@ class TrainConfig(BaseModel):
     final_train_max_points: int | None = Field(
         10000, ge=1, description="rows of the train split scored for the final train NLL"
     )
-    exact_max_dim: int = Field(64, ge=1, description="exact log-det up to this dim, SLQ above")
+    exact_max_dim: int = Field(
+        EXACT_MAX_DIM, ge=1, description="exact log-det up to this dim, SLQ above"
+    )
     slq_probes: int | None = Field(None, ge=1)
     slq_steps: int | None = Field(None, ge=1)
     early_stopping_patience: int | None = Field(

@@ -4,18 +4,13 @@ repeatable and equals the library's draws, and every context problem is a 422 wi
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import httpx
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from conditional_flows import conditional_flow
-from svc_procs import make_flow, run_server
-
 from model_store import ModelStore
+from tests.helpers.flows import conditional_flow, make_flow
+from tests.helpers.service import run_server
 
 
 @pytest.fixture(scope="module")

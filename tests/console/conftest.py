@@ -2,9 +2,9 @@
 cpflow-worker, Redis db 13 under a queue name of its own) shared by every test of the session,
 and a real headless Chromium from the system's packages driven by Playwright.
 
-The browser is Debian's ``chromium`` (``.ci/run`` installs it through scripts/ensure_browser.sh);
-Playwright never downloads one. Set CPFLOW_CHROMIUM to use another binary. Without a browser
-every test here skips and says why.
+The browser is Debian's ``chromium`` (scripts/test.sh and .ci/run install it through
+scripts/ensure_browser.sh); Playwright never downloads one. Set CPFLOW_CHROMIUM to use another
+binary. Without a browser every test here skips and says why.
 
 Every page fixture records console errors and uncaught JS exceptions and fails the test on any
 it did not expect (a test names the HTTP errors it provokes with ``page_log.allow``).
@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from console_stack import API_KEY, KEY_STORAGE, ConsoleStack, PageLog, chromium_path
-from jobs_procs import (  # on sys.path once console_stack is imported
+
+from tests.console.console_stack import API_KEY, KEY_STORAGE, ConsoleStack, PageLog, chromium_path
+from tests.helpers.procs import (
     connect_test_redis,
     new_queue_name,
     purge,
@@ -33,7 +34,7 @@ def chromium() -> str:
     if path is None:
         pytest.skip(
             "NO BROWSER: the console's browser tests need Chromium (Debian: apt-get install "
-            "chromium; .ci/run does it via scripts/ensure_browser.sh) or CPFLOW_CHROMIUM"
+            "chromium; scripts/test.sh does it via scripts/ensure_browser.sh) or CPFLOW_CHROMIUM"
         )
     return path
 

@@ -7,22 +7,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "images"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conditional"))
-
-from conditional_flows import conditional_flow
-from image_flows import random_image_flow
-from jobs_procs import stack_env, start_server, start_worker
-from svc_procs import make_flow
+from tests.helpers.flows import conditional_flow, make_flow
+from tests.helpers.image_flows import random_image_flow
+from tests.helpers.procs import stack_env, start_server, start_worker
 
 API_KEY = "console-test-key"
 KEY_STORAGE = "cpflow-api-key"  # the sessionStorage entry console.js reads

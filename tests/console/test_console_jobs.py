@@ -11,10 +11,10 @@ import re
 
 import numpy as np
 import redis
-from console_stack import assert_labelled, wait_until
-from jobs_procs import REDIS_URL
 
 from service.queue import record_key
+from tests.console.console_stack import assert_labelled, wait_until
+from tests.helpers.procs import REDIS_URL
 
 WATCH = """() => {
   window.__sameDocument = true;  // gone if the page reloads

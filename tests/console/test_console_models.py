@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from console_stack import API_KEY, assert_labelled, wait_until
+
+from tests.console.console_stack import API_KEY, assert_labelled, wait_until
 
 COLOURS = """() => { const c = document.querySelector('#sample-plot').getContext('2d');
     const d = c.getImageData(0, 0, 480, 480).data; const seen = new Set();

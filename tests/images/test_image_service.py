@@ -4,18 +4,14 @@ library, transport round-trips in image layout, samples come back as images, wro
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import httpx
 import pytest
 import torch
-from image_flows import random_image_flow
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from svc_procs import make_flow, run_server
 
 from model_store import ModelStore
+from tests.helpers.flows import make_flow
+from tests.helpers.image_flows import random_image_flow
+from tests.helpers.service import run_server
 from training.images import sample_grid_png
 
 SHAPE = (1, 4, 4)

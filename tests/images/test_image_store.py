@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import torch
-from image_flows import random_image_flow
 from safetensors.torch import load_file
 
 from cpflow import CPFlow, FlowConfig
 from model_store import ModelStore
+from tests.helpers.image_flows import random_image_flow
 from training.images import sample_grid_png
 
 

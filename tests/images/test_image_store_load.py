@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
-from image_flows import random_image_flow
 
 from cpflow import CPFlow
 from model_store import CorruptModel, ModelStore
 from model_store.fsio import sha256_bytes
 from model_store.manifest import MANIFEST_DIGEST_FILE, MANIFEST_FILE, dump_manifest
+from tests.helpers.image_flows import random_image_flow
 
 
 def test_store_loads_multiscale_models(tmp_path):

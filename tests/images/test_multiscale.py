@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-from image_flows import random_image_flow
 
 from bench.ablation import coupling_parameter_match
 from cpflow import CPFlow, FlowConfig
 from cpflow.flow import as_flat_images
 from cpflow.layers import Squeeze
+from tests.helpers.image_flows import random_image_flow
 from training.presets import resolve_preset
 
 LOG_2PI = math.log(2 * math.pi)

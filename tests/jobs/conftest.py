@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from jobs_procs import connect_test_redis, new_queue_name, purge
-from jobs_stack import Stack
+
+from tests.helpers.procs import connect_test_redis, new_queue_name, purge
+from tests.jobs.jobs_stack import Stack
 
 
 @pytest.fixture(scope="session")

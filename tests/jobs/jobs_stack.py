@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from jobs_procs import Proc, stack_env, start_server, start_worker, wait_for
 
 from service.queue import record_key
+from tests.helpers.procs import Proc, stack_env, start_server, start_worker, wait_for
 
 __all__ = [
     "LONG_TRAINING",

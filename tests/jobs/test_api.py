@@ -178,7 +178,7 @@ def test_events_stream_ends_with_the_final_state(client: TestClient) -> None:
 def test_redis_unreachable_gives_503_on_job_routes_only(
     tmp_path: Path, queue_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jobs_procs import free_port
+    from tests.helpers.ports import free_port
 
     monkeypatch.setenv("CPFLOW_QUEUE_NAME", queue_name)
     settings = Settings(

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import redis
 import torch
-from jobs_stack import TINY_MODEL, Stack, in_process_runtime
 
 from model_store import ModelStore
 from service.job_schemas import CONDITIONAL_BUILTIN_DATASETS
 from service.queue import JobQueue
+from tests.jobs.jobs_stack import TINY_MODEL, Stack, in_process_runtime
 from training.jobs import JobRecorder, execute_spec, run_with_recorder
 from training.trainer import TrainingCancelled
 

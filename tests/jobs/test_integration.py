@@ -11,10 +11,10 @@ import signal
 import numpy as np
 import pytest
 import torch
-from jobs_procs import descendants, wait_for
-from jobs_stack import LONG_TRAINING, SHORT_TRAINING, Stack, two_blobs
 
 from model_store import ModelStore
+from tests.helpers.procs import descendants, wait_for
+from tests.jobs.jobs_stack import LONG_TRAINING, SHORT_TRAINING, Stack, two_blobs
 
 pytestmark = pytest.mark.integration
 

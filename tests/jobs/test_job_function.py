@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from jobs_stack import SHORT_TRAINING, TINY_MODEL, in_process_runtime
 
 from model_store import ModelStore
 from service.queue import JobQueue
+from tests.jobs.jobs_stack import SHORT_TRAINING, TINY_MODEL, in_process_runtime
 from training.jobs import JobRecorder, run_with_recorder, split_upload
 
 

@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 import pytest
-from jobs_stack import Stack, two_blobs
 
 from model_store import ModelStore
+from tests.jobs.jobs_stack import Stack, two_blobs
 
 pytestmark = pytest.mark.integration  # real uvicorn, cpflow-workers, Redis, torchrun groups
 

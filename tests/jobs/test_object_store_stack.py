@@ -4,18 +4,22 @@ on the worker, and replica B serves the new version with the same answers."""
 
 from __future__ import annotations
 
-import sys
 import uuid
-from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-from jobs_procs import new_queue_name, purge, stack_env, start_server, start_worker, wait_for
-from jobs_stack import TINY_MODEL, two_blobs
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
-import httpx
-from s3_server import client, env_for, s3_server
+from tests.helpers.procs import (
+    new_queue_name,
+    purge,
+    stack_env,
+    start_server,
+    start_worker,
+    wait_for,
+)
+from tests.helpers.s3 import client, env_for, s3_server
+from tests.jobs.jobs_stack import TINY_MODEL, two_blobs
 
 pytestmark = pytest.mark.integration
 

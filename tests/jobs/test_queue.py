@@ -9,7 +9,6 @@ import time
 
 import pytest
 import redis
-from jobs_procs import wait_for
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
@@ -22,6 +21,7 @@ from service.queue import (
     QueueUnavailable,
     connect,
 )
+from tests.helpers.procs import wait_for
 from training.jobs import JobRecorder
 
 SPEC = {"model_name": "m", "dataset": {"builtin": "two_moons"}, "model": {}, "training": {}}
@@ -155,7 +155,7 @@ def test_job_rq_failed_without_record_end_is_reported(queue: JobQueue) -> None:
 
 
 def test_unreachable_redis_raises_queue_unavailable() -> None:
-    from jobs_procs import free_port
+    from tests.helpers.ports import free_port
 
     queue = JobQueue(connect(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5))
     assert queue.ping() is False

@@ -13,10 +13,10 @@ import time
 
 import httpx
 import pytest
-from jobs_procs import replicas, stack_env
-from jobs_stack import SHORT_TRAINING, TINY_MODEL
 
 from service.queue import record_key
+from tests.helpers.procs import replicas, stack_env
+from tests.jobs.jobs_stack import SHORT_TRAINING, TINY_MODEL
 
 KEYS = {"a": "key-a", "b": "key-b", "c": "key-c"}
 

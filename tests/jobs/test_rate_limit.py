@@ -7,17 +7,16 @@ starts answering late; requests failing auth are limited per client address, apa
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from jobs_procs import free_port, replicas, stack_env, start_redis, start_server, wait_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from svc_procs import publish_models
+from tests.helpers.ports import free_port
+from tests.helpers.procs import replicas, stack_env, start_redis, start_server, wait_for
+from tests.helpers.service import publish_models
 
 KEYS = {"a": "rate-a", "b": "rate-b"}
 LOG_PROB = "/v1/models/toy2d/log_prob"

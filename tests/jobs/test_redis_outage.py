@@ -14,11 +14,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from jobs_procs import free_port, stack_env, start_redis, start_server, start_worker, wait_for
-from jobs_stack import SHORT_TRAINING, TINY_MODEL
 
 from cpflow import CPFlow, FlowConfig
 from model_store import ModelStore
+from tests.helpers.ports import free_port
+from tests.helpers.procs import stack_env, start_redis, start_server, start_worker, wait_for
+from tests.jobs.jobs_stack import SHORT_TRAINING, TINY_MODEL
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from svc_procs import API_KEY, publish_models, run_server
+
+from tests.helpers.service import API_KEY, publish_models, run_server
 
 
 @pytest.fixture(scope="session")

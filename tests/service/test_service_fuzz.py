@@ -19,7 +19,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from svc_procs import API_KEY
+
+from tests.helpers.service import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 EXAMPLES_PER_MODE = int(os.environ.get("CPFLOW_FUZZ_EXAMPLES", "4"))

@@ -8,9 +8,10 @@ import time
 
 import httpx
 import numpy as np
-from svc_procs import API_KEY, make_flow
 
 from model_store import ModelStore
+from tests.helpers.flows import make_flow
+from tests.helpers.service import API_KEY
 
 
 def test_healthz_and_readyz_report_store_and_redis(client):

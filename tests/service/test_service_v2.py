@@ -7,22 +7,16 @@ same engine: equality is exact), in binary and JSON tensors; errors take the pro
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from svc_procs import make_flow, run_server
 from tritonclient.utils import InferenceServerException
 
 from model_store import ModelStore
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "images"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conditional"))
-from conditional_flows import conditional_flow
-from image_flows import random_image_flow
+from tests.helpers.flows import conditional_flow, make_flow
+from tests.helpers.image_flows import random_image_flow
+from tests.helpers.service import run_server
 
 KEY = "v2-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

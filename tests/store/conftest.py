@@ -7,7 +7,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from s3_server import client, s3_server
+
+from tests.helpers.s3 import client, s3_server
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-WORKER = HERE / "store_worker.py"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def worker_env() -> dict[str, str]:
-    """Environment for store_worker.py: this folder importable, one thread per process."""
+    """Environment for store_worker.py: the repository importable (``tests`` as a package),
+    one thread per process."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["OMP_NUM_THREADS"] = "1"
     return env
 
@@ -30,7 +30,8 @@ def worker_env() -> dict[str, str]:
 def run_worker(*args: str, timeout: float = 180) -> str:
     """Run store_worker.py in a fresh interpreter; fail the test with its stderr if it fails."""
     proc = subprocess.run(
-        [sys.executable, str(WORKER), *args],
+        [sys.executable, "-m", "tests.store.store_worker", *args],
+        cwd=ROOT,
         check=False,
         env=worker_env(),
         capture_output=True,
@@ -48,10 +49,10 @@ def publish_with_hooks(root: str, name: str, seed: int, hooks: dict[str, Any]) -
     the pause, then sleep), race_delay (seconds between allocating a version and renaming).
     """
     import torch
-    from store_flows import make_flow
 
     import model_store.store as store_module
     from model_store import ModelStore
+    from tests.helpers.flows import make_flow
 
     torch.set_num_threads(1)
     flow = make_flow(2, seed, blocks=1, hidden=4)

@@ -1,7 +1,7 @@
 """Fresh-interpreter entry point for the store tests: load a model and write its outputs.
 
-Run as ``python store_worker.py load ...`` with this folder on PYTHONPATH; pytest does not
-collect it.
+Run as ``python -m tests.store.store_worker load ...`` from the repository root; pytest does
+not collect it.
 """
 
 from __future__ import annotations
@@ -10,31 +10,18 @@ import sys
 
 import numpy as np
 import torch
-from store_flows import actnorm_state
 
 from model_store import ModelStore
+from tests.helpers.flows import actnorm_state, flow_outputs
 
 torch.set_num_threads(1)
-
-
-def outputs(flow, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """log_prob (exact), transform and inverse of transform, as numpy arrays."""
-    log_prob = flow.log_prob(x, method="exact").detach()
-    z = flow.transform(x).detach()
-    back, info = flow.inverse(z)
-    return {
-        "log_prob": log_prob.numpy(),
-        "z": z.numpy(),
-        "inverse": back.detach().numpy(),
-        "residual": info.residual.detach().numpy(),
-    }
 
 
 def mode_load(root: str, name: str, version: str, x_path: str, out_path: str) -> None:
     loaded = ModelStore(root).load(name, version)
     before = actnorm_state(loaded.flow)
     x = torch.from_numpy(np.load(x_path))
-    result = outputs(loaded.flow, x)
+    result = flow_outputs(loaded.flow, x)
     # A first batch with other statistics must not re-initialise ActNorm.
     shifted = x * 5.0 - 7.0
     loaded.flow.log_prob(shifted, method="exact")

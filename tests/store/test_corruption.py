@@ -10,10 +10,10 @@ import shutil
 
 import pytest
 import torch
-from store_flows import make_flow
 
 from model_store import CorruptModel, ModelStore
 from model_store.manifest import MANIFEST_DIGEST_FILE, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE
+from tests.helpers.flows import make_flow
 
 
 class _Bucket:

@@ -17,11 +17,11 @@ import uuid
 
 import pytest
 import torch
-from s3_server import client
-from store_flows import make_flow
 
 from model_store import CorruptModel, ModelNotFound, object_store
 from model_store.object_store import ObjectModelStore, StoreUnavailable
+from tests.helpers.flows import make_flow
+from tests.helpers.s3 import client
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ def test_cpflow_train_publishes_into_an_s3_url(endpoint, bucket, tmp_path) -> No
     import sys
     from pathlib import Path
 
-    from s3_server import env_for
+    from tests.helpers.s3 import env_for
 
     root = Path(__file__).resolve().parents[2]
     env = {**env_for(endpoint), "PYTHONPATH": str(root), "CPFLOW_CACHE_DIR": str(tmp_path / "c")}
@@ -218,10 +218,10 @@ def test_an_outage_is_503_while_cached_models_serve_and_recovers(
     """The object store goes away: store routes answer 503 store_unavailable, the model already
     cached keeps answering; it comes back: everything recovers without a restart."""
     from fastapi.testclient import TestClient
-    from s3_server import Outage
 
     from service.app import create_app
     from service.settings import Settings
+    from tests.helpers.s3 import Outage
 
     _store(endpoint, bucket, tmp_path / "publisher").publish("m", make_flow(2, 5))
     relay = Outage(endpoint)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from store_flows import make_flow
 
 from model_store import CorruptModel, StoreError
 from model_store.explicit_logprob import LOG_PROB_MAX_DIM, unrolled_cholesky_logdet
 from model_store.manifest import ONNX_FILE, ONNX_LOG_PROB_FILE
 from model_store.onnx_export import PARITY_POINTS, PARITY_TOLERANCE, parity_points
 from model_store.onnx_runtime import OnnxLogProb, OnnxTransport
+from tests.helpers.flows import make_flow
 
 
 def _autograd_transform(flow, x: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from store_flows import make_flow
-from store_procs import fork_publisher
 
 from model_store import ModelNotFound, ModelStore
+from tests.helpers.flows import make_flow
+from tests.store.store_procs import fork_publisher
 
 
 @pytest.fixture

@@ -7,23 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from store_flows import actnorm_state, make_flow
-from store_procs import run_worker
 
 from model_store import ModelNotFound
 from model_store.manifest import MANIFEST_FILE, WEIGHTS_FILE
-
-
-def _outputs(flow, x: torch.Tensor) -> dict[str, np.ndarray]:
-    log_prob = flow.log_prob(x, method="exact").detach()
-    z = flow.transform(x).detach()
-    back, info = flow.inverse(z)
-    return {
-        "log_prob": log_prob.numpy(),
-        "z": z.numpy(),
-        "inverse": back.detach().numpy(),
-        "residual": info.residual.detach().numpy(),
-    }
+from tests.helpers.flows import actnorm_state, flow_outputs, make_flow
+from tests.store.store_procs import run_worker
 
 
 def test_fresh_process_load_is_bit_identical(store, tmp_path) -> None:
@@ -36,7 +24,7 @@ def test_fresh_process_load_is_bit_identical(store, tmp_path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        want = _outputs(flow, x)
+        want = flow_outputs(flow, x)
     finally:
         torch.set_num_threads(threads)
     published = store.publish("roundtrip", flow, training={"metrics": {"test_nll": 1.5}})

@@ -22,6 +22,8 @@ import httpx
 import pytest
 import redis
 
+from tests.helpers.ports import free_port
+
 __all__ = [
     "REDIS_URL",
     "ROOT",
@@ -101,12 +103,6 @@ def purge(conn: redis.Redis, queue_name: str) -> None:
     if keys:
         conn.delete(*keys)
     conn.srem("rq:queues", f"rq:queue:{queue_name}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, step: float = 0.1):

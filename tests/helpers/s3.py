@@ -12,19 +12,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.helpers.ports import free_port
+
 CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
 def s3_server(log: Path) -> Iterator[str]:
     """Start moto_server; yield its endpoint URL; stop it."""
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -75,7 +71,7 @@ class Outage:
 
     def __init__(self, endpoint: str) -> None:
         self.target = int(endpoint.rsplit(":", 1)[1])
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: socket.socket | None = None
         self.start()

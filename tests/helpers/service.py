@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,31 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import torch
+
+from tests.helpers.flows import make_flow
+from tests.helpers.ports import free_port
 
 API_KEY = "test-key-1"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def make_flow(
-    dim: int, *, blocks: int = 2, hidden: int = 8, seed: int = 0, dtype: str = "float32"
-):
-    """A small initialised CP-Flow with a non-trivial standardisation (so units matter)."""
-    from cpflow import CPFlow, FlowConfig
-
-    torch.manual_seed(seed)
-    flow = CPFlow(FlowConfig(dim=dim, blocks=blocks, hidden=hidden, depth=2, dtype=dtype))
-    tdtype = getattr(torch, dtype)
-    scale = torch.linspace(0.5, 2.0, dim, dtype=tdtype)
-    x = torch.randn(512, dim, dtype=tdtype) * scale + 1.0
-    flow.set_standardization(x.mean(0), x.std(0))
-    flow.initialize(x)
-    # Perturb the potentials so each block is a real (non-identity) map.
-    with torch.no_grad():
-        for name, p in flow.named_parameters():
-            if "w1" in name or name.endswith("weight"):
-                p.add_(0.3 * torch.randn_like(p))
-    return flow
 
 
 def publish_models(root: Path) -> None:
@@ -55,12 +35,6 @@ def publish_models(root: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[-8:] = b"\x00" * 8
     weights.write_bytes(bytes(data))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
