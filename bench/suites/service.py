@@ -348,6 +348,35 @@ def service_load(opts, ctx) -> dict:
             }
     prefixes = ("cpflow_microbatch_requests_sum", "cpflow_microbatch_requests_count")
     return {
+        **_load_summary(opts, ready, results, ratios, busy),
+        "v2_minus_v1_p50_ms": _v2_overhead(rounds, opts.concurrency),
+        "target_v2_minus_v1_p50_ms": 0.5,
+        "microbatch": [ln for ln in metrics.splitlines() if ln.startswith(prefixes)],
+    }
+
+
+def _v2_overhead(rounds: list[dict[str, dict]], concurrency: list[int]) -> dict:
+    """p50 of the one-row exact log_prob under /v2 minus the same under /v1, per concurrency:
+    taken within each round (same load on the machine), then the median over rounds."""
+    out = {}
+    for c in concurrency:
+        v1, v2 = f"log_prob_exact_b1@c{c}", f"v2_log_prob_exact_b1@c{c}"
+        per_round = [
+            r[v2]["p50_ms"] - r[v1]["p50_ms"]
+            for r in rounds
+            if v1 in r and v2 in r and r[v1]["p50_ms"] is not None and r[v2]["p50_ms"] is not None
+        ]
+        if per_round:
+            out[f"c{c}"] = {
+                "median": _median(per_round, 3),
+                "per_round": [round(v, 3) for v in per_round],
+            }
+    return out
+
+
+def _load_summary(opts, ready: dict, results: dict, ratios: dict, busy: dict) -> dict:
+    """The service_load figures other than the v1/v2 comparison and the batcher counters."""
+    return {
         "model": {"dim": 2, "blocks": opts.blocks, "hidden": opts.hidden, "depth": 3},
         "server": {"workers": 1, "device": ready.get("device"),
                    "inference_threads": os.environ.get("CPFLOW_INFERENCE_THREADS", "default"),
@@ -359,7 +388,6 @@ def service_load(opts, ctx) -> dict:
         "rps_ratio_to_constant_route": ratios,
         "healthz_while_sampling": busy,
         "target_log_prob_exact_b1_at_c16_ratio": 0.30,
-        "microbatch": [ln for ln in metrics.splitlines() if ln.startswith(prefixes)],
     }  # fmt: skip
 
 
