@@ -60,7 +60,7 @@ def inputs_to_rows(
     inputs: list[Any], model: Any, rows_to_tensor: Callable[[list[Any], Any], torch.Tensor]
 ) -> tuple[torch.Tensor, bool]:
     """(x as an (n, d) tensor, whether the caller sent images). Plain rows go through
-    ``rows_to_tensor`` (the route's own checks, unchanged); images are checked here."""
+    ``rows_to_tensor`` (the data plane's row checks); images are checked here."""
     shape = model.image_shape
     image_items = [_is_image_item(item) for item in inputs]
     if not any(image_items):

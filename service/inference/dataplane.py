@@ -60,6 +60,10 @@ class DataPlane:
             self.on_model(model.name)
         return model
 
+    async def versions(self, name: str) -> list[int]:
+        """The published versions of ``name``, oldest first (read off the event loop)."""
+        return await self.engine.io(self.engine.store.versions, name)
+
     def resolve_method(self, method: Method, model: ServedModel) -> Method:
         """auto is exact up to CPFLOW_EXACT_MAX_DIM dimensions, slq above."""
         if method != "auto":

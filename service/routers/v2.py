@@ -129,7 +129,7 @@ def _data_shape(model: ServedModel) -> list[int]:
 
 async def _metadata(plane: dp.DataPlane, name: str, version: int | None) -> ModelMetadata:
     model = await plane.model(name, version)
-    versions = await plane.engine.io(plane.engine.store.versions, name)
+    versions = await plane.versions(name)
     dt, data = _datatype(model), _data_shape(model)
     inputs = [TensorMetadata(name=INPUT, datatype=dt, shape=data)]
     if model.context_dim is not None:
