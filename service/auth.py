@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.error_codes import ErrorCode
 from service.middleware import is_guarded, send_error
 
 __all__ = ["ApiKeyMiddleware", "bearer_scheme", "key_id", "key_matches"]
@@ -83,4 +84,4 @@ class ApiKeyMiddleware:
             else "invalid API key; send 'Authorization: Bearer <api key>' with a configured key"
         )
         challenge = [(b"www-authenticate", b'Bearer realm="cpflow"')]
-        await send_error(scope, send, 401, "unauthorized", message, challenge)
+        await send_error(scope, send, 401, ErrorCode.UNAUTHORIZED, message, challenge)

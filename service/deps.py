@@ -12,14 +12,17 @@ from fastapi import Depends, Request
 
 from model_store import ModelStore
 from service.engine import InferenceEngine
+from service.inference import DataPlane
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
 __all__ = [
+    "DataPlaneDep",
     "EngineDep",
     "MetricsDep",
     "SettingsDep",
     "StoreDep",
+    "get_dataplane",
     "get_engine",
     "get_metrics",
     "get_settings_dep",
@@ -39,6 +42,17 @@ def get_store(request: Request) -> ModelStore:
     return request.app.state.engine.store
 
 
+def get_dataplane(request: Request) -> DataPlane:
+    """The data plane over the app's engine and settings; the models a request resolves label
+    its metrics (``request.state.metric_model``)."""
+    state = request.app.state
+
+    def label(name: str) -> None:
+        request.state.metric_model = name
+
+    return DataPlane(state.engine, state.settings, label)
+
+
 def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
 
@@ -46,4 +60,5 @@ def get_metrics(request: Request) -> ServiceMetrics:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]

@@ -17,9 +17,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.error_codes import ErrorCode, code_for_status
+
 __all__ = [
     "ApiError",
     "ErrorBody",
+    "ErrorCode",
     "ErrorResponse",
     "error_content",
     "error_payload",
@@ -31,38 +34,23 @@ __all__ = [
 
 log = logging.getLogger("cpflow.service")
 
-_STATUS_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    429: "too_many_requests",
-    500: "internal_error",
-    503: "unavailable",
-}
-
 
 class ApiError(Exception):
-    """An error with an HTTP status, a machine-readable code and a message saying what to fix."""
+    """An error with a catalogued machine code (which gives its HTTP status, unless ``status``
+    overrides it) and a message saying what to fix."""
 
     def __init__(
         self,
-        status: int,
-        code: str,
+        code: ErrorCode,
         message: str,
         *,
+        status: int | None = None,
         headers: dict[str, str] | None = None,
         details: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
+        self.status = code.status if status is None else status
         self.message = message
         self.headers = headers
         self.details = details
@@ -111,9 +99,7 @@ def error_content(
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries documenting the envelope for the given statuses."""
-    return {
-        s: {"model": ErrorResponse, "description": _STATUS_CODES.get(s, "error")} for s in statuses
-    }
+    return {s: {"model": ErrorResponse, "description": code_for_status(s).value} for s in statuses}
 
 
 def _loc_text(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -121,14 +107,14 @@ def _loc_text(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) if parts else "body"
 
 
-def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str, int]:
+def validation_message(errors: list[dict[str, Any]]) -> tuple[ErrorCode, str, int]:
     """Turn pydantic errors into (code, message, status) a caller can act on."""
     first = errors[0]
     if first.get("type") == "json_invalid":
         ctx = first.get("ctx") or {}
         pos = first.get("loc", ("body", "?"))[-1]
         return (
-            "malformed_json",
+            ErrorCode.MALFORMED_JSON,
             f"request body is not valid JSON ({ctx.get('error', 'decode error')} at char {pos})",
             400,
         )
@@ -142,7 +128,7 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str, int]:
             msg = "must be a finite number (no NaN or Infinity)"
         shown.append(f"{loc}: {msg}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return "validation_error", "; ".join(shown) + more, 422
+    return ErrorCode.VALIDATION_ERROR, "; ".join(shown) + more, 422
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -174,7 +160,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _STATUS_CODES.get(exc.status_code, "error")
+        code = code_for_status(exc.status_code)
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = "no such route; see /docs for the API"
@@ -193,7 +179,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         message = f"internal error ({type(exc).__name__}); see logs"
         return JSONResponse(
-            error_content(request.url.path, "internal_error", message),
+            error_content(request.url.path, ErrorCode.INTERNAL_ERROR, message),
             status_code=500,
         )
 
@@ -211,23 +197,23 @@ def _install_store_handlers(app: FastAPI) -> None:
     )
     from model_store.object_store import StoreUnavailable
 
-    mapping: list[tuple[type[Exception], int, str]] = [
-        (ModelNotFound, 404, "model_not_found"),
-        (DatasetNotFound, 404, "dataset_not_found"),
-        (InvalidName, 422, "invalid_name"),
-        (InvalidDataset, 422, "invalid_dataset"),
-        (CorruptModel, 503, "model_corrupt"),
-        (CorruptDataset, 503, "dataset_corrupt"),
-        (StoreUnavailable, 503, "store_unavailable"),
-        (StoreError, 503, "store_error"),
+    mapping: list[tuple[type[Exception], ErrorCode]] = [
+        (ModelNotFound, ErrorCode.MODEL_NOT_FOUND),
+        (DatasetNotFound, ErrorCode.DATASET_NOT_FOUND),
+        (InvalidName, ErrorCode.INVALID_NAME),
+        (InvalidDataset, ErrorCode.INVALID_DATASET),
+        (CorruptModel, ErrorCode.MODEL_CORRUPT),
+        (CorruptDataset, ErrorCode.DATASET_CORRUPT),
+        (StoreUnavailable, ErrorCode.STORE_UNAVAILABLE),
+        (StoreError, ErrorCode.STORE_ERROR),
     ]
-    for exc_type, status, code in mapping:
+    for exc_type, code in mapping:
 
         async def _handler(
-            request: Request, exc: Exception, status: int = status, code: str = code
+            request: Request, exc: Exception, code: ErrorCode = code
         ) -> JSONResponse:
             return JSONResponse(
-                error_content(request.url.path, code, str(exc)), status_code=status
+                error_content(request.url.path, code, str(exc)), status_code=code.status
             )
 
         app.add_exception_handler(exc_type, _handler)

@@ -9,11 +9,13 @@ to rows, and nests outputs back into the caller's layout.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from model_store.manifest import manifest_flow_config
+from service.error_codes import ErrorCode
 from service.errors import ApiError
 
 __all__ = ["image_shape", "inputs_to_rows", "rows_to_layout"]
@@ -44,8 +46,7 @@ def _wrong_shape(model: Any, shape: tuple[int, int, int] | None, given: list[int
         c, h, w = shape
         expected = f"images [n, {c}, {h}, {w}] or rows [n, {c * h * w}]"
     return ApiError(
-        422,
-        "wrong_shape",
+        ErrorCode.WRONG_SHAPE,
         f"inputs has shape {given}{where}; model {model.name!r} version {model.version} "
         f"expects {expected}",
     )
@@ -56,10 +57,10 @@ def _is_image_item(item: list[Any]) -> bool:
 
 
 def inputs_to_rows(
-    inputs: list[list[Any]], model: Any, rows_to_tensor: Any
+    inputs: list[Any], model: Any, rows_to_tensor: Callable[[list[Any], Any], torch.Tensor]
 ) -> tuple[torch.Tensor, bool]:
     """(x as an (n, d) tensor, whether the caller sent images). Plain rows go through
-    ``rows_to_tensor`` (the route's own checks, unchanged); images are checked here."""
+    ``rows_to_tensor`` (the data plane's row checks); images are checked here."""
     shape = model.image_shape
     image_items = [_is_image_item(item) for item in inputs]
     if not any(image_items):
@@ -90,8 +91,7 @@ def inputs_to_rows(
         i, a, b, e = (int(v) for v in (~finite).nonzero()[0])
         limit = _DTYPE_MAX.get(model.dtype, "the dtype's range")
         raise ApiError(
-            422,
-            "value_out_of_range",
+            ErrorCode.VALUE_OUT_OF_RANGE,
             f"inputs[{i}][{a}][{b}][{e}] = {inputs[i][a][b][e]!r} overflows to infinity in "
             f"{str(model.dtype).removeprefix('torch.')} (largest magnitude about {limit}): "
             "rescale the data",

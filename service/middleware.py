@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.error_codes import ErrorCode
 from service.errors import error_content
 from service.logging import request_id_var
 from service.metrics import ServiceMetrics
@@ -53,7 +54,7 @@ async def send_error(
     scope: Scope,
     send: Send,
     status: int,
-    code: str,
+    code: ErrorCode,
     message: str,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
@@ -153,13 +154,15 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await send_error(scope, send, 400, "bad_request", "invalid Content-Length")
+                    await send_error(
+                        scope, send, 400, ErrorCode.BAD_REQUEST, "invalid Content-Length"
+                    )
                     return
                 break
         too_big = f"request body exceeds the limit of {limit} bytes; send fewer rows per request"
         if declared is not None:
             if declared > limit:
-                await send_error(scope, send, 413, "payload_too_large", too_big)
+                await send_error(scope, send, 413, ErrorCode.PAYLOAD_TOO_LARGE, too_big)
                 return
             await self.app(scope, receive, send)
             return
@@ -173,7 +176,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await send_error(scope, send, 413, "payload_too_large", too_big)
+                await send_error(scope, send, 413, ErrorCode.PAYLOAD_TOO_LARGE, too_big)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

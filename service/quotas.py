@@ -22,6 +22,7 @@ from typing import Any, cast
 from starlette.requests import Request
 
 from service.auth import key_id
+from service.error_codes import ErrorCode
 from service.errors import ApiError
 from service.job_schemas import JobSpec
 from service.queue import JobNotFound, JobQueue, record_key
@@ -95,8 +96,7 @@ def check_job_size(spec: JobSpec, limits: Limits) -> None:
     work = t.iterations * t.batch_size * processes
     if work > limits.max_job_work:
         raise ApiError(
-            422,
-            "job_too_large",
+            ErrorCode.JOB_TOO_LARGE,
             f"training.iterations x training.batch_size x resources.processes is "
             f"{t.iterations} x {t.batch_size} x {processes} = {work}; at most "
             f"{limits.max_job_work} per job (CPFLOW_MAX_JOB_WORK): train fewer iterations or "
@@ -139,8 +139,7 @@ def _refusal(which: str, active: int, limit: int, settings: Settings) -> ApiErro
         what = f"at most {limit} queued or running training jobs in total"
         setting = "CPFLOW_MAX_ACTIVE_JOBS"
     return ApiError(
-        429,
-        "job_quota_exceeded",
+        ErrorCode.JOB_QUOTA_EXCEEDED,
         f"job quota reached: {what} ({setting}); {active} are active. Retry when one has "
         "finished, or cancel one (DELETE /v1/jobs/{id})",
         headers={"Retry-After": str(settings.quota_retry_after_s)},

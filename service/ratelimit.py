@@ -30,6 +30,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.error_codes import ErrorCode
 from service.middleware import is_guarded, send_error
 from service.queue import JobSettings
 from service.quotas import limits_for
@@ -160,7 +161,7 @@ class RateLimiter:
             f"key's CPFLOW_KEY_LIMITS); retry in {retry} s"
         )
         headers = [(b"retry-after", str(retry).encode())]
-        await send_error(scope, send, 429, "rate_limited", message, headers)
+        await send_error(scope, send, 429, ErrorCode.RATE_LIMITED, message, headers)
         return True
 
     async def refuse_address(self, scope: Scope, send: Send) -> bool:

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from service.error_codes import ErrorCode
 from service.errors import ApiError
 from service.v2_schemas import InferRequest, RequestInput
 
@@ -25,7 +26,11 @@ __all__ = ["HEADER_LENGTH", "DecodedRequest", "encode_response", "parse_request"
 
 HEADER_LENGTH = "inference-header-content-length"
 
-_NP_TYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BOOL": np.dtype("?")}
+_NP_TYPES: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BOOL": np.dtype("?"),
+}
 _TYPE_NAMES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(bool): "BOOL"}
 
 
@@ -38,7 +43,7 @@ class DecodedRequest:
 
 
 def _bad(message: str) -> ApiError:
-    return ApiError(400, "bad_request", message)
+    return ApiError(ErrorCode.BAD_REQUEST, message)
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:

@@ -9,7 +9,7 @@ same requests. Tensor names are in :data:`INPUT`, :data:`CONTEXT` and :data:`OUT
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
@@ -38,7 +38,8 @@ INPUT = "input"
 """The data tensor: [n, d] rows, or [n, C, H, W] for an image model."""
 CONTEXT = "context"
 """A conditional model's context tensor: [n, k], or [1, k] for one context shared by all rows."""
-OUTPUTS = ("log_prob", "stderr", "samples", "output", "max_residual", "converged")
+OutputName = Literal["log_prob", "stderr", "samples", "output", "max_residual", "converged"]
+OUTPUTS: tuple[str, ...] = get_args(OutputName)
 """Every output tensor name (which ones an inference returns depends on its operation)."""
 
 FloatType = Literal["FP32", "FP64"]
@@ -180,7 +181,7 @@ class RequestOutput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal[OUTPUTS]
+    name: OutputName
     parameters: TensorParameters | None = None
 
 

@@ -186,6 +186,32 @@ async def _client(port: int, raw: bytes, start: float, stop: float, lat: list, e
         writer.close()
 
 
+async def paired_difference(port: int, first: bytes, second: bytes, seconds: float) -> dict:
+    """Sends two requests in adjacent pairs on one keep-alive connection (the order flipped
+    every pair) for ``seconds`` and returns the median of (second - first) over the pairs: a
+    drift in the machine's load hits both halves of a pair alike, so it cancels."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    diffs, a_lat, b_lat = [], [], []
+    try:
+        stop = time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            took = {}
+            for which in "ab" if len(diffs) % 2 == 0 else "ba":
+                t0 = time.perf_counter()
+                status = await _request(reader, writer, first if which == "a" else second)
+                took[which] = time.perf_counter() - t0 if status == 200 else None
+            if None not in took.values():
+                a_lat.append(took["a"])
+                b_lat.append(took["b"])
+                diffs.append(took["b"] - took["a"])
+    finally:
+        writer.close()
+    q25, q50, q75 = (float(np.percentile(np.array(diffs) * 1000, q)) for q in (25, 50, 75))
+    return {"pairs": len(diffs), "median_ms": round(q50, 3),
+            "iqr_ms": [round(q25, 3), round(q75, 3)],
+            "first_p50_ms": _ms_percentile(a_lat, 50), "second_p50_ms": _ms_percentile(b_lat, 50)}  # fmt: skip
+
+
 def _ms_percentile(lat: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.array(lat) * 1000, q)), 2) if lat else None
 
@@ -290,6 +316,7 @@ SCENARIOS = tuple(_scenarios(None))
         Option("concurrency", "ints", [1, 16], "concurrent clients"),
         Option("only", "strs", None, "scenarios to run (constant always runs)", SCENARIOS),
         Option("rounds", "int", 3, "rounds over all scenarios; medians reported"),
+        Option("paired_seconds", "float", 12.0, "/v1 and /v2 log_prob sent in adjacent pairs"),
     ],
 )
 def service_load(opts, ctx) -> dict:
@@ -300,7 +327,9 @@ def service_load(opts, ctx) -> dict:
 
     The clients run on the same machine as the server, so on few cores they compete with it
     for CPU; the overhead ratio (model route / constant route at equal concurrency) is the
-    figure that carries over between machines."""
+    figure that carries over between machines. What /v2 adds to /v1 (one-row exact log_prob)
+    is taken from adjacent request pairs on one connection (``paired_seconds``), since a p50
+    difference between scenarios run one after the other carries the load drift between them."""
     import httpx
 
     scenarios = _scenarios(opts.only)
@@ -319,6 +348,7 @@ def service_load(opts, ctx) -> dict:
                         run_scenario(opts.port, path, body, c, opts.seconds)
                     )
             rounds.append(one)
+        paired = _paired_v1_v2(opts.port, scenarios, opts.paired_seconds)
         busy = asyncio.run(healthz_during_long_sample(opts.port, opts.seconds))
         metrics = httpx.get(f"{base}/metrics").text
 
@@ -348,6 +378,44 @@ def service_load(opts, ctx) -> dict:
             }
     prefixes = ("cpflow_microbatch_requests_sum", "cpflow_microbatch_requests_count")
     return {
+        **_load_summary(opts, ready, results, ratios, busy),
+        "v2_minus_v1_p50_ms": _v2_overhead(rounds, opts.concurrency),
+        "v2_minus_v1_paired_ms": paired,
+        "target_v2_minus_v1_p50_ms": 0.5,
+        "microbatch": [ln for ln in metrics.splitlines() if ln.startswith(prefixes)],
+    }
+
+
+def _paired_v1_v2(port: int, scenarios: dict, seconds: float) -> dict | None:
+    """What /v2 adds to /v1 for a one-row exact log_prob, from adjacent pairs (one client)."""
+    v1, v2 = scenarios.get("log_prob_exact_b1"), scenarios.get("v2_log_prob_exact_b1")
+    if v1 is None or v2 is None:
+        return None
+    return asyncio.run(paired_difference(port, _raw(*v1), _raw(*v2), seconds))
+
+
+def _v2_overhead(rounds: list[dict[str, dict]], concurrency: list[int]) -> dict:
+    """p50 of the one-row exact log_prob under /v2 minus the same under /v1, per concurrency:
+    taken within each round (same load on the machine), then the median over rounds."""
+    out = {}
+    for c in concurrency:
+        v1, v2 = f"log_prob_exact_b1@c{c}", f"v2_log_prob_exact_b1@c{c}"
+        per_round = [
+            r[v2]["p50_ms"] - r[v1]["p50_ms"]
+            for r in rounds
+            if v1 in r and v2 in r and r[v1]["p50_ms"] is not None and r[v2]["p50_ms"] is not None
+        ]
+        if per_round:
+            out[f"c{c}"] = {
+                "median": _median(per_round, 3),
+                "per_round": [round(v, 3) for v in per_round],
+            }
+    return out
+
+
+def _load_summary(opts, ready: dict, results: dict, ratios: dict, busy: dict) -> dict:
+    """The service_load figures other than the v1/v2 comparison and the batcher counters."""
+    return {
         "model": {"dim": 2, "blocks": opts.blocks, "hidden": opts.hidden, "depth": 3},
         "server": {"workers": 1, "device": ready.get("device"),
                    "inference_threads": os.environ.get("CPFLOW_INFERENCE_THREADS", "default"),
@@ -359,7 +427,6 @@ def service_load(opts, ctx) -> dict:
         "rps_ratio_to_constant_route": ratios,
         "healthz_while_sampling": busy,
         "target_log_prob_exact_b1_at_c16_ratio": 0.30,
-        "microbatch": [ln for ln in metrics.splitlines() if ln.startswith(prefixes)],
     }  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 
 from model_store.errors import DatasetNotFound, StoreError
 from service.deps import StoreDep
+from service.error_codes import ErrorCode
 from service.errors import ApiError, error_responses
 from service.job_schemas import DatasetPublic
 from service.queue import QueueUnavailable
@@ -103,24 +104,26 @@ async def upload_dataset(request: Request, response: Response, store: StoreDep) 
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(
-            415,
-            "unsupported_media_type",
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
             "send multipart/form-data with a 'file' part (.npy or .csv) and an optional 'name'",
         )
     settings = request.app.state.settings
     try:
         form = await request.form(max_files=1, max_fields=4)
     except Exception as exc:  # noqa: BLE001 - malformed multipart, too many parts
-        raise ApiError(400, "bad_request", f"could not read the multipart body: {exc}") from None
+        raise ApiError(
+            ErrorCode.BAD_REQUEST, f"could not read the multipart body: {exc}"
+        ) from None
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
-        raise ApiError(422, "validation_error", "file: missing; send the data as the 'file' part")
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR, "file: missing; send the data as the 'file' part"
+        )
     content = await upload.read()
     await form.close()
     if len(content) > settings.max_upload_bytes:
         raise ApiError(
-            413,
-            "payload_too_large",
+            ErrorCode.PAYLOAD_TOO_LARGE,
             f"the file has {len(content)} bytes; at most {settings.max_upload_bytes} are accepted",
         )
     filename = upload.filename or ""
@@ -129,7 +132,7 @@ async def upload_dataset(request: Request, response: Response, store: StoreDep) 
     try:
         array = await run_in_threadpool(parse_upload, filename, content)
     except UploadError as exc:
-        raise ApiError(422, "invalid_dataset", str(exc)) from None
+        raise ApiError(ErrorCode.INVALID_DATASET, str(exc)) from None
 
     def put() -> tuple[Any, bool]:
         before = {r.id for r in store.datasets.list()}
@@ -139,7 +142,7 @@ async def upload_dataset(request: Request, response: Response, store: StoreDep) 
     try:
         record, existed = await run_in_threadpool(put)
     except StoreError as exc:
-        raise ApiError(422, "invalid_dataset", str(exc)) from None
+        raise ApiError(ErrorCode.INVALID_DATASET, str(exc)) from None
     if existed:
         response.status_code = 200
     response.headers["Location"] = f"/v1/datasets/{record.id}"
@@ -160,7 +163,7 @@ def _record(store: Any, dataset_id: str) -> Any:
     try:
         return store.datasets.get(dataset_id)
     except DatasetNotFound:
-        raise ApiError(404, "dataset_not_found", f"data set {dataset_id!r} not found") from None
+        raise ApiError(ErrorCode.DATASET_NOT_FOUND, f"data set {dataset_id!r} not found") from None
 
 
 @router.get(
@@ -187,13 +190,12 @@ def delete_dataset(dataset_id: str, store: StoreDep, queue: QueueDep) -> Respons
         raise unavailable(exc) from None
     if users:
         raise ApiError(
-            409,
-            "dataset_in_use",
+            ErrorCode.DATASET_IN_USE,
             f"data set {dataset_id!r} is used by queued or running job(s) "
             f"{', '.join(users)}; cancel them or wait until they end",
         )
     try:
         store.datasets.delete(dataset_id)
     except DatasetNotFound:
-        raise ApiError(404, "dataset_not_found", f"data set {dataset_id!r} not found") from None
+        raise ApiError(ErrorCode.DATASET_NOT_FOUND, f"data set {dataset_id!r} not found") from None
     return Response(status_code=204)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from model_store.errors import DatasetNotFound, StoreError
 from service.deps import SettingsDep, StoreDep
+from service.error_codes import ErrorCode
 from service.errors import ApiError, error_responses
 from service.job_schemas import (
     BUILTIN_DATASETS,
@@ -83,7 +84,7 @@ QueueDep = Annotated[JobQueue, Depends(get_job_queue)]
 
 
 def unavailable(exc: QueueUnavailable) -> ApiError:
-    return ApiError(503, "queue_unavailable", str(exc), headers={"Retry-After": "5"})
+    return ApiError(ErrorCode.QUEUE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"})
 
 
 def _dataset_dims(spec: JobSpec, store: Any) -> tuple[int, int | None, str | None]:
@@ -99,13 +100,13 @@ def _dataset_dims(spec: JobSpec, store: Any) -> tuple[int, int | None, str | Non
         record = store.datasets.get(ref.id)
     except DatasetNotFound:
         raise ApiError(
-            422,
-            "dataset_not_found",
+            ErrorCode.DATASET_NOT_FOUND,
             f"data set {ref.id!r} does not exist; upload it with POST /v1/datasets "
             "and use the id it returns",
+            status=422,  # a field of the job spec names it: the spec is what to fix
         ) from None
     except StoreError as exc:
-        raise ApiError(422, "dataset_unusable", str(exc)) from None
+        raise ApiError(ErrorCode.DATASET_UNUSABLE, str(exc)) from None
     if ref.context_columns is None:
         return record.dim, None, record.id
     _check_context_columns(ref.context_columns, record.dim)
@@ -116,7 +117,7 @@ def _check_context_columns(columns: list[int], ncols: int) -> None:
     """The columns named as context must exist, differ, and leave at least one data column."""
 
     def bad(message: str) -> ApiError:
-        return ApiError(422, "invalid_context_columns", f"dataset.context_columns: {message}")
+        return ApiError(ErrorCode.INVALID_CONTEXT_COLUMNS, f"dataset.context_columns: {message}")
 
     if not columns:
         raise bad("name at least one column, or drop the field for an unconditional model")
@@ -135,8 +136,7 @@ def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
     if spec.model.dim is not None and spec.model.dim != dim:
         what = "data columns (context excluded)" if context_dim else "columns"
         raise ApiError(
-            422,
-            "dimension_mismatch",
+            ErrorCode.DIMENSION_MISMATCH,
             f"model.dim is {spec.model.dim} but the data set has {dim} {what}; "
             "drop model.dim or make it match",
         )
@@ -148,7 +148,7 @@ def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ApiError(
-            422, "validation_error", f"model.{'.'.join(map(str, first['loc']))}: {first['msg']}"
+            ErrorCode.VALIDATION_ERROR, f"model.{'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from None
 
 
@@ -180,8 +180,7 @@ def submit_job(
 ) -> JobAccepted:
     if spec.resources.processes > settings.max_job_processes:
         raise ApiError(
-            422,
-            "too_many_processes",
+            ErrorCode.TOO_MANY_PROCESSES,
             f"resources.processes is {spec.resources.processes}; at most "
             f"{settings.max_job_processes} per job (CPFLOW_MAX_JOB_PROCESSES)",
         )
@@ -231,7 +230,7 @@ def _get(queue: JobQueue, job_id: str) -> dict[str, Any]:
         return queue.get(job_id)
     except JobNotFound:
         raise ApiError(
-            404, "job_not_found", f"job {job_id!r} not found (unknown, or past its retention)"
+            ErrorCode.JOB_NOT_FOUND, f"job {job_id!r} not found (unknown, or past its retention)"
         ) from None
     except QueueUnavailable as exc:
         raise unavailable(exc) from None
@@ -257,9 +256,9 @@ def cancel_job(job_id: str, queue: QueueDep, response: Response) -> dict[str, An
     try:
         job = queue.cancel(job_id)
     except JobNotFound:
-        raise ApiError(404, "job_not_found", f"job {job_id!r} not found") from None
+        raise ApiError(ErrorCode.JOB_NOT_FOUND, f"job {job_id!r} not found") from None
     except JobNotCancellable as exc:
-        raise ApiError(409, "job_finished", str(exc)) from None
+        raise ApiError(ErrorCode.JOB_FINISHED, str(exc)) from None
     except QueueUnavailable as exc:
         raise unavailable(exc) from None
     if job["status"] not in {s.value for s in TERMINAL}:

@@ -1,8 +1,8 @@
 """Open Inference Protocol (KServe v2) REST routes: health, metadata, readiness and inference.
 
-Inference builds the /v1 request body from the protocol's tensors and parameters and calls the
-/v1 handler (``service.routers.inference.OPERATIONS``): the same engine, checks, limits and
-numbers as /v1, answered as named typed tensors. Auth is the /v1 bearer key (the health probes
+Inference turns the protocol's tensors and parameters into a typed request of the data plane
+(service.inference), the one /v1 uses: the same checks, limits and numbers as /v1, answered as
+named typed tensors; no /v1 handler is called. Auth is the /v1 bearer key (the health probes
 stay open); errors take the protocol's ``{"error": "..."}`` shape (service.errors).
 
 Mapping (``parameters.operation``): log_prob (input -> log_prob, stderr for slq), sample
@@ -17,19 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import APIRouter, Request, Security
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
 import cpflow
+from service import inference as dp
 from service.auth import bearer_scheme
-from service.deps import EngineDep, SettingsDep
-from service.engine import InferenceEngine, ServedModel
+from service.deps import DataPlaneDep, EngineDep, SettingsDep
+from service.engine import ServedModel
+from service.error_codes import ErrorCode
 from service.errors import ApiError
 from service.routers.health import store_status
-from service.routers.inference import OPERATIONS
 from service.routers.models import ModelName, VersionNumber
-from service.settings import Settings
 from service.v2_codec import HEADER_LENGTH, encode_response, parse_request
 from service.v2_schemas import (
     CONTEXT,
@@ -120,14 +118,6 @@ async def server_metadata() -> ServerMetadata:
 # ------------------------------------------------------------------------ models
 
 
-async def _served(
-    engine: InferenceEngine, request: Request, name: str, version: int | None
-) -> ServedModel:
-    model = await engine.get(name, version)
-    request.state.metric_model = model.name
-    return model
-
-
 def _datatype(model: ServedModel) -> str:
     return "FP64" if model.dtype == torch.float64 else "FP32"
 
@@ -137,11 +127,9 @@ def _data_shape(model: ServedModel) -> list[int]:
     return [-1, *shape] if shape is not None else [-1, model.dim]
 
 
-async def _metadata(
-    name: str, version: int | None, request: Request, engine: InferenceEngine, _: Settings
-) -> ModelMetadata:
-    model = await _served(engine, request, name, version)
-    versions = await engine.io(engine.store.versions, name)
+async def _metadata(plane: dp.DataPlane, name: str, version: int | None) -> ModelMetadata:
+    model = await plane.model(name, version)
+    versions = await plane.versions(name)
     dt, data = _datatype(model), _data_shape(model)
     inputs = [TensorMetadata(name=INPUT, datatype=dt, shape=data)]
     if model.context_dim is not None:
@@ -163,117 +151,137 @@ async def _metadata(
     )
 
 
-async def _ready(
-    name: str, version: int | None, request: Request, engine: InferenceEngine, _: Settings
-) -> ModelReady:
-    model = await _served(engine, request, name, version)
-    return ModelReady(name=model.name, ready=True)
-
-
-def _latest_and_pinned(
-    suffix: str, method: str, route_name: str, handler: Any, summary: str, **route: Any
-) -> None:
-    """Register ``/models/{name}<suffix>`` (the latest version) and
-    ``/models/{name}/versions/{version}<suffix>`` (a pinned one), both served by ``handler``."""
-
-    async def latest(name: ModelName, request: Request, engine: EngineDep, settings: SettingsDep):
-        return await handler(name, None, request, engine, settings)
-
-    async def pinned(
-        name: ModelName, version: VersionNumber, request: Request, engine: EngineDep,
-        settings: SettingsDep,
-    ):  # fmt: skip
-        return await handler(name, version, request, engine, settings)
-
-    for path, endpoint, which, tail in (
-        (f"/models/{{name}}{suffix}", latest, "latest version", ""),
-        (f"/models/{{name}}/versions/{{version}}{suffix}", pinned, "pinned version", "_version"),
-    ):
-        router.add_api_route(
-            path, endpoint, methods=[method], name=route_name + tail,
-            summary=f"{summary} (v2, {which})", dependencies=_AUTH, **route,
-        )  # fmt: skip
+def _route(summary: str, pinned: bool, **route: Any) -> dict[str, Any]:
+    """The decorator arguments of a model route, for the latest or a pinned version."""
+    which = "pinned version" if pinned else "latest version"
+    return {"summary": f"{summary} (v2, {which})", "dependencies": _AUTH, **route}
 
 
 _MODEL_ERRORS = _errors(401, 404, 422, 503)
-_latest_and_pinned(
-    "", "GET", "model_metadata", _metadata, "Model metadata: input and output tensors",
-    response_model=ModelMetadata, responses=_MODEL_ERRORS,
-)  # fmt: skip
-_latest_and_pinned(
-    "/ready", "GET", "model_ready", _ready, "Model readiness: loaded and able to answer",
-    response_model=ModelReady, responses=_MODEL_ERRORS,
-)  # fmt: skip
+_METADATA = "Model metadata: input and output tensors"
+_READY = "Model readiness: loaded and able to answer"
+_LATEST, _PINNED = "/models/{name}", "/models/{name}/versions/{version}"
+_META_ROUTE = {"response_model": ModelMetadata, "responses": _MODEL_ERRORS}
+_READY_ROUTE = {"response_model": ModelReady, "responses": _MODEL_ERRORS}
+
+
+@router.get(_LATEST, name="model_metadata", **_route(_METADATA, False, **_META_ROUTE))
+async def model_metadata(name: ModelName, plane: DataPlaneDep) -> ModelMetadata:
+    return await _metadata(plane, name, None)
+
+
+@router.get(_PINNED, name="model_metadata_version", **_route(_METADATA, True, **_META_ROUTE))
+async def model_metadata_version(
+    name: ModelName, version: VersionNumber, plane: DataPlaneDep
+) -> ModelMetadata:
+    return await _metadata(plane, name, version)
+
+
+@router.get(f"{_LATEST}/ready", name="model_ready", **_route(_READY, False, **_READY_ROUTE))
+async def model_ready(name: ModelName, plane: DataPlaneDep) -> ModelReady:
+    return ModelReady(name=(await plane.model(name, None)).name, ready=True)
+
+
+@router.get(f"{_PINNED}/ready", name="model_ready_version", **_route(_READY, True, **_READY_ROUTE))
+async def model_ready_version(
+    name: ModelName, version: VersionNumber, plane: DataPlaneDep
+) -> ModelReady:
+    return ModelReady(name=(await plane.model(name, version)).name, ready=True)
 
 
 # ------------------------------------------------------------------------ inference
 
 
 def _bad(message: str) -> ApiError:
-    return ApiError(400, "bad_request", message)
+    return ApiError(ErrorCode.BAD_REQUEST, message)
 
 
-def _rows(tensors: dict[str, np.ndarray], name: str, ndims: tuple[int, ...]) -> list[Any] | None:
+def _tensor(
+    tensors: dict[str, np.ndarray], name: str, ndims: tuple[int, ...]
+) -> np.ndarray | None:
     array = tensors.get(name)
-    if array is None:
-        return None
-    if array.ndim not in ndims:
+    if array is not None and array.ndim not in ndims:
         wanted = " or ".join(f"{n}-D" for n in ndims)
         raise _bad(f"input {name!r} has shape {list(array.shape)}; send a {wanted} tensor")
-    return array.tolist()
+    return array
 
 
-def _v1_fields(p: InferParameters, tensors: dict[str, np.ndarray], model: ServedModel) -> dict:
-    """The /v1 body of the operation, from the protocol's tensors and parameters."""
-    context = _rows(tensors, CONTEXT, (2,))
+_Typed = dp.LogProbRequest | dp.SampleRequest | dp.TransportRequest
+
+
+def _typed(
+    name: str, version: int | None, p: InferParameters, tensors: dict[str, np.ndarray]
+) -> _Typed:
+    """The data plane's request for the operation, from the protocol's tensors and parameters."""
+    context = _tensor(tensors, CONTEXT, (2,))
     if p.operation == "sample":
         if INPUT in tensors:
             raise _bad(f"operation 'sample' takes no {INPUT!r} tensor; set num_samples")
         if p.num_samples is None:
             raise _bad("operation 'sample' needs parameters.num_samples")
-        layout = "image" if model.image_shape is not None else "rows"
-        return {"num_samples": p.num_samples, "seed": p.seed, "tolerance": p.tolerance,
-                "max_iterations": p.max_iterations, "solver": p.solver, "layout": layout,
-                "context": context}  # fmt: skip
-    inputs = _rows(tensors, INPUT, (2, 4))
+        return dp.SampleRequest(
+            name, version, p.num_samples, seed=p.seed, tolerance=p.tolerance,
+            max_iterations=p.max_iterations, solver=p.solver, context=context,
+        )  # fmt: skip
+    inputs = _tensor(tensors, INPUT, (2, 4))
     if inputs is None:
         raise _bad(f"operation {p.operation!r} needs the {INPUT!r} tensor")
     if p.operation == "log_prob":
-        slq = {k: v for k, v in {"probes": p.probes, "steps": p.steps}.items() if v is not None}
-        return {"inputs": inputs, "method": p.method, "slq": slq or None, "seed": p.seed,
-                "context": context}  # fmt: skip
-    return {"inputs": inputs, "direction": p.direction, "tolerance": p.tolerance,
-            "max_iterations": p.max_iterations, "solver": p.solver, "context": context}  # fmt: skip
+        return dp.LogProbRequest(
+            name, version, inputs, p.method, probes=p.probes, steps=p.steps, seed=p.seed,
+            context=context,
+        )  # fmt: skip
+    return dp.TransportRequest(
+        name, version, inputs, p.direction, tolerance=p.tolerance,
+        max_iterations=p.max_iterations, solver=p.solver, context=context,
+    )  # fmt: skip
 
 
-def _array(values: Any, dtype: np.dtype) -> np.ndarray:
-    """A /v1 answer's nested lists (null where non-finite) as an array."""
-    return np.array(values, dtype=np.float64).astype(dtype)
+def _array(t: torch.Tensor, image_shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """A result tensor as an array, non-finite values (overflow) as NaN, images as [n, C, H, W]."""
+    array = t.numpy()
+    if not bool(np.isfinite(array).all()):
+        array = np.where(np.isfinite(array), array, np.nan).astype(array.dtype)
+    return array if image_shape is None else array.reshape(len(array), *image_shape)
 
 
-def _solve_outputs(answer: Any) -> list[tuple[str, np.ndarray]]:
-    residual = np.nan if answer.max_residual is None else answer.max_residual
+def _solve_outputs(residual: float | None, converged: bool | None) -> list[tuple[str, np.ndarray]]:
     return [
-        ("max_residual", np.array([residual], dtype=np.float64)),
-        ("converged", np.array([bool(answer.converged)])),
+        ("max_residual", np.array([np.nan if residual is None else residual], dtype=np.float64)),
+        ("converged", np.array([bool(converged)])),
     ]
 
 
-def _outputs(op: str, answer: Any, dtype: np.dtype) -> tuple[list, dict[str, Any]]:
-    """(named output arrays, response parameters) of a /v1 answer."""
-    if op == "log_prob":
-        outputs = [("log_prob", _array(answer.log_prob, dtype))]
-        if answer.stderr is not None:
-            outputs.append(("stderr", _array(answer.stderr, dtype)))
-        params = {"method": answer.method}
-        return outputs, params if answer.seed is None else {**params, "seed": answer.seed}
-    if op == "sample":
-        samples = ("samples", _array(answer.samples, dtype))
-        return [samples, *_solve_outputs(answer)], {"seed": answer.seed}
-    outputs = [("output", _array(answer.outputs, dtype))]
-    if answer.direction == "inverse":
-        outputs += _solve_outputs(answer)
-    return outputs, {"direction": answer.direction}
+_Outputs = tuple[list[tuple[str, np.ndarray]], dict[str, Any]]
+
+
+def _outputs(result: dp.LogProbResult | dp.SampleResult | dp.TransportResult) -> _Outputs:
+    """(named output arrays, response parameters) of a data plane result."""
+    if isinstance(result, dp.LogProbResult):
+        outputs = [("log_prob", _array(result.log_prob))]
+        if result.stderr is not None:
+            outputs.append(("stderr", _array(result.stderr)))
+        params: dict[str, Any] = {"method": result.method}
+        return outputs, params if result.seed is None else {**params, "seed": result.seed}
+    if isinstance(result, dp.SampleResult):
+        samples = ("samples", _array(result.samples, result.image_shape))
+        return [samples, *_solve_outputs(result.max_residual, result.converged)], {
+            "seed": result.seed
+        }
+    outputs = [("output", _array(result.outputs, result.image_shape))]
+    if result.direction == "inverse":
+        outputs += _solve_outputs(result.max_residual, result.converged)
+    return outputs, {"direction": result.direction}
+
+
+async def _run(
+    plane: dp.DataPlane, request: _Typed
+) -> dp.LogProbResult | dp.SampleResult | dp.TransportResult:
+    if isinstance(request, dp.LogProbRequest):
+        return await plane.log_prob(request)
+    if isinstance(request, dp.SampleRequest):
+        return await plane.sample(request)
+    return await plane.transport(request)
 
 
 def _selected(
@@ -284,7 +292,8 @@ def _selected(
     if request.outputs is None:
         return outputs, {name for name, _ in outputs} if everything else set()
     produced = dict(outputs)
-    chosen, binary = [], set()
+    chosen: list[tuple[str, np.ndarray]] = []
+    binary: set[str] = set()
     for wanted in request.outputs:
         if wanted.name not in produced:
             raise _bad(
@@ -299,32 +308,21 @@ def _selected(
 
 
 async def _infer(
-    name: str,
-    version: int | None,
-    request: Request,
-    engine: InferenceEngine,
-    settings: Settings,
+    plane: dp.DataPlane, name: str, version: int | None, request: Request
 ) -> Response:
     decoded = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-    params = decoded.request.parameters
-    model = await _served(engine, request, name, version)
-    handler, body_model = OPERATIONS[params.operation]
-    try:
-        body = body_model.model_validate(_v1_fields(params, decoded.tensors, model))
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
-    # pinned to the version resolved above, so metadata and answer describe one version
-    answer = await handler(name, model.version, body, engine, settings, request)
-    dtype = np.dtype(np.float64 if model.dtype == torch.float64 else np.float32)
-    outputs, parameters = _outputs(params.operation, answer, dtype)
+    typed = _typed(name, version, decoded.request.parameters, decoded.tensors)
+    result = await _run(plane, typed)
+    outputs, parameters = _outputs(result)
     chosen, binary = _selected(decoded.request, outputs)
-    head = {"model_name": answer.model, "model_version": str(answer.version),
+    head = {"model_name": result.model, "model_version": str(result.version),
             "parameters": parameters}  # fmt: skip
     if decoded.request.id is not None:
         head["id"] = decoded.request.id
     return encode_response(head, chosen, binary)
 
 
+_INFER = "Inference"
 _INFER_DOC = (
     "Open Inference Protocol inference. `parameters.operation` selects log_prob (default; "
     "`method` exact|slq|auto, `probes`, `steps`, `seed`), sample (`num_samples`, `seed`, "
@@ -341,9 +339,18 @@ _INFER_RESPONSES = {
     },
     **_errors(400, 401, 404, 413, 422, 503),
 }
+_INFER_ROUTE = {
+    "description": _INFER_DOC, "responses": _INFER_RESPONSES, "openapi_extra": _INFER_BODY,
+}  # fmt: skip
 
 
-_latest_and_pinned(
-    "/infer", "POST", "infer", _infer, "Inference", description=_INFER_DOC,
-    responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY,
-)  # fmt: skip
+@router.post(f"{_LATEST}/infer", name="infer", **_route(_INFER, False, **_INFER_ROUTE))
+async def infer(name: ModelName, request: Request, plane: DataPlaneDep) -> Response:
+    return await _infer(plane, name, None, request)
+
+
+@router.post(f"{_PINNED}/infer", name="infer_version", **_route(_INFER, True, **_INFER_ROUTE))
+async def infer_version(
+    name: ModelName, version: VersionNumber, request: Request, plane: DataPlaneDep
+) -> Response:
+    return await _infer(plane, name, version, request)
