@@ -327,6 +327,37 @@ class JobQueue:
             raw = self._fetch(job_id) or raw
             return self._public(self._reconcile(raw))
 
+    # ------------------------------------------------------------------ hand back
+    def hand_back(self, job_id: str) -> bool:
+        """Put a running job whose worker is shutting down back at the front of the queue.
+
+        Called by the worker after it stopped the job's work horse (RQ has then filed the job
+        as failed): the record goes back to queued, RQ's job back to the queue, and the next
+        worker starts it from the beginning. False when the record already left "running"
+        (the job ended or was cancelled meanwhile): then nothing is requeued.
+        """
+        with self.available():
+            back = self._transition(
+                job_id,
+                {JobStatus.RUNNING},
+                JobStatus.QUEUED,
+                {"started_at": "", "heartbeat_at": "", "worker": ""},
+            )
+            if not back:
+                return False
+            try:
+                rq_job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+                rq_job.requeue(at_front=True)
+            except (NoSuchJobError, InvalidJobOperation) as exc:
+                self._transition(
+                    job_id,
+                    {JobStatus.QUEUED},
+                    JobStatus.FAILED,
+                    {"finished_at": repr(_now()), "error": f"could not requeue the job: {exc}"},
+                )
+                return False
+        return True
+
     # ------------------------------------------------------------------ state changes
     def _transition(
         self,

@@ -238,6 +238,22 @@ class Settings(BaseSettings):
         '"max_job_work": 1000000, "rate_limit": "10/second"}}; unset fields use the settings.',
     )
 
+    # ---- processes: cpflow-serve's server and cpflow-worker's shutdown (ops, issue #31)
+    host: str = Field(
+        default="127.0.0.1",
+        description="Interface cpflow-serve binds (0.0.0.0 in containers); --host overrides it.",
+    )
+    port: int = Field(
+        default=8000, ge=0, le=65535, description="TCP port of cpflow-serve; --port overrides it."
+    )
+    worker_shutdown_grace_s: float = Field(
+        default=20.0,
+        ge=0.0,
+        description="On SIGTERM, how long cpflow-worker lets its running job go on; a job still "
+        "running then is handed back to the queue (another worker starts it again) and the "
+        "worker exits. Keep it under the orchestrator's stop grace (compose: 30 s here).",
+    )
+
     @field_validator("rate_limit")
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
