@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service app for ``settings`` (default: from the CPFLOW_* environment)."""
     settings = settings if settings is not None else get_settings()
     configure_logging(settings.log_level)
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(settings.metrics_dir)
     engine = InferenceEngine(settings, metrics)
     modules = _load_router_modules()
 
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if preload is not None:
                     preload.cancel()
                 engine.close()
+                metrics.close()
 
     app = FastAPI(
         title="cpflow",

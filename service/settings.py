@@ -246,6 +246,13 @@ class Settings(BaseSettings):
     port: int = Field(
         default=8000, ge=0, le=65535, description="TCP port of cpflow-serve; --port overrides it."
     )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Folder where every worker process of cpflow-serve writes its metrics "
+        "(prometheus_client multiprocess mode), so /metrics reports the totals of all of them. "
+        "cpflow-serve --workers N>1 sets it (a fresh temporary folder unless given; emptied at "
+        "start) together with PROMETHEUS_MULTIPROC_DIR; under another process manager set both.",
+    )
     worker_shutdown_grace_s: float = Field(
         default=20.0,
         ge=0.0,
