@@ -32,6 +32,7 @@ from service.openapi_limits import install_limits
 from service.ratelimit import RateLimiter, RateLimitMiddleware
 from service.routers import health, v2
 from service.settings import Settings, get_settings
+from service.tenancy import KeyRing
 
 __all__ = ["V1_ROUTERS", "create_app"]
 
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limiter = RateLimiter(settings)
     app.add_middleware(RateLimitMiddleware, limiter=limiter)  # after auth: knows the key
     # failed auth is rate limited too, per client address
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, gate=limiter.refuse_address)
+    ring = KeyRing.from_settings(settings)
+    app.add_middleware(ApiKeyMiddleware, ring=ring, gate=limiter.refuse_address)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, route_template=route_template)
     return app

@@ -39,6 +39,8 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
+from service.settings import DEFAULT_TENANT
+
 __all__ = [
     "ACTIVE",
     "DEFAULT_HEARTBEAT_S",
@@ -140,6 +142,11 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
+def _belongs(record: dict[str, str], tenant: str) -> bool:
+    """Whether a job record is ``tenant``'s (records from before tenancy: the default one)."""
+    return (record.get("tenant") or DEFAULT_TENANT) == tenant
+
+
 @dataclass
 class JobQueue:
     """Submit, read, list and cancel training jobs stored in Redis and run by RQ workers."""
@@ -190,9 +197,11 @@ class JobQueue:
         dataset_id: str | None,
         timeout_s: int | None = None,
         job_id: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> dict[str, Any]:
         """Create the record, enqueue the job function, return the public view (queued).
-        ``job_id``: an id reserved beforehand (service.quotas); default a new one."""
+        ``job_id``: an id reserved beforehand (service.quotas); default a new one. ``tenant``:
+        who may see and cancel the job."""
         job_id = job_id or uuid.uuid4().hex
         key = self._key(job_id)
         timeout = int(timeout_s or self.job_timeout_s)
@@ -211,6 +220,7 @@ class JobQueue:
             "id": job_id,
             "status": JobStatus.QUEUED.value,
             "model_name": model_name,
+            "tenant": tenant,
             "dataset_id": dataset_id or "",
             "spec": json.dumps(spec),
             "created_at": repr(now),
@@ -247,16 +257,19 @@ class JobQueue:
         return self._public(record)
 
     # ------------------------------------------------------------------ read
-    def get(self, job_id: str) -> dict[str, Any]:
-        """The public view of one job, after lease and RQ reconciliation."""
+    def get(self, job_id: str, tenant: str | None = None) -> dict[str, Any]:
+        """The public view of one job, after lease and RQ reconciliation. With ``tenant``, a
+        job of another tenant is not found."""
         with self.available():
-            raw = self._fetch(job_id)
+            raw = self._fetch(job_id, tenant)
             if raw is None:
                 raise JobNotFound(job_id)
             return self._public(self._reconcile(raw))
 
-    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Jobs newest first, optionally only those with ``status``."""
+    def list_jobs(
+        self, status: str | None = None, limit: int = 100, tenant: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs newest first, optionally only those with ``status`` (and of ``tenant``)."""
         out: list[dict[str, Any]] = []
         with self.available():
             ids = [i.decode() for i in self.connection.zrevrange(self._index_key, 0, -1)]
@@ -268,6 +281,8 @@ class JobQueue:
                 if not raw:
                     gone.append(job_id)  # expired past the retention
                     continue
+                if tenant is not None and not _belongs(_decode(raw), tenant):
+                    continue
                 rec = self._reconcile(_decode(raw))
                 if status is None or rec["status"] == status:
                     out.append(self._public(rec))
@@ -277,29 +292,33 @@ class JobQueue:
                 self.connection.zrem(self._index_key, *gone)
         return out
 
-    def active_jobs_using(self, dataset_id: str) -> list[str]:
-        """Ids of queued or running jobs that train on ``dataset_id``."""
+    def active_jobs_using(self, dataset_id: str, tenant: str | None = None) -> list[str]:
+        """Ids of queued or running jobs that train on ``dataset_id`` (of ``tenant``)."""
         with self.available():
             ids = [i.decode() for i in self.connection.zrevrange(self._index_key, 0, -1)]
             users = []
             for job_id in ids:
-                raw = self._fetch(job_id)
+                raw = self._fetch(job_id, tenant)
                 if raw is None or raw.get("dataset_id") != dataset_id:
                     continue
                 if self._reconcile(raw)["status"] in ACTIVE:
                     users.append(job_id)
             return users
 
-    def _fetch(self, job_id: str) -> dict[str, str] | None:
+    def _fetch(self, job_id: str, tenant: str | None = None) -> dict[str, str] | None:
         raw = self.connection.hgetall(self._key(job_id))
-        return _decode(raw) if raw else None
+        record = _decode(raw) if raw else None
+        if record is None or (tenant is not None and not _belongs(record, tenant)):
+            return None
+        return record
 
     # ------------------------------------------------------------------ cancel
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a queued job now; ask a running one to stop (the worker ends it cancelled)."""
+    def cancel(self, job_id: str, tenant: str | None = None) -> dict[str, Any]:
+        """Cancel a queued job now; ask a running one to stop (the worker ends it cancelled).
+        With ``tenant``, a job of another tenant is not found."""
         key = self._key(job_id)
         with self.available():
-            raw = self._fetch(job_id)
+            raw = self._fetch(job_id, tenant)
             if raw is None:
                 raise JobNotFound(job_id)
             raw = self._reconcile(raw)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,7 +16,15 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["KeyLimits", "Settings", "check_rate_limit", "get_settings"]
+__all__ = [
+    "DEFAULT_TENANT",
+    "KeyLimits",
+    "Role",
+    "Settings",
+    "TenantKey",
+    "check_rate_limit",
+    "get_settings",
+]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -46,6 +55,27 @@ class KeyLimits(BaseModel):
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
         return check_rate_limit(value)
+
+
+DEFAULT_TENANT = "default"
+"""The tenant of plain CPFLOW_API_KEYS keys, and of every caller when the server has no keys."""
+
+
+class Role(StrEnum):
+    """What an API key may do (service.tenancy says which routes need which role)."""
+
+    READ = "read"
+    TRAIN = "train"
+    ADMIN = "admin"
+
+
+class TenantKey(BaseModel):
+    """One hashed API key of CPFLOW_API_KEY_HASHES: its tenant and roles."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    roles: tuple[Role, ...] = Field(default=(Role.READ,), min_length=1)
 
 
 class Settings(BaseSettings):
@@ -238,6 +268,16 @@ class Settings(BaseSettings):
         '"max_job_work": 1000000, "rate_limit": "10/second"}}; unset fields use the settings.',
     )
 
+    # ---- tenants and roles (service.tenancy, service.auth)
+    api_key_hashes: dict[str, TenantKey] = Field(
+        default={},
+        repr=False,
+        description='Hashed API keys with their tenant and roles, as JSON: {"<sha256 hex of the '
+        'key>": {"tenant": "team-a", "roles": ["read", "train"]}}. Roles: read (score, read), '
+        "train (upload, submit, cancel, delete data sets), admin. Jobs and data sets are seen "
+        "only by their own tenant. Several hashes per tenant allow key rotation.",
+    )
+
     # ---- processes: cpflow-serve's server and cpflow-worker's shutdown (ops, issue #31)
     host: str = Field(
         default="127.0.0.1",
@@ -265,6 +305,17 @@ class Settings(BaseSettings):
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
         return check_rate_limit(value)
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _check_hashes(cls, value: dict[str, TenantKey]) -> dict[str, TenantKey]:
+        for digest in value:
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+                raise ValueError(
+                    f"{digest[:12]}...: not a sha256 hex digest; store sha256(key), e.g. "
+                    'printf %s "$KEY" | sha256sum'
+                )
+        return value
 
     @field_validator("api_keys", "preload_models", mode="before")
     @classmethod
