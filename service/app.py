@@ -31,6 +31,7 @@ from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.openapi_limits import install_limits
 from service.ratelimit import RateLimiter, RateLimitMiddleware
 from service.routers import health, v2
+from service.server_bounds import exit_soon
 from service.settings import Settings, get_settings
 from service.tenancy import KeyRing
 
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     preload.cancel()
                 engine.close()
                 metrics.close()
+                if settings.serve_process:
+                    exit_soon()  # bounded: do not wait for inference threads still running
 
     app = FastAPI(
         title="cpflow",

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from service.server_bounds import BoundedHttpProtocol
 from service.settings import Settings
 
 __all__ = ["build_parser", "main"]
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
     # Read by the app factory's settings in every uvicorn worker.
-    overrides = {}
+    overrides = {"CPFLOW_SERVE_PROCESS": "1"}
     if args.log_level:
         overrides["CPFLOW_LOG_LEVEL"] = args.log_level.upper()
     if args.store_url:
@@ -106,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 access_log=False,  # the app writes its own JSON access log with request ids
                 log_level=settings.log_level.lower(),
                 proxy_headers=True,
+                http=BoundedHttpProtocol,  # header and body read deadlines
+                timeout_keep_alive=settings.keep_alive_s,
+                limit_concurrency=settings.max_connections,
+                timeout_graceful_shutdown=settings.shutdown_timeout_s,
             )
 
 

@@ -293,6 +293,41 @@ class Settings(BaseSettings):
         "cpflow-serve --workers N>1 sets it (a fresh temporary folder unless given; emptied at "
         "start) together with PROMETHEUS_MULTIPROC_DIR; under another process manager set both.",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="cpflow-serve closes a connection whose request line and headers are not "
+        "complete this long after the request began (or after connecting).",
+    )
+    body_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="cpflow-serve closes a connection whose request body is not complete this "
+        "long after its headers (a trickling upload); size it for the largest upload "
+        "(CPFLOW_MAX_UPLOAD_BYTES) over the slowest link you serve.",
+    )
+    keep_alive_s: int = Field(
+        default=5, ge=1, description="Idle time after which a kept-alive connection closes."
+    )
+    max_connections: int | None = Field(
+        default=2048,
+        ge=1,
+        description="Most open connections (and running requests) per cpflow-serve worker "
+        "process; requests beyond it get 503 at once instead of piling up.",
+    )
+    shutdown_timeout_s: int = Field(
+        default=25,
+        ge=0,
+        description="On SIGTERM cpflow-serve stops accepting, lets requests in flight finish "
+        "for at most this long, then cancels them and exits; keep it under the orchestrator's "
+        "grace period (Kubernetes: 30 s).",
+    )
+    serve_process: bool = Field(
+        default=False,
+        description="Set by cpflow-serve for its processes: once the app has shut down, the "
+        "process exits within a second instead of waiting for computations still running in "
+        "the inference threads. Leave it unset elsewhere.",
+    )
     worker_shutdown_grace_s: float = Field(
         default=20.0,
         ge=0.0,
