@@ -9,25 +9,35 @@ the thread's 60 s poll). Here:
   the queue, so another worker starts it again (the record says queued, not failed).
 - A second SIGTERM hands the job back at once (RQ would drop it as failed).
 - Stopping the command-channel thread waits at most a second.
+- A job whose record vanished or left "running" under it (Redis restarted without its data,
+  lease expired) stops without publishing; RQ would log it as "Job OK": it is failed as lost.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
 
 from rq import Worker
+from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 
-__all__ = ["GracefulWorker"]
+__all__ = ["GracefulWorker", "JobLost"]
 
 log = logging.getLogger("cpflow.worker")
 
 _CHANNEL_STOP_S = 1.0
+_LOST = "abandoned"
+"""What training.jobs.run_with_recorder returns when the job's record was lost under it."""
+
+
+class JobLost(RuntimeError):
+    """The job's record vanished or left "running" while the job ran; nothing was published."""
 
 
 class GracefulWorker(Worker):
@@ -85,6 +95,22 @@ class GracefulWorker(Worker):
         if self._taken_back == job.id and self.hand_back is not None:
             self.hand_back(job.id)
             log.warning("job %s handed back to the queue", job.id)
+
+    def _finalize_success(
+        self, job: Job, queue: Queue, execution: Execution, return_value: object
+    ) -> None:
+        """RQ's bookkeeping of a job that returned; a job that lost its record is failed."""
+        if not (isinstance(return_value, dict) and return_value.get("status") == _LOST):
+            super()._finalize_success(job, queue, execution, return_value)
+            return
+        log.error("job %s lost: its record vanished or left running; nothing published", job.id)
+        try:
+            raise JobLost(
+                f"job {job.id} lost: its record vanished or left 'running' while it ran (Redis "
+                "restarted without its data, or the lease expired); nothing was published"
+            )
+        except JobLost:
+            self._finalize_failure(job, queue, execution, sys.exc_info())
 
     def teardown(self) -> None:
         if self._grace_timer is not None:
