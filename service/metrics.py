@@ -95,6 +95,12 @@ class ServiceMetrics:
             ["outcome"],
             registry=r,
         )
+        self.model_verifications = Counter(
+            "cpflow_model_verifications",
+            "Re-verifications of a stored version's files, by outcome (ok, corrupt).",
+            ["outcome"],
+            registry=r,
+        )
         self.batch_rows = Histogram(
             "cpflow_microbatch_rows",
             "Rows per coalesced forward pass of the micro-batcher.",

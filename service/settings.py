@@ -278,6 +278,15 @@ class Settings(BaseSettings):
         "only by their own tenant. Several hashes per tenant allow key rotation.",
     )
 
+    # ---- stored models' health (service.model_health)
+    verify_interval_s: float = Field(
+        default=300.0,
+        ge=0.0,
+        description="Every this many seconds each replica re-checks the files of the model "
+        "versions it has loaded against their manifests and unloads a damaged one (0: only on "
+        "demand, POST /v1/models/{name}/verify).",
+    )
+
     # ---- processes: cpflow-serve's server and cpflow-worker's shutdown (ops, issue #31)
     host: str = Field(
         default="127.0.0.1",
