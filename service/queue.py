@@ -27,12 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis
+from redis.typing import EncodableT, FieldT
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
@@ -92,12 +93,12 @@ class JobSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CPFLOW_", env_ignore_empty=True, extra="ignore")
 
-    queue_name: str = Field(DEFAULT_QUEUE_NAME, min_length=1, description="RQ queue name")
+    queue_name: str = Field(default=DEFAULT_QUEUE_NAME, min_length=1, description="RQ queue name")
     job_lease_s: float = Field(
-        DEFAULT_LEASE_S, gt=0, description="heartbeat silence after which a job is failed"
+        default=DEFAULT_LEASE_S, gt=0, description="heartbeat silence after which a job is failed"
     )
     job_heartbeat_s: float = Field(
-        DEFAULT_HEARTBEAT_S, gt=0, description="period of a running job's heartbeat"
+        default=DEFAULT_HEARTBEAT_S, gt=0, description="period of a running job's heartbeat"
     )
 
 
@@ -140,6 +141,16 @@ def _iso(ts: str | float | None) -> str | None:
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _fields(values: dict[str, str]) -> dict[FieldT, EncodableT]:
+    """A record's fields as redis-py's hset types them."""
+    return {k: v for k, v in values.items()}
+
+
+def _ids(members: object) -> list[str]:
+    """Members of a sorted set of job ids (the client returns bytes)."""
+    return [m.decode() for m in cast(list[bytes], members)]
 
 
 def _belongs(record: dict[str, str], tenant: str) -> bool:
@@ -237,7 +248,7 @@ class JobQueue:
         }
         with self.available():
             pipe = self.connection.pipeline()
-            pipe.hset(key, mapping=record)
+            pipe.hset(key, mapping=_fields(record))
             pipe.zadd(self._index_key, {job_id: now})
             pipe.execute()
             try:
@@ -272,7 +283,7 @@ class JobQueue:
         """Jobs newest first, optionally only those with ``status`` (and of ``tenant``)."""
         out: list[dict[str, Any]] = []
         with self.available():
-            ids = [i.decode() for i in self.connection.zrevrange(self._index_key, 0, -1)]
+            ids = _ids(self.connection.zrevrange(self._index_key, 0, -1))
             pipe = self.connection.pipeline()
             for job_id in ids:
                 pipe.hgetall(self._key(job_id))
@@ -295,7 +306,7 @@ class JobQueue:
     def active_jobs_using(self, dataset_id: str, tenant: str | None = None) -> list[str]:
         """Ids of queued or running jobs that train on ``dataset_id`` (of ``tenant``)."""
         with self.available():
-            ids = [i.decode() for i in self.connection.zrevrange(self._index_key, 0, -1)]
+            ids = _ids(self.connection.zrevrange(self._index_key, 0, -1))
             users = []
             for job_id in ids:
                 raw = self._fetch(job_id, tenant)
@@ -306,7 +317,7 @@ class JobQueue:
             return users
 
     def _fetch(self, job_id: str, tenant: str | None = None) -> dict[str, str] | None:
-        raw = self.connection.hgetall(self._key(job_id))
+        raw = cast(dict[bytes, bytes], self.connection.hgetall(self._key(job_id)))
         record = _decode(raw) if raw else None
         if record is None or (tenant is not None and not _belongs(record, tenant)):
             return None
@@ -392,12 +403,12 @@ class JobQueue:
 
         def apply(pipe: redis.client.Pipeline) -> None:
             nonlocal done
-            current = pipe.hget(key, "status")
+            current = cast(bytes | None, pipe.hget(key, "status"))
             if current is None or current.decode() not in allowed_values:
                 done = False
                 return
             pipe.multi()
-            pipe.hset(key, mapping={"status": new.value, **fields})
+            pipe.hset(key, mapping=_fields({"status": new.value, **fields}))
             if new in TERMINAL:
                 pipe.expire(key, self.retention_s)
             done = True
@@ -440,7 +451,8 @@ class JobQueue:
         except NoSuchJobError:
             return None
         if rq_status in (RQStatus.FAILED, RQStatus.STOPPED):
-            detail = (job.latest_result().exc_string if job.latest_result() else "") or ""
+            result = job.latest_result()
+            detail = (result.exc_string if result is not None else "") or ""
             last = detail.strip().splitlines()[-1] if detail.strip() else "no details"
             return f"the worker ended the job ({rq_status.value}): {last}"
         return None

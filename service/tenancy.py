@@ -21,6 +21,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from redis import Redis
 from starlette.requests import Request
@@ -131,7 +132,8 @@ class DatasetOwners:
         return bool(self.connection.sismember(self._key(tenant), dataset_id))
 
     def ids(self, tenant: str) -> set[str]:
-        return {m.decode() for m in self.connection.smembers(self._key(tenant))}  # type: ignore[union-attr]
+        members = cast(set[bytes], self.connection.smembers(self._key(tenant)))
+        return {m.decode() for m in members}
 
     def release(self, tenant: str, dataset_id: str) -> bool:
         """Drop ``tenant``'s claim; True when no other tenant holds the data set any more."""

@@ -183,8 +183,10 @@ def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
     from cpflow import FlowConfig
 
     try:
-        context = {} if context_dim is None else {"context_dim": context_dim}
-        FlowConfig(dim=dim, **context, **spec.model.flow_kwargs())
+        kwargs: dict[str, Any] = dict(spec.model.flow_kwargs())
+        if context_dim is not None:
+            kwargs["context_dim"] = context_dim
+        FlowConfig(dim=dim, **kwargs)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ApiError(

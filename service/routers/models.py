@@ -72,7 +72,7 @@ async def list_models(engine: EngineDep) -> ModelsResponse:
     """Every model in the store with its latest version, dimension and test metrics; a model
     whose latest manifest is missing or damaged is listed with state broken and the error."""
     rows = await engine.io(catalogue, engine.store)
-    models = [ModelSummary(**{k: row.get(k) for k in ModelSummary.model_fields}) for row in rows]
+    models = [ModelSummary.model_validate(row) for row in rows]
     return ModelsResponse(models=models, count=len(models))
 
 
@@ -128,7 +128,9 @@ async def get_model_version(
     return detail
 
 
-_PNG = {200: {"content": {"image/png": {}}, "description": "The PNG image."}}
+_PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "The PNG image."}
+}
 
 
 async def _plot(engine: Any, name: str, version: int | str, file: str) -> FileResponse:
