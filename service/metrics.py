@@ -43,7 +43,11 @@ class ServiceMetrics:
             )
         self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._request_series(self.registry)
+        self._model_series(self.registry)
+
+    def _request_series(self, r: CollectorRegistry) -> None:
+        """Requests, latency, rows and inversion figures."""
         self.requests = Counter(
             "cpflow_http_requests",
             "HTTP requests handled, by method, route template and status.",
@@ -83,6 +87,9 @@ class ServiceMetrics:
             ["model"],
             registry=r,
         )
+
+    def _model_series(self, r: CollectorRegistry) -> None:
+        """Loaded models, loads and verifications, micro-batching."""
         self.loaded_models = Gauge(
             "cpflow_loaded_models",
             "Model versions held in memory (over every live worker process).",

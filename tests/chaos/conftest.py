@@ -25,3 +25,13 @@ def queue_name(redis_conn: redis.Redis) -> Iterator[str]:
     name = new_queue_name()
     yield name
     purge(redis_conn, name)
+
+
+CHAOS_TEST_TIMEOUT_S = 300
+"""Hard stop of any one chaos test (pytest-timeout); their own waits are far shorter."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "chaos" in item.path.parts and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(CHAOS_TEST_TIMEOUT_S))
