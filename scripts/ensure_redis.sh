@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the Redis named by CPFLOW_REDIS_URL (default redis://127.0.0.1:6379/0) answers.
-# Local and down: start redis-server (no persistence; it only holds the job queue for dev use).
+# Local and down: start redis-server. With CPFLOW_REDIS_DIR set (scripts/up.sh sets var/redis),
+# it keeps an append-only file there, so queued and running jobs survive a Redis restart;
+# unset (scripts/test.sh), it keeps nothing on disk.
 # Missing: as root with apt-get, install Debian's redis-server; otherwise say what to do.
 # CPFLOW_NO_INSTALL=1 never installs packages. Idempotent.
 set -euo pipefail
@@ -72,8 +74,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
     fi
 fi
 
-say "starting redis-server on 127.0.0.1:$port (no persistence: dev queue only)"
+if [[ -n "${CPFLOW_REDIS_DIR:-}" ]]; then
+    mkdir -p "$CPFLOW_REDIS_DIR"
+    persistence=(--appendonly yes --appendfsync everysec --dir "$CPFLOW_REDIS_DIR")
+    say "starting redis-server on 127.0.0.1:$port (append-only file in $CPFLOW_REDIS_DIR: jobs survive a restart)"
+else
+    persistence=(--appendonly no)
+    say "starting redis-server on 127.0.0.1:$port (no persistence: dev queue only)"
+fi
 start_log="$(redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" \
-    --appendonly no 2>&1)" || warn "redis-server said: $start_log"
+    "${persistence[@]}" 2>&1)" || warn "redis-server said: $start_log"
 wait_for_redis || die "redis-server does not answer on 127.0.0.1:$port (is the port taken? $start_log)"
 say "redis answers at 127.0.0.1:$port"

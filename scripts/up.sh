@@ -4,6 +4,7 @@
 # (pid files in var/run/, logs in var/log/). Idempotent: what already runs is left running.
 #   CPFLOW_HOST / CPFLOW_PORT   where the service listens (default 127.0.0.1:8000)
 #   CPFLOW_STORE_DIR            model store (default ./var/store)
+#   CPFLOW_REDIS_DIR            append-only file of the Redis it starts (default ./var/redis)
 set -euo pipefail
 # shellcheck source=scripts/_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -14,6 +15,8 @@ PORT="${CPFLOW_PORT:-8000}"
 DEMO="${CPFLOW_DEMO_MODEL:-demo}"
 
 bash "$ROOT/scripts/setup.sh"
+# Jobs survive a Redis restart: the Redis up.sh starts keeps an append-only file here.
+export CPFLOW_REDIS_DIR="${CPFLOW_REDIS_DIR:-$VAR_DIR/redis}"
 bash "$ROOT/scripts/ensure_redis.sh"
 
 # Each entry point must be importable before we start it; say which part is missing.

@@ -31,7 +31,9 @@ from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.openapi_limits import install_limits
 from service.ratelimit import RateLimiter, RateLimitMiddleware
 from service.routers import health, v2
+from service.server_bounds import exit_soon
 from service.settings import Settings, get_settings
+from service.tenancy import KeyRing
 
 __all__ = ["V1_ROUTERS", "create_app"]
 
@@ -67,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service app for ``settings`` (default: from the CPFLOW_* environment)."""
     settings = settings if settings is not None else get_settings()
     configure_logging(settings.log_level)
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(settings.metrics_dir)
     engine = InferenceEngine(settings, metrics)
     modules = _load_router_modules()
 
@@ -88,6 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if preload is not None:
                     preload.cancel()
                 engine.close()
+                metrics.close()
+                if settings.serve_process:
+                    exit_soon()  # bounded: do not wait for inference threads still running
 
     app = FastAPI(
         title="cpflow",
@@ -130,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limiter = RateLimiter(settings)
     app.add_middleware(RateLimitMiddleware, limiter=limiter)  # after auth: knows the key
     # failed auth is rate limited too, per client address
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, gate=limiter.refuse_address)
+    ring = KeyRing.from_settings(settings)
+    app.add_middleware(ApiKeyMiddleware, ring=ring, gate=limiter.refuse_address)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, route_template=route_template)
     return app

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
-__all__ = ["main"]
+from service.server_bounds import BoundedHttpProtocol
+from service.settings import Settings
+
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,21 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(CPFLOW_STORE_DIR, CPFLOW_DEVICE, CPFLOW_API_KEYS, ...).",
     )
     parser.add_argument(
-        "--host",
-        default=os.environ.get("CPFLOW_HOST", "127.0.0.1"),
-        help="interface to bind (default 127.0.0.1; 0.0.0.0 in containers)",
+        "--host", default=None, help="interface to bind (default CPFLOW_HOST, else 127.0.0.1)"
     )
     parser.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("CPFLOW_PORT", "8000")),
-        help="TCP port (default 8000)",
+        "--port", type=int, default=None, help="TCP port (default CPFLOW_PORT, else 8000)"
     )
     parser.add_argument(
         "--workers",
         type=int,
         default=1,
-        help="uvicorn worker processes (each loads its own models; default 1)",
+        help="uvicorn worker processes (each loads its own models; /metrics reports the sum "
+        "over all of them; default 1)",
     )
     parser.add_argument(
         "--log-level", default=None, help="override CPFLOW_LOG_LEVEL (debug, info, warning, error)"
@@ -41,31 +44,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _exported(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the worker processes uvicorn spawns; restore after."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in before.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+@contextmanager
+def _metrics_dir(settings: Settings, workers: int) -> Iterator[dict[str, str]]:
+    """With several workers, an empty folder for prometheus_client's multiprocess mode (the
+    configured one, emptied, or a temporary one removed at exit): the variables to export."""
+    if workers == 1 and settings.metrics_dir is None:
+        yield {}
+        return
+    temporary = settings.metrics_dir is None
+    folder = (
+        Path(tempfile.mkdtemp(prefix="cpflow-metrics-")) if temporary else settings.metrics_dir
+    )
+    assert folder is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # series of an earlier run would be summed in
+        stale.unlink()
+    try:
+        yield {"CPFLOW_METRICS_DIR": str(folder), "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    finally:
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the options and hand the app factory to uvicorn."""
     args = build_parser().parse_args(argv)
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
+    # Read by the app factory's settings in every uvicorn worker.
+    overrides = {"CPFLOW_SERVE_PROCESS": "1"}
     if args.log_level:
-        os.environ["CPFLOW_LOG_LEVEL"] = args.log_level.upper()
-    if args.store_url:  # read by the app factory's settings, in every uvicorn worker
-        os.environ["CPFLOW_STORE_URL"] = args.store_url
+        overrides["CPFLOW_LOG_LEVEL"] = args.log_level.upper()
+    if args.store_url:
+        overrides["CPFLOW_STORE_URL"] = args.store_url
 
     import uvicorn
 
-    from service.settings import get_settings
-
-    get_settings()  # fail fast on a bad CPFLOW_* value, before forking workers
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        access_log=False,  # the app writes its own JSON access log with request ids
-        log_level=(args.log_level or os.environ.get("CPFLOW_LOG_LEVEL", "info")).lower(),
-        proxy_headers=True,
-    )
+    with _exported(overrides):
+        settings = Settings()  # fail fast on a bad CPFLOW_* value, before forking workers
+        with _metrics_dir(settings, args.workers) as metrics_env, _exported(metrics_env):
+            uvicorn.run(
+                "service.app:create_app",
+                factory=True,
+                host=args.host or settings.host,
+                port=args.port if args.port is not None else settings.port,
+                workers=args.workers,
+                access_log=False,  # the app writes its own JSON access log with request ids
+                log_level=settings.log_level.lower(),
+                proxy_headers=True,
+                http=BoundedHttpProtocol,  # header and body read deadlines
+                timeout_keep_alive=settings.keep_alive_s,
+                limit_concurrency=settings.max_connections,
+                timeout_graceful_shutdown=settings.shutdown_timeout_s,
+            )
 
 
 if __name__ == "__main__":

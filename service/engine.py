@@ -204,6 +204,12 @@ class InferenceEngine:
     def is_loaded(self, name: str, version: int) -> bool:
         return (name, version) in self._cache
 
+    def forget(self, name: str, version: int) -> bool:
+        """Drop a loaded version (its files no longer verify); True if it was loaded."""
+        dropped = self._cache.pop((name, version), None) is not None
+        self.metrics.loaded_models.set(len(self._cache))
+        return dropped
+
     async def resolve(self, name: str, version: int | None) -> int:
         """The version to serve: the pinned one, or the store's latest (polled at most every
         ``poll_interval_s``)."""

@@ -1,10 +1,17 @@
 """Prometheus metrics of the service, kept in a registry owned by each app instance.
 
-A registry per app (not the global default) lets tests build many apps in one process. With
-``--workers > 1`` each worker process reports its own series.
+A registry per app (not the global default) lets tests build many apps in one process.
+
+Several worker processes (``cpflow-serve --workers N``): every process writes its series to
+files in one folder (prometheus_client's multiprocess mode; ``CPFLOW_METRICS_DIR``, with
+``PROMETHEUS_MULTIPROC_DIR`` naming the same folder, both set up by cpflow-serve), and a
+scrape answered by any process sums them all, so counters never go backwards between scrapes.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -13,6 +20,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
+    values,
 )
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
@@ -25,9 +34,20 @@ _LATENCY_BUCKETS = (
 class ServiceMetrics:
     """All series the service exports; one instance per app."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        if multiprocess_dir is not None and values.ValueClass is values.MutexValue:
+            raise RuntimeError(
+                f"CPFLOW_METRICS_DIR is {multiprocess_dir} but prometheus_client is not in "
+                "multiprocess mode: set PROMETHEUS_MULTIPROC_DIR to the same folder before the "
+                "service starts (cpflow-serve does both)"
+            )
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._request_series(self.registry)
+        self._model_series(self.registry)
+
+    def _request_series(self, r: CollectorRegistry) -> None:
+        """Requests, latency, rows and inversion figures."""
         self.requests = Counter(
             "cpflow_http_requests",
             "HTTP requests handled, by method, route template and status.",
@@ -67,12 +87,24 @@ class ServiceMetrics:
             ["model"],
             registry=r,
         )
+
+    def _model_series(self, r: CollectorRegistry) -> None:
+        """Loaded models, loads and verifications, micro-batching."""
         self.loaded_models = Gauge(
-            "cpflow_loaded_models", "Model versions held in memory.", registry=r
+            "cpflow_loaded_models",
+            "Model versions held in memory (over every live worker process).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_loads = Counter(
             "cpflow_model_loads",
             "Model loads from the store, by outcome (ok, not_found, corrupt, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.model_verifications = Counter(
+            "cpflow_model_verifications",
+            "Re-verifications of a stored version's files, by outcome (ok, corrupt).",
             ["outcome"],
             registry=r,
         )
@@ -92,5 +124,14 @@ class ServiceMetrics:
         )
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every series."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of every series (of every worker process)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=str(self.multiprocess_dir))
+        return generate_latest(merged)
+
+    def close(self) -> None:
+        """This process is ending: drop its live gauges from the merged view."""
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), str(self.multiprocess_dir))

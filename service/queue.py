@@ -27,17 +27,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis import Redis
+from redis.typing import EncodableT, FieldT
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from service.settings import DEFAULT_HEARTBEAT_S, DEFAULT_LEASE_S, DEFAULT_QUEUE_NAME, JobSettings
+from service.settings import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_LEASE_S,
+    DEFAULT_QUEUE_NAME,
+    DEFAULT_TENANT,
+    JobSettings,
+)
 
 __all__ = [
     "ACTIVE",
@@ -117,6 +124,21 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
+def _fields(values: dict[str, str]) -> dict[FieldT, EncodableT]:
+    """A record's fields as redis-py's hset types them."""
+    return {k: v for k, v in values.items()}
+
+
+def _ids(members: object) -> list[str]:
+    """Members of a sorted set of job ids (the client returns bytes)."""
+    return [m.decode() for m in cast(list[bytes], members)]
+
+
+def _belongs(record: dict[str, str], tenant: str) -> bool:
+    """Whether a job record is ``tenant``'s (records from before tenancy: the default one)."""
+    return (record.get("tenant") or DEFAULT_TENANT) == tenant
+
+
 @dataclass
 class JobQueue:
     """Submit, read, list and cancel training jobs stored in Redis and run by RQ workers."""
@@ -167,9 +189,11 @@ class JobQueue:
         dataset_id: str | None,
         timeout_s: int | None = None,
         job_id: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> dict[str, Any]:
         """Create the record, enqueue the job function, return the public view (queued).
-        ``job_id``: an id reserved beforehand (service.quotas); default a new one."""
+        ``job_id``: an id reserved beforehand (service.quotas); default a new one. ``tenant``:
+        who may see and cancel the job."""
         job_id = job_id or uuid.uuid4().hex
         key = self._key(job_id)
         timeout = int(timeout_s or self.job_timeout_s)
@@ -188,6 +212,7 @@ class JobQueue:
             "id": job_id,
             "status": JobStatus.QUEUED.value,
             "model_name": model_name,
+            "tenant": tenant,
             "dataset_id": dataset_id or "",
             "spec": json.dumps(spec),
             "created_at": repr(now),
@@ -204,7 +229,7 @@ class JobQueue:
         }
         with self.available():
             pipe = self.connection.pipeline()
-            pipe.hset(key, mapping=record)
+            pipe.hset(key, mapping=_fields(record))
             pipe.zadd(self._index_key, {job_id: now})
             pipe.execute()
             try:
@@ -224,19 +249,22 @@ class JobQueue:
         return self._public(record)
 
     # ------------------------------------------------------------------ read
-    def get(self, job_id: str) -> dict[str, Any]:
-        """The public view of one job, after lease and RQ reconciliation."""
+    def get(self, job_id: str, tenant: str | None = None) -> dict[str, Any]:
+        """The public view of one job, after lease and RQ reconciliation. With ``tenant``, a
+        job of another tenant is not found."""
         with self.available():
-            raw = self._fetch(job_id)
+            raw = self._fetch(job_id, tenant)
             if raw is None:
                 raise JobNotFound(job_id)
             return self._public(self._reconcile(raw))
 
-    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Jobs newest first, optionally only those with ``status``."""
+    def list_jobs(
+        self, status: str | None = None, limit: int = 100, tenant: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs newest first, optionally only those with ``status`` (and of ``tenant``)."""
         out: list[dict[str, Any]] = []
         with self.available():
-            ids = [i.decode() for i in self.connection.zrevrange(self._index_key, 0, -1)]
+            ids = _ids(self.connection.zrevrange(self._index_key, 0, -1))
             pipe = self.connection.pipeline()
             for job_id in ids:
                 pipe.hgetall(self._key(job_id))
@@ -244,6 +272,8 @@ class JobQueue:
             for job_id, raw in zip(ids, pipe.execute(), strict=True):
                 if not raw:
                     gone.append(job_id)  # expired past the retention
+                    continue
+                if tenant is not None and not _belongs(_decode(raw), tenant):
                     continue
                 rec = self._reconcile(_decode(raw))
                 if status is None or rec["status"] == status:
@@ -254,29 +284,33 @@ class JobQueue:
                 self.connection.zrem(self._index_key, *gone)
         return out
 
-    def active_jobs_using(self, dataset_id: str) -> list[str]:
-        """Ids of queued or running jobs that train on ``dataset_id``."""
+    def active_jobs_using(self, dataset_id: str, tenant: str | None = None) -> list[str]:
+        """Ids of queued or running jobs that train on ``dataset_id`` (of ``tenant``)."""
         with self.available():
-            ids = [i.decode() for i in self.connection.zrevrange(self._index_key, 0, -1)]
+            ids = _ids(self.connection.zrevrange(self._index_key, 0, -1))
             users = []
             for job_id in ids:
-                raw = self._fetch(job_id)
+                raw = self._fetch(job_id, tenant)
                 if raw is None or raw.get("dataset_id") != dataset_id:
                     continue
                 if self._reconcile(raw)["status"] in ACTIVE:
                     users.append(job_id)
             return users
 
-    def _fetch(self, job_id: str) -> dict[str, str] | None:
-        raw = self.connection.hgetall(self._key(job_id))
-        return _decode(raw) if raw else None
+    def _fetch(self, job_id: str, tenant: str | None = None) -> dict[str, str] | None:
+        raw = cast(dict[bytes, bytes], self.connection.hgetall(self._key(job_id)))
+        record = _decode(raw) if raw else None
+        if record is None or (tenant is not None and not _belongs(record, tenant)):
+            return None
+        return record
 
     # ------------------------------------------------------------------ cancel
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a queued job now; ask a running one to stop (the worker ends it cancelled)."""
+    def cancel(self, job_id: str, tenant: str | None = None) -> dict[str, Any]:
+        """Cancel a queued job now; ask a running one to stop (the worker ends it cancelled).
+        With ``tenant``, a job of another tenant is not found."""
         key = self._key(job_id)
         with self.available():
-            raw = self._fetch(job_id)
+            raw = self._fetch(job_id, tenant)
             if raw is None:
                 raise JobNotFound(job_id)
             raw = self._reconcile(raw)
@@ -304,6 +338,37 @@ class JobQueue:
             raw = self._fetch(job_id) or raw
             return self._public(self._reconcile(raw))
 
+    # ------------------------------------------------------------------ hand back
+    def hand_back(self, job_id: str) -> bool:
+        """Put a running job whose worker is shutting down back at the front of the queue.
+
+        Called by the worker after it stopped the job's work horse (RQ has then filed the job
+        as failed): the record goes back to queued, RQ's job back to the queue, and the next
+        worker starts it from the beginning. False when the record already left "running"
+        (the job ended or was cancelled meanwhile): then nothing is requeued.
+        """
+        with self.available():
+            back = self._transition(
+                job_id,
+                {JobStatus.RUNNING},
+                JobStatus.QUEUED,
+                {"started_at": "", "heartbeat_at": "", "worker": ""},
+            )
+            if not back:
+                return False
+            try:
+                rq_job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+                rq_job.requeue(at_front=True)
+            except (NoSuchJobError, InvalidJobOperation) as exc:
+                self._transition(
+                    job_id,
+                    {JobStatus.QUEUED},
+                    JobStatus.FAILED,
+                    {"finished_at": repr(_now()), "error": f"could not requeue the job: {exc}"},
+                )
+                return False
+        return True
+
     # ------------------------------------------------------------------ state changes
     def _transition(
         self,
@@ -319,12 +384,12 @@ class JobQueue:
 
         def apply(pipe: redis.client.Pipeline) -> None:
             nonlocal done
-            current = pipe.hget(key, "status")
+            current = cast(bytes | None, pipe.hget(key, "status"))
             if current is None or current.decode() not in allowed_values:
                 done = False
                 return
             pipe.multi()
-            pipe.hset(key, mapping={"status": new.value, **fields})
+            pipe.hset(key, mapping=_fields({"status": new.value, **fields}))
             if new in TERMINAL:
                 pipe.expire(key, self.retention_s)
             done = True
@@ -367,7 +432,8 @@ class JobQueue:
         except NoSuchJobError:
             return None
         if rq_status in (RQStatus.FAILED, RQStatus.STOPPED):
-            detail = (job.latest_result().exc_string if job.latest_result() else "") or ""
+            result = job.latest_result()
+            detail = (result.exc_string if result is not None else "") or ""
             last = detail.strip().splitlines()[-1] if detail.strip() else "no details"
             return f"the worker ended the job ({rq_status.value}): {last}"
         return None

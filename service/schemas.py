@@ -242,10 +242,15 @@ class ModelSummary(BaseModel):
     """A model's latest version, as listed by GET /v1/models."""
 
     name: str
-    version: int
-    dim: int
+    version: int | None
+    dim: int | None = None
     created_at: str | None = None
     metrics: dict[str, Any] | None = None
+    state: str = Field(
+        default="ready",
+        description="ready, or broken (its manifest is missing or damaged: see error)",
+    )
+    error: str | None = None
 
 
 class ModelsResponse(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,9 +26,12 @@ __all__ = [
     "DEFAULT_HEARTBEAT_S",
     "DEFAULT_LEASE_S",
     "DEFAULT_QUEUE_NAME",
+    "DEFAULT_TENANT",
     "JobSettings",
     "KeyLimits",
+    "Role",
     "Settings",
+    "TenantKey",
     "check_rate_limit",
     "get_settings",
 ]
@@ -75,6 +79,27 @@ class KeyLimits(BaseModel):
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
         return check_rate_limit(value)
+
+
+DEFAULT_TENANT = "default"
+"""The tenant of plain CPFLOW_API_KEYS keys, and of every caller when the server has no keys."""
+
+
+class Role(StrEnum):
+    """What an API key may do (service.tenancy says which routes need which role)."""
+
+    READ = "read"
+    TRAIN = "train"
+    ADMIN = "admin"
+
+
+class TenantKey(BaseModel):
+    """One hashed API key of CPFLOW_API_KEY_HASHES: its tenant and roles."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    roles: tuple[Role, ...] = Field(default=(Role.READ,), min_length=1)
 
 
 class Settings(BaseSettings):
@@ -265,10 +290,98 @@ class Settings(BaseSettings):
         '"max_job_work": 1000000, "rate_limit": "10/second"}}; unset fields use the settings.',
     )
 
+    # ---- tenants and roles (service.tenancy, service.auth)
+    api_key_hashes: dict[str, TenantKey] = Field(
+        default={},
+        repr=False,
+        description='Hashed API keys with their tenant and roles, as JSON: {"<sha256 hex of the '
+        'key>": {"tenant": "team-a", "roles": ["read", "train"]}}. Roles: read (score, read), '
+        "train (upload, submit, cancel, delete data sets), admin. Jobs and data sets are seen "
+        "only by their own tenant. Several hashes per tenant allow key rotation.",
+    )
+
+    # ---- stored models' health (service.model_health)
+    verify_interval_s: float = Field(
+        default=300.0,
+        ge=0.0,
+        description="Every this many seconds each replica re-checks the files of the model "
+        "versions it has loaded against their manifests and unloads a damaged one (0: only on "
+        "demand, POST /v1/models/{name}/verify).",
+    )
+
+    # ---- processes: cpflow-serve's server and cpflow-worker's shutdown (ops, issue #31)
+    host: str = Field(
+        default="127.0.0.1",
+        description="Interface cpflow-serve binds (0.0.0.0 in containers); --host overrides it.",
+    )
+    port: int = Field(
+        default=8000, ge=0, le=65535, description="TCP port of cpflow-serve; --port overrides it."
+    )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Folder where every worker process of cpflow-serve writes its metrics "
+        "(prometheus_client multiprocess mode), so /metrics reports the totals of all of them. "
+        "cpflow-serve --workers N>1 sets it (a fresh temporary folder unless given; emptied at "
+        "start) together with PROMETHEUS_MULTIPROC_DIR; under another process manager set both.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="cpflow-serve closes a connection whose request line and headers are not "
+        "complete this long after the request began (or after connecting).",
+    )
+    body_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="cpflow-serve closes a connection whose request body is not complete this "
+        "long after its headers (a trickling upload); size it for the largest upload "
+        "(CPFLOW_MAX_UPLOAD_BYTES) over the slowest link you serve.",
+    )
+    keep_alive_s: int = Field(
+        default=5, ge=1, description="Idle time after which a kept-alive connection closes."
+    )
+    max_connections: int | None = Field(
+        default=2048,
+        ge=1,
+        description="Most open connections (and running requests) per cpflow-serve worker "
+        "process; requests beyond it get 503 at once instead of piling up.",
+    )
+    shutdown_timeout_s: int = Field(
+        default=25,
+        ge=0,
+        description="On SIGTERM cpflow-serve stops accepting, lets requests in flight finish "
+        "for at most this long, then cancels them and exits; keep it under the orchestrator's "
+        "grace period (Kubernetes: 30 s).",
+    )
+    serve_process: bool = Field(
+        default=False,
+        description="Set by cpflow-serve for its processes: once the app has shut down, the "
+        "process exits within a second instead of waiting for computations still running in "
+        "the inference threads. Leave it unset elsewhere.",
+    )
+    worker_shutdown_grace_s: float = Field(
+        default=20.0,
+        ge=0.0,
+        description="On SIGTERM, how long cpflow-worker lets its running job go on; a job still "
+        "running then is handed back to the queue (another worker starts it again) and the "
+        "worker exits. Keep it under the orchestrator's stop grace (compose: 30 s here).",
+    )
+
     @field_validator("rate_limit")
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
         return check_rate_limit(value)
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _check_hashes(cls, value: dict[str, TenantKey]) -> dict[str, TenantKey]:
+        for digest in value:
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+                raise ValueError(
+                    f"{digest[:12]}...: not a sha256 hex digest; store sha256(key), e.g. "
+                    'printf %s "$KEY" | sha256sum'
+                )
+        return value
 
     @field_validator("api_keys", "preload_models", mode="before")
     @classmethod

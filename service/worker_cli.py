@@ -21,10 +21,11 @@ import sys
 import time
 
 import redis
-from rq import Worker
 from rq.serializers import JSONSerializer
 
-from service.queue import JobSettings, connect
+from service.queue import JobQueue, JobSettings, connect
+from service.rq_worker import GracefulWorker as Worker
+from service.settings import Settings
 
 __all__ = ["main"]
 
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         help="longest pause (s) between attempts to reach Redis again after it went away",
     )
-    p.add_argument("--log-level", default=os.environ.get("CPFLOW_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", help="default: CPFLOW_LOG_LEVEL, else INFO")
     p.add_argument(
         "--store-url", help="override CPFLOW_STORE_URL (s3://bucket/prefix or file:///path)"
     )
@@ -79,22 +80,23 @@ def _wait_for_redis(connection: redis.Redis, max_wait_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start the worker loop; returns when it is stopped (SIGTERM finishes the current job)."""
+    """Start the worker loop; returns when it is stopped (SIGTERM: the current job finishes
+    within CPFLOW_WORKER_SHUTDOWN_GRACE_S or is handed back to the queue)."""
     args = _parser().parse_args(argv)
-    from service.settings import Settings
-
     settings = Settings()
     redis_url = args.redis_url or settings.redis_url
     queue_name = args.queue or JobSettings().queue_name
+    level = (args.log_level or settings.log_level).upper()
     # The job function reads the store from the environment (it does not import service).
-    os.environ.setdefault("CPFLOW_STORE_DIR", str(settings.store_dir.resolve()))
+    os.environ["CPFLOW_STORE_DIR"] = str(settings.store_dir.resolve())
     if args.store_url:
         os.environ["CPFLOW_STORE_URL"] = args.store_url
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
     _preload()
     log = logging.getLogger("cpflow.worker")
     base_name = args.name or f"cpflow-{socket.gethostname()}-{os.getpid()}"
     connection = connect(redis_url, timeout_s=10.0)
+    jobs = JobQueue(connection, queue_name=queue_name)
     restarts = 0
     while True:
         worker = Worker(
@@ -103,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
             serializer=JSONSerializer,
             name=base_name if restarts == 0 else f"{base_name}-r{restarts}",
         )
+        worker.shutdown_grace_s = settings.worker_shutdown_grace_s
+        worker.hand_back = jobs.hand_back
         # RQ backs off up to 60 s between reconnection attempts; cap it so that a worker
         # resumes within a few seconds of Redis coming back.
         worker.max_connection_wait_time = args.max_reconnect_wait
         try:
-            worker.work(
-                burst=args.burst, max_jobs=args.max_jobs, logging_level=args.log_level.upper()
-            )
+            worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=level)
             return 0
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             # RQ only survives an outage while it waits for work; one that hits its

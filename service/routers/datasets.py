@@ -3,6 +3,10 @@
 Data sets live in the model store's datasets area, keyed by the sha256 of their contents, so
 the same upload twice is one data set. Listing needs only the store; deleting asks Redis
 whether a queued or running job uses the data set (409 if so, 503 if Redis cannot say).
+
+With hashed keys (several tenants) each tenant sees only the data sets it uploaded (their
+owners are kept in Redis, service.tenancy); another tenant's data set answers 404 like a
+missing one, and deleting drops the caller's claim (the file goes with the last claim).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from pathlib import PurePath
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -20,7 +25,8 @@ from service.error_codes import ErrorCode
 from service.errors import ApiError, error_responses
 from service.job_schemas import DatasetPublic
 from service.queue import QueueUnavailable
-from service.routers.jobs import QueueDep, unavailable
+from service.routers.jobs import OwnersDep, QueueDep, owned, unavailable
+from service.tenancy import tenant_of
 from service.uploads import UploadError, parse_upload
 
 __all__ = ["router"]
@@ -100,7 +106,9 @@ def _public(record: Any) -> dict[str, Any]:
     },
     openapi_extra=_UPLOAD_DOC,
 )
-async def upload_dataset(request: Request, response: Response, store: StoreDep) -> Any:
+async def upload_dataset(
+    request: Request, response: Response, store: StoreDep, owners: OwnersDep
+) -> Any:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(
@@ -134,15 +142,25 @@ async def upload_dataset(request: Request, response: Response, store: StoreDep) 
     except UploadError as exc:
         raise ApiError(ErrorCode.INVALID_DATASET, str(exc)) from None
 
+    tenant = tenant_of(request)
+
     def put() -> tuple[Any, bool]:
         before = {r.id for r in store.datasets.list()}
         record = store.datasets.put(array, label or "dataset")
-        return record, record.id in before
+        if owners is None:
+            return record, record.id in before
+        existed = record.id in before and owned(owners, tenant, record.id)
+        owners.add(tenant, record.id)
+        return record, existed
 
     try:
         record, existed = await run_in_threadpool(put)
     except StoreError as exc:
         raise ApiError(ErrorCode.INVALID_DATASET, str(exc)) from None
+    except RedisError as exc:
+        raise unavailable(
+            QueueUnavailable(f"the job queue (Redis) is unreachable: {exc}")
+        ) from None
     if existed:
         response.status_code = 200
     response.headers["Location"] = f"/v1/datasets/{record.id}"
@@ -155,12 +173,17 @@ async def upload_dataset(request: Request, response: Response, store: StoreDep) 
     summary="Uploaded data sets, oldest first",
     responses=error_responses(401),
 )
-def list_datasets(store: StoreDep) -> list[dict[str, Any]]:
-    return [_public(r) for r in store.datasets.list()]
+def list_datasets(request: Request, store: StoreDep, owners: OwnersDep) -> list[dict[str, Any]]:
+    tenant = tenant_of(request)
+    return [_public(r) for r in store.datasets.list() if owned(owners, tenant, r.id)]
 
 
-def _record(store: Any, dataset_id: str) -> Any:
+def _record(store: Any, dataset_id: str, visible: bool = True) -> Any:
+    """The data set's record; 404 when it does not exist or is another tenant's (not
+    ``visible``): another tenant's data set looks exactly like a missing one."""
     try:
+        if not visible:
+            raise DatasetNotFound(dataset_id)
         return store.datasets.get(dataset_id)
     except DatasetNotFound:
         raise ApiError(ErrorCode.DATASET_NOT_FOUND, f"data set {dataset_id!r} not found") from None
@@ -172,8 +195,10 @@ def _record(store: Any, dataset_id: str) -> Any:
     summary="One data set",
     responses=error_responses(401, 404),
 )
-def get_dataset(dataset_id: str, store: StoreDep) -> dict[str, Any]:
-    return _public(_record(store, dataset_id))
+def get_dataset(
+    dataset_id: str, request: Request, store: StoreDep, owners: OwnersDep
+) -> dict[str, Any]:
+    return _public(_record(store, dataset_id, owned(owners, tenant_of(request), dataset_id)))
 
 
 @router.delete(
@@ -182,10 +207,13 @@ def get_dataset(dataset_id: str, store: StoreDep) -> dict[str, Any]:
     summary="Delete a data set (409 while a queued or running job uses it)",
     responses=error_responses(401, 404, 409, 503),
 )
-def delete_dataset(dataset_id: str, store: StoreDep, queue: QueueDep) -> Response:
-    _record(store, dataset_id)
+def delete_dataset(
+    dataset_id: str, request: Request, store: StoreDep, queue: QueueDep, owners: OwnersDep
+) -> Response:
+    tenant = tenant_of(request)
+    _record(store, dataset_id, owned(owners, tenant, dataset_id))
     try:
-        users = queue.active_jobs_using(dataset_id)
+        users = queue.active_jobs_using(dataset_id, tenant if owners is not None else None)
     except QueueUnavailable as exc:
         raise unavailable(exc) from None
     if users:
@@ -194,6 +222,14 @@ def delete_dataset(dataset_id: str, store: StoreDep, queue: QueueDep) -> Respons
             f"data set {dataset_id!r} is used by queued or running job(s) "
             f"{', '.join(users)}; cancel them or wait until they end",
         )
+    if owners is not None:
+        try:
+            with queue.available():
+                last = owners.release(tenant, dataset_id)
+        except QueueUnavailable as exc:
+            raise unavailable(exc) from None
+        if not last:
+            return Response(status_code=204)  # another tenant still holds the same content
     try:
         store.datasets.delete(dataset_id)
     except DatasetNotFound:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from model_store.errors import DatasetNotFound, StoreError
 from service.deps import SettingsDep, StoreDep
@@ -39,8 +40,18 @@ from service.queue import (
     connect,
 )
 from service.quotas import admitted, check_job_size, client_of, limits_for
+from service.tenancy import DatasetOwners, tenant_of
 
-__all__ = ["QueueDep", "get_job_queue", "lifespan", "router", "unavailable"]
+__all__ = [
+    "OwnersDep",
+    "QueueDep",
+    "get_dataset_owners",
+    "get_job_queue",
+    "lifespan",
+    "owned",
+    "router",
+    "unavailable",
+]
 
 router = APIRouter(tags=["jobs"])
 _lock = threading.Lock()
@@ -83,13 +94,40 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 QueueDep = Annotated[JobQueue, Depends(get_job_queue)]
 
 
+def get_dataset_owners(request: Request) -> DatasetOwners | None:
+    """Who owns which data set, once hashed keys make the service multi-tenant (else None:
+    every caller is the default tenant and sees every data set)."""
+    if not request.app.state.settings.api_key_hashes:
+        return None
+    queue = get_job_queue(request)
+    return DatasetOwners(queue.connection, queue.queue_name)
+
+
+OwnersDep = Annotated[DatasetOwners | None, Depends(get_dataset_owners)]
+
+
+def owned(owners: DatasetOwners | None, tenant: str, dataset_id: str) -> bool:
+    """Whether ``tenant`` may use ``dataset_id`` (always, without multi-tenancy)."""
+    if owners is None:
+        return True
+    try:
+        return owners.owns(tenant, dataset_id)
+    except RedisError as exc:
+        raise unavailable(
+            QueueUnavailable(f"the job queue (Redis) is unreachable: {exc}")
+        ) from None
+
+
 def unavailable(exc: QueueUnavailable) -> ApiError:
     return ApiError(ErrorCode.QUEUE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"})
 
 
-def _dataset_dims(spec: JobSpec, store: Any) -> tuple[int, int | None, str | None]:
+def _dataset_dims(
+    spec: JobSpec, store: Any, visible: Callable[[str], bool]
+) -> tuple[int, int | None, str | None]:
     """(data dimension, context dimension or None for an unconditional job, id when uploaded);
-    422 when the data set does not exist or its context columns do not fit it."""
+    422 when the data set does not exist (or is not ``visible`` to the caller) or its context
+    columns do not fit it."""
     ref = spec.dataset
     if hasattr(ref, "builtin"):
         if ref.builtin in CONDITIONAL_BUILTIN_DATASETS:
@@ -97,6 +135,8 @@ def _dataset_dims(spec: JobSpec, store: Any) -> tuple[int, int | None, str | Non
             return dim, context_dim, None
         return BUILTIN_DATASETS[ref.builtin], None, None
     try:
+        if not visible(ref.id):
+            raise DatasetNotFound(ref.id)
         record = store.datasets.get(ref.id)
     except DatasetNotFound:
         raise ApiError(
@@ -143,8 +183,10 @@ def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
     from cpflow import FlowConfig
 
     try:
-        context = {} if context_dim is None else {"context_dim": context_dim}
-        FlowConfig(dim=dim, **context, **spec.model.flow_kwargs())
+        kwargs: dict[str, Any] = dict(spec.model.flow_kwargs())
+        if context_dim is not None:
+            kwargs["context_dim"] = context_dim
+        FlowConfig(dim=dim, **kwargs)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ApiError(
@@ -177,6 +219,7 @@ def submit_job(
     queue: QueueDep,
     store: StoreDep,
     settings: SettingsDep,
+    owners: OwnersDep,
 ) -> JobAccepted:
     if spec.resources.processes > settings.max_job_processes:
         raise ApiError(
@@ -187,7 +230,10 @@ def submit_job(
     client = client_of(request)
     limits = limits_for(settings, client)
     check_job_size(spec, limits)
-    dim, context_dim, dataset_id = _dataset_dims(spec, store)
+    tenant = tenant_of(request)
+    dim, context_dim, dataset_id = _dataset_dims(
+        spec, store, lambda dataset_id: owned(owners, tenant, dataset_id)
+    )
     _check_model(spec, dim, context_dim)
     body = spec.model_dump(mode="json")
     body["model"]["dim"] = dim
@@ -201,6 +247,7 @@ def submit_job(
                 dataset_id=dataset_id,
                 timeout_s=spec.timeout_s,
                 job_id=job_id,
+                tenant=tenant,
             )
     except QueueUnavailable as exc:
         raise unavailable(exc) from None
@@ -215,19 +262,22 @@ def submit_job(
     responses=error_responses(401, 422, 503),
 )
 def list_jobs(
+    request: Request,
     queue: QueueDep,
     status: Annotated[JobStatus | None, Query(description="only jobs with this status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     try:
-        return queue.list_jobs(status=status.value if status else None, limit=limit)
+        return queue.list_jobs(
+            status=status.value if status else None, limit=limit, tenant=tenant_of(request)
+        )
     except QueueUnavailable as exc:
         raise unavailable(exc) from None
 
 
-def _get(queue: JobQueue, job_id: str) -> dict[str, Any]:
+def _get(queue: JobQueue, job_id: str, tenant: str) -> dict[str, Any]:
     try:
-        return queue.get(job_id)
+        return queue.get(job_id, tenant)
     except JobNotFound:
         raise ApiError(
             ErrorCode.JOB_NOT_FOUND, f"job {job_id!r} not found (unknown, or past its retention)"
@@ -242,8 +292,8 @@ def _get(queue: JobQueue, job_id: str) -> dict[str, Any]:
     summary="One training job: status, progress, result, error",
     responses=error_responses(401, 404, 503),
 )
-def get_job(job_id: str, queue: QueueDep) -> dict[str, Any]:
-    return _get(queue, job_id)
+def get_job(job_id: str, request: Request, queue: QueueDep) -> dict[str, Any]:
+    return _get(queue, job_id, tenant_of(request))
 
 
 @router.delete(
@@ -252,9 +302,11 @@ def get_job(job_id: str, queue: QueueDep) -> dict[str, Any]:
     summary="Cancel a job: a queued one at once, a running one within seconds",
     responses=error_responses(401, 404, 409, 503),
 )
-def cancel_job(job_id: str, queue: QueueDep, response: Response) -> dict[str, Any]:
+def cancel_job(
+    job_id: str, request: Request, queue: QueueDep, response: Response
+) -> dict[str, Any]:
     try:
-        job = queue.cancel(job_id)
+        job = queue.cancel(job_id, tenant_of(request))
     except JobNotFound:
         raise ApiError(ErrorCode.JOB_NOT_FOUND, f"job {job_id!r} not found") from None
     except JobNotCancellable as exc:
@@ -274,10 +326,12 @@ def cancel_job(job_id: str, queue: QueueDep, response: Response) -> dict[str, An
 )
 async def job_events(
     job_id: str,
+    request: Request,
     queue: QueueDep,
     interval_s: Annotated[float, Query(ge=0.1, le=30.0)] = 1.0,
 ) -> StreamingResponse:
-    first = await asyncio.to_thread(_get, queue, job_id)
+    tenant = tenant_of(request)
+    first = await asyncio.to_thread(_get, queue, job_id, tenant)
 
     async def stream() -> AsyncIterator[bytes]:
         job, last = first, None
@@ -290,7 +344,7 @@ async def job_events(
                 return
             await asyncio.sleep(interval_s)
             try:
-                job = await asyncio.to_thread(queue.get, job_id)
+                job = await asyncio.to_thread(queue.get, job_id, tenant)
             except (QueueUnavailable, JobNotFound) as exc:
                 yield f"event: error\ndata: {json.dumps({'message': str(exc)})}\n\n".encode()
                 return

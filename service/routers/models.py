@@ -1,20 +1,26 @@
-"""Model catalogue: list models, describe a version, serve its plots."""
+"""Model catalogue: list models (broken ones too), describe a version, serve its plots, and
+re-verify a model's files (on demand, and periodically for loaded versions)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict
 
 from model_store.manifest import manifest_flow_config
 from model_store.names import MAX_NAME_LENGTH
 from service.deps import EngineDep
 from service.errors import error_responses
 from service.images import image_shape
+from service.model_health import catalogue, verify_model, verify_periodically
 from service.schemas import ModelDetail, ModelsResponse, ModelSummary
 
-__all__ = ["ModelName", "VersionNumber", "router"]
+__all__ = ["ModelName", "VersionNumber", "lifespan", "router"]
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -63,9 +69,10 @@ def _metrics_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
     responses=error_responses(401),
 )
 async def list_models(engine: EngineDep) -> ModelsResponse:
-    """Every model in the store with its latest version, dimension and test metrics."""
-    rows = await engine.io(engine.store.list_models)
-    models = [ModelSummary(**{k: row.get(k) for k in ModelSummary.model_fields}) for row in rows]
+    """Every model in the store with its latest version, dimension and test metrics; a model
+    whose latest manifest is missing or damaged is listed with state broken and the error."""
+    rows = await engine.io(catalogue, engine.store)
+    models = [ModelSummary.model_validate(row) for row in rows]
     return ModelsResponse(models=models, count=len(models))
 
 
@@ -121,7 +128,9 @@ async def get_model_version(
     return detail
 
 
-_PNG = {200: {"content": {"image/png": {}}, "description": "The PNG image."}}
+_PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "The PNG image."}
+}
 
 
 async def _plot(engine: Any, name: str, version: int | str, file: str) -> FileResponse:
@@ -157,3 +166,68 @@ async def get_version_plot(
 ) -> FileResponse:
     """A plot stored with a pinned version."""
     return await _plot(engine, name, version, file)
+
+
+class VersionCheck(BaseModel):
+    """One version's files, checked against its manifest on this replica just now."""
+
+    version: int
+    state: str
+    loaded: bool
+    error: str | None = None
+
+
+class VerifyResponse(BaseModel):
+    """Every version of a model, re-verified."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "moons",
+                    "versions": [
+                        {"version": 1, "state": "ready", "loaded": False, "error": None},
+                        {
+                            "version": 2,
+                            "state": "broken",
+                            "loaded": False,
+                            "error": "model 'moons' version 2: weights.safetensors does not "
+                            "match its sha256 (altered or truncated)",
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    name: str
+    versions: list[VersionCheck]
+
+
+@router.post(
+    "/{name}/verify",
+    summary="Re-check every version's files now; unload versions that no longer verify",
+    response_model=VerifyResponse,
+    responses=error_responses(401, 404, 503),
+)
+async def verify(name: ModelName, engine: EngineDep, request: Request) -> VerifyResponse:
+    """Hash every file of every version of the model against its manifest on this replica.
+    A loaded version whose files changed is unloaded, so it is refused from now on (as a
+    fresh replica refuses it); ask each replica to compare their views."""
+    rows = await verify_model(engine, name)
+    request.state.metric_model = name
+    return VerifyResponse(name=name, versions=[VersionCheck(**row) for row in rows])
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Re-verify the loaded versions every CPFLOW_VERIFY_INTERVAL_S (0: never)."""
+    interval = app.state.settings.verify_interval_s
+    task = None
+    if interval > 0:
+        task = asyncio.create_task(verify_periodically(app.state.engine, interval))
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()

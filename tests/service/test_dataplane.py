@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from svc_procs import make_flow
 
 from cpflow import CPFlow, FlowConfig
 from model_store import ModelStore
@@ -27,6 +26,7 @@ from service.engine import InferenceEngine
 from service.errors import ApiError
 from service.metrics import ServiceMetrics
 from service.settings import Settings
+from tests.helpers.flows import make_flow
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
