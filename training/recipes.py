@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from training.splits_protocol import Splits, splits_info
+
 __all__ = ["AUTO", "Recipe", "auto_recipe", "rows_of"]
 
 AUTO = "auto"
@@ -52,11 +54,12 @@ class Recipe:
     choices: dict[str, Any] = field(default_factory=dict)
 
 
-def rows_of(splits: Any) -> np.ndarray | None:
+def rows_of(splits: Splits) -> np.ndarray | None:
     """The training rows the recipe reads, or None for images and conditional data."""
-    if getattr(splits, "contexts", None) is not None or getattr(splits, "levels", None):
+    info = splits_info(splits)
+    if info.contexts is not None or info.levels:
         return None
-    train = np.asarray(getattr(splits, "train", splits))
+    train = np.asarray(splits.train)
     return train if train.ndim == 2 else None
 
 
