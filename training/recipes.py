@@ -109,8 +109,8 @@ def _toy(rows: np.ndarray, choices: dict, flow: dict, train: dict) -> None:
     why = f"{len(rows)} rows in {rows.shape[1]}-D: the toy recipe (paper Table 5)"
     for name, value in (("blocks", 5), ("depth", 3), ("hidden", 32), ("icnn", "augmented")):
         _choose(choices, flow, name, value, why)
-    for name, value in (("lr", 0.02), ("schedule", "cosine")):
-        _choose(choices, train, name, value, why + ", lr measured on eight_gaussians")
+    for key, setting in (("lr", 0.02), ("schedule", "cosine")):
+        _choose(choices, train, key, setting, why + ", lr measured on eight_gaussians")
     train.update(val_every=250, val_max_points=2000)
     moment = angular_anisotropy(rows) if rows.shape[1] == 2 else 1.0
     radial = moment <= RADIAL_MAX_ANISOTROPY

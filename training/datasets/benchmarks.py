@@ -78,7 +78,8 @@ def _standardise_with(parts: Parts, ref: np.ndarray, ddof: int) -> Parts:
     if np.any(s == 0):
         cols = ", ".join(str(int(c) + 1) for c in np.flatnonzero(s == 0))
         raise DatasetError(f"constant column(s) {cols}: the file is not in the expected format")
-    return tuple((p - mu) / s for p in parts)  # type: ignore[return-value]
+    train, val, test = ((p - mu) / s for p in parts)
+    return train, val, test
 
 
 # --------------------------------------------------------------------------- POWER
