@@ -4,24 +4,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from training.settings import TorchrunSettings, TrainingSettings
 
 if TYPE_CHECKING:
     from training.distributed import Dist
+    from training.trainer import ProgressEvent
 
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from training.presets import PRESETS
-
+def build_parser(settings: TrainingSettings | None = None) -> argparse.ArgumentParser:
+    """The command line; store defaults come from ``settings`` (the environment's if None)."""
     p = argparse.ArgumentParser(
         prog="cpflow-train",
         description="Train a Convex Potential Flow and publish it as a new model version.",
     )
+    _data_options(p)
+    _training_options(p)
+    _model_options(p)
+    _run_options(p, settings or TrainingSettings())
+    return p
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    from training.presets import PRESETS
+
     p.add_argument(
         "--dataset",
         help="built-in name (eight_gaussians, sklearn:wine, ...), "
@@ -41,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="paper settings (see README); auto (the default) chooses from the data",
     )
+    p.add_argument("--num-samples", type=int, help="rows to generate for toy data sets")
+    p.add_argument("--data-dir", help="folder with the paper's tabular data sets")
+
+
+def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -58,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--val-every", type=int)
     p.add_argument("--early-stopping", type=int, dest="early_stopping_patience")
+    p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: CPFLOW_DEVICE or cpu)")
+    p.add_argument("--checkpoint-dir", help="resumable trainer checkpoints go here")
+    p.add_argument("--checkpoint-every", type=int)
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blocks", type=int)
     p.add_argument("--hidden", type=int)
     p.add_argument("--depth", type=int)
@@ -76,10 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="radial convex units per block (steps of the map along |x|; the rings preset's)",
     )
-    p.add_argument("--dtype", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: CPFLOW_DEVICE or cpu)")
-    p.add_argument("--num-samples", type=int, help="rows to generate for toy data sets")
+
+
+def _run_options(p: argparse.ArgumentParser, settings: TrainingSettings) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--nproc",
@@ -91,27 +116,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--store-dir",
-        default=os.environ.get("CPFLOW_STORE_DIR", "./var/store"),
+        default=str(settings.store_dir) if settings.store_dir else "./var/store",
         help="model store root (default: CPFLOW_STORE_DIR or ./var/store)",
     )
     p.add_argument(
         "--store-url",
-        default=os.environ.get("CPFLOW_STORE_URL"),
+        default=settings.store_url,
         help="model store as s3://bucket/prefix (AWS_* variables) or file:///path; overrides "
         "--store-dir",
     )
-    p.add_argument("--data-dir", help="folder with the paper's tabular data sets")
-    p.add_argument("--checkpoint-dir", help="resumable trainer checkpoints go here")
-    p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--onnx", action="store_true", help="also export the transport map to ONNX")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        settings = TrainingSettings()
+        world_size = TorchrunSettings().world_size
+    except ValidationError as exc:  # the environment: name the variable
+        first = exc.errors()[0]
+        prefix = "CPFLOW_" if exc.title == TrainingSettings.__name__ else ""
+        name = prefix + "_".join(str(p) for p in first["loc"]).upper()
+        print(f"cpflow-train: error: {name}: {first['msg']}", file=sys.stderr)
+        return 2
+    args = build_parser(settings).parse_args(argv)
     if not args.dataset and args.preset == "auto":
         print(
             "cpflow-train: give --dataset or a --preset with a default data set", file=sys.stderr
@@ -125,11 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.nproc < 1:
         print("cpflow-train: error: --nproc must be at least 1", file=sys.stderr)
         return 2
-    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if args.nproc > 1 and world_size == 1:
         return _launch_group(args.nproc, argv)
     from training.distributed import init_from_env
 
-    group = init_from_env(args.device or os.environ.get("CPFLOW_DEVICE"))
+    args.device = args.device or settings.device
+    group = init_from_env(args.device)
     try:
         return _train(args, group)
     finally:
@@ -157,33 +188,17 @@ def _train(args: argparse.Namespace, group: Dist) -> int:
 
         torch.set_num_threads(args.threads)
 
-    from pydantic import ValidationError
-
     from model_store import open_store
     from training.config import TrainConfig
     from training.datasets.errors import DatasetError
     from training.pipeline import train_and_publish
     from training.presets import PresetError
-    from training.trainer import ProgressEvent, TrainingError
+    from training.trainer import TrainingError
 
     flow_kw = {k: getattr(args, k) for k in _FLOW_OPTIONS}
-    # options named as TrainConfig fields go to the trainer (device: below)
+    # options named as TrainConfig fields go to the trainer (device among them)
     train_kw = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields}
-    train_kw["device"] = args.device or os.environ.get("CPFLOW_DEVICE") or None
     bar = _Bar(args.quiet or not group.main)
-
-    def progress(ev: ProgressEvent) -> None:
-        post = {}
-        if ev.surrogate_loss is not None:
-            post["surrogate"] = f"{ev.surrogate_loss:.3f}"
-        if ev.val_nll is not None:
-            post["val_nll"] = f"{ev.val_nll:.4f}"
-        if ev.cg_iterations is not None:
-            post["cg"] = f"{ev.cg_iterations:.1f}"
-        if ev.phase != "train":
-            post["phase"] = ev.phase
-        bar.update(ev.iteration, ev.total, post)
-
     try:
         store = open_store(args.store_url or args.store_dir, os.environ.get("CPFLOW_CACHE_DIR"))
         published = train_and_publish(
@@ -196,30 +211,35 @@ def _train(args: argparse.Namespace, group: Dist) -> int:
             num_samples=args.num_samples,
             data_dir=args.data_dir,
             make_plots=not args.no_plots,
-            progress=progress,
+            progress=bar.on_progress,
             checkpoint_dir=args.checkpoint_dir,
             export_onnx=args.onnx,
             context_columns=args.context_columns,
         )
     except DatasetError as exc:  # the data or its context columns: say what to give instead
-        bar.close()
-        print(f"cpflow-train: error: {exc}", file=sys.stderr)
-        return 2 if args.context_columns is not None else 1
+        return _fail(bar, str(exc), 2 if args.context_columns is not None else 1)
     except ValidationError as exc:
-        bar.close()
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"] if p != "potential") or "options"
-        print(f"cpflow-train: error: --{where.replace('_', '-')}: {first['msg']}", file=sys.stderr)
-        return 2
+        return _fail(bar, f"--{where.replace('_', '-')}: {first['msg']}", 2)
     except (TrainingError, PresetError, ValueError) as exc:
-        bar.close()
-        print(f"cpflow-train: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(bar, str(exc), 1)
     bar.close()
-    if published is None:  # not rank 0 of a torchrun group
-        return 0
+    if published is not None:  # None: not rank 0 of a torchrun group
+        print(json.dumps(_summary(published), indent=2))
+    return 0
+
+
+def _fail(bar: _Bar, message: str, status: int) -> int:
+    bar.close()
+    print(f"cpflow-train: error: {message}", file=sys.stderr)
+    return status
+
+
+def _summary(published: Any) -> dict[str, Any]:
+    """What cpflow-train prints about the version it published."""
     training = published.manifest.get("training", {})
-    out = {
+    return {
         "name": published.name,
         "version": published.version,
         "path": str(published.path),
@@ -233,8 +253,6 @@ def _train(args: argparse.Namespace, group: Dist) -> int:
         "parameter_count": training.get("parameter_count"),
         "plots": published.manifest.get("plots"),
     }
-    print(json.dumps(out, indent=2))
-    return 0
 
 
 class _Bar:
@@ -242,7 +260,20 @@ class _Bar:
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar
+
+    def on_progress(self, ev: ProgressEvent) -> None:
+        """The trainer's progress callback: iteration, losses and phase on the bar."""
+        post = {}
+        if ev.surrogate_loss is not None:
+            post["surrogate"] = f"{ev.surrogate_loss:.3f}"
+        if ev.val_nll is not None:
+            post["val_nll"] = f"{ev.val_nll:.4f}"
+        if ev.cg_iterations is not None:
+            post["cg"] = f"{ev.cg_iterations:.1f}"
+        if ev.phase != "train":
+            post["phase"] = ev.phase
+        self.update(ev.iteration, ev.total, post)
 
     def update(self, iteration: int, total: int, post: dict[str, str]) -> None:
         if self.quiet:

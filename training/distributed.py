@@ -18,7 +18,6 @@ over the whole data set. Semantics:
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -27,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import distributed as dist
+
+from training.settings import TorchrunSettings
 
 __all__ = ["Dist", "current", "init_from_env", "launch"]
 
@@ -81,18 +82,20 @@ def current() -> Dist:
     """The running process group, or a single process."""
     if not (dist.is_available() and dist.is_initialized()):
         return Dist()
-    local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-    return Dist(dist.get_rank(), dist.get_world_size(), local)
+    local = TorchrunSettings().local_rank
+    rank = dist.get_rank()
+    return Dist(rank, dist.get_world_size(), rank if local is None else local)
 
 
 def init_from_env(device: str | None = None) -> Dist:
     """Join the group torchrun describes in the environment (WORLD_SIZE > 1): nccl for CUDA
     devices (each rank on cuda:LOCAL_RANK), gloo otherwise. A no-op for one process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    torchrun = TorchrunSettings()
+    if torchrun.world_size <= 1 or dist.is_initialized():
         return current()
     cuda = (device or "cpu").startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(torchrun.local_rank or 0)
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     return current()
 

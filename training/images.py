@@ -18,9 +18,10 @@ import pickle
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 __all__ = [
@@ -87,7 +88,14 @@ def load_digits_images(seed: int = 0) -> ImageSplits:
 
 
 # -- MNIST idx ------------------------------------------------------------------------------------
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_TYPES: dict[int, npt.DTypeLike] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def _open_maybe_gz(path: Path) -> bytes:
@@ -239,6 +247,14 @@ def uniform_dequantize(
     return (x + u) / levels
 
 
+@overload
+def bits_per_dim(log_prob: torch.Tensor, dim: int, levels: int) -> torch.Tensor: ...
+
+
+@overload
+def bits_per_dim(log_prob: float, dim: int, levels: int) -> float: ...
+
+
 def bits_per_dim(log_prob: torch.Tensor | float, dim: int, levels: int) -> torch.Tensor | float:
     """Bits/dim of the discrete data from log p(y) of y in [0, 1]^d (per image, or a mean)."""
     return -(log_prob - dim * math.log(levels)) / (dim * _LN2)
@@ -285,7 +301,7 @@ def sample_grid_png(images: np.ndarray | torch.Tensor, *, nrow: int = 8, scale: 
     pixels = (grid * 255.0 + 0.5).astype(np.uint8)
     img = Image.fromarray(pixels[0] if c == 1 else pixels.transpose(1, 2, 0))
     if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

@@ -32,6 +32,10 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from training.datasets.splits import DatasetSplits
+from training.distributed import launch
+from training.group_events import die_with_parent, parse_event
+from training.settings import TrainingSettings, child_env
+from training.trainer import ProgressEvent, TrainingCancelled, TrainingError
 
 __all__ = [
     "JobRecorder",
@@ -182,7 +186,8 @@ class JobRecorder:
         return self._cancelled
 
 
-def progress_values(event: Any) -> dict[str, Any]:
+def progress_values(event: ProgressEvent) -> dict[str, Any]:
+    """What a job record's progress field holds (a subset of the trainer's event)."""
     return {
         "iteration": int(event.iteration),
         "total": int(event.total),
@@ -195,7 +200,7 @@ def progress_values(event: Any) -> dict[str, Any]:
 def execute_spec(
     spec: dict[str, Any],
     *,
-    progress: Callable[[Any], None] | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Load the data, train, publish; return ``{model, version, test_nll}``.
@@ -206,13 +211,14 @@ def execute_spec(
     from training.pipeline import train_and_publish
 
     runtime = spec.get("runtime", {})
-    env = os.environ
-    where = env.get("CPFLOW_STORE_URL") or env.get("CPFLOW_STORE_DIR") or runtime.get("store_dir")
+    settings = TrainingSettings()
+    where = settings.store_location() or runtime.get("store_dir")
     if not where:
         raise RuntimeError("no model store: set CPFLOW_STORE_URL or CPFLOW_STORE_DIR")
-    store = open_store(where, os.environ.get("CPFLOW_CACHE_DIR"))
+    cache = None if settings.cache_dir is None else str(settings.cache_dir)
+    store = open_store(where, cache)
     training = dict(spec.get("training", {}))
-    training.setdefault("device", os.environ.get("CPFLOW_DEVICE", "auto"))
+    training.setdefault("device", settings.device or "auto")
     model = {k: v for k, v in spec.get("model", {}).items() if k != "dim"}
     dataset = spec["dataset"]
     published = train_and_publish(
@@ -292,23 +298,21 @@ def run_training_job(spec: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_training_job must run inside an RQ worker")
-    threads = os.environ.get("CPFLOW_WORKER_TORCH_THREADS")
+    threads = TrainingSettings().worker_torch_threads
     if threads:
         import torch
 
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     recorder = JobRecorder(job.connection, spec["runtime"])
     return run_with_recorder(spec, recorder)
 
 
 def run_with_recorder(spec: dict[str, Any], recorder: JobRecorder) -> dict[str, Any]:
     """The body of :func:`run_training_job`, usable without RQ (tests, tools)."""
-    from training.trainer import TrainingCancelled
-
     if not recorder.start():
         return {"status": "cancelled"}
 
-    def on_progress(event: Any) -> None:
+    def on_progress(event: ProgressEvent) -> None:
         recorder.progress(progress_values(event), force=event.phase != "train")
 
     processes = int(spec.get("resources", {}).get("processes", 1))
@@ -337,24 +341,20 @@ def run_group(spec: dict[str, Any], recorder: JobRecorder, processes: int) -> di
     """Train ``spec`` as a torchrun group of ``processes`` processes (training.job_group),
     relaying rank 0's progress to the job record; a cancel request (or a lost record) ends
     the whole group. Returns rank 0's result."""
-    from training.distributed import launch
-    from training.job_group import EVENT_MARK, die_with_parent
-    from training.trainer import TrainingCancelled, TrainingError
-
-    events: queue.Queue = queue.Queue()
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
     with tempfile.TemporaryDirectory(prefix="cpflow-job-") as tmp:
         spec_path, log_path = Path(tmp) / "spec.json", Path(tmp) / "stderr.log"
         spec_path.write_text(json.dumps(spec))
-        threads = os.environ.get("CPFLOW_WORKER_TORCH_THREADS", "1")
+        threads = str(TrainingSettings().worker_torch_threads or 1)
         job_id = str(spec.get("runtime", {}).get("job_id", "job"))
         with open(log_path, "w") as log_file:
             proc = launch(
                 processes, "training.job_group", [str(spec_path), job_id],
                 stdout=subprocess.PIPE, stderr=log_file, text=True, start_new_session=True,
                 preexec_fn=lambda: die_with_parent(signal.SIGTERM),
-                env={**os.environ, "OMP_NUM_THREADS": threads},
+                env=child_env(OMP_NUM_THREADS=threads),
             )  # fmt: skip
-        reader = threading.Thread(target=_read_events, args=(proc, EVENT_MARK, events))
+        reader = threading.Thread(target=_read_events, args=(proc, events))
         reader.start()
         pids: list[int] = [proc.pid]
         result, iteration = None, 0
@@ -385,10 +385,12 @@ def run_group(spec: dict[str, Any], recorder: JobRecorder, processes: int) -> di
     return result
 
 
-def _read_events(proc: subprocess.Popen, mark: str, events: queue.Queue) -> None:
+def _read_events(proc: subprocess.Popen[str], events: queue.Queue[dict[str, Any]]) -> None:
+    assert proc.stdout is not None  # started with stdout=PIPE
     for line in proc.stdout:
-        if line.startswith(mark):
-            events.put(json.loads(line[len(mark) :]))
+        event = parse_event(line)
+        if event is not None:
+            events.put(event)
 
 
 def _end_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

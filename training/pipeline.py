@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import numpy as np
 from training.config import TrainConfig
 from training.presets import resolve_preset
 from training.recipes import AUTO, Recipe, auto_recipe, rows_of
-from training.trainer import ProgressEvent, TrainResult, train
+from training.splits_protocol import Splits, SplitsInfo, splits_info
+from training.trainer import ProgressEvent, Trainer, TrainResult
 
 __all__ = [
     "IMAGE_DATASETS",
@@ -109,17 +111,22 @@ def auto_record(
     }
 
 
-def data_summary(splits: Any) -> dict[str, Any]:
+def data_summary(splits: Splits) -> dict[str, Any]:
     """What kind of data a model was trained on: rows, images (shape and grey levels) or
     (x, c) with its context columns."""
-    if getattr(splits, "contexts", None) is not None:
+    info = splits_info(splits)
+    if info.contexts is not None:
         return {
             "kind": "conditional",
-            "context_columns": list(splits.context_columns),
-            "context_dim": splits.context_dim,
+            "context_columns": list(info.context_columns or []),
+            "context_dim": int(info.contexts[0].shape[1]),
         }
-    if getattr(splits, "levels", None):
-        return {"kind": "image", "input_shape": list(splits.shape), "levels": splits.levels}
+    if info.levels:
+        return {
+            "kind": "image",
+            "input_shape": list(info.image_shape or ()),
+            "levels": info.levels,
+        }
     return {"kind": "rows"}
 
 
@@ -194,8 +201,75 @@ def train_and_publish(
 
     if not hasattr(store, "publish"):
         store = ModelStore(store)
+    plan = _plan(
+        dataset, flow_config, train_config, preset=preset or AUTO, num_samples=num_samples,
+        data_dir=data_dir, dataset_seed=dataset_seed, context_columns=context_columns,
+    )  # fmt: skip
+    info = splits_info(plan.splits)
+    ot_curve, hook = None, None
+    if info.problem is not None:  # the OT experiment: follow KL and transport cost as Fig. 4
+        from training.ot import ot_monitor
+
+        ot_curve, hook = ot_monitor(info.problem, np.asarray(plan.splits.test)[:2000])
+    trainer = Trainer(
+        plan.flow, plan.splits, plan.train, progress=progress, should_stop=should_stop,
+        checkpoint_dir=checkpoint_dir, on_validate=hook,
+    )  # fmt: skip
+    result = trainer.run()
+    if not trainer.group.main:  # in a torchrun group, rank 0 alone publishes (one version)
+        return None
+    plots = _plots(result, plan.splits, info, ot_curve) if make_plots else None
+    summary = training_summary(
+        result,
+        dataset_name=str(info.name if info.name is not None else plan.dataset_name),
+        dataset_sha256=info.sha256,
+        job_id=job_id,
+        preset=plan.preset,
+        num_train=len(plan.splits.train),
+    )
+    summary.update(data_summary(plan.splits))
+    if plan.recipe is not None:
+        summary["auto"] = auto_record(plan.recipe, plan.flow_overrides, plan.train_overrides)
+    if ot_curve:
+        summary["ot"] = {
+            "w2_squared_optimum": info.problem.w2_squared,
+            "final_kl": ot_curve[-1][0],
+            "final_transport_cost": ot_curve[-1][1],
+        }
+    return store.publish(
+        model_name, result.flow, training=summary, plots=plots, export_onnx=export_onnx
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a run trains: the loaded splits and the merged flow and trainer settings."""
+
+    splits: Splits
+    dataset_name: Any
+    preset: str
+    flow: dict[str, Any]
+    train: TrainConfig
+    recipe: Recipe | None
+    flow_overrides: dict[str, Any]
+    train_overrides: dict[str, Any]
+
+
+def _plan(
+    dataset: Any,
+    flow_config: Any,
+    train_config: TrainConfig | dict | None,
+    *,
+    preset: str,
+    num_samples: int | None,
+    data_dir: str | Path | None,
+    dataset_seed: int,
+    context_columns: Any,
+) -> _Plan:
+    """Load the data and merge preset (or the auto recipe, which needs the data), and
+    explicit overrides into the run's settings."""
     by_name = dataset is None or isinstance(dataset, str)  # None: the preset's data set
-    ds_name = dataset if by_name else getattr(dataset, "name", "custom")
+    ds_name = dataset if by_name else splits_info(dataset).name or "custom"
     flow_overrides = (
         flow_config.model_dump() if hasattr(flow_config, "model_dump") else dict(flow_config or {})
     )
@@ -204,8 +278,10 @@ def train_and_publish(
         if isinstance(train_config, TrainConfig)
         else dict(train_config or {})
     )
-    preset = preset or AUTO
-    configs = {"flow_overrides": flow_overrides, "train_overrides": train_overrides}
+    configs: dict[str, Any] = {
+        "flow_overrides": flow_overrides,
+        "train_overrides": train_overrides,
+    }
     ds_resolved, preset_samples = ds_name if by_name else None, None
     if preset != AUTO:
         ds_resolved, flow_kw, cfg, preset_samples = build_configs(
@@ -214,10 +290,7 @@ def train_and_publish(
     if by_name:
         ds_name = ds_resolved or dataset
         if ds_name is None:
-            raise ValueError(
-                "no data set: give one"
-                + (f" (preset {preset!r} names no default)" if preset else " or a preset")
-            )
+            raise ValueError(f"no data set: give one (preset {preset!r} names no default)")
     splits = load_splits(
         ds_name if by_name else dataset,
         num_samples=num_samples or preset_samples,
@@ -229,62 +302,28 @@ def train_and_publish(
     if preset == AUTO:
         recipe = auto_recipe(rows_of(splits))
         _, flow_kw, cfg, _ = build_configs(preset=AUTO, dataset=None, recipe=recipe, **configs)
-    problem = getattr(splits, "problem", None)
-    ot_curve, hook = None, None
-    if problem is not None:  # the OT experiment: follow KL and transport cost as Fig. 4
-        from training.ot import ot_monitor
+    return _Plan(splits, ds_name, preset, flow_kw, cfg, recipe, flow_overrides, train_overrides)
 
-        ot_curve, hook = ot_monitor(problem, np.asarray(splits.test)[:2000])
-    result = train(
-        flow_kw,
-        splits,
-        cfg,
-        progress=progress,
-        should_stop=should_stop,
-        checkpoint_dir=checkpoint_dir,
-        on_validate=hook,
-    )
-    from training.distributed import current
 
-    if not current().main:  # in a torchrun group, rank 0 alone publishes (one version)
-        return None
-    plots = None
-    if make_plots:
-        from training.plots import make_plots as _make_plots
-        from training.plots import ot_figure
+def _plots(
+    result: TrainResult, splits: Splits, info: SplitsInfo, ot_curve: list[Any] | None
+) -> dict[str, bytes] | None:
+    """The model's figures (None if plotting fails: a figure must never lose a model)."""
+    from training.plots import make_plots, ot_figure
 
-        try:
-            contexts = getattr(splits, "contexts", None)
-            plots = _make_plots(
-                result.flow,
-                splits.train,
-                result.history,
-                contexts=None if contexts is None else contexts[0],
+    try:
+        contexts = info.contexts
+        plots = make_plots(
+            result.flow,
+            splits.train,
+            result.history,
+            contexts=None if contexts is None else contexts[0],
+        )
+        if ot_curve:
+            plots["ot_transport_vs_kl.png"] = ot_figure(
+                {"CP-Flow": ot_curve}, info.problem.w2_squared, title=str(info.name)
             )
-            if ot_curve:
-                plots["ot_transport_vs_kl.png"] = ot_figure(
-                    {"CP-Flow": ot_curve}, problem.w2_squared, title=str(splits.name)
-                )
-        except Exception:  # a figure must never lose a trained model
-            log.exception("plotting failed; publishing without plots")
-            plots = None
-    summary = training_summary(
-        result,
-        dataset_name=str(getattr(splits, "name", ds_name)),
-        dataset_sha256=str(getattr(splits, "sha256", "")),
-        job_id=job_id,
-        preset=preset,
-        num_train=len(splits.train),
-    )
-    summary.update(data_summary(splits))
-    if recipe is not None:
-        summary["auto"] = auto_record(recipe, flow_overrides, train_overrides)
-    if ot_curve:
-        summary["ot"] = {
-            "w2_squared_optimum": problem.w2_squared,
-            "final_kl": ot_curve[-1][0],
-            "final_transport_cost": ot_curve[-1][1],
-        }
-    return store.publish(
-        model_name, result.flow, training=summary, plots=plots, export_onnx=export_onnx
-    )
+    except Exception:
+        log.exception("plotting failed; publishing without plots")
+        return None
+    return plots

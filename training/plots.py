@@ -57,10 +57,10 @@ def _grid(bounds: tuple[float, float, float, float], n: int) -> tuple[np.ndarray
 
 
 def _flow_tensor(flow: torch.nn.Module, arr: np.ndarray) -> torch.Tensor:
-    p = next(iter(flow.parameters()), None)
-    if p is None:
-        p = next(iter(flow.buffers()))
-    return torch.as_tensor(arr, dtype=p.dtype, device=p.device)
+    ref: torch.Tensor | None = next(iter(flow.parameters()), None)
+    if ref is None:
+        ref = next(iter(flow.buffers()))
+    return torch.as_tensor(arr, dtype=ref.dtype, device=ref.device)
 
 
 def _log_prob_grid(

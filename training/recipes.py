@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from training.splits_protocol import Splits, splits_info
+
 __all__ = ["AUTO", "Recipe", "auto_recipe", "rows_of"]
 
 AUTO = "auto"
@@ -52,11 +54,12 @@ class Recipe:
     choices: dict[str, Any] = field(default_factory=dict)
 
 
-def rows_of(splits: Any) -> np.ndarray | None:
+def rows_of(splits: Splits) -> np.ndarray | None:
     """The training rows the recipe reads, or None for images and conditional data."""
-    if getattr(splits, "contexts", None) is not None or getattr(splits, "levels", None):
+    info = splits_info(splits)
+    if info.contexts is not None or info.levels:
         return None
-    train = np.asarray(getattr(splits, "train", splits))
+    train = np.asarray(splits.train)
     return train if train.ndim == 2 else None
 
 
@@ -106,8 +109,8 @@ def _toy(rows: np.ndarray, choices: dict, flow: dict, train: dict) -> None:
     why = f"{len(rows)} rows in {rows.shape[1]}-D: the toy recipe (paper Table 5)"
     for name, value in (("blocks", 5), ("depth", 3), ("hidden", 32), ("icnn", "augmented")):
         _choose(choices, flow, name, value, why)
-    for name, value in (("lr", 0.02), ("schedule", "cosine")):
-        _choose(choices, train, name, value, why + ", lr measured on eight_gaussians")
+    for key, setting in (("lr", 0.02), ("schedule", "cosine")):
+        _choose(choices, train, key, setting, why + ", lr measured on eight_gaussians")
     train.update(val_every=250, val_max_points=2000)
     moment = angular_anisotropy(rows) if rows.shape[1] == 2 else 1.0
     radial = moment <= RADIAL_MAX_ANISOTROPY

@@ -24,21 +24,19 @@ import numpy as np
 import torch
 
 from cpflow import CPFlow, FlowConfig
-from training.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    pack_optimizer,
-    save_checkpoint,
-    unpack_optimizer,
-)
+from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.config import TrainConfig, iterations_per_epoch
 from training.distributed import current
-from training.images import bits_per_dim, uniform_dequantize
+from training.images import bits_per_dim
+from training.run_data import DataShape, RunData
+from training.splits_protocol import Splits
+from training.state import TrainState, restore_state, state_to_checkpoint
 
 __all__ = [
     "ProgressEvent",
     "TrainConfig",
     "TrainResult",
+    "Trainer",
     "TrainingCancelled",
     "TrainingDiverged",
     "TrainingError",
@@ -240,7 +238,10 @@ class _Objective(torch.nn.Module):
 
 
 class _Schedule:
-    """Learning rate as a pure function of (iteration, decays), so resume reproduces it."""
+    """Learning rate as a pure function of (iteration, decays), so resume reproduces it.
+
+    ``lr_at`` and ``decays_after`` are pure (the trainer keeps ``decays`` in its TrainState);
+    ``lr`` and ``on_validation`` keep a count of their own, for use without a trainer."""
 
     def __init__(self, cfg: TrainConfig, total: int) -> None:
         self.cfg = cfg
@@ -248,11 +249,14 @@ class _Schedule:
         self.decays = 0
 
     def lr(self, iteration: int) -> float:
+        return self.lr_at(iteration, self.decays)
+
+    def lr_at(self, iteration: int, decays: int) -> float:
         warm = self.cfg.warmup_iterations
         scale = min(1.0, (iteration + 1) / warm) if warm else 1.0
-        return scale * self._scheduled(iteration)
+        return scale * self._scheduled(iteration, decays)
 
-    def _scheduled(self, iteration: int) -> float:
+    def _scheduled(self, iteration: int, decays: int) -> float:
         cfg = self.cfg
         if cfg.schedule == "cosine":
             frac = min(iteration, self.total) / max(self.total, 1)
@@ -260,18 +264,22 @@ class _Schedule:
                 1 + math.cos(math.pi * frac)
             )
         if cfg.schedule == "plateau":
-            return cfg.lr / 10**self.decays
+            return cfg.lr / 10**decays
         return cfg.lr
 
     def on_validation(self, validations_without_improvement: int) -> None:
+        self.decays = self.decays_after(validations_without_improvement, self.decays)
+
+    def decays_after(self, validations_without_improvement: int, decays: int) -> int:
         """Paper's tabular rule: divide by 10 after ``p`` and again after ``2p`` bad validations."""
         if self.cfg.schedule != "plateau":
-            return
+            return decays
         p = self.cfg.plateau_patience
-        if self.decays == 0 and validations_without_improvement >= p:
-            self.decays = 1
-        elif self.decays == 1 and validations_without_improvement >= 2 * p:
-            self.decays = 2
+        if decays == 0 and validations_without_improvement >= p:
+            return 1
+        if decays == 1 and validations_without_improvement >= 2 * p:
+            return 2
+        return decays
 
 
 def _effective_flow_config(
@@ -301,392 +309,359 @@ def _effective_flow_config(
     return FlowConfig.model_validate(data)
 
 
-def train(
-    flow_config: FlowConfig | dict,
-    splits: Any,
-    train_config: TrainConfig | dict | None = None,
-    *,
-    progress: ProgressCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = True,
-    on_validate: ValidateHook | None = None,
-) -> TrainResult:
-    """Train a CP-Flow on ``splits`` (``.train``, ``.val``, ``.test`` arrays, ``.sha256``;
-    images (n, C, H, W) of integers with ``.levels``; ``.contexts`` = (train, val, test)
-    context rows for a conditional flow p(x | c)).
+class Trainer:
+    """One training run: the data on the device, the flow, its optimiser and one
+    :class:`~training.state.TrainState` (everything a resume needs).
 
+    ``run`` trains to the budget; ``step``, ``validate``, ``checkpoint`` and ``finish`` are
+    its parts, usable on their own. Construction restores the checkpoint in
+    ``checkpoint_dir`` (when ``resume``) or initialises the flow from the data.
     Raises TrainingDiverged (naming the iteration) on NaN/inf, TrainingCancelled when
     ``should_stop()`` returns True (after checkpointing). ``on_validate(flow, iteration)`` may
     return extra numbers recorded in the history at each validation (e.g. transport cost).
     """
-    t_start = time.perf_counter()
-    cfg = (
-        train_config
-        if isinstance(train_config, TrainConfig)
-        else TrainConfig.model_validate(train_config or {})
-    )
-    group = current()  # one process, or a torchrun group (see training.distributed)
-    device = resolve_device(cfg.device)
-    if group.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", group.local_rank)
-    train_np = np.asarray(splits.train)
-    levels = getattr(splits, "levels", None)  # images: integer pixels, dequantised here
-    image_shape = tuple(train_np.shape[1:]) if train_np.ndim == 4 else None
-    if image_shape is not None:
-        train_np = train_np.reshape(train_np.shape[0], -1)
-    if train_np.ndim != 2 or train_np.shape[0] == 0:
-        raise ValueError("the training split must be a non-empty 2-D array")
-    dim = train_np.shape[1]
-    contexts = getattr(splits, "contexts", None)
-    context_dim = None if contexts is None else np.asarray(contexts[0]).shape[1]
-    fcfg = _effective_flow_config(
-        flow_config, dim, cfg, context_dim=context_dim, image_shape=image_shape
-    )
-    dtype = torch.float64 if fcfg.dtype == "float64" else torch.float32
-    method = "exact" if dim <= cfg.exact_max_dim else "slq"  # the NLLs reported
-    loss_method = cfg.loss_method(dim)
-    data_sha = str(getattr(splits, "sha256", ""))
 
-    def as_tensor(a: np.ndarray, width: int = dim, noise_seed: int | None = None) -> torch.Tensor:
-        """Rows on the device; images dequantised once with fixed noise (val and test)."""
-        arr = np.asarray(a, dtype=np.float64).reshape(-1, width)
-        t = torch.as_tensor(arr, dtype=dtype, device=device)
-        if levels and noise_seed is not None:
-            t = uniform_dequantize(t, levels, torch.Generator().manual_seed(noise_seed))
-        return t
-
-    def batch(rows: torch.Tensor) -> torch.Tensor:  # fresh dequantisation noise every batch
-        return uniform_dequantize(rows, levels, gen_batch) if levels else rows
-
-    x_train = as_tensor(train_np)
-    c_split = (
-        [None, None, None] if contexts is None else [as_tensor(c, context_dim) for c in contexts]
-    )
-    c_train = c_split[0]
-    val_np = np.asarray(splits.val) if getattr(splits, "val", None) is not None else None
-    if val_np is None or val_np.size == 0:
-        val_np, c_split[1] = train_np[: cfg.val_max_points or len(train_np)], c_train
-    x_val_all = as_tensor(val_np, noise_seed=cfg.seed + 6)
-    x_val = x_val_all[: cfg.val_max_points] if cfg.val_max_points else x_val_all
-    c_val_all = c_split[1]
-    c_val = None if c_val_all is None else c_val_all[: x_val.shape[0]]
-    n_train = x_train.shape[0]
-    bs = min(cfg.batch_size * group.world, n_train)  # the global batch
-    ipe = iterations_per_epoch(n_train, bs)
-    total = cfg.total_iterations(n_train)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        flow = CPFlow(fcfg)
-    flow = flow.to(device=device, dtype=dtype)
-    params = [p for p in flow.parameters() if p.requires_grad]
-    # fused: one kernel for all parameters (a 20-block toy flow has 400 tensors; the per-tensor
-    # loop took 21 ms of its 280 ms step, fused 6 ms)
-    optimizer = torch.optim.Adam(
-        params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
-    )
-    objective = group.wrap(_Objective(flow, loss_method), device)
-    schedule = _Schedule(cfg, total)
-    gen_batch = torch.Generator().manual_seed(cfg.seed + 1)
-    gen_loss = torch.Generator(device=device).manual_seed(cfg.seed + 2)
-
-    fingerprint = _fingerprint(fcfg, cfg, data_sha)
-    iteration = 0
-    epoch = 0
-    pos = 0
-    perm: torch.Tensor | None = None
-    history: list[dict[str, Any]] = []
-    best_val = math.inf
-    best_iteration = 0
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_validations = 0
-    stopped_early = False
-    elapsed_before = 0.0
-    loss_window: list[float] = []
-    cg_window: list[float] = []
-
-    saved = load_checkpoint(checkpoint_dir) if (checkpoint_dir and resume) else None
-    if saved is not None and saved[1].get("fingerprint") != fingerprint:
-        raise CheckpointError(
-            f"checkpoint in {checkpoint_dir} belongs to a different run (model, trainer "
-            "settings or data differ); use another directory or resume=False"
+    def __init__(
+        self,
+        flow_config: FlowConfig | dict,
+        splits: Splits,
+        train_config: TrainConfig | dict | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = True,
+        on_validate: ValidateHook | None = None,
+    ) -> None:
+        self._t0 = time.perf_counter()
+        cfg = (
+            train_config
+            if isinstance(train_config, TrainConfig)
+            else TrainConfig.model_validate(train_config or {})
         )
-    if saved is not None:
+        self.cfg = cfg
+        self.group = current()  # one process, or a torchrun group (see training.distributed)
+        self.device = resolve_device(cfg.device)
+        if self.group.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.group.local_rank)
+        shape = DataShape.of(splits)
+        self.flow_config = _effective_flow_config(
+            flow_config,
+            shape.dim,
+            cfg,
+            context_dim=shape.context_dim,
+            image_shape=shape.image_shape,
+        )
+        dtype = torch.float64 if self.flow_config.dtype == "float64" else torch.float32
+        self.data = RunData(splits, shape, cfg, self.device, dtype)
+        self.method = "exact" if shape.dim <= cfg.exact_max_dim else "slq"  # the NLLs reported
+        self.loss_method = cfg.loss_method(shape.dim)
+        self.batch_size = min(cfg.batch_size * self.group.world, self.data.n_train)  # global
+        self.iterations_per_epoch = iterations_per_epoch(self.data.n_train, self.batch_size)
+        self.total = cfg.total_iterations(self.data.n_train)
+        self.schedule = _Schedule(cfg, self.total)
+        self.fingerprint = _fingerprint(self.flow_config, cfg, self.data.info.sha256)
+        self.progress, self.should_stop, self.on_validate = progress, should_stop, on_validate
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.flow, self.state = self._new_state(dtype)
+        self.objective = self.group.wrap(_Objective(self.flow, self.loss_method), self.device)
+        self._sec_per_it: float | None = None
+        self._step_time = 0.0  # optimiser steps only (this process), for seconds/iteration
+        self._steps_here = 0
+        if not (resume and self._restore()):
+            self._initialise()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _new_state(self, dtype: torch.dtype) -> tuple[CPFlow, TrainState]:
+        cfg = self.cfg
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            flow = CPFlow(self.flow_config)
+        flow = flow.to(device=self.device, dtype=dtype)
+        params = [p for p in flow.parameters() if p.requires_grad]
+        # fused: one kernel for all parameters (a 20-block toy flow has 400 tensors; the
+        # per-tensor loop took 21 ms of its 280 ms step, fused 6 ms)
+        optimizer = torch.optim.Adam(
+            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
+        )
+        state = TrainState(
+            model=flow,
+            optimizer=optimizer,
+            rng_batch=torch.Generator().manual_seed(cfg.seed + 1),
+            rng_loss=torch.Generator(device=self.device).manual_seed(cfg.seed + 2),
+        )
+        return flow, state
+
+    def _restore(self) -> bool:
+        """Continue from the checkpoint directory's checkpoint; False when there is none."""
+        saved = load_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
+        if saved is None:
+            return False
         tensors, meta = saved
-        flow.load_state_dict(
-            {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        )
-        unpack_optimizer(optimizer, tensors, meta["optimizer"])
-        best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
-        best_state = best or None
-        gen_batch.set_state(tensors["rng.batch"])
-        gen_loss.set_state(tensors["rng.loss"].to(torch.uint8))
-        perm = tensors.get("perm")
-        iteration = int(meta["iteration"])
-        epoch = int(meta["epoch"])
-        # rows of the epoch already used; a resume with another world size has another batch
-        pos = int(meta.get("epoch_rows", int(meta["pos"]) * bs)) // bs
-        history = list(meta["history"])
-        best_val = float(meta["best_val"]) if meta["best_val"] is not None else math.inf
-        best_iteration = int(meta["best_iteration"])
-        bad_validations = int(meta["bad_validations"])
-        schedule.decays = int(meta["decays"])
-        stopped_early = bool(meta.get("stopped_early", False))
-        elapsed_before = float(meta.get("elapsed_s", 0.0))
-        loss_window = list(meta.get("loss_window", []))
-        cg_window = list(meta.get("cg_window", []))
-    else:
-        mode = "none" if not cfg.standardize else getattr(fcfg, "standardization", "diagonal")
-        init_idx = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed))
-        init_idx = init_idx[: cfg.init_batch_size].to(device)
-        x_init = x_train[init_idx]
-        if levels:
-            x_init = uniform_dequantize(x_init, levels, torch.Generator().manual_seed(cfg.seed))
-        stats_rows = x_init.double().cpu().numpy() if levels else train_np
+        if meta.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(
+                f"checkpoint in {self.checkpoint_dir} belongs to a different run (model, "
+                "trainer settings or data differ); use another directory or resume=False"
+            )
+        restore_state(self.state, tensors, meta)
+        return True
+
+    def _initialise(self) -> None:
+        """Standardisation fitted on the train split, then the flow's data-dependent init."""
+        cfg, data = self.cfg, self.data
+        x_init, c_init, stats_rows = data.init_rows()
+        mode = "none" if not cfg.standardize else self.flow_config.standardization
         stats = fit_standardization(stats_rows, mode)
         if stats is not None:
+            contexts = data.info.contexts
             c_stats = () if contexts is None else fit_standardization(contexts[0], "diagonal")
             # float64; the flow casts to its own dtype
-            flow.set_standardization(
-                *(torch.as_tensor(v, device=device) for v in (*stats, *c_stats))
+            self.flow.set_standardization(
+                *(torch.as_tensor(v, device=self.device) for v in (*stats, *(c_stats or ())))
             )
-        c_init = None if c_train is None else c_train[init_idx]
-        keep = torch.isfinite(x_init).all(dim=1)
-        if c_init is not None:
-            keep &= torch.isfinite(c_init).all(dim=1)
-            c_init = c_init[keep]
-        x_init = x_init[keep]
         if x_init.shape[0] > 0:
             with torch.no_grad():
-                flow.initialize(x_init, c_init)
+                self.flow.initialize(x_init, c_init)
 
-    def checkpoint() -> None:
-        if not checkpoint_dir or not group.main:
-            return
-        tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in flow.state_dict().items()}
-        opt_tensors, opt_meta = pack_optimizer(optimizer)
-        tensors.update(opt_tensors)
-        if best_state is not None:
-            tensors.update({f"best.{k}": v for k, v in best_state.items()})
-        tensors["rng.batch"] = gen_batch.get_state()
-        tensors["rng.loss"] = gen_loss.get_state().cpu()
-        if perm is not None:
-            tensors["perm"] = perm
-        meta = {
-            "fingerprint": fingerprint,
-            "iteration": iteration,
-            "epoch": epoch,
-            "pos": pos,
-            "epoch_rows": pos * bs,
-            "world_size": group.world,
-            "history": history,
-            "best_val": None if math.isinf(best_val) else best_val,
-            "best_iteration": best_iteration,
-            "bad_validations": bad_validations,
-            "decays": schedule.decays,
-            "stopped_early": stopped_early,
-            "elapsed_s": elapsed_before + time.perf_counter() - t_start,
-            "optimizer": opt_meta,
-            "loss_window": loss_window,
-            "cg_window": cg_window,
-            "train_config": cfg.model_dump(mode="json"),
-            "flow_config": fcfg.model_dump(mode="json"),
-        }
-        save_checkpoint(checkpoint_dir, tensors, meta)
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train to the budget (or early stop), checkpointing as configured; final metrics."""
+        cfg, state = self.cfg, self.state
+        self.flow.train()
+        if state.iteration == 0 and not state.history:
+            self.validate()  # the starting point: the curve and the "best" both begin here
+        while state.iteration < self.total and not state.stopped_early:
+            if self._stop_requested():
+                self.checkpoint()
+                raise TrainingCancelled(state.iteration)
+            self.step()
+            if state.iteration % cfg.val_every == 0 or state.iteration == self.total:
+                self.validate()
+            if cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0:
+                self.checkpoint()
+        self.checkpoint()
+        return self.finish()
 
-    def emit(phase: str, **kw: Any) -> None:
-        if progress is None or not group.main:
-            return
-        base: dict[str, Any] = {
-            "phase": phase,
-            "iteration": iteration,
-            "total": total,
-            "epoch": iteration / ipe,
-            "surrogate_loss": None,
-            "val_nll": history[-1]["val_nll"] if history else None,
-            "val_nll_stderr": history[-1].get("val_nll_stderr") if history else None,
-            "cg_iterations": None,
-            "seconds_per_iteration": sec_per_it,
-            "eta_s": None if sec_per_it is None else sec_per_it * (total - iteration),
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        base.update(kw)
-        progress(ProgressEvent(**base))
+    def _stop_requested(self) -> bool:
+        stop = self.should_stop is not None and self.group.main and self.should_stop()
+        return self.group.any(stop)[0]  # rank 0 asks; every rank stops at the same iteration
 
-    def score(x: torch.Tensor, c: torch.Tensor | None, seed: int) -> tuple[float, float | None]:
-        return evaluate_nll(
-            flow, x, c, method=method, batch_size=cfg.eval_batch_size, probes=cfg.slq_probes,
-            steps=cfg.slq_steps, seed=cfg.seed + seed,
-        )  # fmt: skip
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        """This rank's rows of the next global batch, and (first row, global batch size)."""
+        state, bs = self.state, self.batch_size
+        if state.perm is None:
+            state.perm = torch.randperm(self.data.n_train, generator=state.rng_batch)
+        pos = state.epoch_rows // bs  # whole batches drawn (a resume may change the world size)
+        idx = state.perm[pos * bs : (pos + 1) * bs].to(self.device)
+        state.epoch_rows = (pos + 1) * bs
+        if pos + 1 >= self.iterations_per_epoch:
+            state.epoch_rows, state.epoch, state.perm = 0, state.epoch + 1, None
+        x, c = self.data.batch(idx, state.rng_batch)  # the global batch: fresh image noise
+        start, stop = self.group.rows(len(idx))
+        return x[start:stop], None if c is None else c[start:stop], (start, len(idx))
 
-    def validate() -> None:
-        nonlocal best_val, best_iteration, best_state, bad_validations
-        flow.eval()
-        # rank 0 scores; every rank then decides on the same number
-        val_nll, val_err = group.share(score(x_val, c_val, 3) if group.main else None)
-        flow.train()
-        if not math.isfinite(val_nll):
-            raise TrainingDiverged(
-                iteration, f"validation NLL is {val_nll}", "lower the learning rate"
-            )
-        record: dict[str, Any] = {
-            "iteration": iteration,
-            "epoch": iteration / ipe,
-            "surrogate": float(np.mean(loss_window)) if loss_window else None,
-            "cg_iterations": float(np.mean(cg_window)) if cg_window else None,
-            "val_nll": val_nll,
-            "val_nll_stderr": val_err,
-            "lr": optimizer.param_groups[0]["lr"],
-            "elapsed_s": elapsed_before + time.perf_counter() - t_start,
-        }
-        if on_validate is not None and group.main:
-            extra = on_validate(flow, iteration)
-            if extra:
-                record.update(extra)
-        history.append(record)
-        loss_window.clear()
-        cg_window.clear()
-        if val_nll < best_val - cfg.early_stopping_min_delta or math.isinf(best_val):
-            best_val = val_nll
-            best_iteration = iteration
-            best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
-            bad_validations = 0
-        else:
-            bad_validations += 1
-            schedule.on_validation(bad_validations)
-        emit("validate")
-
-    sec_per_it: float | None = None
-    step_time = 0.0  # optimiser steps only (this process), for seconds/iteration
-    steps_here = 0
-    flow.train()
-    if iteration == 0 and not history:
-        validate()  # the starting point: the curve and the "best" both begin here
-    while iteration < total and not stopped_early:
-        stop = should_stop is not None and group.main and should_stop()
-        if group.any(stop)[0]:  # rank 0 asks; every rank stops at the same iteration
-            checkpoint()
-            raise TrainingCancelled(iteration)
+    def step(self) -> float:
+        """One optimiser step on the next batch; returns the training loss of the batch."""
         t_it = time.perf_counter()
-        if perm is None:
-            perm = torch.randperm(n_train, generator=gen_batch)
-        idx = perm[pos * bs : (pos + 1) * bs].to(device)
-        pos += 1
-        if pos >= ipe:
-            pos = 0
-            epoch += 1
-            perm = None
-        x = batch(x_train[idx])  # the global batch; this rank trains on its rows of it
-        c = None if c_train is None else c_train[idx]
-        start, stop_row = group.rows(len(idx))
-        x, c = x[start:stop_row], None if c is None else c[start:stop_row]
-        lr = schedule.lr(iteration)
+        state, optimizer = self.state, self.state.optimizer
+        x, c, rows = self._next_batch()
+        lr = self.schedule.lr_at(state.iteration, state.lr_decays)
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        step = iteration + 1
-        loss, stats = objective(x, c, gen_loss, (start, len(idx)))
-        if group.any(not _finite(loss))[0]:
+        step = state.iteration + 1
+        loss, stats = self.objective(x, c, state.rng_loss, rows)
+        if self.group.any(not _finite(loss))[0]:
             hint = (
                 "the batch contains non-finite input values; clean the data"
                 if not _finite(x)
                 else f"lower the learning rate (lr={lr:g}) or set grad_clip"
             )
-            raise TrainingDiverged(step, f"{loss_method} loss is {float(loss.detach())}", hint)
+            raise TrainingDiverged(
+                step, f"{self.loss_method} loss is {float(loss.detach())}", hint
+            )
         # DDP averages the ranks' gradients: weight each slice so the average is the mean over
         # the global batch (slices differ in size when the batch does not split evenly)
-        (loss * (x.shape[0] * group.world / len(idx))).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            params, cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        )
+        (loss * (x.shape[0] * self.group.world / rows[1])).backward()
+        self._apply_gradient(step, lr)
+        state.iteration = step
+        loss_value = float(loss.detach())
+        cg_mean = getattr(stats, "cg_iterations_mean", None)
+        state.loss_window.append(loss_value)
+        if cg_mean is not None:
+            state.cg_window.append(float(cg_mean))
+        dt = time.perf_counter() - t_it
+        self._sec_per_it = dt if self._sec_per_it is None else 0.9 * self._sec_per_it + 0.1 * dt
+        self._step_time += dt
+        self._steps_here += 1
+        cg = None if cg_mean is None else float(cg_mean)
+        self._emit("train", surrogate_loss=loss_value, cg_iterations=cg)
+        return loss_value
+
+    def _apply_gradient(self, step: int, lr: float) -> None:
+        """Clip, check and apply the gradient; the weights must stay finite."""
+        params = [p for p in self.flow.parameters() if p.requires_grad]
+        clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         if not _finite(grad_norm):
             raise TrainingDiverged(
                 step, "gradient is not finite", f"lower the learning rate (lr={lr:g})"
             )
-        optimizer.step()
+        self.state.optimizer.step()
         with torch.no_grad():
-            bad = [n for n, p in flow.named_parameters() if not _finite(p)]
+            bad = [n for n, p in self.flow.named_parameters() if not _finite(p)]
         if bad:
             raise TrainingDiverged(
                 step,
                 f"weights became non-finite ({', '.join(bad[:3])})",
                 f"lower the learning rate (lr={lr:g}) or set grad_clip",
             )
-        iteration = step
-        loss_value = float(loss.detach())
-        cg_mean = getattr(stats, "cg_iterations_mean", None)
-        loss_window.append(loss_value)
-        if cg_mean is not None:
-            cg_window.append(float(cg_mean))
-        dt = time.perf_counter() - t_it
-        sec_per_it = dt if sec_per_it is None else 0.9 * sec_per_it + 0.1 * dt
-        step_time += dt
-        steps_here += 1
-        emit(
-            "train",
-            surrogate_loss=loss_value,
-            cg_iterations=None if cg_mean is None else float(cg_mean),
-        )
-        if iteration % cfg.val_every == 0 or iteration == total:
-            validate()
-            if (
-                cfg.early_stopping_patience is not None
-                and bad_validations >= cfg.early_stopping_patience
-            ):
-                stopped_early = True
-        if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0:
-            checkpoint()
-    if checkpoint_dir:
-        checkpoint()
 
-    if best_state is not None:
-        flow.load_state_dict(best_state)
-    flow.eval()
-    emit("evaluate")
-    metrics: dict[str, Any] = {"method": method, "train_loss": loss_method}
-    if group.main:  # rank 0 alone scores (and publishes); the others return no metrics
-        x_tr, c_tr = x_train, c_train
-        if cfg.final_train_max_points and n_train > cfg.final_train_max_points:
-            sub = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed + 4))
-            sub = sub[: cfg.final_train_max_points].to(device)
-            x_tr, c_tr = x_train[sub], None if c_train is None else c_train[sub]
-        if levels:
-            x_tr = uniform_dequantize(x_tr, levels, torch.Generator().manual_seed(cfg.seed + 7))
-        test_np = getattr(splits, "test", None)
-        x_test = (
-            None if test_np is None else as_tensor(np.asarray(test_np), noise_seed=cfg.seed + 8)
+    def validate(self) -> dict[str, Any]:
+        """Score the validation rows, record them in the history, keep the best weights, and
+        decide the plateau decay and early stopping. Returns the history record."""
+        state, cfg, group = self.state, self.cfg, self.group
+        self.flow.eval()
+        # rank 0 scores; every rank then decides on the same number
+        scored = self._score(self.data.x_val, self.data.c_val, 3) if group.main else None
+        val_nll, val_err = group.share(scored)
+        self.flow.train()
+        if not math.isfinite(val_nll):
+            raise TrainingDiverged(
+                state.iteration, f"validation NLL is {val_nll}", "lower the learning rate"
+            )
+        record: dict[str, Any] = {
+            "iteration": state.iteration,
+            "epoch": state.iteration / self.iterations_per_epoch,
+            "surrogate": float(np.mean(state.loss_window)) if state.loss_window else None,
+            "cg_iterations": float(np.mean(state.cg_window)) if state.cg_window else None,
+            "val_nll": val_nll,
+            "val_nll_stderr": val_err,
+            "lr": state.optimizer.param_groups[0]["lr"],
+            "elapsed_s": self._elapsed(),
+        }
+        if self.on_validate is not None and group.main:
+            record.update(self.on_validate(self.flow, state.iteration) or {})
+        state.history.append(record)
+        state.loss_window, state.cg_window = [], []
+        if val_nll < state.best_val - cfg.early_stopping_min_delta or math.isinf(state.best_val):
+            state.best_val, state.best_iteration = val_nll, state.iteration
+            state.best_weights = {k: v.detach().clone() for k, v in self.flow.state_dict().items()}
+            state.bad_validations = 0
+        else:
+            state.bad_validations += 1
+            state.lr_decays = self.schedule.decays_after(state.bad_validations, state.lr_decays)
+        patience = cfg.early_stopping_patience
+        state.stopped_early = patience is not None and state.bad_validations >= patience
+        self._emit("validate")
+        return record
+
+    def checkpoint(self) -> None:
+        """Write the state to the checkpoint directory (rank 0; none without a directory)."""
+        now = time.perf_counter()
+        self.state.elapsed_s += now - self._t0
+        self._t0 = now
+        if not self.checkpoint_dir or not self.group.main:
+            return
+        tensors, meta = state_to_checkpoint(self.state)
+        meta.update(
+            fingerprint=self.fingerprint,
+            world_size=self.group.world,
+            train_config=self.cfg.model_dump(mode="json"),
+            flow_config=self.flow_config.model_dump(mode="json"),
         )
-        parts = (
-            ("train", x_tr, c_tr),
-            ("val", x_val_all, c_val_all),
-            ("test", x_test, c_split[2]),
+        save_checkpoint(self.checkpoint_dir, tensors, meta)
+
+    def finish(self) -> TrainResult:
+        """Load the best weights and score them on train / val / test (rank 0 alone)."""
+        state = self.state
+        if state.best_weights is not None:
+            self.flow.load_state_dict(state.best_weights)
+        self.flow.eval()
+        self._emit("evaluate")
+        metrics: dict[str, Any] = {"method": self.method, "train_loss": self.loss_method}
+        if self.group.main:  # rank 0 alone scores (and publishes); the others get no metrics
+            metrics.update(self._final_metrics())
+        metrics["best_iteration"] = state.best_iteration
+        metrics["world_size"] = self.group.world
+        metrics["global_batch_size"] = self.batch_size
+        wall = self._elapsed()
+        self._emit("done")
+        return TrainResult(
+            flow=self.flow,
+            metrics=metrics,
+            history=state.history,
+            wall_time_s=wall,
+            parameter_count=parameter_count(self.flow),
+            iterations_run=state.iteration,
+            best_iteration=state.best_iteration,
+            stopped_early=state.stopped_early,
+            flow_config=self.flow_config,
+            train_config=self.cfg,
+            extra={
+                "seconds_per_iteration": (
+                    self._step_time / self._steps_here if self._steps_here else None
+                )
+            },
         )
-        for name, xs, cs in parts:
+
+    def _final_metrics(self) -> dict[str, Any]:
+        levels, dim = self.data.levels, self.data.shape.dim
+        metrics: dict[str, Any] = {}
+        for name, xs, cs in self.data.final_parts():
             if xs is None or xs.shape[0] == 0:
                 metrics[f"{name}_nll"] = None
                 continue
-            nll, err = score(xs, cs, 5)
+            nll, err = self._score(xs, cs, 5)
             metrics[f"{name}_nll"] = nll
             if levels:
                 metrics[f"{name}_bits_per_dim"] = bits_per_dim(-nll, dim, levels)
             if err is not None:
                 metrics[f"{name}_nll_stderr"] = err
-    metrics["best_iteration"] = best_iteration
-    metrics["world_size"] = group.world
-    metrics["global_batch_size"] = bs
-    wall = elapsed_before + time.perf_counter() - t_start
-    emit("done")
-    return TrainResult(
-        flow=flow,
-        metrics=metrics,
-        history=history,
-        wall_time_s=wall,
-        parameter_count=parameter_count(flow),
-        iterations_run=iteration,
-        best_iteration=best_iteration,
-        stopped_early=stopped_early,
-        flow_config=fcfg,
-        train_config=cfg,
-        extra={"seconds_per_iteration": step_time / steps_here if steps_here else None},
-    )
+        return metrics
+
+    # -- helpers --------------------------------------------------------------------------
+    def _score(
+        self, x: torch.Tensor, c: torch.Tensor | None, seed: int
+    ) -> tuple[float, float | None]:
+        cfg = self.cfg
+        return evaluate_nll(
+            self.flow, x, c, method=self.method, batch_size=cfg.eval_batch_size,
+            probes=cfg.slq_probes, steps=cfg.slq_steps, seed=cfg.seed + seed,
+        )  # fmt: skip
+
+    def _elapsed(self) -> float:
+        """Wall time of the whole run, earlier sessions (before a resume) included."""
+        return self.state.elapsed_s + time.perf_counter() - self._t0
+
+    def _emit(self, phase: str, **kw: Any) -> None:
+        if self.progress is None or not self.group.main:
+            return
+        state, sec = self.state, self._sec_per_it
+        last = state.history[-1] if state.history else {}
+        base: dict[str, Any] = {
+            "phase": phase,
+            "iteration": state.iteration,
+            "total": self.total,
+            "epoch": state.iteration / self.iterations_per_epoch,
+            "surrogate_loss": None,
+            "val_nll": last.get("val_nll"),
+            "val_nll_stderr": last.get("val_nll_stderr"),
+            "cg_iterations": None,
+            "seconds_per_iteration": sec,
+            "eta_s": None if sec is None else sec * (self.total - state.iteration),
+            "lr": state.optimizer.param_groups[0]["lr"],
+        }
+        base.update(kw)
+        self.progress(ProgressEvent(**base))
+
+
+def train(
+    flow_config: FlowConfig | dict,
+    splits: Splits,
+    train_config: TrainConfig | dict | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Train a CP-Flow on ``splits`` (see :class:`Trainer` for ``options``): the callers'
+    one-call form of ``Trainer(...).run()``."""
+    return Trainer(flow_config, splits, train_config, **options).run()

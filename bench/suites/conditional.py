@@ -56,13 +56,13 @@ def train_conditional_toy(cfg, splits, iterations: int, seed: int, log):
     """The one trainer, with the settings the README's conditional figures were measured
     with (Adam 5e-3, cosine, batch 256, CG surrogate, gradient clipping at 10)."""
     from training.config import TrainConfig
-    from training.trainer import train
+    from training.trainer import Trainer
 
     tcfg = TrainConfig(
         iterations=iterations, val_every=100, seed=seed, lr=5e-3, batch_size=256,
         loss="surrogate", schedule="cosine", grad_clip=10.0, val_max_points=None,
     )  # fmt: skip
-    return train(cfg, splits, tcfg)
+    return Trainer(cfg, splits, tcfg).run()
 
 
 def conditional_log_prob(flow, x: np.ndarray, c: float) -> np.ndarray:

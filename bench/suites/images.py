@@ -94,14 +94,14 @@ def train_digits(cfg, splits, opts):
     dequantisation noise every batch, exact validation NLL on 100 images (d = 64: exact
     log-dets are affordable), the best validation weights kept."""
     from training.config import TrainConfig
-    from training.trainer import train
+    from training.trainer import Trainer
 
     tcfg = TrainConfig(
         iterations=opts.iterations, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed,
         val_every=opts.eval_every, val_max_points=100, schedule="cosine", grad_clip=10.0,
         loss="surrogate", final_train_max_points=1000,
     )  # fmt: skip
-    return train(cfg, splits, tcfg)
+    return Trainer(cfg, splits, tcfg).run()
 
 
 def digits_splits(seed: int = 0):

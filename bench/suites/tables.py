@@ -215,7 +215,7 @@ def fit_cpflow(
     overrides, for trying variants)."""
     from training.pipeline import auto_record, build_configs
     from training.recipes import AUTO, auto_recipe
-    from training.trainer import train
+    from training.trainer import Trainer
 
     recipe = auto_recipe(np.asarray(splits.train))
     budget = {"iterations": iterations, "batch_size": batch_size, "seed": seed, **train_kw}
@@ -223,7 +223,7 @@ def fit_cpflow(
         preset=AUTO, dataset=None, flow_overrides=flow, train_overrides=budget, recipe=recipe
     )
     t0 = time.perf_counter()
-    result = train(flow_kw, splits, cfg)
+    result = Trainer(flow_kw, splits, cfg).run()
     wall = time.perf_counter() - t0
     return {
         "test_nll": result.metrics["test_nll"],

@@ -26,10 +26,10 @@ SEED = Option("seed", "int", 0, "training seed")
 def train_preset(preset: str, dataset: str, splits, overrides: dict, **hooks):
     """Train ``preset`` on ``splits``; (result, flow kwargs, train config)."""
     from training.pipeline import build_configs
-    from training.trainer import train
+    from training.trainer import Trainer
 
     _, flow_kw, cfg, _ = build_configs(preset=preset, dataset=dataset, train_overrides=overrides)
-    return train(flow_kw, splits, cfg, **hooks), flow_kw, cfg
+    return Trainer(flow_kw, splits, cfg, **hooks).run(), flow_kw, cfg
 
 
 def load_table(name: str):

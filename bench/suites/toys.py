@@ -35,7 +35,7 @@ def train_toy_preset(opts, splits):
     """Train the preset on the toy rows; (result, flow kwargs, train config)."""
     from training.pipeline import build_configs
     from training.recipes import AUTO, auto_recipe
-    from training.trainer import train
+    from training.trainer import Trainer
 
     _, flow_kw, cfg, _ = build_configs(
         preset=opts.preset,
@@ -49,7 +49,7 @@ def train_toy_preset(opts, splits):
             **opts.train,
         },
     )
-    return train(flow_kw, splits, cfg, progress=log_validation), flow_kw, cfg
+    return Trainer(flow_kw, splits, cfg, progress=log_validation).run(), flow_kw, cfg
 
 
 def model_log_prob(flow, fresh: np.ndarray) -> np.ndarray:

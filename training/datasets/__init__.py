@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 from .arrays import MIN_ROWS, load_array_file, parse_array_bytes, validate_array
 from .benchmarks import BENCHMARK_DATASETS, load_benchmark
 from .errors import DatasetError
@@ -67,7 +69,7 @@ def _load_toy(key: str, num_samples: int | None, seed: int) -> DatasetSplits:
     total = DEFAULT_TOY_SAMPLES if num_samples is None else int(num_samples)
     if total < 3:
         raise DatasetError(f"num_samples must be at least 3 (one row per split), got {total}")
-    data = sample_toy(key, total, seed=seed, dtype="float64")
+    data = sample_toy(key, total, seed=seed, dtype=np.float64)
     n_val = max(1, round(0.15 * total))
     n_test = max(1, round(0.15 * total))
     train = data[: total - n_val - n_test]

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from training.settings import TrainingSettings
+
 from .arrays import validate_array
 from .errors import DatasetError
 from .splits import DatasetSplits, make_splits, subsample_splits
@@ -76,7 +78,8 @@ def _standardise_with(parts: Parts, ref: np.ndarray, ddof: int) -> Parts:
     if np.any(s == 0):
         cols = ", ".join(str(int(c) + 1) for c in np.flatnonzero(s == 0))
         raise DatasetError(f"constant column(s) {cols}: the file is not in the expected format")
-    return tuple((p - mu) / s for p in parts)  # type: ignore[return-value]
+    train, val, test = ((p - mu) / s for p in parts)
+    return train, val, test
 
 
 # --------------------------------------------------------------------------- POWER
@@ -224,7 +227,7 @@ def _read_bsds300(path: Path) -> Parts:
 
 
 def _resolve_dir(data_dir: str | os.PathLike[str] | None, name: str) -> Path:
-    root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+    root = data_dir if data_dir is not None else TrainingSettings().data_dir
     if not root:
         raise DatasetError(
             f"{name} is read from a local folder: pass data_dir (cpflow-train --data-dir) or set "

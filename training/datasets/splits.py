@@ -90,7 +90,8 @@ def make_splits(
         dim=int(parts[0].shape[1]),
         sizes={"train": len(parts[0]), "val": len(parts[1]), "test": len(parts[2])},
     )
-    return DatasetSplits(name, *parts, sha256=splits_sha256(*parts), meta=full_meta)
+    train, val, test = parts
+    return DatasetSplits(name, train, val, test, sha256=splits_sha256(*parts), meta=full_meta)
 
 
 def random_split(
