@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -11,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from service.server_bounds import BoundedHttpProtocol
-from service.settings import Settings
+from service.settings import Settings, exported_environment
 
 __all__ = ["build_parser", "main"]
 
@@ -42,21 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--store-url", help="override CPFLOW_STORE_URL (s3://bucket/prefix or file:///path)"
     )
     return parser
-
-
-@contextmanager
-def _exported(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the worker processes uvicorn spawns; restore after."""
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, old in before.items():
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
 
 
 @contextmanager
@@ -95,9 +79,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import uvicorn
 
-    with _exported(overrides):
+    with exported_environment(overrides):
         settings = Settings()  # fail fast on a bad CPFLOW_* value, before forking workers
-        with _metrics_dir(settings, args.workers) as metrics_env, _exported(metrics_env):
+        with (
+            _metrics_dir(settings, args.workers) as metrics_env,
+            exported_environment(metrics_env),
+        ):
             uvicorn.run(
                 "service.app:create_app",
                 factory=True,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +35,7 @@ __all__ = [
     "Settings",
     "TenantKey",
     "check_rate_limit",
+    "exported_environment",
     "get_settings",
 ]
 
@@ -448,3 +451,19 @@ class JobSettings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+@contextmanager
+def exported_environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the child processes started inside (uvicorn's workers
+    read their settings from them); the previous values are restored after."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in before.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.device = args.device or settings.device
     group = init_from_env(args.device)
     try:
-        return _train(args, group)
+        return _train(args, group, settings.cache_dir)
     finally:
         if group.world > 1:
             from torch import distributed
@@ -181,7 +182,7 @@ def _launch_group(nproc: int, argv: Sequence[str] | None) -> int:
     return launch(nproc, "training.cli", args).wait()
 
 
-def _train(args: argparse.Namespace, group: Dist) -> int:
+def _train(args: argparse.Namespace, group: Dist, cache_dir: Path | None) -> int:
     """Train and publish (rank 0 of a group prints the result; the others print nothing)."""
     if args.threads:
         import torch
@@ -200,7 +201,7 @@ def _train(args: argparse.Namespace, group: Dist) -> int:
     train_kw = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields}
     bar = _Bar(args.quiet or not group.main)
     try:
-        store = open_store(args.store_url or args.store_dir, os.environ.get("CPFLOW_CACHE_DIR"))
+        store = open_store(args.store_url or args.store_dir, cache_dir)
         published = train_and_publish(
             args.dataset,
             args.name,
