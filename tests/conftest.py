@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+# redis_conn and queue_name, for the suites that use the real Redis (jobs, chaos)
+pytest_plugins = ["tests.helpers.queue_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:

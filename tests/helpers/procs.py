@@ -35,6 +35,7 @@ __all__ = [
     "new_queue_name",
     "purge",
     "replicas",
+    "serve_until_healthy",
     "stack_env",
     "start_redis",
     "start_server",
@@ -198,29 +199,23 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> Proc:
 
 def start_server(env: dict[str, str], log: Path) -> tuple[Proc, str]:
     """uvicorn serving ``service.app:create_app`` on a free port; returns (proc, base URL)."""
+    app = ["-m", "uvicorn", "service.app:create_app", "--factory", "--log-level", "warning"]
+    return serve_until_healthy([str(VENV_BIN / "python"), *app], env, log)
+
+
+def serve_until_healthy(command: list[str], env: dict[str, str], log: Path) -> tuple[Proc, str]:
+    """Start an HTTP server ``command`` (given --host 127.0.0.1 --port <free> after it) and
+    return (proc, base URL) once /healthz answers; fail with its log if it exits first."""
     port = free_port()
-    cmd = [
-        str(VENV_BIN / "python"),
-        "-m",
-        "uvicorn",
-        "service.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    proc = _spawn(cmd, env, log)
+    proc = _spawn([*command, "--host", "127.0.0.1", "--port", str(port)], env, log)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
         if proc.popen.poll() is not None:
-            raise AssertionError(f"uvicorn exited:\n{proc.tail()}")
+            raise AssertionError(f"{Path(command[0]).name} exited:\n{proc.tail()}")
         return httpx.get(url + "/healthz", timeout=2).status_code == 200
 
-    wait_for(healthy, 90, "uvicorn to answer /healthz", step=0.2)
+    wait_for(healthy, 90, f"{Path(command[0]).name} to answer /healthz", step=0.2)
     return proc, url
 
 

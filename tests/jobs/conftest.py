@@ -13,20 +13,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.helpers.procs import connect_test_redis, new_queue_name, purge
+from tests.helpers.procs import new_queue_name, purge
 from tests.jobs.jobs_stack import Stack
-
-
-@pytest.fixture(scope="session")
-def redis_conn() -> redis.Redis:
-    return connect_test_redis()
-
-
-@pytest.fixture
-def queue_name(redis_conn: redis.Redis) -> Iterator[str]:
-    name = new_queue_name()
-    yield name
-    purge(redis_conn, name)
 
 
 @pytest.fixture(scope="module")
