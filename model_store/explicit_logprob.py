@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from cpflow import CPFlow, CPFlowBlock
+from cpflow.coupling import AffineCouplingBlock
 
 __all__ = ["LOG_PROB_MAX_DIM", "ExplicitLogProb", "unrolled_cholesky_logdet"]
 
@@ -57,8 +58,13 @@ class ExplicitLogProb(nn.Module):
             if isinstance(layer, CPFlowBlock):
                 h, hessian = layer.forward_and_hessian(h)
                 logdet = logdet + unrolled_cholesky_logdet(hessian)
-            else:
+            elif isinstance(layer, AffineCouplingBlock):  # triangular Jacobian: no Cholesky
+                h, block_logdet = layer.forward_and_logdet(h)
+                logdet = logdet + block_logdet
+            else:  # ActNorms: a constant log-det; squeezes: a permutation, none
                 h = layer(h)
-                constant = constant + layer.logdet()
+                layer_logdet = getattr(layer, "logdet", None)
+                if layer_logdet is not None:
+                    constant = constant + layer_logdet()
         base = -0.5 * (h * h).sum(-1) - 0.5 * flow.dim * math.log(2.0 * math.pi)
         return base + logdet + constant
