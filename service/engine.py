@@ -35,7 +35,7 @@ import torch
 from model_store import ModelStore, StoreUnavailable, open_store
 from service.batching import MicroBatcher
 from service.metrics import ServiceMetrics
-from service.runtime import Runtimes, open_runtimes, planned_runtimes
+from service.runtime import Runtimes, calibrate, open_runtimes, planned_runtimes
 from service.settings import Settings
 
 __all__ = [
@@ -329,7 +329,26 @@ class InferenceEngine:
             threads=self.torch_threads,
             cache_dir=self.settings.cache_dir,
         )
+        if self.settings.runtime == "auto" and runtimes.sessions:
+            flow = loaded.flow
+            timings = calibrate(runtimes, self._torch_passes(flow), flow.dim, _dtype_of(flow))
+            log.info(
+                "runtimes timed",
+                extra={"model": name, "version": version, "onnx_torch_ms": timings},
+            )
         return loaded, runtimes
+
+    def _torch_passes(self, flow: Any) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Operation -> torch pass over a batch of rows (results on the CPU)."""
+        device = self.device
+
+        def exact(x: torch.Tensor) -> torch.Tensor:
+            return flow.log_prob(x.to(device), method="exact").cpu()
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return flow.transform(x.to(device)).cpu()
+
+        return {"log_prob_exact": exact, "transport_forward": forward}
 
     def runtimes_of(self, name: str, version: int, manifest: dict[str, Any]) -> dict[str, str]:
         """Operation -> runtime ("onnx" or "torch"): the loaded model's, else the plan for it."""
@@ -365,25 +384,18 @@ class InferenceEngine:
 
             return observe
 
-        device = self.device
         max_rows = self.settings.max_coalesce_rows
-
-        def exact(x: torch.Tensor) -> torch.Tensor:
-            return flow.log_prob(x.to(device), method="exact").cpu()
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return flow.transform(x.to(device)).cpu()
-
+        passes = self._torch_passes(flow)
         wait = self.settings.batch_wait_ms / 1000
         model.batchers["log_prob_exact"] = MicroBatcher(
-            self._pass(model, "log_prob_exact", exact),
+            self._pass(model, "log_prob_exact", passes["log_prob_exact"]),
             self.run,
             max_rows,
             observer("log_prob"),
             max_wait_s=wait,
         )
         model.batchers["forward"] = MicroBatcher(
-            self._pass(model, "transport_forward", forward),
+            self._pass(model, "transport_forward", passes["transport_forward"]),
             self.run,
             max_rows,
             observer("forward"),
@@ -395,15 +407,15 @@ class InferenceEngine:
         self, model: ServedModel, operation: str, torch_fn: Callable[[torch.Tensor], torch.Tensor]
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """One computation pass of ``operation``: the model's onnxruntime session when it has
-        one (dropped for torch, with a warning, if it fails), else ``torch_fn`` in inference
-        mode; timed by runtime."""
+        one for a batch of this size (dropped for torch, with a warning, if it fails), else
+        ``torch_fn`` in inference mode; timed by runtime."""
         seconds = self.metrics.inference_seconds
         key = (model.name, model.version)
 
         def compute(x: torch.Tensor) -> torch.Tensor:
             start = time.perf_counter()
             session = model.runtimes.sessions.get(operation)
-            if session is not None:
+            if session is not None and model.runtimes.of(operation, x.shape[0]) == "onnx":
                 try:
                     out = torch.from_numpy(session(x.numpy()))
                 except Exception as exc:  # noqa: BLE001 - torch answers instead
@@ -420,9 +432,10 @@ class InferenceEngine:
 
         return compute
 
-    def _count(self, model: ServedModel, operation: str) -> None:
-        """One request of ``operation``, labelled with the runtime that answers it."""
-        runtime = model.runtimes.of(operation)
+    def _count(self, model: ServedModel, operation: str, rows: int = 1) -> None:
+        """One request of ``operation``, labelled with the runtime a pass of its own ``rows``
+        takes (a coalesced pass may be larger: cpflow_inference_pass_seconds has its own)."""
+        runtime = model.runtimes.of(operation, rows)
         self.metrics.inference_requests.labels(model.name, operation, runtime).inc()
 
     # ---------------------------------------------------------------- operations
@@ -459,7 +472,7 @@ class InferenceEngine:
         flow, device = model.flow, self.device
         cargs = () if context is None else (context.to(device),)
         if method == "exact":
-            self._count(model, "log_prob_exact")
+            self._count(model, "log_prob_exact", x.shape[0])
             if context is None:
                 lp = await model.batchers["log_prob_exact"].submit(x)
             else:
@@ -540,7 +553,7 @@ class InferenceEngine:
         flow, device = model.flow, self.device
         cargs = () if context is None else (context.to(device),)
         if direction == "forward":
-            self._count(model, "transport_forward")
+            self._count(model, "transport_forward", x.shape[0])
             self.metrics.rows.labels(model.name, "transport_forward").inc(x.shape[0])
             if context is None:
                 z = await model.batchers["forward"].submit(x)

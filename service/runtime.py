@@ -5,10 +5,11 @@ when the model ships them (the CUDA provider on a CUDA device where onnxruntime 
 inverse transport, sampling, conditional models and anything without a usable export run on
 torch. ``CPFLOW_RUNTIME`` chooses:
 
-- ``auto``: the exports a version ships; torch for the rest.
-- ``onnx``: as auto, and a version published without exports gets them derived (exported and
-  parity-checked as at publish) into this replica's cache folder when it loads; the published
-  version is never rewritten.
+- ``auto``: the exports a version ships, on the batch sizes where onnxruntime is faster
+  (timed against torch when the version loads: :func:`calibrate`); torch for the rest.
+- ``onnx``: onnxruntime on every batch size where a model has an export, and a version
+  published without exports gets them derived (exported and parity-checked as at publish)
+  into this replica's cache folder when it loads; the published version is never rewritten.
 - ``torch``: torch for everything.
 
 A damaged, missing or failing export never fails a request: it is logged as a warning and
@@ -19,21 +20,26 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from model_store.manifest import ONNX_FILE, ONNX_LOG_PROB_FILE, manifest_flow_config
 
 __all__ = [
     "ONNX_OPERATIONS",
     "OPERATIONS",
+    "PROBE_ROWS",
     "RuntimeMode",
     "Runtimes",
+    "calibrate",
     "open_runtimes",
     "planned_runtimes",
 ]
@@ -49,19 +55,38 @@ ONNX_OPERATIONS = {"log_prob_exact": ONNX_LOG_PROB_FILE, "transport_forward": ON
 Session = Callable[[np.ndarray], np.ndarray]
 
 
+#: Batch sizes timed on both runtimes when a version loads under ``auto`` (capped so that a
+#: probe holds at most _PROBE_VALUES numbers: image models have thousands of columns).
+PROBE_ROWS = (1, 32, 256, 1024)
+_PROBE_VALUES = 1 << 16
+_PROBE_REPEATS = 3
+
+
 @dataclass
 class Runtimes:
-    """The onnxruntime sessions of one served model, by operation; the rest is torch's."""
+    """The onnxruntime sessions of one served model, by operation; the rest is torch's.
+
+    ``max_rows[op]``: the largest pass onnxruntime answers (torch above: on large batches its
+    batched kernels win, see :func:`calibrate`); absent: no limit.
+    """
 
     sessions: dict[str, Session] = field(default_factory=dict)
+    max_rows: dict[str, int] = field(default_factory=dict)
 
-    def of(self, operation: str) -> str:
-        """ "onnx" or "torch": the runtime answering ``operation`` now."""
-        return "onnx" if operation in self.sessions else "torch"
+    def of(self, operation: str, rows: int = 1) -> str:
+        """ "onnx" or "torch": the runtime answering a pass of ``rows`` rows of ``operation``."""
+        if operation not in self.sessions or rows > self.max_rows.get(operation, rows):
+            return "torch"
+        return "onnx"
 
     def describe(self) -> dict[str, str]:
-        """Operation -> runtime, for the model's description."""
-        return {op: self.of(op) for op in OPERATIONS}
+        """Operation -> runtime for the model's description: "torch", "onnx", or "onnx<=N"
+        (onnxruntime up to N rows per pass, torch above)."""
+        out = {}
+        for op in OPERATIONS:
+            limit = self.max_rows.get(op)
+            out[op] = f"onnx<={limit}" if op in self.sessions and limit else self.of(op)
+        return out
 
     def drop(self, operation: str, reason: str, model: tuple[str, int]) -> None:
         """Stop using an export that failed at run time: torch answers from now on."""
@@ -71,6 +96,54 @@ class Runtimes:
                 extra={"model": model[0], "version": model[1], "operation": operation,
                        "error": reason},
             )  # fmt: skip
+
+
+def _best_ms(fn: Callable[[], object]) -> float:
+    times = []
+    for _ in range(_PROBE_REPEATS):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1000
+
+
+def calibrate(
+    runtimes: Runtimes,
+    torch_passes: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    dim: int,
+    dtype: torch.dtype,
+) -> dict[str, dict[int, tuple[float, float]]]:
+    """Time each session against its torch pass on :data:`PROBE_ROWS` batches and keep
+    onnxruntime up to the largest batch where it is faster (its per-call cost is far lower;
+    torch's batched kernels win on large batches, at d = 16 from ~32 rows). A session slower
+    even on one row is dropped. Returns rows -> (onnx ms, torch ms) per operation."""
+    gen = torch.Generator().manual_seed(0)
+    timings: dict[str, dict[int, tuple[float, float]]] = {}
+    for operation, session in list(runtimes.sessions.items()):
+        torch_pass = torch_passes[operation]
+        faster_up_to = 0
+        timings[operation] = {}
+        for rows in PROBE_ROWS:
+            if rows * dim > _PROBE_VALUES and faster_up_to:
+                break
+            x = torch.randn(rows, dim, generator=gen, dtype=dtype)
+            values = x.numpy()
+            session(values)  # first runs allocate
+            with torch.inference_mode():
+                torch_pass(x)
+                onnx_ms = _best_ms(partial(session, values))
+                torch_ms = _best_ms(partial(torch_pass, x))
+            timings[operation][rows] = (round(onnx_ms, 3), round(torch_ms, 3))
+            if onnx_ms > torch_ms:
+                break
+            faster_up_to = rows
+        else:
+            continue  # faster on every probe: no limit
+        if faster_up_to == 0:
+            del runtimes.sessions[operation]
+        else:
+            runtimes.max_rows[operation] = faster_up_to
+    return timings
 
 
 def _conditional(manifest: dict[str, Any]) -> bool:

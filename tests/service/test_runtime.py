@@ -112,7 +112,7 @@ def test_answers_agree_between_runtimes(kinds_store: Path, name: str) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(0.5, 1.0, (64, flow.dim)).astype(np.float32)
     c = rng.normal(0, 1, (64, 1)).astype(np.float32) if flow.context_dim else None
-    with serving(kinds_store, "auto") as client:
+    with serving(kinds_store, "onnx") as client:  # onnxruntime on every batch size
         fast_lp, fast_z = _answers(client, name, x, c)
         runtime = _runtime(client, name)
     with serving(kinds_store, "torch") as client:
@@ -132,7 +132,7 @@ def test_answers_agree_between_runtimes(kinds_store: Path, name: str) -> None:
 
 def test_metrics_label_the_runtime(kinds_store: Path) -> None:
     x = [[0.1, 0.2, 0.3]]
-    with serving(kinds_store, "auto") as client:
+    with serving(kinds_store, "onnx") as client:
         _post(client, "dense", "log_prob", {"inputs": x, "method": "exact"})
         _post(client, "dense", "transport", {"inputs": x})
         _post(client, "dense", "log_prob", {"inputs": x, "method": "slq", "seed": 0})
@@ -146,9 +146,10 @@ def test_metrics_label_the_runtime(kinds_store: Path) -> None:
 
 
 def test_runtime_setting_and_derived_exports(tmp_path: Path) -> None:
-    """auto serves a version without exports by torch; onnx derives them into the cache
-    folder (the published version is left as it was) and serves them; torch never uses
-    onnxruntime, even for a version that ships exports."""
+    """auto serves a version without exports by torch, and one with exports by onnxruntime
+    (one-row passes: several times faster than torch, so timing at load keeps it); onnx
+    derives missing exports into the cache folder (the published version is left as it was)
+    and serves them; torch never uses onnxruntime, even for a version that ships exports."""
     root = tmp_path / "store"
     store = ModelStore(root)
     plain = store.publish("plain", dense_flow(2))
@@ -159,7 +160,13 @@ def test_runtime_setting_and_derived_exports(tmp_path: Path) -> None:
         assert _runtime(client, "plain") == ALL_TORCH  # planned, before loading
         torch_lp, torch_z = _answers(client, "plain", x, None)
         assert _runtime(client, "plain") == ALL_TORCH
-        assert _runtime(client, "shipped") == {**ONNX_OPS, **TORCH_ONLY}
+        assert _runtime(client, "shipped") == {**ONNX_OPS, **TORCH_ONLY}  # planned
+        _answers(client, "shipped", x[:1], None)
+        runtime = _runtime(client, "shipped")
+        assert {runtime[op][:4] for op in ONNX_OPS} == {"onnx"}, runtime
+        assert {op: runtime[op] for op in TORCH_ONLY} == TORCH_ONLY
+        text = client.get("/metrics").text
+    assert 'model="shipped",operation="log_prob_exact",runtime="onnx"} 1.0' in text
     with serving(root, "torch") as client:
         _answers(client, "shipped", x, None)
         assert _runtime(client, "shipped") == ALL_TORCH
@@ -232,3 +239,35 @@ def _rewrite_listed(folder: Path, filename: str, data: bytes) -> None:
     raw = dump_manifest(manifest)
     (folder / MANIFEST_FILE).write_bytes(raw)
     (folder / MANIFEST_DIGEST_FILE).write_text(fsio.sha256_bytes(raw))
+
+
+def test_calibration_keeps_onnxruntime_where_it_is_faster() -> None:
+    """At load (auto), each session is timed against torch on growing batches: onnxruntime
+    keeps the sizes where it is faster, and a session slower even on one row is dropped."""
+    import time
+
+    from service.runtime import PROBE_ROWS, Runtimes, calibrate
+
+    def cost(ms_of_rows):
+        def run(x):
+            time.sleep(ms_of_rows(len(x)) / 1000)
+            return x
+
+        return run
+
+    runtimes = Runtimes(
+        sessions={
+            "log_prob_exact": cost(lambda rows: 1 if rows <= 32 else 40),
+            "transport_forward": cost(lambda rows: 30),
+        }
+    )
+    torch_pass = cost(lambda rows: 10)
+    passes = {"log_prob_exact": torch_pass, "transport_forward": torch_pass}
+    timings = calibrate(runtimes, passes, dim=2, dtype=torch.float32)
+    assert runtimes.max_rows == {"log_prob_exact": 32}
+    assert list(runtimes.sessions) == ["log_prob_exact"]
+    assert sorted(timings["log_prob_exact"]) == [1, 32, 256] and PROBE_ROWS[2] == 256
+    assert runtimes.of("log_prob_exact", 32) == "onnx"
+    assert runtimes.of("log_prob_exact", 33) == "torch"
+    assert runtimes.of("transport_forward", 1) == "torch"
+    assert runtimes.describe() == {**ALL_TORCH, "log_prob_exact": "onnx<=32"}
