@@ -331,7 +331,8 @@ class InferenceEngine:
         )
         if self.settings.runtime == "auto" and runtimes.sessions:
             flow = loaded.flow
-            timings = calibrate(runtimes, self._torch_passes(flow), flow.dim, _dtype_of(flow))
+            passes = self._torch_passes(flow)
+            timings = calibrate(runtimes, passes, flow.dim, _dtype_of(flow), (name, version))
             log.info(
                 "runtimes timed",
                 extra={"model": name, "version": version, "onnx_torch_ms": timings},

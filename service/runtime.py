@@ -107,42 +107,58 @@ def _best_ms(fn: Callable[[], object]) -> float:
     return min(times) * 1000
 
 
+def _faster_up_to(
+    session: Session,
+    torch_pass: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    dtype: torch.dtype,
+    timings: dict[int, tuple[float, float]],
+) -> int | None:
+    """The largest probe batch where ``session`` beats ``torch_pass`` (0: not even one row;
+    None: every probe), recording rows -> (onnx ms, torch ms) in ``timings``."""
+    gen = torch.Generator().manual_seed(0)
+    faster_up_to = 0
+    for rows in PROBE_ROWS:
+        if rows * dim > _PROBE_VALUES and faster_up_to:
+            return faster_up_to
+        x = torch.randn(rows, dim, generator=gen, dtype=dtype)
+        values = x.numpy()
+        session(values)  # first runs allocate
+        with torch.inference_mode():
+            torch_pass(x)
+            onnx_ms = _best_ms(partial(session, values))
+            torch_ms = _best_ms(partial(torch_pass, x))
+        timings[rows] = (round(onnx_ms, 3), round(torch_ms, 3))
+        if onnx_ms > torch_ms:
+            return faster_up_to
+        faster_up_to = rows
+    return None
+
+
 def calibrate(
     runtimes: Runtimes,
     torch_passes: dict[str, Callable[[torch.Tensor], torch.Tensor]],
     dim: int,
     dtype: torch.dtype,
+    model: tuple[str, int] = ("", 0),
 ) -> dict[str, dict[int, tuple[float, float]]]:
     """Time each session against its torch pass on :data:`PROBE_ROWS` batches and keep
     onnxruntime up to the largest batch where it is faster (its per-call cost is far lower;
     torch's batched kernels win on large batches, at d = 16 from ~32 rows). A session slower
-    even on one row is dropped. Returns rows -> (onnx ms, torch ms) per operation."""
-    gen = torch.Generator().manual_seed(0)
+    even on one row, or failing, is dropped. Returns rows -> (onnx ms, torch ms) per
+    operation."""
     timings: dict[str, dict[int, tuple[float, float]]] = {}
     for operation, session in list(runtimes.sessions.items()):
-        torch_pass = torch_passes[operation]
-        faster_up_to = 0
         timings[operation] = {}
-        for rows in PROBE_ROWS:
-            if rows * dim > _PROBE_VALUES and faster_up_to:
-                break
-            x = torch.randn(rows, dim, generator=gen, dtype=dtype)
-            values = x.numpy()
-            session(values)  # first runs allocate
-            with torch.inference_mode():
-                torch_pass(x)
-                onnx_ms = _best_ms(partial(session, values))
-                torch_ms = _best_ms(partial(torch_pass, x))
-            timings[operation][rows] = (round(onnx_ms, 3), round(torch_ms, 3))
-            if onnx_ms > torch_ms:
-                break
-            faster_up_to = rows
-        else:
-            continue  # faster on every probe: no limit
-        if faster_up_to == 0:
+        try:
+            limit = _faster_up_to(session, torch_passes[operation], dim, dtype, timings[operation])
+        except Exception as exc:  # noqa: BLE001 - a failing export must not stop serving
+            runtimes.drop(operation, f"{type(exc).__name__}: {exc}", model)
+            continue
+        if limit == 0:
             del runtimes.sessions[operation]
-        else:
-            runtimes.max_rows[operation] = faster_up_to
+        elif limit is not None:
+            runtimes.max_rows[operation] = limit
     return timings
 
 

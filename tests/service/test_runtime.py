@@ -271,3 +271,10 @@ def test_calibration_keeps_onnxruntime_where_it_is_faster() -> None:
     assert runtimes.of("log_prob_exact", 33) == "torch"
     assert runtimes.of("transport_forward", 1) == "torch"
     assert runtimes.describe() == {**ALL_TORCH, "log_prob_exact": "onnx<=32"}
+
+    def broken(x):
+        raise RuntimeError("onnxruntime failed")
+
+    failing = Runtimes(sessions={"log_prob_exact": broken})
+    calibrate(failing, passes, dim=2, dtype=torch.float32, model=("m", 1))
+    assert failing.sessions == {} and failing.describe() == ALL_TORCH
