@@ -30,6 +30,7 @@ def _flow(
 ) -> CPFlow:
     """An initialised flow whose parameters are pushed away from the identity map."""
     gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the initial parameters: the same flow whatever ran before
     flow = CPFlow(config)
     flow.initialize(rows, context)
     with torch.no_grad():
