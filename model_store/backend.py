@@ -56,9 +56,15 @@ class StoreBackend(Protocol):
         ...
 
     def load(
-        self, name: str, version: int | str = "latest", device: str | torch.device = "cpu"
+        self,
+        name: str,
+        version: int | str = "latest",
+        device: str | torch.device = "cpu",
+        *,
+        exports: bool = True,
     ) -> LoadedModel:
-        """Verify a version and rebuild its flow on ``device``."""
+        """Verify a version and rebuild its flow on ``device`` (with its ONNX exports unless
+        ``exports`` is False)."""
         ...
 
     def plot_path(self, name: str, version: int | str, filename: str) -> Path:

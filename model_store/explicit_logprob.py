@@ -8,12 +8,12 @@ why this is offered only up to :data:`LOG_PROB_MAX_DIM`.
 from __future__ import annotations
 
 import math
-from typing import Protocol, cast
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from cpflow import CPFlow, CPFlowBlock
+from cpflow import CPFlow, CPFlowBlock, FlowLayer
 
 __all__ = ["LOG_PROB_MAX_DIM", "ExplicitLogProb", "unrolled_cholesky_logdet"]
 
@@ -42,15 +42,6 @@ def unrolled_cholesky_logdet(H: Tensor) -> Tensor:
     return logdet
 
 
-class _ConstantJacobianLayer(Protocol):
-    """A chain layer other than a CP-Flow block (ActNorm, fixed affine maps): its log-det
-    does not depend on the input."""
-
-    def __call__(self, h: Tensor) -> Tensor: ...
-
-    def logdet(self) -> Tensor: ...
-
-
 class ExplicitLogProb(nn.Module):
     """x -> log p(x) (n,), the same quantity as ``flow.log_prob(x, method="exact")``."""
 
@@ -67,9 +58,11 @@ class ExplicitLogProb(nn.Module):
             if isinstance(layer, CPFlowBlock):
                 h, hessian = layer.forward_and_hessian(h)
                 logdet = logdet + unrolled_cholesky_logdet(hessian)
-            else:
-                affine = cast(_ConstantJacobianLayer, layer)
-                h = affine(h)
-                constant = constant + affine.logdet()
+            else:  # every other layer through the chain interface: coupling blocks (triangular
+                # Jacobian), ActNorms (constant log-det), squeezes (a permutation, none)
+                chained = cast(FlowLayer, layer)
+                h, layer_logdet = chained.forward_and_logdet(h, chained.prepare(None))
+                logdet = logdet + layer_logdet
+                constant = constant + chained.constant_logdet()
         base = -0.5 * (h * h).sum(-1) - 0.5 * flow.dim * math.log(2.0 * math.pi)
         return base + logdet + constant

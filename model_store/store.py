@@ -61,6 +61,7 @@ _LOCK_FILE = ".lock"
 _COUNTER_FILE = ".last_version"
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
+_EXPORT_FILES = frozenset({ONNX_FILE, ONNX_LOG_PROB_FILE})  # optional: torch can answer without
 
 
 @dataclass(frozen=True)
@@ -206,16 +207,22 @@ class ModelStore:
         return out
 
     def _verified_files(
-        self, name: str, version: int, folder: Path, manifest: dict[str, Any]
+        self,
+        name: str,
+        version: int,
+        folder: Path,
+        manifest: dict[str, Any],
+        skip: frozenset[str] = frozenset(),
     ) -> dict[str, bytes | None]:
         """Check every listed file's sha256, and that nothing unlisted lies in the folder.
 
         Returns the weights' bytes (read once, so what is hashed is what is parsed); other
-        files are hashed while streaming and mapped to None.
+        files are hashed while streaming and mapped to None. Files named in ``skip`` are
+        neither checked nor returned, listed or not.
         """
         listed: dict[str, str] = manifest["files"]
         contents: dict[str, bytes | None] = {}
-        for filename in sorted(listed):
+        for filename in sorted(set(listed) - skip):
             path = _member_path(name, version, folder, filename)
             try:
                 if filename == WEIGHTS_FILE:
@@ -233,7 +240,7 @@ class ModelStore:
                     name, version, filename, "does not match its sha256 (altered or truncated)"
                 )
             contents[filename] = data
-        known = set(listed) | {MANIFEST_FILE, MANIFEST_DIGEST_FILE}
+        known = set(listed) | skip | {MANIFEST_FILE, MANIFEST_DIGEST_FILE}
         for dirpath, _dirs, files in os.walk(folder):
             for filename in files:
                 rel = Path(dirpath, filename).relative_to(folder).as_posix()
@@ -254,10 +261,14 @@ class ModelStore:
         name: str,
         version: int | str = "latest",
         device: str | torch.device = "cpu",
+        *,
+        exports: bool = True,
     ) -> LoadedModel:
         """Verify every digest, then rebuild the flow from its FlowConfig and weights.
 
-        Never unpickles: weights are safetensors, everything else is JSON.
+        Never unpickles: weights are safetensors, everything else is JSON. ``exports=False``
+        ignores the ONNX files (not verified, not returned): a server whose export is damaged
+        still serves the verified weights with torch.
         """
         number = self.resolve(name, version)
         from safetensors.torch import load as load_safetensors
@@ -266,7 +277,8 @@ class ModelStore:
 
         folder = self._folder(name, number)
         manifest = self._read_manifest(name, number, folder)
-        contents = self._verified_files(name, number, folder, manifest)
+        skip = frozenset() if exports else _EXPORT_FILES
+        contents = self._verified_files(name, number, folder, manifest, skip)
         try:
             config = FlowConfig.model_validate(manifest["flow_config"])
         except ValueError as exc:
@@ -291,18 +303,18 @@ class ModelStore:
             ) from None
         flow.to(device)
         flow.eval()
-        onnx_path = folder / ONNX_FILE if ONNX_FILE in manifest["files"] else None
+        files = manifest["files"] if exports else {}
         return LoadedModel(
             name=name,
             version=number,
             flow=flow,
             manifest=manifest,
-            onnx_path=onnx_path,
-            onnx_sha256=manifest["files"].get(ONNX_FILE),
-            onnx_log_prob_path=(
-                folder / ONNX_LOG_PROB_FILE if ONNX_LOG_PROB_FILE in manifest["files"] else None
-            ),
-            onnx_log_prob_sha256=manifest["files"].get(ONNX_LOG_PROB_FILE),
+            onnx_path=folder / ONNX_FILE if ONNX_FILE in files else None,
+            onnx_sha256=files.get(ONNX_FILE),
+            onnx_log_prob_path=folder / ONNX_LOG_PROB_FILE
+            if ONNX_LOG_PROB_FILE in files
+            else None,
+            onnx_log_prob_sha256=files.get(ONNX_LOG_PROB_FILE),
         )
 
     def plot_path(self, name: str, version: int | str, filename: str) -> Path:
@@ -570,7 +582,9 @@ def _standardization(flow: CPFlow) -> dict[str, Any] | None:
     module = getattr(flow, "standardization", None)
     mean = getattr(module, "mean", None)
     std = getattr(module, "std", None)
-    if not isinstance(mean, torch_tensor_type()) or not isinstance(std, torch_tensor_type()):
+    import torch  # lazily, so that name/manifest code does not need torch
+
+    if not isinstance(mean, torch.Tensor) or not isinstance(std, torch.Tensor):
         return None
     return {
         "kind": getattr(flow.config, "standardization", None),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import torch
 
@@ -71,7 +72,8 @@ class MicroBatcher:
         return await future
 
     def _take(self) -> list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]]:
-        taken, rows = [], 0
+        taken: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = []
+        rows = 0
         while self._pending:
             x, future = self._pending[0]
             if taken and rows + x.shape[0] > self.max_rows:
@@ -124,7 +126,7 @@ class MicroBatcher:
             if self.on_batch is not None:
                 self.on_batch(stacked.shape[0], len(group))
             try:
-                out = await self.run(lambda stacked=stacked: self.fn(stacked))
+                out = await self.run(partial(self.fn, stacked))
                 self._last_duration = loop.time() - started
                 self._queued_after_last = len(self._pending)
             except Exception:  # noqa: BLE001 - re-run each request to isolate the failure

@@ -7,7 +7,10 @@
   each), so /healthz answers while a long sampling request runs. Quick batched passes (exact
   log_prob, forward transport) and long solves (sample, inverse transport, SLQ) have separate
   pools: a burst of sampling requests cannot starve scoring. Store I/O has its own pool.
-- Exact log_prob and forward transport go through a per-model :class:`MicroBatcher`.
+- Exact log_prob and forward transport run on onnxruntime sessions over the model's exports
+  where it has usable ones, on torch otherwise (``CPFLOW_RUNTIME``; see :mod:`service.runtime`);
+  either way through a per-model :class:`MicroBatcher`. A damaged export is skipped with a
+  warning and torch answers.
   Conditional models (p(x | c), a ``picnn`` potential with a ``context_dim``) take a context next to
   every input row and bypass the batcher: each request is computed on its own.
 - A version that fails to load (corrupt files) is remembered for a short while and reported,
@@ -24,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -31,6 +35,7 @@ import torch
 from model_store import ModelStore, StoreUnavailable, open_store
 from service.batching import MicroBatcher
 from service.metrics import ServiceMetrics
+from service.runtime import Runtimes, calibrate, open_runtimes, planned_runtimes
 from service.settings import Settings
 
 __all__ = [
@@ -74,6 +79,7 @@ class ServedModel:
     device: torch.device
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     context_dim: int | None = None  # set for conditional models p(x | c)
+    runtimes: Runtimes = field(default_factory=Runtimes)  # onnxruntime sessions by operation
 
     @property
     def conditional(self) -> bool:
@@ -183,9 +189,9 @@ class InferenceEngine:
         self._long.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        """Run a quick inference pass ``fn`` in the inference pool and await its result."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a quick inference pass ``fn(*args)`` in the inference pool and await its result."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def run_long(self, fn: Callable[[], T]) -> T:
         """Run a long solve (sampling, inversion, SLQ) in its own pool and await it."""
@@ -247,8 +253,11 @@ class InferenceEngine:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._load(name, v))
             self._loading[key] = task
-            task.add_done_callback(lambda _t, key=key: self._loading.pop(key, None))
+            task.add_done_callback(partial(self._loaded, key))
         return await asyncio.shield(task)
+
+    def _loaded(self, key: tuple[str, int], _task: asyncio.Task[ServedModel]) -> None:
+        self._loading.pop(key, None)
 
     async def _load(self, name: str, version: int) -> ServedModel:
         from model_store import CorruptModel, ModelNotFound
@@ -272,7 +281,7 @@ class InferenceEngine:
             log.exception("model failed to load", extra={"model": name, "version": version})
             raise
         self.metrics.model_loads.labels("ok").inc()
-        model = self._serve(loaded)
+        model = self._serve(*loaded)
         self._cache[key] = model
         self._cache.move_to_end(key)
         while len(self._cache) > self.settings.model_cache_size:
@@ -282,6 +291,7 @@ class InferenceEngine:
         log.info(
             "model loaded",
             extra={"model": name, "version": version, "dim": model.dim,
+                   "runtimes": model.runtimes.describe(),
                    "load_s": round(time.perf_counter() - start, 3)},
         )  # fmt: skip
         return model
@@ -299,14 +309,62 @@ class InferenceEngine:
             except Exception as exc:  # noqa: BLE001 - logged; the model answers 404/503 later
                 log.warning("preload failed", extra={"model": name, "error": str(exc)})
 
-    def _load_sync(self, name: str, version: int) -> Any:
-        loaded = self.store.load(name, version, device=str(self.device))
+    def _load_sync(self, name: str, version: int) -> tuple[Any, Runtimes]:
+        """The verified model and its onnxruntime sessions. A damaged ONNX file does not stop
+        the verified weights from being served by torch (logged as a warning)."""
+        from model_store import CorruptModel
+
+        device = str(self.device)
+        try:
+            loaded = self.store.load(name, version, device=device)
+        except CorruptModel as exc:
+            if not exc.file.endswith(".onnx"):
+                raise
+            log.warning(
+                "ONNX export damaged; torch answers",
+                extra={"model": name, "version": version, "error": str(exc)},
+            )
+            loaded = self.store.load(name, version, device=device, exports=False)
         loaded.flow.eval()
         for p in loaded.flow.parameters():
             p.requires_grad_(False)
-        return loaded
+        runtimes = open_runtimes(
+            loaded,
+            self.settings.runtime,
+            device=device,
+            threads=self.torch_threads,
+            cache_dir=self.settings.cache_dir,
+        )
+        if self.settings.runtime == "auto" and runtimes.sessions:
+            flow = loaded.flow
+            passes = self._torch_passes(flow)
+            timings = calibrate(runtimes, passes, flow.dim, _dtype_of(flow), (name, version))
+            log.info(
+                "runtimes timed",
+                extra={"model": name, "version": version, "onnx_torch_ms": timings},
+            )
+        return loaded, runtimes
 
-    def _serve(self, loaded: Any) -> ServedModel:
+    def _torch_passes(self, flow: Any) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Operation -> torch pass over a batch of rows (results on the CPU)."""
+        device = self.device
+
+        def exact(x: torch.Tensor) -> torch.Tensor:
+            return flow.log_prob(x.to(device), method="exact").cpu()
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return flow.transform(x.to(device)).cpu()
+
+        return {"log_prob_exact": exact, "transport_forward": forward}
+
+    def runtimes_of(self, name: str, version: int, manifest: dict[str, Any]) -> dict[str, str]:
+        """Operation -> runtime ("onnx" or "torch"): the loaded model's, else the plan for it."""
+        model = self._cache.get((name, version))
+        if model is not None:
+            return model.runtimes.describe()
+        return planned_runtimes(manifest, self.settings.runtime)
+
+    def _serve(self, loaded: Any, runtimes: Runtimes) -> ServedModel:
         flow = loaded.flow
         model = ServedModel(
             name=loaded.name,
@@ -317,6 +375,7 @@ class InferenceEngine:
             dtype=_dtype_of(flow),
             device=self.device,
             context_dim=flow.context_dim,
+            runtimes=runtimes,
         )
         if model.conditional:
             return model  # no batchers: each row carries its own context
@@ -332,23 +391,59 @@ class InferenceEngine:
 
             return observe
 
-        device = self.device
         max_rows = self.settings.max_coalesce_rows
-
-        def exact(x: torch.Tensor) -> torch.Tensor:
-            return flow.log_prob(x.to(device), method="exact").detach().cpu()
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return flow.transform(x.to(device)).detach().cpu()
-
+        passes = self._torch_passes(flow)
         wait = self.settings.batch_wait_ms / 1000
         model.batchers["log_prob_exact"] = MicroBatcher(
-            exact, self.run, max_rows, observer("log_prob"), max_wait_s=wait
+            self._pass(model, "log_prob_exact", passes["log_prob_exact"]),
+            self.run,
+            max_rows,
+            observer("log_prob"),
+            max_wait_s=wait,
         )
         model.batchers["forward"] = MicroBatcher(
-            forward, self.run, max_rows, observer("forward"), max_wait_s=wait
+            self._pass(model, "transport_forward", passes["transport_forward"]),
+            self.run,
+            max_rows,
+            observer("forward"),
+            max_wait_s=wait,
         )
         return model
+
+    def _pass(
+        self, model: ServedModel, operation: str, torch_fn: Callable[[torch.Tensor], torch.Tensor]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """One computation pass of ``operation``: the model's onnxruntime session when it has
+        one for a batch of this size (dropped for torch, with a warning, if it fails), else
+        ``torch_fn`` in inference mode; timed by runtime."""
+        seconds = self.metrics.inference_seconds
+        key = (model.name, model.version)
+
+        def compute(x: torch.Tensor) -> torch.Tensor:
+            start = time.perf_counter()
+            session = model.runtimes.sessions.get(operation)
+            if session is not None and model.runtimes.of(operation, x.shape[0]) == "onnx":
+                try:
+                    out = torch.from_numpy(session(x.numpy()))
+                except Exception as exc:  # noqa: BLE001 - torch answers instead
+                    model.runtimes.drop(operation, f"{type(exc).__name__}: {exc}", key)
+                else:
+                    elapsed = time.perf_counter() - start
+                    seconds.labels(model.name, operation, "onnx").observe(elapsed)
+                    return out
+            with torch.inference_mode():
+                out = torch_fn(x)
+            elapsed = time.perf_counter() - start
+            seconds.labels(model.name, operation, "torch").observe(elapsed)
+            return out
+
+        return compute
+
+    def _count(self, model: ServedModel, operation: str, rows: int = 1) -> None:
+        """One request of ``operation``, labelled with the runtime a pass of its own ``rows``
+        takes (a coalesced pass may be larger: cpflow_inference_pass_seconds has its own)."""
+        runtime = model.runtimes.of(operation, rows)
+        self.metrics.inference_requests.labels(model.name, operation, runtime).inc()
 
     # ---------------------------------------------------------------- operations
 
@@ -384,16 +479,23 @@ class InferenceEngine:
         flow, device = model.flow, self.device
         cargs = () if context is None else (context.to(device),)
         if method == "exact":
+            self._count(model, "log_prob_exact", x.shape[0])
             if context is None:
                 lp = await model.batchers["log_prob_exact"].submit(x)
             else:
                 lp = await self.run(
-                    lambda: flow.log_prob(x.to(device), *cargs, method="exact").detach().cpu()
+                    self._pass(
+                        model,
+                        "log_prob_exact",
+                        lambda x: flow.log_prob(x.to(device), *cargs, method="exact").cpu(),
+                    ),
+                    x,
                 )
             return LogProbResult(lp, None, "exact", None)
+        self._count(model, "log_prob_slq")
         seed = secrets.randbits(63) if seed is None else seed
 
-        def slq() -> tuple[torch.Tensor, torch.Tensor]:
+        def slq() -> tuple[torch.Tensor, torch.Tensor | None]:
             lp, se = flow.log_prob(
                 x.to(device),
                 *cargs,
@@ -421,6 +523,7 @@ class InferenceEngine:
     ) -> SampleResult:
         """n samples in data units, drawn by inverting the flow on seeded normal draws; for a
         conditional model ``context`` (n, k) gives each sample's context."""
+        self._count(model, "sample")
         seed = secrets.randbits(63) if seed is None else seed
         flow, device = model.flow, self.device
         max_iterations = self._iterations(model, max_iterations)
@@ -457,12 +560,21 @@ class InferenceEngine:
         flow, device = model.flow, self.device
         cargs = () if context is None else (context.to(device),)
         if direction == "forward":
+            self._count(model, "transport_forward", x.shape[0])
             self.metrics.rows.labels(model.name, "transport_forward").inc(x.shape[0])
             if context is None:
                 z = await model.batchers["forward"].submit(x)
             else:
-                z = await self.run(lambda: flow.transform(x.to(device), *cargs).detach().cpu())
+                z = await self.run(
+                    self._pass(
+                        model,
+                        "transport_forward",
+                        lambda x: flow.transform(x.to(device), *cargs).cpu(),
+                    ),
+                    x,
+                )
             return TransportResult(z, None, None)
+        self._count(model, "transport_inverse")
         max_iterations = self._iterations(model, max_iterations)
 
         def invert() -> tuple[torch.Tensor, Any]:

@@ -67,6 +67,21 @@ class ServiceMetrics:
             ["model", "operation"],
             registry=r,
         )
+        self.inference_requests = Counter(
+            "cpflow_inference_requests",
+            "Inference requests by model, operation and the runtime that answers them "
+            "(onnx: onnxruntime over the model's export; torch).",
+            ["model", "operation", "runtime"],
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "cpflow_inference_pass_seconds",
+            "Duration of one computation pass (a coalesced batch, or one conditional request) "
+            "of exact log_prob or forward transport, by model, operation and runtime.",
+            ["model", "operation", "runtime"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inversion_iterations = Histogram(
             "cpflow_inversion_iterations",
             "Solver iterations of one inversion call (sample, transport inverse).",

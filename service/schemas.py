@@ -308,6 +308,11 @@ class ModelDetail(BaseModel):
     metrics: dict[str, Any] | None = None
     plots: dict[str, str] = Field(default_factory=dict, description="Plot file name -> URL.")
     onnx: Any = None
+    runtime: dict[str, str] = Field(
+        default_factory=dict,
+        description="Operation -> runtime answering it (onnx or torch): the loaded version's, "
+        "else what loading it would give under CPFLOW_RUNTIME.",
+    )
     loaded: bool = Field(description="Whether this version is in the server's memory now.")
 
 

@@ -181,6 +181,13 @@ class Settings(BaseSettings):
         description="Largest dataset upload (multipart body under /v1/datasets) or CSV sent to "
         ".../log_prob.csv, in bytes.",
     )
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        default="auto",
+        description="Runtime of exact log_prob and forward transport: auto (onnxruntime over "
+        "the exports a version ships, torch otherwise), onnx (also derive missing exports into "
+        "CPFLOW_CACHE_DIR when a version loads) or torch (never onnxruntime). SLQ, sampling "
+        "and inverse transport always run on torch; a damaged export falls back to torch.",
+    )
     exact_max_dim: int = Field(
         default=EXACT_MAX_DIM,
         ge=1,

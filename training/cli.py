@@ -127,7 +127,13 @@ def _run_options(p: argparse.ArgumentParser, settings: TrainingSettings) -> None
         "--store-dir",
     )
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--onnx", action="store_true", help="also export the transport map to ONNX")
+    p.add_argument(
+        "--onnx",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="export the forward transport and (small d) the exact log-density to ONNX, "
+        "parity-checked, so the service answers them with onnxruntime (default: on)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -184,7 +184,7 @@ def train_and_publish(
     progress: Callable[[ProgressEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_dir: str | Path | None = None,
-    export_onnx: bool = False,
+    export_onnx: bool = True,
     context_columns: Any = None,
 ) -> Any:
     """Train on ``dataset`` (name or splits; None: the preset's default data set) and publish

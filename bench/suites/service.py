@@ -2,6 +2,7 @@
 malloc settings, and a store round trip onto a device.
 
     python -m bench run service_load [--set seconds=4 blocks=5 hidden=32]
+    python -m bench run service_runtime [--set dims=2,8,16,43 seconds=2 rounds=3]
     python -m bench run jobs_latency [--set repeats=3 lease=2 heartbeat=0.25]
     python -m bench run store_onnx_throughput [--set dims=2,8,43 threads=1]
     python -m bench run malloc_tuning [--set rounds=3 calls=15 threads=2]
@@ -11,6 +12,7 @@ malloc settings, and a store round trip onto a device.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -59,27 +61,28 @@ def publish_bench2d(root: Path, blocks: int, hidden: int) -> None:
 
 
 @contextmanager
-def served_bench2d(
+def served_store(
     port: int,
-    blocks: int,
-    hidden: int,
+    publish: Callable[[Path], dict[str, int]],
     *,
     app: str = "service.app:create_app",
     keep: tuple[str, ...] = (),
     grace_s: float = 30,
 ) -> Iterator[subprocess.Popen]:
-    """A real uvicorn process (``app``, a factory) on ``port`` over a temporary store holding
-    the d=2 ``bench2d`` model, answering and with the model loaded; the CPFLOW_* variables of
-    this process reach it only if named in ``keep``. Stopped on exit (killed after ``grace_s``:
-    an unconverging sample may still hold a thread)."""
+    """A real uvicorn process (``app``, a factory) on ``port`` over a temporary store filled
+    by ``publish(root)`` (which returns model name -> dim), answering and with those models
+    loaded; the CPFLOW_* variables of this process reach it only if named in ``keep``.
+    Stopped on exit (killed after ``grace_s``: an unconverging sample may still hold a
+    thread)."""
     import httpx
 
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
-        publish_bench2d(store, blocks, hidden)
+        models = publish(store)
         drop = tuple(k for k in os.environ if k.startswith("CPFLOW_") and k not in keep)
-        settings = {"CPFLOW_STORE_DIR": str(store), "CPFLOW_LOG_LEVEL": "WARNING"}
+        settings = {"CPFLOW_STORE_DIR": str(store), "CPFLOW_LOG_LEVEL": "WARNING",
+                    "CPFLOW_CACHE_DIR": str(Path(tmp) / "cache")}  # fmt: skip
         env = child_env({**settings, "CPFLOW_DEVICE": "cpu"}, drop=drop)
         cmd = [sys.executable, "-m", "uvicorn", "--factory", app, "--app-dir", str(REPO),
                "--port", str(port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
@@ -91,9 +94,10 @@ def served_bench2d(
                         break
                 except httpx.HTTPError:
                     time.sleep(0.1)
-            # Load the model once before timing anything.
-            load = {"inputs": [[0.0, 0.0]]}
-            httpx.post(f"{base}/v1/models/bench2d/log_prob", json=load, timeout=60)
+            # Load the models once before timing anything.
+            for name, dim in models.items():
+                load = {"inputs": [[0.0] * dim]}
+                httpx.post(f"{base}/v1/models/{name}/log_prob", json=load, timeout=300)
             yield server
         finally:
             server.terminate()
@@ -102,6 +106,24 @@ def served_bench2d(
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+
+
+def served_bench2d(
+    port: int,
+    blocks: int,
+    hidden: int,
+    *,
+    app: str = "service.app:create_app",
+    keep: tuple[str, ...] = (),
+    grace_s: float = 30,
+) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """:func:`served_store` over the d=2 ``bench2d`` model."""
+
+    def publish(root: Path) -> dict[str, int]:
+        publish_bench2d(root, blocks, hidden)
+        return {"bench2d": 2}
+
+    return served_store(port, publish, app=app, keep=keep, grace_s=grace_s)
 
 
 def create_bench_app():
@@ -118,6 +140,37 @@ def create_bench_app():
     @app.post("/bench/constant", include_in_schema=False)
     async def constant() -> dict[str, bool]:
         return {"ok": True}
+
+    return app
+
+
+def create_runtime_bench_app():
+    """The bench app plus bare FastAPI routes that call the same stored flows with torch
+    (``/bench/bare/{name}/log_prob`` and ``/transport``): no engine, no batcher, no
+    onnxruntime; the baseline a plain torch server would give (uvicorn --factory target)."""
+    from model_store import ModelStore
+    from service.settings import get_settings
+
+    app = create_bench_app()
+    store = ModelStore(get_settings().store_dir)
+    flows: dict[str, torch.nn.Module] = {}
+
+    def flow_of(name: str):
+        if name not in flows:
+            flows[name] = store.load(name).flow.eval()
+        return flows[name]
+
+    @app.post("/bench/bare/{name}/log_prob", include_in_schema=False)
+    def bare_log_prob(name: str, body: dict) -> dict:
+        x = torch.tensor(body["inputs"], dtype=torch.float32)
+        with torch.no_grad():
+            return {"log_prob": flow_of(name).log_prob(x, method="exact").tolist()}
+
+    @app.post("/bench/bare/{name}/transport", include_in_schema=False)
+    def bare_transport(name: str, body: dict) -> dict:
+        x = torch.tensor(body["inputs"], dtype=torch.float32)
+        with torch.no_grad():
+            return {"outputs": flow_of(name).transform(x).tolist()}
 
     return app
 
@@ -427,6 +480,117 @@ def _load_summary(opts, ready: dict, results: dict, ratios: dict, busy: dict) ->
         "rps_ratio_to_constant_route": ratios,
         "healthz_while_sampling": busy,
         "target_log_prob_exact_b1_at_c16_ratio": 0.30,
+    }  # fmt: skip
+
+
+def _publish_runtime_models(dims: list[int], blocks: int, hidden: int, cost: dict):
+    """publish(root) for :func:`served_store`: one model per dimension, exported as training
+    publishes (ONNX forward transport, and exact log-density up to d = 16), recording each
+    publish's seconds and file sizes in ``cost``."""
+
+    def publish(root: Path) -> dict[str, int]:
+        store = model_store(root)
+        for dim in dims:
+            gen = torch.Generator().manual_seed(dim)
+            scale = torch.linspace(0.5, 2.0, dim)
+            flow = fitted_flow(lambda d=dim, s=scale, g=gen: torch.randn(2048, d, generator=g) * s,
+                               dim=dim, blocks=blocks, hidden=hidden, depth=3)  # fmt: skip
+            t0 = time.perf_counter()
+            store.publish(f"plain{dim}", flow, export_onnx=False)
+            plain_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            published = store.publish(f"bench{dim}", flow, export_onnx=True)
+            info = published.manifest["onnx"]
+            cost[dim] = {
+                "publish_s_without_exports": round(plain_s, 3),
+                "publish_s_with_exports": round(time.perf_counter() - t0, 2),
+                "bytes": {f: (published.path / f).stat().st_size
+                          for f in published.manifest["files"]},
+                "forward_exported": info.get("exported"),
+                "log_prob_exported": info.get("log_prob", {}).get("exported"),
+                "log_prob_reason": info.get("log_prob", {}).get("reason"),
+            }  # fmt: skip
+        return {f"bench{d}": d for d in dims}
+
+    return publish
+
+
+@benchmark(
+    "service_runtime",
+    "cpflow-serve (onnxruntime where exported) against a bare FastAPI torch route over the "
+    "same stored flow: one-row p50 and 1,024-row throughput, per d, interleaved (real uvicorn)",
+    options=[
+        Option("dims", "ints", [2, 8, 16, 43], "model dimensions (log-prob export up to 16)"),
+        Option("seconds", "float", 2.0, "measured time per scenario and side"),
+        Option("rounds", "int", 3, "rounds (sides alternate first); medians reported"),
+        Option("rows", "int", 1024, "rows of the throughput requests"),
+        Option("blocks", "int", 5, "blocks of the served models"),
+        Option("hidden", "int", 32, "hidden units of the served models"),
+        Option("port", "int", 8766, "port of the server"),
+        Option("ops", "strs", ["log_prob", "transport"], "operations",
+               ("log_prob", "transport")),
+    ],
+)  # fmt: skip
+def service_runtime(opts, ctx) -> dict:
+    """One uvicorn process serves both sides, behind the same middlewares and settings:
+    cpflow-serve's routes (/v1/models/bench{d}/log_prob, exact, and /transport, forward: the
+    engine, the micro-batcher and the runtime CPFLOW_RUNTIME picks) and bare FastAPI routes
+    that call the same stored flow's torch methods directly. One client at a time, the two
+    sides interleaved within each round (alternating which goes first), so both see the same
+    machine load. Ratios are taken within a round, then the median over rounds:
+    p50_ratio = serve p50 / bare p50 (one row), throughput_ratio = serve rps / bare rps."""
+    import httpx
+
+    cost: dict = {}
+    base = f"http://127.0.0.1:{opts.port}"
+    keep = ("CPFLOW_INFERENCE_THREADS", "CPFLOW_TORCH_THREADS", "CPFLOW_RUNTIME")
+    publish = _publish_runtime_models(opts.dims, opts.blocks, opts.hidden, cost)
+    rng = np.random.default_rng(0)
+    app = "bench.suites.service:create_runtime_bench_app"
+    with served_store(opts.port, publish, app=app, keep=keep, grace_s=10):
+        runtime = {d: httpx.get(f"{base}/v1/models/bench{d}").json()["runtime"]
+                   for d in opts.dims}  # fmt: skip
+        rounds: list[dict[str, dict]] = []
+        for r in range(opts.rounds):
+            one: dict[str, dict] = {}
+            for dim in opts.dims:
+                for op in opts.ops:
+                    for rows in (1, opts.rows):
+                        x = rng.normal(0.0, 1.0, (rows, dim)).tolist()
+                        body = {"inputs": x, **({"method": "exact"} if op == "log_prob" else {})}
+                        sides = {"serve": f"/v1/models/bench{dim}/{op}",
+                                 "bare": f"/bench/bare/bench{dim}/{op}"}  # fmt: skip
+                        order = list(sides) if r % 2 == 0 else list(sides)[::-1]
+                        key = f"d{dim}/{op}/rows{rows}"
+                        one[key] = {side: asyncio.run(run_scenario(
+                            opts.port, sides[side], body, 1, opts.seconds)) for side in order}  # fmt: skip
+            rounds.append(one)
+
+    results = {}
+    for key in rounds[0]:
+        runs = [r[key] for r in rounds]
+        entry: dict = {}
+        for side in ("serve", "bare"):
+            entry[side] = {f: _median([r[side][f] for r in runs]) for f in ("p50_ms", "rps")}
+            entry[side]["errors"] = sum(r[side]["errors"] for r in runs)
+        p50 = [r["serve"]["p50_ms"] / r["bare"]["p50_ms"] for r in runs if r["bare"]["p50_ms"]]
+        rps = [r["serve"]["rps"] / r["bare"]["rps"] for r in runs if r["bare"]["rps"]]
+        entry["p50_ratio"] = _median(p50, 3)
+        entry["throughput_ratio"] = _median(rps, 3)
+        entry["p50_ratio_per_round"] = [round(v, 3) for v in p50]
+        entry["throughput_ratio_per_round"] = [round(v, 3) for v in rps]
+        results[key] = entry
+    return {
+        "models": {"dims": opts.dims, "blocks": opts.blocks, "hidden": opts.hidden, "depth": 3},
+        "server": {"workers": 1, "device": "cpu",
+                   "runtime_setting": os.environ.get("CPFLOW_RUNTIME", "auto"),
+                   "inference_threads": os.environ.get("CPFLOW_INFERENCE_THREADS", "default"),
+                   "torch_threads": os.environ.get("CPFLOW_TORCH_THREADS", "default")},
+        "runtime_by_model": runtime,
+        "publish_cost": cost,
+        "loadavg_1m": os.getloadavg()[0],
+        "results": results,
+        "targets": {"p50_ratio_rows1_at_most": 0.4, "throughput_ratio_rows1024_at_least": 1.2},
     }  # fmt: skip
 
 

@@ -96,6 +96,7 @@ async def _detail(engine: Any, name: str, version: int | None) -> ModelDetail:
         metrics=_metrics_of(manifest),
         plots=plot_urls(name, number, manifest),
         onnx=manifest.get("onnx"),
+        runtime=engine.runtimes_of(name, number, manifest),
         loaded=engine.is_loaded(name, number),
     )
 
