@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -49,6 +50,42 @@ __all__ = [
 
 log = logging.getLogger("cpflow.engine")
 T = TypeVar("T")
+
+
+class ModelLoadTimeout(RuntimeError):
+    """A model load passed ``CPFLOW_LOAD_TIMEOUT_S`` (a stalled store read): 503 with
+    Retry-After; the load is abandoned, so a later request tries again."""
+
+    def __init__(self, name: str, version: int, seconds: float) -> None:
+        super().__init__(
+            f"loading model {name!r} version {version} took longer than {seconds:g} s "
+            "(CPFLOW_LOAD_TIMEOUT_S); the model store may be stalled: retry later"
+        )
+        self.retry_after_s = max(1, round(seconds))
+
+
+def _in_own_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Run ``fn`` in a new daemon thread and return a future of its result: a read that never
+    returns then holds only that thread, never a pool that later loads and /readyz need."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():  # abandoned (timed out) futures are left alone
+            outcome()
+
+    def work() -> None:
+        try:
+            outcome = partial(future.set_result, fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            outcome = partial(future.set_exception, exc)
+        try:
+            loop.call_soon_threadsafe(settle, outcome)
+        except RuntimeError:  # the loop is closed: the server stopped, nobody waits for it
+            pass
+
+    threading.Thread(target=work, name="cpflow-load", daemon=True).start()
+    return future
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -163,6 +200,8 @@ class InferenceEngine:
         self._loading: dict[tuple[str, int], asyncio.Task[ServedModel]] = {}
         self._failures: dict[tuple[str, int], tuple[BaseException, float]] = {}
         self._latest: dict[str, tuple[int, float]] = {}
+        self.stalled_loads: set[tuple[str, int]] = set()
+        """Versions whose last load passed the deadline (reported by /readyz until one loads)."""
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -256,6 +295,11 @@ class InferenceEngine:
             task.add_done_callback(partial(self._loaded, key))
         return await asyncio.shield(task)
 
+    def _stall_ended(self, key: tuple[str, int], attempt: asyncio.Future[Any]) -> None:
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved: an abandoned load's error is not worth a warning
+        self.stalled_loads.discard(key)
+
     def _loaded(self, key: tuple[str, int], _task: asyncio.Task[ServedModel]) -> None:
         self._loading.pop(key, None)
 
@@ -264,8 +308,18 @@ class InferenceEngine:
 
         key = (name, version)
         start = time.perf_counter()
+        deadline = self.settings.load_timeout_s
+        attempt = _in_own_thread(partial(self._load_sync, name, version))
         try:
-            loaded = await self.io(self._load_sync, name, version)
+            loaded = await asyncio.wait_for(asyncio.shield(attempt), deadline)
+        except TimeoutError:
+            self.metrics.model_loads.labels("timeout").inc()
+            self.stalled_loads.add(key)
+            # a stalled read that returns at last means the store answers again
+            attempt.add_done_callback(partial(self._stall_ended, key))
+            log.error("model load timed out", extra={"model": name, "version": version,
+                                                      "timeout_s": deadline})  # fmt: skip
+            raise ModelLoadTimeout(name, version, deadline) from None
         except ModelNotFound:
             self.metrics.model_loads.labels("not_found").inc()
             raise
@@ -281,6 +335,7 @@ class InferenceEngine:
             log.exception("model failed to load", extra={"model": name, "version": version})
             raise
         self.metrics.model_loads.labels("ok").inc()
+        self.stalled_loads.discard(key)
         model = self._serve(*loaded)
         self._cache[key] = model
         self._cache.move_to_end(key)

@@ -66,6 +66,11 @@ class ErrorCode(StrEnum):
     INVALID_NAME = "invalid_name", 422, "a model or data set name breaks the naming rules"
     MODEL_CORRUPT = "model_corrupt", 503, "a stored version is damaged and cannot be served"
     STORE_UNAVAILABLE = "store_unavailable", 503, "the model store cannot be reached"
+    MODEL_LOAD_TIMEOUT = (
+        "model_load_timeout",
+        503,
+        "loading the model passed CPFLOW_LOAD_TIMEOUT_S (a stalled store); retry after Retry-After",
+    )
     STORE_ERROR = "store_error", 503, "the model store failed to answer"
     # -- data sets
     DATASET_NOT_FOUND = "dataset_not_found", 404, "no such data set (422 when a job names it)"

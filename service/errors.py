@@ -207,6 +207,18 @@ def _install_store_handlers(app: FastAPI) -> None:
         (StoreUnavailable, ErrorCode.STORE_UNAVAILABLE),
         (StoreError, ErrorCode.STORE_ERROR),
     ]
+    from service.engine import ModelLoadTimeout
+
+    async def _load_timeout(request: Request, exc: Exception) -> JSONResponse:
+        code = ErrorCode.MODEL_LOAD_TIMEOUT
+        retry = str(getattr(exc, "retry_after_s", 1))
+        return JSONResponse(
+            error_content(request.url.path, code, str(exc)),
+            status_code=code.status,
+            headers={"Retry-After": retry},
+        )
+
+    app.add_exception_handler(ModelLoadTimeout, _load_timeout)
     for exc_type, code in mapping:
 
         async def _handler(

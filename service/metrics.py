@@ -113,7 +113,7 @@ class ServiceMetrics:
         )
         self.model_loads = Counter(
             "cpflow_model_loads",
-            "Model loads from the store, by outcome (ok, not_found, corrupt, error).",
+            "Model loads from the store, by outcome (ok, not_found, corrupt, timeout, error).",
             ["outcome"],
             registry=r,
         )

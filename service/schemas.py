@@ -342,3 +342,8 @@ class ReadyResponse(BaseModel):
     store: dict[str, Any]
     redis: dict[str, Any]
     loaded_models: int
+    stalled_loads: list[str] = Field(
+        default_factory=list,
+        description="'name@version' of loads that passed CPFLOW_LOAD_TIMEOUT_S and have not "
+        "loaded since (a stalled store read): the replica answers 503 until one does",
+    )

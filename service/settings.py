@@ -197,6 +197,13 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(
         default=8, ge=1, description="How many loaded model versions stay in memory (LRU)."
     )
+    load_timeout_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="Deadline of one model load (store reads, checks, ONNX sessions): past it "
+        "the request gets 503 model_load_timeout with Retry-After, the load is abandoned and "
+        "the next request tries again, so a fixed store recovers without a restart.",
+    )
     poll_interval_s: float = Field(
         default=1.0,
         ge=0.0,

@@ -58,21 +58,25 @@ async def store_status(engine: Any, settings: Any) -> dict[str, Any]:
     "/readyz",
     summary="Readiness: the model store is readable (Redis reported, not required)",
     response_model=ReadyResponse,
-    responses={503: {"model": ReadyResponse, "description": "store not readable"}},
+    responses={503: {"model": ReadyResponse, "description": "store not readable or stalled"}},
 )
 async def readyz(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
-    """503 when the store cannot be listed; Redis being down only shows in ``redis``."""
+    """503 when the store cannot be listed or a model load is stalled past its deadline;
+    Redis being down only shows in ``redis``."""
     redis_task = asyncio.create_task(asyncio.to_thread(_ping_redis, settings.redis_url))
     store = await store_status(engine, settings)
     redis_status = await redis_task
+    stalled = [f"{name}@{version}" for name, version in sorted(engine.stalled_loads)]
+    ready = store["ok"] and not stalled
     body = ReadyResponse(
-        status="ready" if store["ok"] else "unavailable",
+        status="ready" if ready else "unavailable",
         device=str(engine.device),
         store=store,
         redis=redis_status,
         loaded_models=len(engine.loaded()),
+        stalled_loads=stalled,
     )
-    return JSONResponse(body.model_dump(), status_code=200 if store["ok"] else 503)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
 @router.get(
