@@ -100,12 +100,14 @@ def test_endpoint_index_lists_only_routes_the_app_serves(tmp_path: Path) -> None
 
 
 def _settings_classes() -> list[Any]:
-    """Every settings class the table documents: the service's and the job queue's."""
+    """Every settings class the table documents: the service's, the job queue's and the
+    training processes'."""
     try:
         from service.settings import JobSettings, Settings
+        from training.settings import TrainingSettings
     except ModuleNotFoundError as exc:
-        pytest.skip(f"service settings not built yet ({exc.name})")
-    return [Settings, JobSettings]
+        pytest.skip(f"settings not built yet ({exc.name})")
+    return [Settings, JobSettings, TrainingSettings]
 
 
 def test_configuration_table_names_every_setting() -> None:
