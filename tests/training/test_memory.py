@@ -65,3 +65,19 @@ def test_chunked_scoring_equals_unchunked(digits) -> None:
         per_row = -flow.log_prob(x, method="exact")
     assert chunked == pytest.approx(whole, rel=1e-10, abs=1e-10)
     assert chunked == pytest.approx(float(per_row.mean()), rel=1e-10, abs=1e-10)
+
+
+def test_plot_grids_are_scored_in_budget_sized_chunks(monkeypatch) -> None:
+    import numpy as np
+
+    from cpflow import CPFlow
+    from training.plots import _grid_chunk_rows, _log_prob_grid
+
+    flow = CPFlow(FlowConfig(dim=2, blocks=2, hidden=8, depth=2, dtype="float64")).eval()
+    pts = np.random.default_rng(0).normal(size=(500, 2))
+    assert _grid_chunk_rows(flow) == 4096  # the default budget holds a whole grid chunk
+    monkeypatch.setenv("CPFLOW_EVAL_MEMORY_MB", "0.05")
+    assert 1 < _grid_chunk_rows(flow) < 100
+    with torch.no_grad():
+        direct = flow.log_prob(torch.as_tensor(pts), method="exact").numpy()
+    np.testing.assert_allclose(_log_prob_grid(flow, pts), direct, rtol=1e-12, atol=1e-12)
