@@ -46,6 +46,7 @@ SUITES = (
     "storage",
     "console",
     "tables",
+    "memory",
 )
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

@@ -78,7 +78,12 @@ class TrainConfig(BaseModel):
     val_max_points: int | None = Field(
         2000, ge=1, description="fixed subset of val rows scored during training; None = all"
     )
-    eval_batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int = Field(
+        1024,
+        ge=1,
+        description="most rows scored at a time; the memory budget (CPFLOW_EVAL_MEMORY_MB) "
+        "may allow fewer",
+    )
     final_train_max_points: int | None = Field(
         10000, ge=1, description="rows of the train split scored for the final train NLL"
     )

@@ -16,7 +16,7 @@ import numpy as np
 
 from training.config import TrainConfig
 from training.presets import resolve_preset
-from training.recipes import AUTO, Recipe, auto_recipe, rows_of
+from training.recipes import AUTO, Recipe, auto_recipe, image_shape_of, rows_of
 from training.splits_protocol import Splits, SplitsInfo, splits_info
 from training.trainer import ProgressEvent, Trainer, TrainResult
 
@@ -300,7 +300,7 @@ def _plan(
     )
     recipe = None
     if preset == AUTO:
-        recipe = auto_recipe(rows_of(splits))
+        recipe = auto_recipe(rows_of(splits), image_shape=image_shape_of(splits))
         _, flow_kw, cfg, _ = build_configs(preset=AUTO, dataset=None, recipe=recipe, **configs)
     return _Plan(splits, ds_name, preset, flow_kw, cfg, recipe, flow_overrides, train_overrides)
 

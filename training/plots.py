@@ -21,6 +21,9 @@ import numpy as np
 import torch
 from matplotlib.collections import LineCollection
 
+from training.memory import activation_floats, eval_chunk_rows
+from training.settings import TrainingSettings
+
 __all__ = [
     "PNG_MAGIC",
     "context_slices_figure",
@@ -63,11 +66,22 @@ def _flow_tensor(flow: torch.nn.Module, arr: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(arr, dtype=ref.dtype, device=ref.device)
 
 
-def _log_prob_grid(
-    flow: Any, pts: np.ndarray, context: np.ndarray | None = None, batch: int = 4096
-) -> np.ndarray:
+def _grid_chunk_rows(flow: Any, most: int = 4096) -> int:
+    """Grid points scored at a time: what the evaluation memory budget allows, at most
+    ``most``."""
+    budget = TrainingSettings().eval_memory_mb
+    dtype_bytes = _flow_tensor(flow, np.zeros(1)).element_size()
+    activations = activation_floats(flow.config)
+    rows = eval_chunk_rows(
+        budget, flow.dim, "exact", activations=activations, dtype_bytes=dtype_bytes
+    )
+    return min(most, rows)
+
+
+def _log_prob_grid(flow: Any, pts: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
     out = []
     c = None if context is None else _flow_tensor(flow, np.atleast_2d(context))
+    batch = _grid_chunk_rows(flow)
     for s in range(0, len(pts), batch):
         with torch.no_grad():
             lp = flow.log_prob(_flow_tensor(flow, pts[s : s + batch]), c, method="exact")

@@ -3,8 +3,8 @@
 ``auto_recipe(train_rows)`` looks at the number of rows, the dimension and, in 2-D, whether the
 data are rotation-invariant about their mean, and returns FlowConfig and TrainConfig overrides
 plus a record of every choice with its reason (the manifest's ``training.auto``). Explicit
-options override any of them (training.pipeline.build_configs). Images and conditional data
-keep the library defaults: the recipe covers rows.
+options override any of them (training.pipeline.build_configs). Conditional data keep the
+library defaults.
 
 The rules and the measurements behind them:
 
@@ -17,16 +17,23 @@ The rules and the measurements behind them:
   plateau decay and early stopping on the validation NLL. Tuned with bench ``tables`` on its
   tuning tables only (bench/reports/2026-12-04/tables/README.md lists what was tried); above
   LARGE_TABLE_ROWS rows a larger flow, untested on real data.
+* Images: the multiscale convolutional potential of the image preset made for that image
+  shape (digits' 8x8: 2+2+2 blocks of 16 channels, test 2.29 bits/dim), with its training
+  settings but not its budget; other shapes get the same narrow potential with as many scales
+  as the sides halve. The library default (one scale of 64 channels) needed 23 GB to score
+  the 8x8 digits (issue #31).
 * Objective: the exact log-det up to EXACT_LOSS_MAX_DIM columns, the CG surrogate above.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from training.presets import PRESETS
 from training.splits_protocol import Splits, splits_info
 
 __all__ = ["AUTO", "Recipe", "auto_recipe", "rows_of"]
@@ -52,6 +59,15 @@ class Recipe:
     flow: dict[str, Any]
     train: dict[str, Any]
     choices: dict[str, Any] = field(default_factory=dict)
+
+
+def image_shape_of(splits: Splits) -> tuple[int, int, int] | None:
+    """The (channels, height, width) of image splits, None for rows and conditional data."""
+    info = splits_info(splits)
+    if not info.levels or info.image_shape is None:
+        return None
+    channels, height, width = (int(v) for v in info.image_shape)
+    return channels, height, width
 
 
 def rows_of(splits: Splits) -> np.ndarray | None:
@@ -81,18 +97,26 @@ def _choose(choices: dict, out: dict, name: str, value: Any, why: str) -> None:
     choices[name] = {"value": value, "why": why}
 
 
-def auto_recipe(rows: np.ndarray | None) -> Recipe:
-    """The recipe for these training rows (None: images or conditional data, no overrides)."""
-    if rows is None:
-        return Recipe({}, {}, {"data": "images or conditional data: the library defaults"})
-    n, dim = int(rows.shape[0]), int(rows.shape[1])
-    choices: dict[str, Any] = {"data": {"rows": n, "dim": dim}}
+def auto_recipe(
+    rows: np.ndarray | None, *, image_shape: tuple[int, int, int] | None = None
+) -> Recipe:
+    """The recipe for these training rows, or for images of ``image_shape`` (rows None and
+    no shape: conditional data, no overrides)."""
     flow: dict[str, Any] = {}
     train: dict[str, Any] = {}
-    if dim <= 2 and n >= TOY_MIN_ROWS:
-        _toy(rows, choices, flow, train)
+    if image_shape is not None:
+        dim = math.prod(image_shape)
+        choices: dict[str, Any] = {"data": {"image_shape": list(image_shape)}}
+        _images(image_shape, choices, flow, train)
+    elif rows is None:
+        return Recipe({}, {}, {"data": "conditional data: the library defaults"})
     else:
-        _table(n, dim, choices, flow, train)
+        n, dim = int(rows.shape[0]), int(rows.shape[1])
+        choices = {"data": {"rows": n, "dim": dim}}
+        if dim <= 2 and n >= TOY_MIN_ROWS:
+            _toy(rows, choices, flow, train)
+        else:
+            _table(n, dim, choices, flow, train)
     exact = dim <= EXACT_LOSS_MAX_DIM
     _choose(
         choices,
@@ -103,6 +127,30 @@ def auto_recipe(rows: np.ndarray | None) -> Recipe:
         + ("the exact log-det gradient is affordable" if exact else "the CG surrogate scales"),
     )
     return Recipe(flow, train, choices)
+
+
+def _images(shape: tuple[int, int, int], choices: dict, flow: dict, train: dict) -> None:
+    preset = next(
+        (p for p in PRESETS.values() if tuple(p.flow.get("input_shape", ())) == shape), None
+    )
+    if preset is not None:
+        why = f"images {shape}: the {preset.name!r} preset's multiscale convolutional potential"
+        blocks = preset.flow["blocks"]
+        hidden, depth = preset.flow["hidden"], preset.flow["depth"]
+        settings = {k: v for k, v in preset.train.items() if k not in ("iterations", "epochs")}
+    else:
+        scales, side = 1, min(shape[1:])
+        while side % 2 == 0 and side >= 4:
+            scales, side = scales + 1, side // 2
+        why = f"images {shape}: a narrow multiscale convolutional potential, {scales} scales"
+        blocks, hidden, depth = [2] * scales, 16, 4
+        settings = {k: v for k, v in PRESETS["digits"].train.items() if k == "grad_clip"}
+    _choose(choices, flow, "input_shape", list(shape), why)
+    _choose(choices, flow, "blocks", blocks, why)
+    _choose(choices, flow, "hidden", hidden, why)
+    _choose(choices, flow, "depth", depth, why)
+    for key, value in settings.items():
+        _choose(choices, train, key, value, why + "'s training settings")
 
 
 def _toy(rows: np.ndarray, choices: dict, flow: dict, train: dict) -> None:

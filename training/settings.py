@@ -47,6 +47,12 @@ class TrainingSettings(BaseSettings):
         ge=1,
         description="torch CPU threads of a training job (a group's ranks get 1 each if unset).",
     )
+    eval_memory_mb: float = Field(
+        default=512.0,
+        gt=0,
+        description="Memory budget (MiB) of one evaluation chunk: validation, final scoring "
+        "and plots score as many rows at a time as fit (training.memory.eval_chunk_rows).",
+    )
     data_dir: Path | None = Field(
         default=None,
         description="Folder holding the paper's tabular data sets (power/, gas/, hepmass/, "

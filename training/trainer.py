@@ -28,7 +28,9 @@ from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from training.config import TrainConfig, iterations_per_epoch
 from training.distributed import current
 from training.images import bits_per_dim
+from training.memory import activation_floats, eval_chunk_rows
 from training.run_data import DataShape, RunData
+from training.settings import TrainingSettings
 from training.splits_protocol import Splits
 from training.state import TrainState, restore_state, state_to_checkpoint
 
@@ -319,6 +321,9 @@ class Trainer:
     Raises TrainingDiverged (naming the iteration) on NaN/inf, TrainingCancelled when
     ``should_stop()`` returns True (after checkpointing). ``on_validate(flow, iteration)`` may
     return extra numbers recorded in the history at each validation (e.g. transport cost).
+    ``eval_memory_mb`` bounds the memory of one scoring chunk (None: the
+    ``CPFLOW_EVAL_MEMORY_MB`` setting); the rows per chunk follow from it
+    (:func:`training.memory.eval_chunk_rows`), at most ``eval_batch_size``.
     """
 
     def __init__(
@@ -332,6 +337,7 @@ class Trainer:
         checkpoint_dir: str | Path | None = None,
         resume: bool = True,
         on_validate: ValidateHook | None = None,
+        eval_memory_mb: float | None = None,
     ) -> None:
         self._t0 = time.perf_counter()
         cfg = (
@@ -356,6 +362,7 @@ class Trainer:
         self.data = RunData(splits, shape, cfg, self.device, dtype)
         self.method = "exact" if shape.dim <= cfg.exact_max_dim else "slq"  # the NLLs reported
         self.loss_method = cfg.loss_method(shape.dim)
+        self.eval_rows = self._eval_rows(eval_memory_mb, dtype)
         self.batch_size = min(cfg.batch_size * self.group.world, self.data.n_train)  # global
         self.iterations_per_epoch = iterations_per_epoch(self.data.n_train, self.batch_size)
         self.total = cfg.total_iterations(self.data.n_train)
@@ -621,12 +628,23 @@ class Trainer:
         return metrics
 
     # -- helpers --------------------------------------------------------------------------
+    def _eval_rows(self, budget_mb: float | None, dtype: torch.dtype) -> int:
+        """Rows per scoring chunk: what the memory budget allows, at most eval_batch_size."""
+        cfg, fc = self.cfg, self.flow_config
+        budget = TrainingSettings().eval_memory_mb if budget_mb is None else budget_mb
+        rows = eval_chunk_rows(
+            budget, fc.dim, self.method, activations=activation_floats(fc),
+            probes=cfg.slq_probes or fc.slq_probes, steps=cfg.slq_steps or fc.slq_steps,
+            dtype_bytes=torch.finfo(dtype).bits // 8,
+        )  # fmt: skip
+        return min(cfg.eval_batch_size, rows)
+
     def _score(
         self, x: torch.Tensor, c: torch.Tensor | None, seed: int
     ) -> tuple[float, float | None]:
         cfg = self.cfg
         return evaluate_nll(
-            self.flow, x, c, method=self.method, batch_size=cfg.eval_batch_size,
+            self.flow, x, c, method=self.method, batch_size=self.eval_rows,
             probes=cfg.slq_probes, steps=cfg.slq_steps, seed=cfg.seed + seed,
         )  # fmt: skip
 

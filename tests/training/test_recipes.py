@@ -55,8 +55,22 @@ def test_two_dimensional_toys_get_the_toy_recipe_radial_units_only_for_rings() -
     assert auto_recipe(_rows(300, 2)).flow["standardization"] == "whiten"
 
 
-def test_images_and_conditional_data_keep_the_defaults() -> None:
+def test_conditional_data_keep_the_defaults() -> None:
     assert auto_recipe(None).flow == {} and auto_recipe(None).train == {}
+
+
+def test_images_get_the_image_preset_for_their_shape() -> None:
+    from training.presets import PRESETS
+
+    digits = auto_recipe(None, image_shape=(1, 8, 8))
+    preset = PRESETS["digits"]
+    for key in ("input_shape", "blocks", "hidden", "depth"):
+        assert digits.flow[key] == (list(preset.flow[key]) if key == "input_shape" else
+                                    preset.flow[key])  # fmt: skip
+    assert digits.train["lr"] == preset.train["lr"] and "iterations" not in digits.train
+    assert "digits" in digits.choices["blocks"]["why"]
+    other = auto_recipe(None, image_shape=(3, 16, 16))  # no preset: the same narrow potential
+    assert other.flow["blocks"] == [2, 2, 2, 2] and other.flow["hidden"] == 16
 
 
 def test_explicit_options_override_the_recipe() -> None:
