@@ -18,6 +18,24 @@ bash "$ROOT/scripts/setup.sh"
 # Jobs survive a Redis restart: the Redis up.sh starts keeps an append-only file here.
 export CPFLOW_REDIS_DIR="${CPFLOW_REDIS_DIR:-$VAR_DIR/redis}"
 bash "$ROOT/scripts/ensure_redis.sh"
+# A Redis that was running already keeps its own persistence: say so when it keeps nothing.
+if ! "$PY" - <<'PY'
+import os
+import sys
+
+import redis
+
+try:
+    conn = redis.Redis.from_url(os.environ["CPFLOW_REDIS_URL"], socket_timeout=2)
+    aof = conn.config_get("appendonly").get("appendonly")
+    rdb = conn.config_get("save").get("save")
+except redis.RedisError:  # CONFIG refused (managed Redis): nothing to say
+    sys.exit(0)
+sys.exit(0 if aof == "yes" or rdb else 1)
+PY
+then
+    warn "the Redis at $CPFLOW_REDIS_URL keeps nothing on disk (appendonly no, no save points): a Redis restart loses queued and running jobs. Turn on its append-only file (redis-cli CONFIG SET appendonly yes), or stop it and rerun this script, which then starts one that keeps it in $CPFLOW_REDIS_DIR."
+fi
 
 # Each entry point must be importable before we start it; say which part is missing.
 missing="$("$PY" - <<'PY'
