@@ -206,6 +206,7 @@ def _train(args: argparse.Namespace, group: Dist, cache_dir: Path | None) -> int
     # options named as TrainConfig fields go to the trainer (device among them)
     train_kw = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields}
     bar = _Bar(args.quiet or not group.main)
+    new_store = None if args.store_url else _new_store_folder(Path(args.store_dir))
     try:
         store = open_store(args.store_url or args.store_dir, cache_dir)
         published = train_and_publish(
@@ -234,7 +235,24 @@ def _train(args: argparse.Namespace, group: Dist, cache_dir: Path | None) -> int
     bar.close()
     if published is not None:  # None: not rank 0 of a torchrun group
         print(json.dumps(_summary(published), indent=2))
+        if new_store is not None:
+            print(_new_store_notice(new_store), file=sys.stderr)
     return 0
+
+
+def _new_store_folder(store_dir: Path) -> Path | None:
+    """The store folder as an absolute path when it does not exist yet (this run creates it)."""
+    folder = store_dir.resolve()
+    return None if folder.exists() else folder
+
+
+def _new_store_notice(folder: Path) -> str:
+    """Said when a publish created a new store: a service looking elsewhere would not see it."""
+    return (
+        f"cpflow-train: note: created a new model store at {folder} (none was there). "
+        f"A service serves it when started with CPFLOW_STORE_DIR={folder} (or run cpflow-train "
+        "with --store-dir / CPFLOW_STORE_DIR pointing at the store your service already uses)."
+    )
 
 
 def _fail(bar: _Bar, message: str, status: int) -> int:
@@ -249,7 +267,7 @@ def _summary(published: Any) -> dict[str, Any]:
     return {
         "name": published.name,
         "version": published.version,
-        "path": str(published.path),
+        "path": str(Path(published.path).resolve()),
         "kind": training.get("kind"),
         "dataset": training.get("dataset"),
         **{k: training[k] for k in ("context_columns", "context_dim") if k in training},

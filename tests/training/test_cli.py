@@ -215,3 +215,26 @@ def test_cli_radial_units_reach_the_blocks_and_survive_the_store(tmp_path) -> No
     x = torch.randn(5, 2)
     lp = loaded.flow.log_prob(x)
     assert lp.shape == (5,) and torch.isfinite(lp).all()
+
+
+def test_cli_prints_absolute_store_paths_and_says_when_it_creates_a_store(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """Run from another folder with a relative store: the summary's path is absolute, and the
+    first publish (which creates the store) says where it went and how a service finds it."""
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "--dataset", "wishart_gaussian:2", "--name", "m", "--iterations", "2", "--blocks", "1",
+        "--hidden", "4", "--depth", "1", "--num-samples", "200", "--store-dir", "rel/store",
+        "--no-plots", "--quiet",
+    ]  # fmt: skip
+    store = (tmp_path / "rel" / "store").resolve()
+    assert main(args) == 0
+    first = capsys.readouterr()
+    assert json.loads(first.out)["path"] == str(store / "m" / "1")
+    assert f"created a new model store at {store}" in first.err
+    assert f"CPFLOW_STORE_DIR={store}" in first.err
+    assert main(args) == 0
+    second = capsys.readouterr()
+    assert json.loads(second.out)["path"] == str(store / "m" / "2")
+    assert "created a new model store" not in second.err
