@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from types import ModuleType
 
 from fastapi import APIRouter, FastAPI, Security
+from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 
 import cpflow
@@ -115,6 +116,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)  # Open Inference Protocol (KServe v2)
     if settings.console:
         install_console(app)  # /ui: browser pages over /v1, outside the OpenAPI schema
+    home = "/ui" if settings.console else "/docs"
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        """A browser opening the service's address lands on the console (or the API docs)."""
+        return RedirectResponse(home)
+
     # Route templates for metrics labels, keyed by route object: recent FastAPI versions put the
     # router's own (unprefixed) route in the ASGI scope.
     templates = {id(r): getattr(r, "path", "") for r in health.router.routes}

@@ -23,6 +23,12 @@ def client(tmp_path_factory):
         yield c
 
 
+def test_the_root_address_leads_to_the_console(client):
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/ui"
+    assert "/" not in client.get("/openapi.json").json()["paths"]
+
+
 def test_ui_is_not_in_the_api_schema(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p.startswith("/ui")]
@@ -79,3 +85,5 @@ def test_console_can_be_turned_off(tmp_path):
         assert c.get("/ui").status_code == 404
         assert c.get("/ui/static/console.js").status_code == 404
         assert c.get("/v1/models").status_code == 200
+        root = c.get("/", follow_redirects=False)  # no console: the root leads to the API docs
+        assert root.status_code == 307 and root.headers["location"] == "/docs"
