@@ -66,6 +66,14 @@ def _load_router_modules() -> list[ModuleType]:
     return modules
 
 
+def _install_home(app: FastAPI, home: str) -> None:
+    """A browser opening the service's address lands on ``home`` (the console, or the docs)."""
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse(home)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service app for ``settings`` (default: from the CPFLOW_* environment)."""
     settings = settings if settings is not None else get_settings()
@@ -116,13 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)  # Open Inference Protocol (KServe v2)
     if settings.console:
         install_console(app)  # /ui: browser pages over /v1, outside the OpenAPI schema
-    home = "/ui" if settings.console else "/docs"
-
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        """A browser opening the service's address lands on the console (or the API docs)."""
-        return RedirectResponse(home)
-
+    _install_home(app, "/ui" if settings.console else "/docs")
     # Route templates for metrics labels, keyed by route object: recent FastAPI versions put the
     # router's own (unprefixed) route in the ASGI scope.
     templates = {id(r): getattr(r, "path", "") for r in health.router.routes}
