@@ -591,10 +591,3 @@ def _standardization(flow: CPFlow) -> dict[str, Any] | None:
         "mean": [float(v) for v in mean.detach().cpu().reshape(-1).tolist()],
         "std": [float(v) for v in std.detach().cpu().reshape(-1).tolist()],
     }
-
-
-def torch_tensor_type() -> type[torch.Tensor]:
-    """torch.Tensor, imported lazily so that name/manifest code does not need torch."""
-    import torch
-
-    return torch.Tensor

@@ -15,16 +15,15 @@ admin role) writes one audit line: key, tenant, method, path, status.
 
 from __future__ import annotations
 
-import hmac
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.error_codes import ErrorCode
 from service.middleware import is_guarded, send_error
-from service.tenancy import OPEN, Identity, KeyRing, Role, key_id, required_role
+from service.tenancy import OPEN, Identity, KeyRing, Role, key_id, key_matches, required_role
 
 __all__ = ["ApiKeyMiddleware", "bearer_scheme", "key_id", "key_matches"]
 
@@ -35,16 +34,6 @@ bearer_scheme = HTTPBearer(
     description="An API key from CPFLOW_API_KEYS or CPFLOW_API_KEY_HASHES (only when the "
     "server sets any).",
 )
-
-
-def key_matches(presented: str, keys: Sequence[bytes]) -> bool:
-    """Constant-time check of a presented key against every configured key."""
-    token = presented.encode()
-    ok = False
-    for key in keys:
-        # Compare against all keys, no early exit: timing does not reveal which one matched.
-        ok |= hmac.compare_digest(token, key)
-    return ok
 
 
 def _authorization(scope: Scope) -> str:

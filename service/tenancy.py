@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -36,6 +36,7 @@ __all__ = [
     "KeyRing",
     "Role",
     "key_id",
+    "key_matches",
     "required_role",
     "tenant_of",
 ]
@@ -43,6 +44,16 @@ __all__ = [
 _ALL_ROLES = frozenset(Role)
 _TRAIN_PREFIXES = ("/v1/datasets", "/v1/jobs")
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def key_matches(presented: str, keys: Sequence[bytes]) -> bool:
+    """Constant-time check of a presented key against every configured plain key."""
+    token = presented.encode()
+    ok = False
+    for key in keys:
+        # Compare against all keys, no early exit: timing does not reveal which one matched.
+        ok |= hmac.compare_digest(token, key)
+    return ok
 
 
 def key_id(key: str) -> str:
@@ -91,9 +102,8 @@ class KeyRing:
         presented = token.encode()
         digest = hashlib.sha256(presented).hexdigest().encode()
         found: Identity | None = None
-        for key in self._plain:
-            if hmac.compare_digest(presented, key):
-                found = Identity(key_id(token), DEFAULT_TENANT, _ALL_ROLES)
+        if key_matches(token, self._plain):
+            found = Identity(key_id(token), DEFAULT_TENANT, _ALL_ROLES)
         for stored, tenant, roles in self._hashed:
             if hmac.compare_digest(digest, stored):
                 found = Identity(key_id(token), tenant, roles)
