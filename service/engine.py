@@ -514,6 +514,13 @@ class InferenceEngine:
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
 
+    def method_for(self, model: ServedModel, method: str) -> str:
+        """The log-det method a request runs: auto is exact up to CPFLOW_EXACT_MAX_DIM
+        dimensions, slq above; exact and slq as asked."""
+        if method != "auto":
+            return method
+        return "exact" if model.dim <= self.settings.exact_max_dim else "slq"
+
     async def log_prob(
         self,
         model: ServedModel,
@@ -526,9 +533,8 @@ class InferenceEngine:
         context: torch.Tensor | None = None,
     ) -> LogProbResult:
         """log p(x) per row (log p(x | c) with ``context`` (n, k) for a conditional model);
-        ``method`` auto is resolved with ``exact_max_dim``."""
-        if method == "auto":
-            method = "exact" if model.dim <= self.settings.exact_max_dim else "slq"
+        ``method`` auto is resolved by :meth:`method_for`."""
+        method = self.method_for(model, method)
         label = model.name
         self.metrics.rows.labels(label, "log_prob").inc(x.shape[0])
         flow, device = model.flow, self.device

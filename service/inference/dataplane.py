@@ -9,7 +9,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -63,12 +63,6 @@ class DataPlane:
     async def versions(self, name: str) -> list[int]:
         """The published versions of ``name``, oldest first (read off the event loop)."""
         return await self.engine.io(self.engine.store.versions, name)
-
-    def resolve_method(self, method: Method, model: ServedModel) -> Method:
-        """auto is exact up to CPFLOW_EXACT_MAX_DIM dimensions, slq above."""
-        if method != "auto":
-            return method
-        return "exact" if model.dim <= self.settings.exact_max_dim else "slq"
 
     async def log_prob(self, request: LogProbRequest) -> LogProbResult:
         """log p(x) per row (log p(x | c) for a conditional model)."""
@@ -138,7 +132,7 @@ class DataPlane:
             )
         model = await self.model(request.model, request.version)
         x, context = checks.table_tensors(request.table, model)
-        method = self.resolve_method(request.method, model)
+        method = cast(Method, self.engine.method_for(model, request.method))
         seed = request.seed
         if seed is None and method == "slq":
             seed = secrets.randbits(63)  # one seed for every batch, reported to the caller
