@@ -10,6 +10,7 @@ from .errors import (
     DatasetNotFound,
     InvalidDataset,
     InvalidName,
+    ModelNameTaken,
     ModelNotFound,
     StoreError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidDataset",
     "InvalidName",
     "LoadedModel",
+    "ModelNameTaken",
     "ModelNotFound",
     "ModelStore",
     "ObjectModelStore",

@@ -79,12 +79,22 @@ class StoreBackend(Protocol):
         training: dict[str, Any] | None = None,
         plots: dict[str, bytes] | None = None,
         export_onnx: bool = False,
+        tenant: str | None = None,
     ) -> PublishedVersion:
-        """Write ``flow`` as the next version of ``name``, atomically."""
+        """Write ``flow`` as the next version of ``name``, atomically (for ``tenant``, or
+        shared)."""
+        ...
+
+    def owner(self, name: str) -> str | None:
+        """The tenant whose versions ``name`` holds; None when shared."""
         ...
 
     def delete(self, name: str, version: int | str) -> None:
         """Remove one version."""
+        ...
+
+    def delete_model(self, name: str) -> list[int]:
+        """Remove every version of ``name``, oldest first; return their numbers."""
         ...
 
     def cleanup(self, name: str | None = None) -> list[str]:

@@ -8,6 +8,7 @@ __all__ = [
     "DatasetNotFound",
     "InvalidDataset",
     "InvalidName",
+    "ModelNameTaken",
     "ModelNotFound",
     "StoreError",
 ]
@@ -32,6 +33,18 @@ class ModelNotFound(StoreError, LookupError):
         else:
             message = f"model {name!r} version {version} not found"
         super().__init__(f"{message}{': ' + detail if detail else ''}")
+
+
+class ModelNameTaken(StoreError):
+    """A publish under a name whose versions belong to another owner (another tenant, or
+    shared when the publisher is a tenant, and the reverse): a name has one owner."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"the model name {name!r} is taken: its versions belong to another owner (another "
+            "tenant, or the shared models); publish under another name"
+        )
 
 
 class CorruptModel(StoreError):

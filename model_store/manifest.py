@@ -101,6 +101,9 @@ def check_manifest(manifest: object, name: str, version: int) -> str | None:
             f"describes {manifest['name']!r} version {manifest['version']}, "
             "not the folder it lies in"
         )
+    tenant = manifest.get("tenant")
+    if tenant is not None and not isinstance(tenant, str):
+        return f"field 'tenant' should be str, got {type(tenant).__name__}"
     files = manifest["files"]
     if WEIGHTS_FILE not in files:
         return f"does not list {WEIGHTS_FILE!r}"

@@ -259,6 +259,7 @@ class ObjectModelStore(ModelStore):
     ) -> PublishedVersion:
         """Claim a number, upload the files, the manifest's digest and the manifest, then the
         commit marker; the bytes just uploaded also become this machine's cached copy."""
+        self._check_owner(name, base.get("tenant"))
         version = self._claim(name)
         manifest = {**base, "version": version, "created_at": utc_now()}
         raw = dump_manifest(manifest)

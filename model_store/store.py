@@ -15,6 +15,11 @@ Layout under the root (CPFLOW_STORE_DIR)::
 
 A version folder appears by one ``rename`` of a fully written, fsynced temporary folder, so a
 reader sees a version completely or not at all.
+
+A version published for a tenant (``publish(..., tenant=...)``: a training job of a service
+with CPFLOW_MODEL_SCOPE=tenant) names it in its manifest's ``tenant`` field; versions without
+one (the CLI, older versions) are shared. A name has one owner: :meth:`ModelStore.owner`, and a
+publish for another owner raises :class:`ModelNameTaken`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import fsio
 from .datasets import DatasetStore
-from .errors import CorruptModel, InvalidName, ModelNotFound, StoreError
+from .errors import CorruptModel, InvalidName, ModelNameTaken, ModelNotFound, StoreError
 from .manifest import (
     FORMAT_VERSION,
     MANIFEST_DIGEST_FILE,
@@ -181,6 +186,29 @@ class ModelStore:
         """The verified manifest of a version (file digests are checked by load())."""
         number = self.resolve(name, version)
         return self._read_manifest(name, number, self._folder(name, number))
+
+    def owner(self, name: str) -> str | None:
+        """The tenant whose versions ``name`` holds (its newest readable manifest's
+        ``tenant``); None for a shared model, or one none of whose manifests can be read.
+        ModelNotFound when it has no version."""
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFound(name, detail="it has no published version")
+        for number in reversed(versions):
+            try:
+                tenant = self.manifest(name, number).get("tenant")
+            except (CorruptModel, ModelNotFound):
+                continue
+            return tenant if isinstance(tenant, str) else None
+        return None
+
+    def _check_owner(self, name: str, tenant: str | None) -> None:
+        """ModelNameTaken unless ``name`` is new or already ``tenant``'s (None: shared)."""
+        try:
+            if self.owner(name) != tenant:
+                raise ModelNameTaken(name)
+        except ModelNotFound:
+            return
 
     def list_models(self) -> list[dict[str, Any]]:
         """One summary per model, for its latest version: name, version, dim, created_at, metrics.
@@ -446,9 +474,14 @@ class ModelStore:
         training: dict[str, Any] | None = None,
         plots: dict[str, bytes] | None = None,
         export_onnx: bool = False,
+        tenant: str | None = None,
     ) -> PublishedVersion:
-        """Write ``flow`` as the next version of ``name``, atomically (see :meth:`_commit`)."""
+        """Write ``flow`` as the next version of ``name``, atomically (see :meth:`_commit`);
+        ``tenant``: the version is that tenant's (ModelNameTaken if the name is another
+        owner's), None: shared."""
         files, base = self._payload(name, flow, training, plots, export_onnx)
+        if tenant is not None:
+            base["tenant"] = tenant
         return self._commit(name, files, base)
 
     def _commit(
@@ -462,6 +495,7 @@ class ModelStore:
             name_dir.mkdir(parents=True, exist_ok=True)
             fsio.fsync_dir(self.root)
         with self._name_lock(name_dir):
+            self._check_owner(name, base.get("tenant"))
             self._cleanup_locked(name_dir)
             tmp = name_dir / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
             os.mkdir(tmp)
@@ -493,6 +527,16 @@ class ModelStore:
         finally:
             os.close(tmp_fd)
         return PublishedVersion(name=name, version=version, path=target, manifest=manifest)
+
+    def delete_model(self, name: str) -> list[int]:
+        """Remove every version of ``name``, oldest first (so an interruption leaves the
+        newest ones, never an older version as latest); return the numbers removed."""
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFound(name, detail="it has no published version")
+        for number in versions:
+            self.delete(name, number)
+        return versions
 
     def delete(self, name: str, version: int | str) -> None:
         """Remove one version; its number is never reused by a later publish."""

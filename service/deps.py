@@ -15,6 +15,7 @@ from service.engine import InferenceEngine
 from service.inference import DataPlane
 from service.metrics import ServiceMetrics
 from service.settings import Settings
+from service.tenancy import tenant_of
 
 __all__ = [
     "DataPlaneDep",
@@ -43,14 +44,14 @@ def get_store(request: Request) -> ModelStore:
 
 
 def get_dataplane(request: Request) -> DataPlane:
-    """The data plane over the app's engine and settings; the models a request resolves label
-    its metrics (``request.state.metric_model``)."""
+    """The data plane over the app's engine and settings, for the caller's tenant; the models
+    a request resolves label its metrics (``request.state.metric_model``)."""
     state = request.app.state
 
     def label(name: str) -> None:
         request.state.metric_model = name
 
-    return DataPlane(state.engine, state.settings, label)
+    return DataPlane(state.engine, state.settings, label, tenant_of(request))
 
 
 def get_metrics(request: Request) -> ServiceMetrics:

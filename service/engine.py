@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from model_store import ModelStore, StoreUnavailable, open_store
+from model_store import ModelNotFound, ModelStore, StoreUnavailable, open_store
 from service.batching import MicroBatcher
 from service.metrics import ServiceMetrics
 from service.runtime import Runtimes, calibrate, open_runtimes, planned_runtimes
@@ -199,7 +199,8 @@ class InferenceEngine:
         self._cache: OrderedDict[tuple[str, int], ServedModel] = OrderedDict()
         self._loading: dict[tuple[str, int], asyncio.Task[ServedModel]] = {}
         self._failures: dict[tuple[str, int], tuple[BaseException, float]] = {}
-        self._latest: dict[str, tuple[int, float]] = {}
+        self._versions: dict[str, tuple[list[int], float]] = {}
+        self._owners: dict[str, tuple[int, str | None]] = {}
         self.stalled_loads: set[tuple[str, int]] = set()
         """Versions whose last load passed the deadline (reported by /readyz until one loads)."""
 
@@ -255,25 +256,59 @@ class InferenceEngine:
         self.metrics.loaded_models.set(len(self._cache))
         return dropped
 
-    async def resolve(self, name: str, version: int | None) -> int:
-        """The version to serve: the pinned one, or the store's latest (polled at most every
-        ``poll_interval_s``)."""
-        if version is not None:
-            return version
+    async def published(self, name: str) -> list[int]:
+        """The store's versions of ``name``, looked up at most every ``poll_interval_s``. A
+        loaded version that is no longer published (deleted, maybe by another replica) is
+        dropped from memory here, so every replica forgets it within that interval."""
         now = time.monotonic()
-        cached = self._latest.get(name)
+        cached = self._versions.get(name)
         if cached is not None and now - cached[1] < self.settings.poll_interval_s:
             return cached[0]
         try:
-            latest = await self.io(self.store.resolve, name, "latest")
+            found = await self.io(self.store.versions, name)
         except StoreUnavailable:
             if cached is None:
                 raise
-            # object storage unreachable: keep serving the version known to be latest
+            # object storage unreachable: keep serving the versions known to be published
             log.warning("store unreachable; serving the last known version", extra={"model": name})
             return cached[0]
-        self._latest[name] = (int(latest), now)
-        return int(latest)
+        self._versions[name] = (found, now)
+        for gone in [v for n, v in self._cache if n == name and v not in found]:
+            self.forget(name, gone)
+            log.info("model version no longer published; unloaded",
+                     extra={"model": name, "version": gone})  # fmt: skip
+        return found
+
+    async def resolve(self, name: str, version: int | None) -> int:
+        """The version to serve: the pinned one, or the latest, if the store (as last looked
+        up, see :meth:`published`) has it; else ModelNotFound."""
+        found = await self.published(name)
+        if version is None:
+            if not found:
+                raise ModelNotFound(name, detail="it has no published version")
+            return found[-1]
+        if version not in found:
+            raise ModelNotFound(name, version)
+        return version
+
+    async def owner(self, name: str) -> str | None:
+        """The tenant whose model ``name`` is (None: shared); ModelNotFound if it has no
+        version. Read from the store once per latest version (a name keeps its owner)."""
+        latest = await self.resolve(name, None)
+        cached = self._owners.get(name)
+        if cached is not None and cached[0] == latest:
+            return cached[1]
+        owner = await self.io(self.store.owner, name)
+        self._owners[name] = (latest, owner)
+        return owner
+
+    def unpublished(self, name: str) -> None:
+        """``name``'s versions changed here (a deletion): forget what was known of them, and
+        the loaded versions the store no longer has are dropped by the next look-up."""
+        self._versions.pop(name, None)
+        self._owners.pop(name, None)
+        for key in [k for k in self._failures if k[0] == name]:
+            del self._failures[key]
 
     async def get(self, name: str, version: int | None = None) -> ServedModel:
         """The served model for ``name`` at ``version`` (None: latest), loading it if needed."""
@@ -304,7 +339,7 @@ class InferenceEngine:
         self._loading.pop(key, None)
 
     async def _load(self, name: str, version: int) -> ServedModel:
-        from model_store import CorruptModel, ModelNotFound
+        from model_store import CorruptModel
 
         key = (name, version)
         start = time.perf_counter()

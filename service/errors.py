@@ -192,6 +192,7 @@ def _install_store_handlers(app: FastAPI) -> None:
         DatasetNotFound,
         InvalidDataset,
         InvalidName,
+        ModelNameTaken,
         ModelNotFound,
         StoreError,
     )
@@ -199,6 +200,7 @@ def _install_store_handlers(app: FastAPI) -> None:
 
     mapping: list[tuple[type[Exception], ErrorCode]] = [
         (ModelNotFound, ErrorCode.MODEL_NOT_FOUND),
+        (ModelNameTaken, ErrorCode.MODEL_NAME_TAKEN),
         (DatasetNotFound, ErrorCode.DATASET_NOT_FOUND),
         (InvalidName, ErrorCode.INVALID_NAME),
         (InvalidDataset, ErrorCode.INVALID_DATASET),

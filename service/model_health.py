@@ -26,8 +26,9 @@ BROKEN = "broken"
 
 
 def catalogue(store: Any) -> list[dict[str, Any]]:
-    """One row per model (its latest version): name, version, dim, created_at, metrics, state
-    and, for a broken one, the error; broken models are listed, not hidden."""
+    """One row per model (its latest version): name, version, dim, created_at, metrics, state,
+    tenant (None: shared) and, for a broken one, the error; broken models are listed, not
+    hidden."""
     rows = []
     for name in store.names():
         try:
@@ -40,6 +41,7 @@ def catalogue(store: Any) -> list[dict[str, Any]]:
                     "version": versions[-1] if versions else None,
                     "state": BROKEN,
                     "error": str(exc),
+                    "tenant": _owner(store, name),
                 }
             )
             continue
@@ -52,9 +54,18 @@ def catalogue(store: Any) -> list[dict[str, Any]]:
                 "created_at": manifest.get("created_at"),
                 "metrics": training.get("metrics") or {},
                 "state": READY,
+                "tenant": manifest.get("tenant"),
             }
         )
     return rows
+
+
+def _owner(store: Any, name: str) -> str | None:
+    """The owner of a model whose latest manifest is damaged (from its other versions)."""
+    try:
+        return store.owner(name)
+    except ModelNotFound:
+        return None
 
 
 async def verify_model(engine: Any, name: str) -> list[dict[str, Any]]:

@@ -190,10 +190,12 @@ class JobQueue:
         timeout_s: int | None = None,
         job_id: str | None = None,
         tenant: str = DEFAULT_TENANT,
+        model_tenant: str | None = None,
     ) -> dict[str, Any]:
         """Create the record, enqueue the job function, return the public view (queued).
         ``job_id``: an id reserved beforehand (service.quotas); default a new one. ``tenant``:
-        who may see and cancel the job."""
+        who may see and cancel the job. ``model_tenant``: whose the published model is (None:
+        shared)."""
         job_id = job_id or uuid.uuid4().hex
         key = self._key(job_id)
         timeout = int(timeout_s or self.job_timeout_s)
@@ -205,6 +207,7 @@ class JobQueue:
             "retention_s": self.retention_s,
             "timeout_s": timeout,
             "store_dir": self.store_dir,
+            "model_tenant": model_tenant,
         }
         full_spec = {**spec, "runtime": runtime}
         now = _now()

@@ -251,6 +251,9 @@ class ModelSummary(BaseModel):
         description="ready, or broken (its manifest is missing or damaged: see error)",
     )
     error: str | None = None
+    tenant: str | None = Field(
+        default=None, description="The tenant whose model this is; null: shared by every tenant."
+    )
 
 
 class ModelsResponse(BaseModel):
@@ -308,6 +311,9 @@ class ModelDetail(BaseModel):
     metrics: dict[str, Any] | None = None
     plots: dict[str, str] = Field(default_factory=dict, description="Plot file name -> URL.")
     onnx: Any = None
+    tenant: str | None = Field(
+        default=None, description="The tenant whose model this is; null: shared by every tenant."
+    )
     runtime: dict[str, str] = Field(
         default_factory=dict,
         description="Operation -> runtime answering it (onnx or torch): the loaded version's, "

@@ -317,6 +317,15 @@ class Settings(BaseSettings):
         "only by their own tenant. Several hashes per tenant allow key rotation.",
     )
 
+    model_scope: Literal["shared", "tenant"] = Field(
+        default="shared",
+        description="shared: every tenant sees and scores every model. tenant: a model a "
+        "tenant's training job publishes is that tenant's (others get 404 model_not_found, as "
+        "for a missing one); models published outside a tenant (cpflow-train, older versions) "
+        "stay shared. A name has one owner: a job under a name another owner uses gets 409 "
+        "model_name_taken.",
+    )
+
     # ---- stored models' health (service.model_health)
     verify_interval_s: float = Field(
         default=300.0,

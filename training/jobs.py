@@ -234,6 +234,7 @@ def execute_spec(
         job_id=runtime.get("job_id"),
         make_plots=bool(spec.get("plots", True)),
         context_columns=dataset.get("context_columns") if "builtin" in dataset else None,
+        tenant=runtime.get("model_tenant"),
     )
     return {} if published is None else _result(published)  # None: not rank 0 of a group
 

@@ -186,11 +186,13 @@ def train_and_publish(
     checkpoint_dir: str | Path | None = None,
     export_onnx: bool = True,
     context_columns: Any = None,
+    tenant: str | None = None,
 ) -> Any:
     """Train on ``dataset`` (name or splits; None: the preset's default data set) and publish
     the best flow as a new version.
 
-    ``context_columns`` (with file data) trains p(x | c) on the other columns.
+    ``context_columns`` (with file data) trains p(x | c) on the other columns. ``tenant``:
+    the version is that tenant's (a job of a service with CPFLOW_MODEL_SCOPE=tenant).
     ``flow_config`` may be a FlowConfig or a dict of overrides without ``dim``;
     ``train_config`` a TrainConfig or a dict. A ``preset`` fills what they leave out; without
     one the ``auto`` recipe chooses from the loaded data (the manifest's ``training.auto``
@@ -237,7 +239,12 @@ def train_and_publish(
             "final_transport_cost": ot_curve[-1][1],
         }
     return store.publish(
-        model_name, result.flow, training=summary, plots=plots, export_onnx=export_onnx
+        model_name,
+        result.flow,
+        training=summary,
+        plots=plots,
+        export_onnx=export_onnx,
+        tenant=tenant,
     )
 
 

@@ -28,7 +28,8 @@ from service.inference.types import (
     TransportRequest,
     TransportResult,
 )
-from service.settings import Settings
+from service.model_scope import check_visible
+from service.settings import DEFAULT_TENANT, Settings
 
 __all__ = ["DataPlane", "TableScoring"]
 
@@ -41,20 +42,24 @@ class DataPlane:
     """Answers typed inference requests from ``engine`` within ``settings``' limits.
 
     ``on_model`` is told the name of each model a request resolves (the HTTP layer labels its
-    metrics with it: only names that exist, so the label set stays bounded)."""
+    metrics with it: only names that exist, so the label set stays bounded). ``tenant`` is the
+    caller's: another tenant's model answers as a missing one (service.model_scope)."""
 
     def __init__(
         self,
         engine: InferenceEngine,
         settings: Settings,
         on_model: Callable[[str], None] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.on_model = on_model
+        self.tenant = tenant
 
     async def model(self, name: str, version: int | None) -> ServedModel:
         """The served model (the latest version when ``version`` is None); 404 if unknown."""
+        await check_visible(self.engine, self.settings, self.tenant, name, version)
         model = await self.engine.get(name, version)
         if self.on_model is not None:
             self.on_model(model.name)
@@ -62,6 +67,7 @@ class DataPlane:
 
     async def versions(self, name: str) -> list[int]:
         """The published versions of ``name``, oldest first (read off the event loop)."""
+        await check_visible(self.engine, self.settings, self.tenant, name, None)
         return await self.engine.io(self.engine.store.versions, name)
 
     async def log_prob(self, request: LogProbRequest) -> LogProbResult:

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from model_store.errors import DatasetNotFound, StoreError
+from model_store.errors import DatasetNotFound, ModelNameTaken, ModelNotFound, StoreError
 from service.deps import SettingsDep, StoreDep
 from service.error_codes import ErrorCode
 from service.errors import ApiError, error_responses
@@ -194,6 +194,20 @@ def _check_model(spec: JobSpec, dim: int, context_dim: int | None) -> None:
         ) from None
 
 
+def _model_owner(spec: JobSpec, store: Any, settings: Any, tenant: str) -> str | None:
+    """Whose the job's model will be: the caller's tenant under CPFLOW_MODEL_SCOPE=tenant, else
+    shared (None); 409 model_name_taken when the name's versions are another owner's (the
+    worker's publish would be refused)."""
+    owner = tenant if settings.model_scope == "tenant" else None
+    try:
+        current = store.owner(spec.model_name)
+    except ModelNotFound:
+        return owner  # a new name
+    if current != owner:
+        raise ModelNameTaken(spec.model_name)
+    return owner
+
+
 # OpenAPI links: the id a submission returns is the job_id of these routes.
 _JOB_LINKS = {
     name: {"operationId": f"jobs-{op}", "parameters": {"job_id": "$response.body#/id"}}
@@ -209,7 +223,7 @@ _JOB_LINKS = {
     summary="Submit a training job (validated now; runs on a cpflow-worker)",
     responses={
         202: {"description": "Queued", "links": _JOB_LINKS},
-        **error_responses(401, 422, 429, 503),
+        **error_responses(401, 403, 409, 422, 429, 503),
     },
 )
 def submit_job(
@@ -235,6 +249,7 @@ def submit_job(
         spec, store, lambda dataset_id: owned(owners, tenant, dataset_id)
     )
     _check_model(spec, dim, context_dim)
+    model_tenant = _model_owner(spec, store, settings, tenant)
     body = spec.model_dump(mode="json")
     body["model"]["dim"] = dim
     if body["dataset"].get("context_columns", 0) is None:
@@ -248,6 +263,7 @@ def submit_job(
                 timeout_s=spec.timeout_s,
                 job_id=job_id,
                 tenant=tenant,
+                model_tenant=model_tenant,
             )
     except QueueUnavailable as exc:
         raise unavailable(exc) from None
