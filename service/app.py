@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import ModuleType
 
 from fastapi import APIRouter, FastAPI, Security
@@ -31,6 +31,7 @@ from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.openapi_limits import install_limits
 from service.ratelimit import RateLimiter, RateLimitMiddleware
+from service.replica_views import ReplicaViews
 from service.routers import health, v2
 from service.server_bounds import exit_soon
 from service.settings import Settings, get_settings
@@ -74,20 +75,24 @@ def _install_home(app: FastAPI, home: str) -> None:
         return RedirectResponse(home)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service app for ``settings`` (default: from the CPFLOW_* environment)."""
-    settings = settings if settings is not None else get_settings()
-    configure_logging(settings.log_level)
-    metrics = ServiceMetrics(settings.metrics_dir)
-    engine = InferenceEngine(settings, metrics)
-    modules = _load_router_modules()
+def _lifespan(
+    settings: Settings,
+    engine: InferenceEngine,
+    metrics: ServiceMetrics,
+    views: ReplicaViews,
+    modules: list[ModuleType],
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: start the engine, the preloads, the replica views and the routers'
+    own lifespans; on the way out stop them and the engine."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
-        preload = None
+        preload = views_task = None
         if settings.preload_models:
             preload = asyncio.create_task(engine.preload(settings.preload_models))
+        if settings.replica_view_s > 0:
+            views_task = asyncio.create_task(views.run())
         async with AsyncExitStack() as stack:
             for module in modules:
                 hook = getattr(module, "lifespan", None)
@@ -96,12 +101,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 yield
             finally:
-                if preload is not None:
-                    preload.cancel()
+                for task in (preload, views_task):
+                    if task is not None:
+                        task.cancel()
+                if views_task is not None:
+                    views.close()
                 engine.close()
                 metrics.close()
                 if settings.serve_process:
                     exit_soon()  # bounded: do not wait for inference threads still running
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service app for ``settings`` (default: from the CPFLOW_* environment)."""
+    settings = settings if settings is not None else get_settings()
+    configure_logging(settings.log_level)
+    metrics = ServiceMetrics(settings.metrics_dir)
+    engine = InferenceEngine(settings, metrics)
+    views = ReplicaViews(engine, settings)
+    modules = _load_router_modules()
+
+    lifespan = _lifespan(settings, engine, metrics, views, modules)
 
     app = FastAPI(
         title="cpflow",
@@ -113,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.engine = engine
+    app.state.replica_views = views
     install_error_handlers(app)
     install_limits(app, settings)  # the settings' limits, stated in /openapi.json
 

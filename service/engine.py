@@ -250,6 +250,10 @@ class InferenceEngine:
     def is_loaded(self, name: str, version: int) -> bool:
         return (name, version) in self._cache
 
+    def cached(self, name: str, version: int) -> ServedModel:
+        """A loaded version (KeyError when it is not in memory); its LRU place is unchanged."""
+        return self._cache[(name, version)]
+
     def forget(self, name: str, version: int) -> bool:
         """Drop a loaded version (its files no longer verify); True if it was loaded."""
         dropped = self._cache.pop((name, version), None) is not None

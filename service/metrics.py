@@ -123,6 +123,13 @@ class ServiceMetrics:
             ["outcome"],
             registry=r,
         )
+        self.replica_disagreements = Gauge(
+            "cpflow_replica_view_disagreements",
+            "Loaded versions this replica serves with other weights than another live replica "
+            "(see /readyz replicas); 0 when the views agree.",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.batch_rows = Histogram(
             "cpflow_microbatch_rows",
             "Rows per coalesced forward pass of the micro-batcher.",

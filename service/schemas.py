@@ -353,3 +353,10 @@ class ReadyResponse(BaseModel):
         description="'name@version' of loads that passed CPFLOW_LOAD_TIMEOUT_S and have not "
         "loaded since (a stalled store read): the replica answers 503 until one does",
     )
+    replicas: dict[str, Any] | None = Field(
+        default=None,
+        description="This replica's view compared with the other live replicas' "
+        "(CPFLOW_REPLICA_VIEW_S; null when off): ok, replicas (how many others), "
+        "disagreements (versions served with different weights: model, version, "
+        "weights_sha256 here, replicas: {id: sha256}), error. Reported, not a reason for 503.",
+    )

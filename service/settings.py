@@ -335,6 +335,16 @@ class Settings(BaseSettings):
         "demand, POST /v1/models/{name}/verify).",
     )
 
+    replica_view_s: float = Field(
+        default=15.0,
+        ge=0.0,
+        description="Every this many seconds each serving process publishes its loaded "
+        "versions and their weights' sha256 to Redis (expiring after three periods) and "
+        "compares them with the other replicas'; /readyz and the metric "
+        "cpflow_replica_view_disagreements report versions served with different weights "
+        "(0: off).",
+    )
+
     # ---- processes: cpflow-serve's server and cpflow-worker's shutdown (ops, issue #31)
     host: str = Field(
         default="127.0.0.1",

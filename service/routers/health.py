@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.deps import EngineDep, MetricsDep, SettingsDep
@@ -60,12 +60,16 @@ async def store_status(engine: Any, settings: Any) -> dict[str, Any]:
     response_model=ReadyResponse,
     responses={503: {"model": ReadyResponse, "description": "store not readable or stalled"}},
 )
-async def readyz(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
+async def readyz(engine: EngineDep, settings: SettingsDep, request: Request) -> JSONResponse:
     """503 when the store cannot be listed or a model load is stalled past its deadline;
-    Redis being down only shows in ``redis``."""
+    Redis being down only shows in ``redis``; ``replicas`` compares this replica's loaded
+    weights with the other replicas' (service.replica_views)."""
     redis_task = asyncio.create_task(asyncio.to_thread(_ping_redis, settings.redis_url))
+    views = request.app.state.replica_views
+    views_task = asyncio.create_task(views.exchange()) if settings.replica_view_s > 0 else None
     store = await store_status(engine, settings)
     redis_status = await redis_task
+    replicas = await views_task if views_task is not None else None
     stalled = [f"{name}@{version}" for name, version in sorted(engine.stalled_loads)]
     ready = store["ok"] and not stalled
     body = ReadyResponse(
@@ -75,6 +79,7 @@ async def readyz(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
         redis=redis_status,
         loaded_models=len(engine.loaded()),
         stalled_loads=stalled,
+        replicas=replicas,
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
