@@ -9,6 +9,10 @@ grow with the number of rows; the report gives the ratio of the largest to the s
     python -m bench run memory_scoring --set model=digits rows=1000,2000
     python -m bench run memory_scoring --set model=table rows=1000,5000,20000
     python -m bench run memory_training --set iterations=5
+    python -m bench run memory_service --set rows=1000,10000,100000
+
+memory_service measures the HTTP service instead: a real uvicorn process per request size,
+its peak RSS before and after one scoring request (JSON, CSV, CSV under a small upload limit).
 
 Run them under a cap (``ulimit -v``) on a shared machine: a regression then fails instead of
 taking the machine's memory.
@@ -137,3 +141,150 @@ def memory_training(opts, ctx) -> dict:
         runs.append({"iterations": iterations, **run})
         ctx.log(runs[-1])
     return {"dataset": opts.dataset, "preset": opts.preset, "runs": runs}
+
+
+# -- the HTTP service: peak RSS of a real uvicorn process against the request size ------------
+
+
+def process_peak_mb(pid: int) -> float:
+    """Peak resident set size (VmHWM) of process ``pid``, in MiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def _request_body(route: str, rows: int, dim: int) -> tuple[str, bytes, str]:
+    """(path suffix, body, content type) scoring ``rows`` random rows of ``dim`` values."""
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(rows, dim))
+    if route == "json":
+        body = json.dumps({"inputs": x.round(6).tolist()}).encode()
+        return "log_prob", body, "application/json"
+    text = "\n".join(",".join(f"{v:.6f}" for v in row) for row in x.tolist()) + "\n"
+    return "log_prob.csv", text.encode(), "text/csv"
+
+
+def _serve_and_score(store: Any, dim: int, env: dict[str, str], route: str, rows: int) -> dict:
+    """Start a fresh uvicorn process over ``store``, load the model with one row, send one
+    request of ``rows`` rows; the server's peak RSS before and after that request."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from bench.registry import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}/v1/models/mem"
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
+           "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    server = subprocess.Popen(cmd, cwd=REPO, env=child_env(env), stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if (
+                    httpx.post(f"{base}/log_prob", json={"inputs": [[0.0] * dim]}).status_code
+                    == 200
+                ):
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the server did not answer")
+            time.sleep(0.2)
+        before = process_peak_mb(server.pid)
+        path, body, kind = _request_body(route, rows, dim)
+        start = time.perf_counter()
+        r = httpx.post(f"{base}/{path}", content=body, headers={"content-type": kind},
+                       timeout=600)  # fmt: skip
+        seconds = time.perf_counter() - start
+        code = r.status_code if r.status_code < 400 else r.json()["error"]["code"]
+        after = process_peak_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {"route": route, "rows": rows, "body_mb": round(len(body) / 2**20, 2),
+            "status": code, "seconds": round(seconds, 2), "peak_before_mb": round(before, 1),
+            "peak_after_mb": round(after, 1), "growth_mb": round(after - before, 1)}  # fmt: skip
+
+
+def _service_summary(runs: list[dict], limits: dict[str, float]) -> dict[str, Any]:
+    """Per route: peak after the largest over after the smallest request, the largest growth
+    and that growth over the route's body limit (what bounds it)."""
+    out: dict[str, Any] = {}
+    for route in dict.fromkeys(r["route"] for r in runs):
+        mine = [r for r in runs if r["route"] == route and "peak_after_mb" in r]
+        if not mine:
+            continue
+        growth = max(r["growth_mb"] for r in mine)
+        out[route] = {
+            "peak_ratio_largest_over_smallest": round(
+                mine[-1]["peak_after_mb"] / mine[0]["peak_after_mb"], 3
+            ),
+            "largest_growth_mb": growth,
+            "body_limit_mb": limits[route],
+            "growth_over_body_limit": round(growth / limits[route], 3),
+        }
+    return out
+
+
+@benchmark(
+    "memory_service",
+    "peak RSS of the HTTP service (real uvicorn) against the rows one request scores",
+    options=[
+        Option("rows", "ints", [1000, 10000, 100000], "rows per request, one fresh server each"),
+        Option("dim", "int", 8, "dimension of the served flow (dense ICNN)"),
+        Option(
+            "routes",
+            "strs",
+            ["json", "csv", "csv_tight"],
+            "json: POST .../log_prob; csv: "
+            "POST .../log_prob.csv; csv_tight: the same under a small upload limit",
+            choices=("json", "csv", "csv_tight"),
+        ),
+        Option("tight_mb", "float", 4.0, "CPFLOW_MAX_UPLOAD_BYTES of csv_tight, in MiB"),
+    ],
+)
+def memory_service(opts, ctx) -> dict:
+    """Each (route, rows) runs in a fresh server (so each peak is its own) with the default
+    request limits (CPFLOW_MAX_BATCH rows per JSON request and CPFLOW_MAX_BODY_BYTES; CSV
+    bodies up to CPFLOW_MAX_UPLOAD_BYTES, scored CPFLOW_MAX_BATCH rows at a time); a request
+    over a limit is refused (413 or 422) and its peak shows what the refusal cost."""
+    import torch
+
+    from cpflow import CPFlow, FlowConfig
+    from model_store import ModelStore
+    from service.settings import Settings
+
+    store = ctx.results() / "memory_service_store"
+    if not ModelStore(store).versions("mem"):
+        torch.manual_seed(0)
+        ModelStore(store).publish("mem", CPFlow(FlowConfig(dim=opts.dim, blocks=2, hidden=32)))
+    defaults = Settings()
+    limits = {"json": defaults.max_body_bytes / 2**20, "csv": defaults.max_upload_bytes / 2**20,
+              "csv_tight": opts.tight_mb}  # fmt: skip
+    base = {"CPFLOW_STORE_DIR": str(store), "CPFLOW_DEVICE": "cpu", "CPFLOW_LOG_LEVEL": "WARNING",
+            "CPFLOW_INFERENCE_THREADS": "1", "CPFLOW_TORCH_THREADS": "1",
+            "CPFLOW_REPLICA_VIEW_S": "0", "CPFLOW_VERIFY_INTERVAL_S": "0"}  # fmt: skip
+    runs = []
+    for route in opts.routes:
+        env = dict(base)
+        if route == "csv_tight":
+            env["CPFLOW_MAX_UPLOAD_BYTES"] = str(int(opts.tight_mb * 2**20))
+        for rows in opts.rows:
+            try:
+                runs.append(_serve_and_score(store, opts.dim, env, route.split("_")[0], rows))
+            except Exception as exc:  # noqa: BLE001 - reported in the run's row
+                runs.append({"route": route, "rows": rows, "error": repr(exc)})
+            runs[-1]["route"] = route
+            ctx.log(runs[-1])
+    return {"dim": opts.dim, "limits_mb": limits, "runs": runs,
+            "summary": _service_summary(runs, limits)}  # fmt: skip
