@@ -5,14 +5,15 @@ Every key belongs to one tenant and has roles:
 - ``read``: score models (/v1 and /v2), read models, and read its tenant's jobs and data sets;
 - ``train``: also upload data sets, submit jobs, cancel its tenant's jobs, delete its tenant's
   data sets;
-- ``admin``: also the administrative routes (model deletion, when the service offers it).
+- ``admin``: also deletes models (DELETE /v1/models/{name}, .../versions/{version}).
 
 Keys come from two settings: ``CPFLOW_API_KEYS`` (plain keys: tenant ``default``, every role;
 what a single-team service uses) and ``CPFLOW_API_KEY_HASHES`` (sha256 of each key -> tenant
 and roles; several hashes per tenant allow rotation). Without keys every caller is tenant
 ``default`` with every role. Jobs carry their tenant in their record (service.queue); data
 sets are content-addressed in the store, so their owners are kept in Redis
-(:class:`DatasetOwners`), only once hashed keys make the service multi-tenant.
+(:class:`DatasetOwners`), only once hashed keys make the service multi-tenant. Models are
+shared, or per tenant under CPFLOW_MODEL_SCOPE=tenant (service.model_scope).
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ def _train(args: argparse.Namespace, group: Dist, cache_dir: Path | None) -> int
 
         torch.set_num_threads(args.threads)
 
-    from model_store import open_store
+    from model_store import ModelNameTaken, open_store
     from training.config import TrainConfig
     from training.datasets.errors import DatasetError
     from training.pipeline import train_and_publish
@@ -230,7 +230,7 @@ def _train(args: argparse.Namespace, group: Dist, cache_dir: Path | None) -> int
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"] if p != "potential") or "options"
         return _fail(bar, f"--{where.replace('_', '-')}: {first['msg']}", 2)
-    except (TrainingError, PresetError, ValueError) as exc:
+    except (TrainingError, PresetError, ValueError, ModelNameTaken) as exc:
         return _fail(bar, str(exc), 1)
     bar.close()
     if published is not None:  # None: not rank 0 of a torchrun group

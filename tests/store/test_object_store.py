@@ -18,7 +18,7 @@ import uuid
 import pytest
 import torch
 
-from model_store import CorruptModel, ModelNotFound, object_store
+from model_store import CorruptModel, ModelNameTaken, ModelNotFound, object_store
 from model_store.object_store import ObjectModelStore, StoreUnavailable
 from tests.helpers.flows import make_flow
 from tests.helpers.s3 import client
@@ -145,6 +145,24 @@ def test_deleting_a_version_spares_replicas_that_serve_it(endpoint, bucket, tmp_
     with torch.no_grad():
         assert torch.isfinite(served.flow.log_prob(x, method="exact")).all()
     assert a.publish("d", make_flow(2, 4)).version == 2  # numbers are never reused
+
+
+def test_tenant_versions_name_their_owner_and_a_whole_model_goes(
+    endpoint, bucket, tmp_path
+) -> None:
+    store = _store(endpoint, bucket, tmp_path / "cache")
+    store.publish("mine", make_flow(2, 1, blocks=1, hidden=4), tenant="team-a")
+    store.publish("mine", make_flow(2, 2, blocks=1, hidden=4), tenant="team-a")
+    store.publish("ours", make_flow(2, 3, blocks=1, hidden=4))
+    fresh = _store(endpoint, bucket, tmp_path / "fresh")  # another replica reads the bucket
+    assert fresh.owner("mine") == "team-a" and fresh.owner("ours") is None
+    for name, tenant in (("mine", "team-b"), ("mine", None), ("ours", "team-a")):
+        with pytest.raises(ModelNameTaken):
+            fresh.publish(name, make_flow(2, 4, blocks=1, hidden=4), tenant=tenant)
+    assert fresh.delete_model("mine") == [1, 2]
+    assert store.versions("mine") == [] and store.versions("ours") == [1]
+    # The name is free again, its numbers are not reused.
+    assert store.publish("mine", make_flow(2, 5, blocks=1, hidden=4), tenant="team-b").version == 3
 
 
 def test_an_unreachable_server_is_store_unavailable(tmp_path) -> None:
