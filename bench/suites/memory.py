@@ -216,23 +216,36 @@ def _serve_and_score(store: Any, dim: int, env: dict[str, str], route: str, rows
             "peak_after_mb": round(after, 1), "growth_mb": round(after - before, 1)}  # fmt: skip
 
 
-def _service_summary(runs: list[dict], limits: dict[str, float]) -> dict[str, Any]:
-    """Per route: peak after the largest over after the smallest request, the largest growth
-    and that growth over the route's body limit (what bounds it)."""
+def _service_summary(runs: list[dict], limits: dict[str, float], max_batch: int) -> dict[str, Any]:
+    """Per route, over the answered (200) requests: peak after the largest over peak after the
+    smallest; the growth per MiB of body between the two largest of at least ``max_batch``
+    rows (the scoring is chunked by CPFLOW_MAX_BATCH, so beyond it only what scales with the
+    body grows), and the growth that projects for a body at the route's limit; and the growth
+    of the refused ones (over a limit)."""
     out: dict[str, Any] = {}
     for route in dict.fromkeys(r["route"] for r in runs):
-        mine = [r for r in runs if r["route"] == route and "peak_after_mb" in r]
-        if not mine:
-            continue
-        growth = max(r["growth_mb"] for r in mine)
-        out[route] = {
-            "peak_ratio_largest_over_smallest": round(
-                mine[-1]["peak_after_mb"] / mine[0]["peak_after_mb"], 3
-            ),
-            "largest_growth_mb": growth,
-            "body_limit_mb": limits[route],
-            "growth_over_body_limit": round(growth / limits[route], 3),
-        }
+        done = [r for r in runs if r["route"] == route and r.get("status") == 200]
+        refused = {r["rows"]: [r["status"], r["growth_mb"]] for r in runs
+                   if r["route"] == route and r.get("status") not in (200, None)}  # fmt: skip
+        row: dict[str, Any] = {"body_limit_mb": limits[route], "refused_growth_mb": refused}
+        if len(done) >= 2:
+            row.update(
+                peak_ratio_largest_over_smallest=round(
+                    done[-1]["peak_after_mb"] / done[0]["peak_after_mb"], 3
+                ),
+                rows_ratio=done[-1]["rows"] / done[0]["rows"],
+            )
+        full = [r for r in done if r["rows"] >= max_batch]
+        if len(full) >= 2:
+            (a, b) = full[-2:]
+            slope = (b["growth_mb"] - a["growth_mb"]) / max(b["body_mb"] - a["body_mb"], 1e-9)
+            row.update(
+                growth_per_body_mb=round(slope, 2),
+                projected_growth_at_limit_mb=round(
+                    b["growth_mb"] + slope * (limits[route] - b["body_mb"]), 1
+                ),
+            )
+        out[route] = row
     return out
 
 
@@ -287,4 +300,4 @@ def memory_service(opts, ctx) -> dict:
             runs[-1]["route"] = route
             ctx.log(runs[-1])
     return {"dim": opts.dim, "limits_mb": limits, "runs": runs,
-            "summary": _service_summary(runs, limits)}  # fmt: skip
+            "summary": _service_summary(runs, limits, defaults.max_batch)}  # fmt: skip
