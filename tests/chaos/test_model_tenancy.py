@@ -203,3 +203,17 @@ def test_other_replicas_forget_a_deleted_version(store_dir: Path) -> None:
         assert r.status_code == 404, r.text
         assert not two.app.state.engine.is_loaded("shared", 2)  # type: ignore[attr-defined]
         assert two.post("/v1/models/shared/log_prob", json=ROW, headers=_auth("b")).json()["version"] == 1  # fmt: skip
+
+
+def test_cpflow_train_refuses_a_tenants_name_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.cli import main
+
+    ModelStore(tmp_path).publish("owned", make_flow(2, seed=1), tenant="team-a")
+    args = ["--dataset", "wishart_gaussian:2", "--name", "owned", "--iterations", "2",
+            "--blocks", "1", "--hidden", "4", "--depth", "1", "--num-samples", "300",
+            "--store-dir", str(tmp_path), "--no-plots", "--quiet"]  # fmt: skip
+    assert main(args) == 1
+    assert "the model name 'owned' is taken" in capsys.readouterr().err
+    assert ModelStore(tmp_path).versions("owned") == [1]
