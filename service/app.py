@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 import cpflow
 from service.auth import ApiKeyMiddleware, bearer_scheme
 from service.console import install_console
+from service.drift import DriftMonitor
 from service.engine import InferenceEngine
 from service.errors import install_error_handlers
 from service.logging import configure_logging
@@ -38,7 +39,7 @@ from service.tenancy import KeyRing
 
 __all__ = ["V1_ROUTERS", "create_app"]
 
-V1_ROUTERS = ("models", "inference", "datasets", "jobs")
+V1_ROUTERS = ("models", "inference", "drift", "datasets", "jobs")
 
 _DESCRIPTION = """\
 Convex Potential Flows over HTTP: log-densities (exact or stochastic Lanczos), samples by
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level)
     metrics = ServiceMetrics(settings.metrics_dir)
     engine = InferenceEngine(settings, metrics)
+    drift = DriftMonitor(settings, metrics)
     modules = _load_router_modules()
 
     @asynccontextmanager
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.preload_models:
             preload = asyncio.create_task(engine.preload(settings.preload_models))
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(drift.running())
             for module in modules:
                 hook = getattr(module, "lifespan", None)
                 if hook is not None:
@@ -113,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.engine = engine
+    app.state.drift = drift
     install_error_handlers(app)
     install_limits(app, settings)  # the settings' limits, stated in /openapi.json
 

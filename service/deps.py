@@ -50,7 +50,7 @@ def get_dataplane(request: Request) -> DataPlane:
     def label(name: str) -> None:
         request.state.metric_model = name
 
-    return DataPlane(state.engine, state.settings, label)
+    return DataPlane(state.engine, state.settings, label, state.drift)
 
 
 def get_metrics(request: Request) -> ServiceMetrics:
