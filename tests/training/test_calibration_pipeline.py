@@ -51,7 +51,9 @@ def test_manifest_holds_the_test_split_quantiles(published) -> None:
     record = loaded.manifest["training"]["calibration"]
     assert record["split"] == "test" and record["method"] == "exact"
     assert record["rows"] == 40_000
-    again = np.quantile(_log_prob(loaded.flow, splits.test), np.linspace(0, 1, REFERENCE_MAX_VALUES))
+    again = np.quantile(
+        _log_prob(loaded.flow, splits.test), np.linspace(0, 1, REFERENCE_MAX_VALUES)
+    )
     np.testing.assert_allclose(record["quantiles"], again, rtol=0, atol=1e-4)
 
 
