@@ -148,7 +148,7 @@ class LogProbResponse(BaseModel):
         default=None,
         description="With percentile or outlier_level: the fraction (0..1) of the version's "
         "held-out rows scoring below each row (uniform for rows like the training data; 0 "
-        "below every held-out row); null where log_prob is.",
+        "below every held-out row, and where log_prob overflows to null).",
     )
     outlier: list[bool] | None = Field(
         default=None, description="With outlier_level: percentile < outlier_level, per row."
