@@ -79,7 +79,9 @@ _LOG_PROB_DOC = (
     "stochastic Lanczos quadrature and returns a standard error per row (repeatable with "
     "`seed`); `auto` is exact up to CPFLOW_EXACT_MAX_DIM dimensions. Concurrent exact "
     "requests to one model are computed together in one batch. Conditional models (with a "
-    "`context_dim`) score log p(x | c): send `context`, one row per input or one for all."
+    "`context_dim`) score log p(x | c): send `context`, one row per input or one for all. "
+    "`percentile` and `outlier_level` rank each row among the held-out rows' log-densities "
+    "the version was published with (its `training.calibration`)."
 )
 
 
@@ -227,7 +229,9 @@ _CSV_DOC = (
     "conditional model's context columns last) and get them back as CSV with a `log_prob` "
     "column (and `stderr` for SLQ). The file is checked whole first, so a bad row is a 422 "
     "naming it; then rows are scored CPFLOW_MAX_BATCH at a time and streamed out as each "
-    "batch finishes. Limits: CPFLOW_MAX_CSV_ROWS rows and CPFLOW_MAX_UPLOAD_BYTES bytes."
+    "batch finishes. Limits: CPFLOW_MAX_CSV_ROWS rows and CPFLOW_MAX_UPLOAD_BYTES bytes. "
+    "`percentile=true` adds a `percentile` column (each row's rank among the version's "
+    "held-out scores), `outlier_level=0.01` also an `outlier` column (1.0 or 0.0)."
 )
 _CSV_BODY = {
     "requestBody": {

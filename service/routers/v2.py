@@ -332,10 +332,11 @@ async def _infer(
 _INFER = "Inference"
 _INFER_DOC = (
     "Open Inference Protocol inference. `parameters.operation` selects log_prob (default; "
-    "`method` exact|slq|auto, `probes`, `steps`, `seed`), sample (`num_samples`, `seed`, "
+    "`method` exact|slq|auto, `probes`, `steps`, `seed`, `percentile`, `outlier_level`), sample (`num_samples`, `seed`, "
     "`tolerance`, `max_iterations`, `solver`) or transport (`direction` forward|inverse and the "
     "solver options). Inputs: `input` ([n, d] FP32/FP64, or [n, C, H, W] for image models) and, "
     "for conditional models, `context` ([n, k] or [1, k]). Outputs: log_prob and stderr, "
+    "percentile and outlier, "
     "samples, output, max_residual, converged, equal to the /v1 answers."
 )
 _INFER_RESPONSES = {
