@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 import cpflow
 from service.auth import ApiKeyMiddleware, bearer_scheme
 from service.console import install_console
+from service.drift import DriftMonitor
 from service.engine import InferenceEngine
 from service.errors import install_error_handlers
 from service.logging import configure_logging
@@ -39,7 +40,7 @@ from service.tenancy import KeyRing
 
 __all__ = ["V1_ROUTERS", "create_app"]
 
-V1_ROUTERS = ("models", "inference", "datasets", "jobs")
+V1_ROUTERS = ("models", "inference", "drift", "datasets", "jobs")
 
 _DESCRIPTION = """\
 Convex Potential Flows over HTTP: log-densities (exact or stochastic Lanczos), samples by
@@ -80,10 +81,11 @@ def _lifespan(
     engine: InferenceEngine,
     metrics: ServiceMetrics,
     views: ReplicaViews,
+    drift: DriftMonitor,
     modules: list[ModuleType],
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """The app's lifespan: start the engine, the preloads, the replica views and the routers'
-    own lifespans; on the way out stop them and the engine."""
+    """The app's lifespan: start the engine, the preloads, the replica views, the drift monitor
+    and the routers' own lifespans; on the way out stop them and the engine."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,6 +96,7 @@ def _lifespan(
         if settings.replica_view_s > 0:
             views_task = asyncio.create_task(views.run())
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(drift.running())
             for module in modules:
                 hook = getattr(module, "lifespan", None)
                 if hook is not None:
@@ -121,9 +124,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = ServiceMetrics(settings.metrics_dir)
     engine = InferenceEngine(settings, metrics)
     views = ReplicaViews(engine, settings)
+    drift = DriftMonitor(settings, metrics)
     modules = _load_router_modules()
 
-    lifespan = _lifespan(settings, engine, metrics, views, modules)
+    lifespan = _lifespan(settings, engine, metrics, views, drift, modules)
 
     app = FastAPI(
         title="cpflow",
@@ -136,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.engine = engine
     app.state.replica_views = views
+    app.state.drift = drift
     install_error_handlers(app)
     install_limits(app, settings)  # the settings' limits, stated in /openapi.json
 

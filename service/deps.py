@@ -51,7 +51,7 @@ def get_dataplane(request: Request) -> DataPlane:
     def label(name: str) -> None:
         request.state.metric_model = name
 
-    return DataPlane(state.engine, state.settings, label, tenant_of(request))
+    return DataPlane(state.engine, state.settings, label, tenant_of(request), state.drift)
 
 
 def get_metrics(request: Request) -> ServiceMetrics:

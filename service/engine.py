@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import torch
 
 from model_store import ModelNotFound, ModelStore, StoreUnavailable, open_store
+from model_store.calibration import Reference
 from service.batching import MicroBatcher
 from service.metrics import ServiceMetrics
 from service.runtime import Runtimes, calibrate, open_runtimes, planned_runtimes
@@ -117,6 +118,7 @@ class ServedModel:
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     context_dim: int | None = None  # set for conditional models p(x | c)
     runtimes: Runtimes = field(default_factory=Runtimes)  # onnxruntime sessions by operation
+    reference: Reference | None = None  # held-out scores: percentiles and drift (None: older)
 
     @property
     def conditional(self) -> bool:
@@ -470,6 +472,7 @@ class InferenceEngine:
             device=self.device,
             context_dim=flow.context_dim,
             runtimes=runtimes,
+            reference=Reference.from_manifest(loaded.manifest),
         )
         if model.conditional:
             return model  # no batchers: each row carries its own context

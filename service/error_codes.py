@@ -61,6 +61,11 @@ class ErrorCode(StrEnum):
     CONTEXT_SHAPE = "context_shape", 422, "context rows of the wrong width or nesting"
     CONTEXT_ROWS = "context_rows", 422, "context rows neither one nor one per input"
     CONTEXT_NOT_FINITE = "context_not_finite", 422, "a context value is NaN or infinite"
+    CALIBRATION_UNAVAILABLE = (
+        "calibration_unavailable",
+        422,
+        "percentiles, outliers or drift asked of a version published without held-out scores",
+    )
     # -- the model store
     MODEL_NOT_FOUND = "model_not_found", 404, "no such model, or no such version of it"
     MODEL_NAME_TAKEN = (

@@ -45,6 +45,7 @@ class ServiceMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._request_series(self.registry)
         self._model_series(self.registry)
+        self._drift_series(self.registry)
 
     def _request_series(self, r: CollectorRegistry) -> None:
         """Requests, latency, rows and inversion figures."""
@@ -144,6 +145,24 @@ class ServiceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
+
+    def _drift_series(self, r: CollectorRegistry) -> None:
+        """Drift of each model version's recent scores from its held-out scores (the latest
+        value any worker process computed; service.drift)."""
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, ["model", "version"], registry=r,
+                         multiprocess_mode="livemostrecent")  # fmt: skip
+
+        self.drift_statistic = gauge(
+            "cpflow_drift_ks_statistic",
+            "Two-sample KS statistic of the recent log-densities against the held-out ones.",
+        )
+        self.drift_p_value = gauge("cpflow_drift_p_value", "p-value of that KS test.")
+        self.drift_mean_shift = gauge(
+            "cpflow_drift_mean_shift", "Mean recent log-density minus the held-out mean."
+        )
+        self.drift_window_rows = gauge("cpflow_drift_window_rows", "Rows in the drift window.")
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every series (of every worker process)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 __all__ = [
     "HealthResponse",
@@ -20,6 +20,7 @@ __all__ = [
     "ModelDetail",
     "ModelSummary",
     "ModelsResponse",
+    "OutlierLevel",
     "ReadyResponse",
     "SampleRequest",
     "SampleResponse",
@@ -56,6 +57,15 @@ ContextRows = Annotated[
     ),
 ]
 Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+OutlierLevel = Annotated[
+    StrictFloat | None,
+    Field(
+        gt=0.0,
+        lt=1.0,
+        description="Flag rows whose percentile among the held-out scores is under this "
+        "fraction (0.01: the 1% least likely); implies percentile.",
+    ),
+]
 Solver = Annotated[
     Literal["lbfgs", "newton"] | None,
     Field(
@@ -104,6 +114,12 @@ class LogProbRequest(_Request):
         default=None, description="Seed of the SLQ probes; same seed, same estimate."
     )
     context: ContextRows = None
+    percentile: StrictBool = Field(
+        default=False,
+        description="Also return each row's percentile among the version's held-out scores "
+        "(422 calibration_unavailable for a version published without them).",
+    )
+    outlier_level: OutlierLevel = None
 
 
 class LogProbResponse(BaseModel):
@@ -128,6 +144,16 @@ class LogProbResponse(BaseModel):
         description="Standard error of each SLQ estimate; null for exact."
     )
     seed: int | None = Field(default=None, description="Seed the SLQ probes used.")
+    percentile: list[float | None] | None = Field(
+        default=None,
+        description="With percentile or outlier_level: the fraction (0..1) of the version's "
+        "held-out rows scoring below each row (uniform for rows like the training data; 0 "
+        "below every held-out row, and where log_prob overflows to null).",
+    )
+    outlier: list[bool] | None = Field(
+        default=None, description="With outlier_level: percentile < outlier_level, per row."
+    )
+    outlier_level: float | None = Field(default=None, description="The level asked for.")
 
 
 class SampleRequest(_Request):

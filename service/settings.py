@@ -260,6 +260,28 @@ class Settings(BaseSettings):
         "CPFLOW_MAX_UPLOAD_BYTES); they are scored CPFLOW_MAX_BATCH rows at a time.",
     )
 
+    # ---- calibrated scores and drift (model_store.calibration, service.drift)
+    drift_window: int = Field(
+        default=4000,
+        ge=0,
+        description="Most recent scored rows kept per model version to compare with its "
+        "held-out scores (GET /v1/models/{name}/drift, cpflow_drift_* gauges). 0: no drift "
+        "monitoring.",
+    )
+    drift_storage: Literal["redis", "memory"] = Field(
+        default="redis",
+        description="Where the window lives: redis (CPFLOW_REDIS_URL, one window shared by the "
+        "replicas; this process's own window while Redis does not answer) or memory (each "
+        "process its own).",
+    )
+    drift_alpha: float = Field(
+        default=0.01,
+        gt=0.0,
+        lt=1.0,
+        description="A version's traffic counts as drifted when the two-sample KS test of its "
+        "window against its held-out scores has a p-value under this.",
+    )
+
     # ---- quotas and request-rate limits (service.quotas, service.ratelimit)
     max_active_jobs_per_key: int = Field(
         default=8,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from service.schemas import Number, Seed, Solver
 
@@ -140,6 +140,15 @@ class InferParameters(BaseModel):
         default=None, ge=1, le=100_000, description="sample, inverse transport: per block."
     )
     solver: Solver = None
+    percentile: StrictBool | None = Field(
+        default=None,
+        description="log_prob: also output `percentile`, each row's rank (0..1) among the "
+        "version's held-out scores.",
+    )
+    outlier_level: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] | None = Field(
+        default=None,
+        description="log_prob: also output `outlier` (BOOL), percentile < this level.",
+    )
     binary_data_output: StrictBool | None = Field(
         default=None, description="Return every output as binary data (the binary extension)."
     )

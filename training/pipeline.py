@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from model_store.calibration import reference_summary
 from training.config import TrainConfig
 from training.presets import resolve_preset
 from training.recipes import AUTO, Recipe, auto_recipe, image_shape_of, rows_of
@@ -230,6 +231,11 @@ def train_and_publish(
         num_train=len(plan.splits.train),
     )
     summary.update(data_summary(plan.splits))
+    heldout = result.extra.get("heldout_log_prob")
+    if heldout is not None:  # the reference of calibrated scores (model_store.calibration)
+        summary["calibration"] = reference_summary(
+            heldout[1], split=heldout[0], method=result.metrics["method"]
+        )
     if plan.recipe is not None:
         summary["auto"] = auto_record(plan.recipe, plan.flow_overrides, plan.train_overrides)
     if ot_curve:

@@ -167,8 +167,10 @@ def evaluate_nll(
     probes: int | None = None,
     steps: int | None = None,
     seed: int = 0,
+    keep: list[torch.Tensor] | None = None,
 ) -> tuple[float, float | None]:
-    """Mean NLL (nats per example) of ``x`` under ``flow`` and, for SLQ, its standard error.
+    """Mean NLL (nats per example) of ``x`` under ``flow`` and, for SLQ, its standard error;
+    ``keep``, when given, receives the per-row log-densities (on the CPU), chunk by chunk.
 
     The SLQ standard error combines the per-example estimator errors (independent probes), so
     it measures the Monte Carlo error of the log-det estimate, not the spread of the data.
@@ -197,6 +199,8 @@ def evaluate_nll(
                     return_stderr=True,
                 )
         total += float(logp.detach().double().sum())
+        if keep is not None:
+            keep.append(logp.detach().cpu())
         if err is not None:
             have_stderr = True
             var_sum += float((err.detach().double() ** 2).sum())
@@ -374,6 +378,7 @@ class Trainer:
         self.objective = self.group.wrap(_Objective(self.flow, self.loss_method), self.device)
         self._sec_per_it: float | None = None
         self._step_time = 0.0  # optimiser steps only (this process), for seconds/iteration
+        self.heldout: tuple[str, np.ndarray] | None = None  # set by _final_metrics
         self._steps_here = 0
         if not (resume and self._restore()):
             self._initialise()
@@ -608,18 +613,24 @@ class Trainer:
             extra={
                 "seconds_per_iteration": (
                     self._step_time / self._steps_here if self._steps_here else None
-                )
+                ),
+                "heldout_log_prob": self.heldout,
             },
         )
 
     def _final_metrics(self) -> dict[str, Any]:
+        """The final NLLs; keeps the held-out rows' log-densities (test, else val) in
+        ``self.heldout`` as (split, scores), the reference of calibrated scores."""
         levels, dim = self.data.levels, self.data.shape.dim
         metrics: dict[str, Any] = {}
         for name, xs, cs in self.data.final_parts():
             if xs is None or xs.shape[0] == 0:
                 metrics[f"{name}_nll"] = None
                 continue
-            nll, err = self._score(xs, cs, 5)
+            rows: list[torch.Tensor] = []
+            nll, err = self._score(xs, cs, 5, keep=rows if name != "train" else None)
+            if rows:
+                self.heldout = (name, torch.cat(rows).double().numpy())
             metrics[f"{name}_nll"] = nll
             if levels:
                 metrics[f"{name}_bits_per_dim"] = bits_per_dim(-nll, dim, levels)
@@ -640,12 +651,16 @@ class Trainer:
         return min(cfg.eval_batch_size, rows)
 
     def _score(
-        self, x: torch.Tensor, c: torch.Tensor | None, seed: int
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor | None,
+        seed: int,
+        keep: list[torch.Tensor] | None = None,
     ) -> tuple[float, float | None]:
         cfg = self.cfg
         return evaluate_nll(
             self.flow, x, c, method=self.method, batch_size=self.eval_rows,
-            probes=cfg.slq_probes, steps=cfg.slq_steps, seed=cfg.seed + seed,
+            probes=cfg.slq_probes, steps=cfg.slq_steps, seed=cfg.seed + seed, keep=keep,
         )  # fmt: skip
 
     def _elapsed(self) -> float:

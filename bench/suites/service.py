@@ -48,16 +48,17 @@ def model_store(root: Path):
 
 
 def publish_bench2d(root: Path, blocks: int, hidden: int) -> None:
-    """A d=2 CP-Flow published as model "bench2d"."""
+    """A d=2 CP-Flow published as model "bench2d", with 2000 held-out rows' log-densities as
+    its calibration reference (as training publishes it), so percentiles can be asked."""
+    from model_store.calibration import reference_summary
+
     torch.manual_seed(0)
-    flow = fitted_flow(
-        lambda: torch.randn(1024, 2) * torch.tensor([2.0, 0.5]) + 1.0,
-        dim=2,
-        blocks=blocks,
-        hidden=hidden,
-        depth=3,
-    )
-    model_store(root).publish("bench2d", flow)
+    draw = lambda: torch.randn(1024, 2) * torch.tensor([2.0, 0.5]) + 1.0
+    flow = fitted_flow(draw, dim=2, blocks=blocks, hidden=hidden, depth=3)
+    with torch.no_grad():
+        held = flow.log_prob(torch.cat([draw(), draw()]), method="exact")
+    calibration = reference_summary(held.numpy(), split="test", method="exact")
+    model_store(root).publish("bench2d", flow, training={"calibration": calibration})
 
 
 @contextmanager
@@ -343,6 +344,10 @@ def _scenarios(only: list[str] | None) -> dict[str, tuple[str, dict]]:
         "log_prob_exact_b1": ("/v1/models/bench2d/log_prob", {"inputs": [[0.5, 1.0]], "method": "exact"}),
         "log_prob_exact_b256": ("/v1/models/bench2d/log_prob",
                                 {"inputs": rng.normal(1, 1, (256, 2)).tolist(), "method": "exact"}),
+        # the same rows with their percentiles and 1% outlier flags (calibrated scores)
+        "log_prob_exact_b256_percentile": ("/v1/models/bench2d/log_prob",
+                                           {"inputs": rng.normal(1, 1, (256, 2)).tolist(),
+                                            "method": "exact", "outlier_level": 0.01}),
         "sample_16": ("/v1/models/bench2d/sample", {"num_samples": 16, "seed": 0}),
         "transport_forward_b1": ("/v1/models/bench2d/transport", {"inputs": [[0.5, 1.0]]}),
         # the same exact log_prob through the Open Inference Protocol route (JSON tensors)
@@ -382,7 +387,10 @@ def service_load(opts, ctx) -> dict:
     for CPU; the overhead ratio (model route / constant route at equal concurrency) is the
     figure that carries over between machines. What /v2 adds to /v1 (one-row exact log_prob)
     is taken from adjacent request pairs on one connection (``paired_seconds``), since a p50
-    difference between scenarios run one after the other carries the load drift between them."""
+    difference between scenarios run one after the other carries the load drift between them.
+    The cost of calibrated scores (percentiles and 1% outlier flags of 256 rows) is taken the
+    same way, as adjacent pairs with and without (``percentile_b256_paired``), beside its
+    in-process microseconds (``calibration_in_process``)."""
     import httpx
 
     scenarios = _scenarios(opts.only)
@@ -402,6 +410,7 @@ def service_load(opts, ctx) -> dict:
                     )
             rounds.append(one)
         paired = _paired_v1_v2(opts.port, scenarios, opts.paired_seconds)
+        percentile = _paired_percentile(opts.port, scenarios, opts.paired_seconds)
         busy = asyncio.run(healthz_during_long_sample(opts.port, opts.seconds))
         metrics = httpx.get(f"{base}/metrics").text
 
@@ -435,6 +444,9 @@ def service_load(opts, ctx) -> dict:
         "v2_minus_v1_p50_ms": _v2_overhead(rounds, opts.concurrency),
         "v2_minus_v1_paired_ms": paired,
         "target_v2_minus_v1_p50_ms": 0.5,
+        "percentile_b256_paired": percentile,
+        "calibration_in_process": calibration_cost_us(),
+        "target_percentile_b256_relative": 0.05,
         "microbatch": [ln for ln in metrics.splitlines() if ln.startswith(prefixes)],
     }
 
@@ -445,6 +457,52 @@ def _paired_v1_v2(port: int, scenarios: dict, seconds: float) -> dict | None:
     if v1 is None or v2 is None:
         return None
     return asyncio.run(paired_difference(port, _raw(*v1), _raw(*v2), seconds))
+
+
+def _paired_percentile(port: int, scenarios: dict, seconds: float) -> dict | None:
+    """What percentiles and outlier flags add to a 256-row exact log_prob, from adjacent pairs
+    (one client), also relative to the plain request's p50."""
+    plain, calibrated = (
+        scenarios.get("log_prob_exact_b256"),
+        scenarios.get("log_prob_exact_b256_percentile"),
+    )
+    if plain is None or calibrated is None:
+        return None
+    out = asyncio.run(paired_difference(port, _raw(*plain), _raw(*calibrated), seconds))
+    base = out["first_p50_ms"]
+    out["relative"] = round(out["median_ms"] / base, 4) if base else None
+    return out
+
+
+def calibration_cost_us(rows: int = 256, repeats: int = 2000) -> dict:
+    """In-process microseconds (median of ``repeats``) of what calibrated scores add per
+    ``rows``-row batch: the percentiles with their 1% flags, and the drift window's record
+    (which every scored batch of a calibrated version pays, asked or not)."""
+    from model_store.calibration import Reference, reference_summary
+    from service.drift import DriftMonitor
+    from service.metrics import ServiceMetrics
+    from service.settings import Settings
+
+    rng = np.random.default_rng(0)
+    record = reference_summary(rng.normal(size=2000), split="test", method="exact")
+    reference = Reference.from_manifest({"training": {"calibration": record}})
+    assert reference is not None
+    lp = rng.normal(size=rows).astype(np.float32)
+    monitor = DriftMonitor(Settings(drift_storage="memory"), ServiceMetrics())
+
+    def timed(fn: Callable[[], object]) -> float:
+        took = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            took.append(time.perf_counter() - t0)
+        return round(float(np.median(took)) * 1e6, 2)
+
+    return {
+        "rows": rows,
+        "percentile_and_flag_us": timed(lambda: reference.percentiles(lp) < 0.01),
+        "drift_record_us": timed(lambda: monitor.record("m", 1, reference, lp)),
+    }
 
 
 def _v2_overhead(rounds: list[dict[str, dict]], concurrency: list[int]) -> dict:

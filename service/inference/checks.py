@@ -11,19 +11,22 @@ import numpy as np
 import torch
 
 from cpflow import ContextError, check_context
+from model_store.calibration import Reference
 from service.engine import ServedModel
 from service.error_codes import ErrorCode, parse_code
 from service.errors import ApiError
 from service.images import inputs_to_rows
-from service.inference.types import Inputs, Solver
+from service.inference.types import Calibration, Inputs, Solver
 from service.settings import Settings
 
 __all__ = [
+    "check_calibration",
     "check_iterations",
     "check_row_count",
     "check_samples",
     "context_tensor",
     "inputs_tensor",
+    "reference_of",
     "rows_to_tensor",
     "solver_for",
     "table_tensors",
@@ -58,6 +61,26 @@ def check_iterations(max_iterations: int | None, settings: Settings) -> None:
             f"max_iterations is {max_iterations}; at most {settings.max_inverse_iterations} "
             "(CPFLOW_MAX_INVERSE_ITERATIONS)",
         )
+
+
+def reference_of(model: ServedModel, asked: str) -> Reference:
+    """The version's held-out scores, or 422 calibration_unavailable saying why ``asked``
+    (percentiles, drift) cannot be answered."""
+    if model.reference is None:
+        raise ApiError(
+            ErrorCode.CALIBRATION_UNAVAILABLE,
+            f"model {model.name!r} version {model.version} was published without held-out "
+            f"scores (by an older cpflow, or trained without validation or test rows), so it "
+            f"has no {asked}: retrain it to publish a version that has, or leave out "
+            "percentile and outlier_level",
+        )
+    return model.reference
+
+
+def check_calibration(calibration: Calibration | None, model: ServedModel) -> None:
+    """422 when a request asks for percentiles of a version that has no held-out scores."""
+    if calibration is not None:
+        reference_of(model, "percentiles or outlier flags")
 
 
 def check_samples(num_samples: int, settings: Settings) -> None:

@@ -13,16 +13,19 @@ from typing import Literal, cast
 
 import torch
 
+from service.drift import DriftMonitor
 from service.engine import InferenceEngine, ServedModel
 from service.error_codes import ErrorCode
 from service.errors import ApiError
 from service.inference import checks
 from service.inference.types import (
+    Calibration,
     LogProbRequest,
     LogProbResult,
     Method,
     SampleRequest,
     SampleResult,
+    Scores,
     TableBatch,
     TableRequest,
     TransportRequest,
@@ -51,11 +54,30 @@ class DataPlane:
         settings: Settings,
         on_model: Callable[[str], None] | None = None,
         tenant: str = DEFAULT_TENANT,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.on_model = on_model
         self.tenant = tenant
+        self.drift = drift
+
+    def scored(
+        self, model: ServedModel, log_prob: torch.Tensor, calibration: Calibration | None
+    ) -> Scores | None:
+        """Feed the scores to the version's drift window and, when asked, rank them among its
+        held-out scores (one vectorised pass over the batch)."""
+        reference = model.reference
+        if reference is None:
+            return None
+        lp = log_prob.numpy()
+        if self.drift is not None:
+            self.drift.record(model.name, model.version, reference, lp)
+        if calibration is None:
+            return None
+        pct = reference.percentiles(lp)
+        level = calibration.outlier_level
+        return Scores(pct, None if level is None else pct < level, level)
 
     async def model(self, name: str, version: int | None) -> ServedModel:
         """The served model (the latest version when ``version`` is None); 404 if unknown."""
@@ -74,6 +96,7 @@ class DataPlane:
         """log p(x) per row (log p(x | c) for a conditional model)."""
         checks.check_row_count(len(request.inputs), self.settings)
         model = await self.model(request.model, request.version)
+        checks.check_calibration(request.calibration, model)
         x, _ = checks.inputs_tensor(request.inputs, model)
         context = checks.context_tensor(request.context, x.shape[0], model)
         result = await self.engine.log_prob(
@@ -82,8 +105,9 @@ class DataPlane:
         )  # fmt: skip
         method: Literal["exact", "slq"] = "slq" if result.method == "slq" else "exact"
         return LogProbResult(
-            model.name, model.version, method, result.log_prob, result.stderr, result.seed
-        )
+            model.name, model.version, method, result.log_prob, result.stderr, result.seed,
+            self.scored(model, result.log_prob, request.calibration),
+        )  # fmt: skip
 
     async def sample(self, request: SampleRequest) -> SampleResult:
         """``num_samples`` samples in data units, with how exactly they invert the flow."""
@@ -137,6 +161,7 @@ class DataPlane:
                 "per request (CPFLOW_MAX_CSV_ROWS): split the file",
             )
         model = await self.model(request.model, request.version)
+        checks.check_calibration(request.calibration, model)
         x, context = checks.table_tensors(request.table, model)
         method = cast(Method, self.engine.method_for(model, request.method))
         seed = request.seed
@@ -171,13 +196,16 @@ class TableScoring:
     async def batches(self) -> AsyncIterator[TableBatch]:
         """The scored batches in order; the next one is computed while the caller handles
         this one, and a caller that stops early leaves no batch running."""
-        n, step = len(self.request.table), self.plane.settings.max_batch
+        n, step, r = len(self.request.table), self.plane.settings.max_batch, self.request
         pending = self._score(0)
         try:
             for start in range(0, n, step):
                 result = await pending
                 if start + step < n:
                     pending = self._score(start + step)
-                yield TableBatch(start, min(start + step, n), result.log_prob, result.stderr)
+                scores = self.plane.scored(self.model, result.log_prob, r.calibration)
+                yield TableBatch(
+                    start, min(start + step, n), result.log_prob, result.stderr, scores
+                )
         finally:
             pending.cancel()

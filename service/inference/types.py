@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "Calibration",
     "Direction",
     "Inputs",
     "Layout",
@@ -23,11 +24,13 @@ __all__ = [
     "Method",
     "SampleRequest",
     "SampleResult",
+    "Scores",
     "Solver",
     "TableBatch",
     "TableRequest",
     "TransportRequest",
     "TransportResult",
+    "calibration_of",
 ]
 
 Method = Literal["exact", "slq", "auto"]
@@ -36,6 +39,30 @@ Layout = Literal["rows", "image"]
 Solver = Literal["lbfgs", "newton"]
 Inputs = list[Any] | np.ndarray
 """Rows [n, d] or images [n, C, H, W]: nested lists (JSON) or an array (tensors)."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a scoring request asks beyond log p: each row's percentile among the version's
+    held-out scores, and with ``outlier_level`` a flag where it is under that level."""
+
+    outlier_level: float | None = None
+
+
+def calibration_of(percentile: bool | None, outlier_level: float | None) -> Calibration | None:
+    """The calibrated scores a request's options ask for (None: log p alone)."""
+    if not percentile and outlier_level is None:
+        return None
+    return Calibration(outlier_level)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A calibrated answer: the percentile (0..1) of each row and, at a level, its flag."""
+
+    percentile: np.ndarray
+    outlier: np.ndarray | None
+    outlier_level: float | None
 
 
 @dataclass(frozen=True)
@@ -50,6 +77,7 @@ class LogProbRequest:
     steps: int | None = None
     seed: int | None = None
     context: Any = None
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +120,7 @@ class TableRequest:
     probes: int | None = None
     steps: int | None = None
     seed: int | None = None
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +133,7 @@ class LogProbResult:
     log_prob: torch.Tensor
     stderr: torch.Tensor | None
     seed: int | None
+    scores: Scores | None = None
 
 
 @dataclass(frozen=True)
@@ -140,3 +170,4 @@ class TableBatch:
     stop: int
     log_prob: torch.Tensor
     stderr: torch.Tensor | None
+    scores: Scores | None = None

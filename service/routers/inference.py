@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -78,7 +79,9 @@ _LOG_PROB_DOC = (
     "stochastic Lanczos quadrature and returns a standard error per row (repeatable with "
     "`seed`); `auto` is exact up to CPFLOW_EXACT_MAX_DIM dimensions. Concurrent exact "
     "requests to one model are computed together in one batch. Conditional models (with a "
-    "`context_dim`) score log p(x | c): send `context`, one row per input or one for all."
+    "`context_dim`) score log p(x | c): send `context`, one row per input or one for all. "
+    "`percentile` and `outlier_level` rank each row among the held-out rows' log-densities "
+    "the version was published with (its `training.calibration`)."
 )
 
 
@@ -90,13 +93,17 @@ async def _log_prob(
         dp.LogProbRequest(
             name, version, body.inputs, body.method, probes=slq.probes if slq else None,
             steps=slq.steps if slq else None, seed=body.seed, context=body.context,
+            calibration=dp.calibration_of(body.percentile, body.outlier_level),
         )
     )  # fmt: skip
-    stderr = result.stderr
+    stderr, scores = result.stderr, result.scores
     return schemas.LogProbResponse(
         model=result.model, version=result.version, method=result.method,
         log_prob=_floats(result.log_prob), stderr=None if stderr is None else _floats(stderr),
         seed=result.seed,
+        percentile=None if scores is None else _floats(torch.from_numpy(scores.percentile)),
+        outlier=None if scores is None or scores.outlier is None else scores.outlier.tolist(),
+        outlier_level=None if scores is None else scores.outlier_level,
     )  # fmt: skip
 
 
@@ -222,7 +229,9 @@ _CSV_DOC = (
     "conditional model's context columns last) and get them back as CSV with a `log_prob` "
     "column (and `stderr` for SLQ). The file is checked whole first, so a bad row is a 422 "
     "naming it; then rows are scored CPFLOW_MAX_BATCH at a time and streamed out as each "
-    "batch finishes. Limits: CPFLOW_MAX_CSV_ROWS rows and CPFLOW_MAX_UPLOAD_BYTES bytes."
+    "batch finishes. Limits: CPFLOW_MAX_CSV_ROWS rows and CPFLOW_MAX_UPLOAD_BYTES bytes. "
+    "`percentile=true` adds a `percentile` column (each row's rank among the version's "
+    "held-out scores), `outlier_level=0.01` also an `outlier` column (1.0 or 0.0)."
 )
 _CSV_BODY = {
     "requestBody": {
@@ -250,6 +259,15 @@ _Steps = Annotated[int | None, Query(ge=1, le=512, description="SLQ Lanczos step
 _Seed = Annotated[int | None, Query(ge=0, le=2**63 - 1, description="seed of the SLQ probes")]
 
 
+_Percentile = Annotated[
+    bool, Query(description="add a percentile column: each row's rank among the held-out scores")
+]
+_Level = Annotated[
+    float | None,
+    Query(gt=0.0, lt=1.0, description="add an outlier column (1.0 where percentile < level)"),
+]
+
+
 @dataclass(frozen=True)
 class CsvScoring:
     """The query options of a CSV scoring request."""
@@ -258,12 +276,14 @@ class CsvScoring:
     probes: int | None
     steps: int | None
     seed: int | None
+    calibration: dp.Calibration | None = None
 
 
 def _csv_scoring(
-    method: _Method = "auto", probes: _Probes = None, steps: _Steps = None, seed: _Seed = None
-) -> CsvScoring:
-    return CsvScoring(method, probes, steps, seed)
+    method: _Method = "auto", probes: _Probes = None, steps: _Steps = None, seed: _Seed = None,
+    percentile: _Percentile = False, outlier_level: _Level = None,
+) -> CsvScoring:  # fmt: skip
+    return CsvScoring(method, probes, steps, seed, dp.calibration_of(percentile, outlier_level))
 
 
 _CsvOptions = Annotated[CsvScoring, Depends(_csv_scoring)]
@@ -276,16 +296,23 @@ async def _log_prob_csv(
     scoring = await plane.table(
         dp.TableRequest(
             name, version, table, options.method, probes=options.probes, steps=options.steps,
-            seed=options.seed,
+            seed=options.seed, calibration=options.calibration,
         )
     )  # fmt: skip
     columns = header or [f"x{j + 1}" for j in range(table.shape[1])]
     extra = ["log_prob", "stderr"] if scoring.method == "slq" else ["log_prob"]
+    calibration = options.calibration
+    if calibration is not None:
+        extra += ["percentile"] if calibration.outlier_level is None else ["percentile", "outlier"]
 
     async def body() -> AsyncIterator[bytes]:
         yield csv_header([*columns, *extra])
         async for batch in scoring.batches():
-            scored = [batch.log_prob] if batch.stderr is None else [batch.log_prob, batch.stderr]
+            scored: list[torch.Tensor | np.ndarray] = [batch.log_prob]
+            scored += [] if batch.stderr is None else [batch.stderr]
+            if batch.scores is not None:
+                scored.append(batch.scores.percentile)
+                scored += [] if batch.scores.outlier is None else [batch.scores.outlier]
             # Off the event loop: formatting a batch takes tens of milliseconds.
             yield await run_in_threadpool(csv_lines, table[batch.start : batch.stop], scored)
 

@@ -137,6 +137,8 @@ async def _metadata(plane: dp.DataPlane, name: str, version: int | None) -> Mode
     outputs = [
         TensorMetadata(name="log_prob", datatype=dt, shape=[-1]),
         TensorMetadata(name="stderr", datatype=dt, shape=[-1]),
+        TensorMetadata(name="percentile", datatype="FP64", shape=[-1]),
+        TensorMetadata(name="outlier", datatype="BOOL", shape=[-1]),
         TensorMetadata(name="samples", datatype=dt, shape=data),
         TensorMetadata(name="output", datatype=dt, shape=data),
         TensorMetadata(name="max_residual", datatype="FP64", shape=[1]),
@@ -229,7 +231,7 @@ def _typed(
     if p.operation == "log_prob":
         return dp.LogProbRequest(
             name, version, inputs, p.method, probes=p.probes, steps=p.steps, seed=p.seed,
-            context=context,
+            context=context, calibration=dp.calibration_of(p.percentile, p.outlier_level),
         )  # fmt: skip
     return dp.TransportRequest(
         name, version, inputs, p.direction, tolerance=p.tolerance,
@@ -262,6 +264,11 @@ def _outputs(result: dp.LogProbResult | dp.SampleResult | dp.TransportResult) ->
         if result.stderr is not None:
             outputs.append(("stderr", _array(result.stderr)))
         params: dict[str, Any] = {"method": result.method}
+        if result.scores is not None:
+            outputs.append(("percentile", result.scores.percentile))
+            if result.scores.outlier is not None:
+                outputs.append(("outlier", result.scores.outlier))
+                params["outlier_level"] = result.scores.outlier_level
         return outputs, params if result.seed is None else {**params, "seed": result.seed}
     if isinstance(result, dp.SampleResult):
         samples = ("samples", _array(result.samples, result.image_shape))
@@ -325,10 +332,11 @@ async def _infer(
 _INFER = "Inference"
 _INFER_DOC = (
     "Open Inference Protocol inference. `parameters.operation` selects log_prob (default; "
-    "`method` exact|slq|auto, `probes`, `steps`, `seed`), sample (`num_samples`, `seed`, "
+    "`method` exact|slq|auto, `probes`, `steps`, `seed`, `percentile`, `outlier_level`), sample (`num_samples`, `seed`, "
     "`tolerance`, `max_iterations`, `solver`) or transport (`direction` forward|inverse and the "
     "solver options). Inputs: `input` ([n, d] FP32/FP64, or [n, C, H, W] for image models) and, "
     "for conditional models, `context` ([n, k] or [1, k]). Outputs: log_prob and stderr, "
+    "percentile and outlier, "
     "samples, output, max_residual, converged, equal to the /v1 answers."
 )
 _INFER_RESPONSES = {

@@ -60,9 +60,13 @@ class ConsoleStack:
 
 
 def publish_demo(store_dir: Path) -> None:
-    """'demo': version 1 without plots, version 2 with a real density plot and metrics;
+    """'demo': version 1 without plots, version 2 with a real density plot, metrics and held-out
+    scores (calibration);
     'tiles': a small image model (1 x 4 x 4); 'cond': a conditional model (dim 2, context 1)."""
+    import torch
+
     from model_store import ModelStore
+    from model_store.calibration import reference_summary
     from training.plots import density_figure
 
     store = ModelStore(store_dir)
@@ -71,7 +75,11 @@ def publish_demo(store_dir: Path) -> None:
     data = np.random.default_rng(0).normal(size=(400, 2)) + 1.0
     png = density_figure(flow, data, n_samples=200, grid=40)
     metrics = {"test_nll": 2.71, "val_nll": 2.69}
-    store.publish("demo", flow, training={"metrics": metrics}, plots={"density.png": png})
+    with torch.no_grad():  # held-out scores, as training publishes them (calibrated scores)
+        held = flow.log_prob(torch.as_tensor(data, dtype=torch.float32), method="exact")
+    training = {"metrics": metrics, "calibration": reference_summary(held.numpy(), split="test",
+                                                                     method="exact")}  # fmt: skip
+    store.publish("demo", flow, training=training, plots={"density.png": png})
     store.publish("tiles", random_image_flow((1, 4, 4), (1, 1), hidden=4, seed=3))
     store.publish("cond", conditional_flow())
 

@@ -1,5 +1,6 @@
 // The models list and one model's page (summary, metrics, plots, version picker).
 import { api } from "./api.js";
+import { setUpDrift } from "./calibration.js";
 import { $, cell, enc, fillFacts, fillTable, guarded, link, number, when } from "./dom.js";
 import { setUpSampling } from "./sampling.js";
 import { setUpScoring } from "./scoring.js";
@@ -52,6 +53,7 @@ export async function modelPage() {
   ]);
   fillFacts($("#model-metrics"), metrics);
   setUpScoring(model, base);
+  setUpDrift(model, base);
   setUpSampling(model, base);
   setUpTransport(model, base);
   await showPlots(model);
