@@ -65,6 +65,12 @@ def _metrics_dir(settings: Settings, workers: int) -> Iterator[dict[str, str]]:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+WORKER_HEALTHCHECK_S = 60
+"""How long uvicorn's supervisor (--workers N) waits for a worker to answer its ping before it
+kills it as hung: a worker importing torch on a busy machine answers late, and uvicorn's 5 s
+default then kills and restarts every worker forever."""
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the options and hand the app factory to uvicorn."""
     args = build_parser().parse_args(argv)
@@ -98,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 timeout_keep_alive=settings.keep_alive_s,
                 limit_concurrency=settings.max_connections,
                 timeout_graceful_shutdown=settings.shutdown_timeout_s,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
             )
 
 

@@ -89,7 +89,6 @@ async def _visible(request: Request, name: str, version: int | None) -> None:
     """404 model_not_found, as for a missing model, unless the caller's tenant sees it."""
     state = request.app.state
     await check_visible(state.engine, state.settings, tenant_of(request), name, version)
-    request.state.metric_model = name
 
 
 async def _detail(engine: Any, name: str, version: int | None) -> ModelDetail:
@@ -127,7 +126,9 @@ async def _detail(engine: Any, name: str, version: int | None) -> ModelDetail:
 async def get_model(name: ModelName, engine: EngineDep, request: Request) -> ModelDetail:
     """The latest version's manifest summary, every published version, metrics and plots."""
     await _visible(request, name, None)
-    return await _detail(engine, name, None)
+    detail = await _detail(engine, name, None)
+    request.state.metric_model = name  # labels only names that exist
+    return detail
 
 
 @router.get(
@@ -141,7 +142,9 @@ async def get_model_version(
 ) -> ModelDetail:
     """The pinned version's manifest summary, every published version, metrics and plots."""
     await _visible(request, name, version)
-    return await _detail(engine, name, version)
+    detail = await _detail(engine, name, version)
+    request.state.metric_model = name  # labels only names that exist
+    return detail
 
 
 _PNG: dict[int | str, dict[str, Any]] = {
@@ -236,6 +239,7 @@ async def verify(name: ModelName, engine: EngineDep, request: Request) -> Verify
     fresh replica refuses it); ask each replica to compare their views."""
     await _visible(request, name, None)
     rows = await verify_model(engine, name)
+    request.state.metric_model = name
     return VerifyResponse(name=name, versions=[VersionCheck(**row) for row in rows])
 
 
@@ -265,6 +269,7 @@ async def _delete(request: Request, name: str, version: int | None) -> ModelDele
         await engine.io(engine.store.delete, name, version)
         deleted = [version]
     engine.unpublished(name)
+    request.state.metric_model = name
     left = await engine.published(name)
     log.info("model deleted", extra={"model": name, "versions": deleted,
                                      "tenant": tenant_of(request)})  # fmt: skip
