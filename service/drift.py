@@ -156,12 +156,17 @@ class DriftMonitor:
                     pipe.lrange(name, 0, -1)
                 replies = await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - Redis down: this process's window answers
-            log.warning(
-                "drift: Redis did not answer; each process keeps its own window for %s s",
-                RETRY_S, extra={"error": f"{type(exc).__name__}: {exc}"},
-            )  # fmt: skip
+            if not self._down_until:  # once per outage, not every RETRY_S
+                log.warning(
+                    "drift: Redis did not answer; each process keeps its own window, and Redis "
+                    "is asked again every %s s", RETRY_S,
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )  # fmt: skip
             self._down_until = time.monotonic() + RETRY_S
             return None
+        if self._down_until:
+            log.warning("drift: Redis answers again; the window is shared by the replicas")
+            self._down_until = 0.0
         if win is not None:
             for _ in values:  # only those pushed: more may have arrived meanwhile
                 win.pending.popleft()

@@ -498,10 +498,22 @@ def calibration_cost_us(rows: int = 256, repeats: int = 2000) -> dict:
             took.append(time.perf_counter() - t0)
         return round(float(np.median(took)) * 1e6, 2)
 
+    from service.schemas import LogProbResponse
+
+    head = {"model": "m", "version": 1, "method": "exact", "stderr": None}
+    plain = {**head, "log_prob": lp.tolist()}
+    pct = reference.percentiles(lp)
+    calibrated = {**plain, "percentile": pct.tolist(), "outlier": (pct < 0.01).tolist(),
+                  "outlier_level": 0.01}  # fmt: skip
     return {
         "rows": rows,
         "percentile_and_flag_us": timed(lambda: reference.percentiles(lp) < 0.01),
         "drift_record_us": timed(lambda: monitor.record("m", 1, reference, lp)),
+        # the answer's JSON (validated and serialised as the route's response model)
+        "response_json_us": timed(lambda: LogProbResponse(**plain).model_dump_json()),
+        "response_json_with_percentile_us": timed(
+            lambda: LogProbResponse(**calibrated).model_dump_json()
+        ),
     }
 
 

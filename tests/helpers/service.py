@@ -28,13 +28,28 @@ def publish_models(root: Path) -> None:
                   plots={"density.png": b"\x89PNG\r\n\x1a\nnot-really-a-png"})  # fmt: skip
     store.publish("toy4d", make_flow(4, seed=1))
     store.publish("toy32d", make_flow(32, blocks=4, hidden=64, seed=1))  # for long requests
-    store.publish("moons", make_flow(2, seed=3))  # the name the OpenAPI examples use
+    # the name the OpenAPI examples use; with held-out scores, so percentiles and drift answer
+    store.publish("moons", moons := make_flow(2, seed=3), training=_calibration(moons))
     store.publish("broken", make_flow(2, seed=2))
     # Damage the weights after publishing: the manifest's sha256 no longer matches.
     weights = root / "broken" / "1" / "weights.safetensors"
     data = bytearray(weights.read_bytes())
     data[-8:] = b"\x00" * 8
     weights.write_bytes(bytes(data))
+
+
+def _calibration(flow) -> dict:
+    """A manifest's training record with the held-out scores of 500 rows of ``make_flow``'s
+    data, N(1, diag(0.5 ... 2.0)^2), as training publishes them."""
+    import numpy as np
+    import torch
+
+    from model_store.calibration import reference_summary
+
+    rows = np.random.default_rng(0).normal(size=(500, flow.dim)) * np.linspace(0.5, 2.0, flow.dim)
+    with torch.no_grad():
+        held = flow.log_prob(torch.as_tensor(rows + 1.0, dtype=torch.float32), method="exact")
+    return {"calibration": reference_summary(held.numpy(), split="test", method="exact")}
 
 
 @contextlib.contextmanager
