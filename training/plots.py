@@ -380,7 +380,9 @@ def score_histogram_figure(
     ax.axvline(mean, color="tab:red", ls="--", label=f"mean {mean:.4g} (NLL {-mean:.4g})")
     ax.set_xlabel(f"log p(x), nats ({method} log-det)")
     ax.set_ylabel("rows")
-    note = f"; {below} rows below {floor:.3g} not drawn" if below else ""
+    note = (
+        f"; {below} {'row' if below == 1 else 'rows'} below {floor:.3g} not drawn" if below else ""
+    )
     ax.set_title(f"held-out log-density: {len(values)} {split} rows{note}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -127,7 +127,7 @@ def curve_points(
 ) -> list[list[float | None]]:
     """``[iteration, train NLL, validation NLL]`` per validation, thinned evenly to at most
     ``most`` points (the first and the last kept): the live training curve."""
-    picks = range(len(history))
+    picks: list[int] = list(range(len(history)))
     if len(history) > most:
         picks = sorted(set(np.linspace(0, len(history) - 1, most).round().astype(int).tolist()))
     return [

@@ -78,7 +78,9 @@ def test_diagnostics_of_a_4_column_model_are_shown(page, stack, table4, shots):
     )
     assert re.fullmatch(r"-?\d+(\.\d+)? nats per row", facts["Test NLL"]), facts
     loss = stack.client.get(f"/v1/models/{table4}").json()["metrics"]["train_loss"]
-    assert facts["Trained on"].startswith({"exact": "the exact NLL", "surrogate": "the surr"}[loss])
+    assert facts["Trained on"].startswith(
+        {"exact": "the exact NLL", "surrogate": "the surr"}[loss]
+    )
     assert facts["NLLs computed with"] == "exact log-det (Cholesky)"
     assert "test_nll" not in facts
     page.locator("#model-plots").screenshot(path=shots / "diagnostics.png")
