@@ -178,3 +178,27 @@ def test_curve_points_are_thinned_keeping_both_ends() -> None:
     points = curve_points(history, most=200)
     assert len(points) == 200 and points[0][0] == 0 and points[-1][0] == 999
     assert curve_points(history[:5]) == [[i, None, float(i)] for i in range(5)]
+
+
+def test_image_and_conditional_models_get_their_diagnostics() -> None:
+    from tests.helpers.flows import conditional_flow
+    from tests.helpers.image_flows import random_image_flow
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 16, size=(40, 1, 4, 4))
+    splits = types.SimpleNamespace(train=pixels, val=None, test=pixels, levels=16, shape=(1, 4, 4))
+    heldout = heldout_rows(splits, 2000)
+    assert heldout is not None and heldout.rows.shape == (40, 16)
+    # Dequantised as the trainer scores images: (pixel + u) / levels, u in [0, 1).
+    assert np.all(heldout.rows * 16 - pixels.reshape(40, 16) >= 0)
+    assert np.all(heldout.rows * 16 - pixels.reshape(40, 16) < 1)
+    image = random_image_flow((1, 4, 4), (1, 1), hidden=4, seed=3).eval()
+    assert set(plots.heldout_figures(image, heldout)) == {"calibration.png", "score_histogram.png"}
+    flow = conditional_flow().eval()
+    rows = Heldout(rng.normal(size=(50, flow.dim)), rng.normal(size=(50, 1)), "test")
+    with torch.no_grad():
+        direct = flow.log_prob(torch.as_tensor(rows.rows, dtype=torch.float32),
+                               torch.as_tensor(rows.contexts, dtype=torch.float32))  # fmt: skip
+    scores = heldout_scores(flow, rows)
+    np.testing.assert_allclose(scores.log_prob, direct.double().numpy(), rtol=1e-6, atol=1e-6)
+    assert "corner.png" in plots.heldout_figures(flow, rows)
