@@ -33,6 +33,7 @@ __all__ = [
     "heldout_rows",
     "heldout_samples",
     "heldout_scores",
+    "reference_tensor",
 ]
 
 HELDOUT_ROWS = 2000
@@ -77,7 +78,7 @@ def heldout_rows(splits: Splits, most: int, seed: int = 0) -> Heldout | None:
     return None
 
 
-def _reference(flow: Any) -> torch.Tensor:
+def reference_tensor(flow: Any) -> torch.Tensor:
     """A tensor of the flow's (device, dtype): its first parameter, else its first buffer."""
     ref: torch.Tensor | None = next(iter(flow.parameters()), None)
     return next(iter(flow.buffers())) if ref is None else ref
@@ -85,7 +86,7 @@ def _reference(flow: Any) -> torch.Tensor:
 
 def chunk_rows(flow: Any, method: str) -> int:
     """Rows scored at a time: what the evaluation memory budget allows for ``method``."""
-    dtype_bytes = _reference(flow).element_size()
+    dtype_bytes = reference_tensor(flow).element_size()
     budget = TrainingSettings().eval_memory_mb
     config = flow.config
     return eval_chunk_rows(
@@ -114,7 +115,7 @@ def _chunks(
 def heldout_scores(flow: Any, heldout: Heldout, seed: int = 0) -> HeldoutScores:
     """|f(x)|^2 and log p(x) of the held-out rows, chunked within the memory budget."""
     method = "exact" if flow.dim <= flow.config.exact_max_dim else "slq"
-    ref = _reference(flow)
+    ref = reference_tensor(flow)
     step = chunk_rows(flow, method)
     generator = torch.Generator(device=ref.device).manual_seed(seed)
     norms, logps = [], []
@@ -130,7 +131,7 @@ def heldout_scores(flow: Any, heldout: Heldout, seed: int = 0) -> HeldoutScores:
 def heldout_samples(flow: Any, heldout: Heldout, seed: int = 0) -> np.ndarray:
     """As many samples as held-out rows (a conditional flow's at the held-out contexts),
     drawn in chunks within the memory budget (the inverse holds a (d, d) Jacobian a row)."""
-    ref = _reference(flow)
+    ref = reference_tensor(flow)
     step = chunk_rows(flow, "exact")
     generator = torch.Generator(device=ref.device).manual_seed(seed)
     out = []

@@ -30,6 +30,7 @@ from training.diagnostics import (
     chunk_rows,
     heldout_samples,
     heldout_scores,
+    reference_tensor,
 )
 
 __all__ = [
@@ -81,9 +82,7 @@ def _grid(bounds: tuple[float, float, float, float], n: int) -> tuple[np.ndarray
 
 
 def _flow_tensor(flow: torch.nn.Module, arr: np.ndarray) -> torch.Tensor:
-    ref: torch.Tensor | None = next(iter(flow.parameters()), None)
-    if ref is None:
-        ref = next(iter(flow.buffers()))
+    ref = reference_tensor(flow)
     return torch.as_tensor(arr, dtype=ref.dtype, device=ref.device)
 
 
