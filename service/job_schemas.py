@@ -223,6 +223,14 @@ class JobProgress(BaseModel):
     val_nll: float | None = None
     seconds_per_iteration: float | None = None
     eta_s: float | None = None
+    loss: str | None = Field(
+        default=None, description="the training objective: exact (an NLL) or surrogate"
+    )
+    curve: list[list[float | None]] | None = Field(
+        default=None,
+        description="the training curve so far: [iteration, train NLL, validation NLL] per "
+        "validation (at most 200, thinned evenly)",
+    )
     processes: list[int] | None = Field(
         default=None,
         description="pids of a multi-process job's group (torchrun first, then ranks)",

@@ -9,7 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cpflow.config import EXACT_MAX_DIM
 
-__all__ = ["TrainConfig"]
+__all__ = ["VALIDATION_POINTS", "TrainConfig"]
+
+VALIDATION_POINTS = 20
+"""Validations over a run whose ``val_every`` is left unset (the training curve's points)."""
 
 
 class TrainConfig(BaseModel):
@@ -74,7 +77,18 @@ class TrainConfig(BaseModel):
     )
 
     # Validation (always a real likelihood, never the surrogate).
-    val_every: int = Field(100, ge=1)
+    val_every: int | None = Field(
+        None,
+        ge=1,
+        description="iterations between validations; None: the run's iterations divided by "
+        f"{VALIDATION_POINTS}, so that the training curve has at least {VALIDATION_POINTS} points",
+    )
+    train_nll_points: int | None = Field(
+        512,
+        ge=1,
+        description="fixed train rows scored at each validation, as the training curve's train "
+        "NLL (the surrogate loss has no NLL value); None = not scored",
+    )
     val_max_points: int | None = Field(
         2000, ge=1, description="fixed subset of val rows scored during training; None = all"
     )
@@ -114,6 +128,12 @@ class TrainConfig(BaseModel):
         if self.loss == "auto":
             return "exact" if dim <= self.exact_loss_max_dim else "surrogate"
         return self.loss
+
+    def validation_interval(self, total: int) -> int:
+        """Iterations between validations in a run of ``total`` iterations."""
+        if self.val_every is not None:
+            return self.val_every
+        return max(1, total // VALIDATION_POINTS)
 
     def total_iterations(self, num_train: int) -> int:
         """Optimiser steps this config runs on a training split of ``num_train`` rows."""

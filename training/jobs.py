@@ -194,6 +194,8 @@ def progress_values(event: ProgressEvent) -> dict[str, Any]:
         "val_nll": event.val_nll,
         "seconds_per_iteration": event.seconds_per_iteration,
         "eta_s": event.eta_s,
+        "loss": event.loss,
+        "curve": event.curve,
     }
 
 

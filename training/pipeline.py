@@ -142,7 +142,10 @@ def training_summary(
 ) -> dict[str, Any]:
     """What the manifest's ``training`` field records about this run."""
     compact = [
-        {k: h.get(k) for k in ("iteration", "val_nll", "val_nll_stderr", "surrogate", "lr")}
+        {
+            k: h.get(k)
+            for k in ("iteration", "val_nll", "val_nll_stderr", "train_nll", "surrogate", "lr")
+        }
         for h in result.history
     ]
     return {
@@ -322,15 +325,20 @@ def _plots(
     result: TrainResult, splits: Splits, info: SplitsInfo, ot_curve: list[Any] | None
 ) -> dict[str, bytes] | None:
     """The model's figures (None if plotting fails: a figure must never lose a model)."""
+    from training.diagnostics import HELDOUT_ROWS, HELDOUT_ROWS_SLQ, heldout_rows
     from training.plots import make_plots, ot_figure
 
     try:
-        contexts = info.contexts
+        contexts, flow = info.contexts, result.flow
+        most = HELDOUT_ROWS if flow.dim <= flow.config.exact_max_dim else HELDOUT_ROWS_SLQ
         plots = make_plots(
-            result.flow,
+            flow,
             splits.train,
             result.history,
             contexts=None if contexts is None else contexts[0],
+            heldout=heldout_rows(splits, most, seed=result.train_config.seed),
+            loss=result.metrics.get("train_loss"),
+            best_iteration=result.best_iteration,
         )
         if ot_curve:
             plots["ot_transport_vs_kl.png"] = ot_figure(

@@ -3,7 +3,10 @@
 2-D models get the paper's Fig. 1 views (data, learned density, samples, the first block's
 convex potential, the mesh distorted by its gradient map, the encoding); image models a grid
 of samples; conditional models with 1-D or 2-D data their density at three contexts; every
-model gets a training curve; OT runs get transport cost against KL (Fig. 4).
+model gets a training curve and, given held-out rows (``training.diagnostics``), its
+calibration (a QQ plot of |f(x)|^2 against chi-square) and a histogram of held-out
+log-densities; models of rows a corner plot of samples against the held-out rows; OT runs get
+transport cost against KL (Fig. 4).
 """
 
 from __future__ import annotations
@@ -21,20 +24,39 @@ import numpy as np
 import torch
 from matplotlib.collections import LineCollection
 
-from training.memory import activation_floats, eval_chunk_rows
-from training.settings import TrainingSettings
+from training.diagnostics import (
+    Heldout,
+    calibration_qq,
+    chunk_rows,
+    heldout_samples,
+    heldout_scores,
+    reference_tensor,
+)
 
 __all__ = [
+    "CORNER_COLUMNS",
     "PNG_MAGIC",
+    "calibration_figure",
     "context_slices_figure",
+    "corner_figure",
     "density_figure",
+    "heldout_figures",
     "make_plots",
     "ot_figure",
     "potential_figure",
+    "score_histogram_figure",
     "training_curve",
 ]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+CORNER_COLUMNS = 6
+"""Columns a corner plot shows at most (the first ones; its title says so)."""
+
+_LOSS_TITLES = {
+    "exact": "trained on the exact NLL",
+    "surrogate": "trained on the surrogate loss (Algorithm 2)",
+}
 
 
 def _png(fig: plt.Figure) -> bytes:
@@ -60,22 +82,14 @@ def _grid(bounds: tuple[float, float, float, float], n: int) -> tuple[np.ndarray
 
 
 def _flow_tensor(flow: torch.nn.Module, arr: np.ndarray) -> torch.Tensor:
-    ref: torch.Tensor | None = next(iter(flow.parameters()), None)
-    if ref is None:
-        ref = next(iter(flow.buffers()))
+    ref = reference_tensor(flow)
     return torch.as_tensor(arr, dtype=ref.dtype, device=ref.device)
 
 
 def _grid_chunk_rows(flow: Any, most: int = 4096) -> int:
     """Grid points scored at a time: what the evaluation memory budget allows, at most
     ``most``."""
-    budget = TrainingSettings().eval_memory_mb
-    dtype_bytes = _flow_tensor(flow, np.zeros(1)).element_size()
-    activations = activation_floats(flow.config)
-    rows = eval_chunk_rows(
-        budget, flow.dim, "exact", activations=activations, dtype_bytes=dtype_bytes
-    )
-    return min(most, rows)
+    return min(most, chunk_rows(flow, "exact"))
 
 
 def _log_prob_grid(flow: Any, pts: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
@@ -210,24 +224,185 @@ def potential_figure(flow: Any, data: np.ndarray, *, grid: int = 120, lines: int
     return _png(fig)
 
 
-def training_curve(history: Sequence[Mapping[str, Any]]) -> bytes:
-    """Validation NLL (real likelihood) and the surrogate loss (gradient proxy) per iteration."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    its = [h["iteration"] for h in history if h.get("val_nll") is not None]
-    val = [h["val_nll"] for h in history if h.get("val_nll") is not None]
+def _curve_points(
+    history: Sequence[Mapping[str, Any]], key: str
+) -> tuple[list[float], list[float]]:
+    picked = [h for h in history if h.get(key) is not None]
+    return [h["iteration"] for h in picked], [float(h[key]) for h in picked]
+
+
+def _robust_top(values: Sequence[float]) -> float | None:
+    """An upper y limit that keeps a first, far higher point (an untrained model's NLL) from
+    flattening the rest of the curve: the 90th percentile plus half the spread below it."""
+    if len(values) < 10:
+        return None
+    lo, top = float(np.min(values)), float(np.quantile(values, 0.9))
+    return top + 0.5 * (top - lo) if max(values) > top + 0.5 * (top - lo) else None
+
+
+def training_curve(
+    history: Sequence[Mapping[str, Any]],
+    *,
+    loss: str | None = None,
+    best_iteration: int | None = None,
+) -> bytes:
+    """Train and validation NLL per iteration on one axis, titled with the training loss
+    (``exact`` or ``surrogate``), the kept (best validation) iteration marked.
+
+    The train NLL is the history's ``train_nll`` (fixed train rows scored like the validation
+    rows); runs recorded without it show, when trained on the exact NLL, the mean batch NLL
+    since the previous validation (a surrogate loss's value is not an NLL, so not drawn)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    its, val = _curve_points(history, "val_nll")
     err = [h.get("val_nll_stderr") or 0.0 for h in history if h.get("val_nll") is not None]
-    ax1.errorbar(its, val, yerr=err if any(err) else None, marker="o", ms=3)
-    ax1.set_xlabel("iteration")
-    ax1.set_ylabel("validation NLL (nats)")
-    ax1.set_title("validation NLL")
-    ax1.grid(alpha=0.3)
-    s_its = [h["iteration"] for h in history if h.get("surrogate") is not None]
-    sur = [h["surrogate"] for h in history if h.get("surrogate") is not None]
-    ax2.plot(s_its, sur, marker=".", color="tab:orange")
-    ax2.set_xlabel("iteration")
-    ax2.set_title("surrogate loss (not an NLL)")
-    ax2.grid(alpha=0.3)
+    ax.errorbar(its, val, yerr=err if any(err) else None, marker="o", ms=3, label="validation NLL")
+    t_its, train = _curve_points(history, "train_nll")
+    train_label = "train NLL"
+    if not train and loss == "exact":
+        t_its, train = _curve_points(history, "surrogate")
+        train_label = "train NLL (mean batch NLL since the previous validation)"
+    if train:
+        ax.plot(t_its, train, marker=".", color="tab:orange", label=train_label)
+    if val:
+        kept = best_iteration if best_iteration in its else its[int(np.argmin(val))]
+        ax.axvline(kept, color="tab:green", ls="--", lw=1)
+        ax.plot([kept], [val[its.index(kept)]], "*", ms=14, color="tab:green",
+                label=f"kept: iteration {kept}")  # fmt: skip
+    top = _robust_top(val + train)
+    if top is not None:
+        ax.set_ylim(top=top)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("NLL (nats per row)")
+    ax.set_title(f"training curve: {_LOSS_TITLES.get(loss or '', 'training loss not recorded')}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     return _png(fig)
+
+
+def _view(columns: np.ndarray, pad: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the 0.5%-99.5% quantile range padded by ``pad`` of its span: a view that
+    far outliers do not stretch."""
+    lo = np.quantile(columns, 0.005, axis=0)
+    hi = np.quantile(columns, 0.995, axis=0)
+    span = np.maximum(hi - lo, 1e-9)
+    return lo - pad * span, hi + pad * span
+
+
+def corner_figure(
+    heldout: np.ndarray,
+    samples: np.ndarray,
+    *,
+    split: str = "test",
+    most_columns: int = CORNER_COLUMNS,
+) -> bytes:
+    """Samples against held-out rows over the first ``most_columns`` columns: pairwise
+    scatters below the diagonal, both marginals' histograms on it, the view the held-out
+    rows' robust quantile range."""
+    dim = heldout.shape[1]
+    k = min(dim, most_columns)
+    data, drawn = heldout[:, :k], samples[:, :k]
+    lo, hi = _view(data)
+    size = max(1.9 * k, 4.0)
+    fig, axes = plt.subplots(k, k, figsize=(size, size), squeeze=False)
+    for i in range(k):
+        for j in range(k):
+            ax = axes[i, j]
+            if j > i:
+                ax.axis("off")
+                continue
+            if i == j:
+                bins = np.linspace(lo[i], hi[i], 31)
+                ax.hist(data[:, i], bins=bins, density=True, alpha=0.5, label="held-out")
+                ax.hist(drawn[:, i], bins=bins, density=True, histtype="step", lw=1.5,
+                        color="tab:orange", label="samples")  # fmt: skip
+                ax.set_yticks([])
+            else:
+                ax.scatter(data[:, j], data[:, i], s=2, alpha=0.4, label="held-out")
+                ax.scatter(drawn[:, j], drawn[:, i], s=2, alpha=0.4, color="tab:orange",
+                           label="samples")  # fmt: skip
+                ax.set_ylim(lo[i], hi[i])
+            ax.set_xlim(lo[j], hi[j])
+            ax.tick_params(labelsize=7)
+            if i == k - 1:
+                ax.set_xlabel(f"x{j + 1}")
+            else:
+                ax.set_xticklabels([])
+            if j == 0 and i > 0:
+                ax.set_ylabel(f"x{i + 1}")
+            elif i != j:
+                ax.set_yticklabels([])
+    shown = f"first {k} of {dim} columns" if k < dim else f"{dim} columns"
+    fig.suptitle(
+        f"samples (orange, {len(drawn)}) against held-out {split} rows (blue, {len(data)}): "
+        f"{shown}",
+        fontsize=9,
+    )
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=8)
+    return _png(fig)
+
+
+def calibration_figure(sq_norms: np.ndarray, dim: int, *, split: str = "test") -> bytes:
+    """QQ plot of held-out |f(x)|^2 against chi-square with ``dim`` degrees of freedom."""
+    expected, observed = calibration_qq(sq_norms, dim)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(expected, observed, ".", ms=3, label=f"{len(observed)} held-out {split} rows")
+    top = float(np.quantile(expected, 0.999))
+    ax.plot([0, top], [0, top], color="tab:red", lw=1, label="calibrated (y = x)")
+    ax.set_xlim(0, top * 1.05)
+    ax.set_ylim(0, max(top, float(np.quantile(observed, 0.99))) * 1.05)
+    ax.set_xlabel(f"chi-square quantile, {dim} degrees of freedom")
+    ax.set_ylabel("|f(x)|² of held-out rows, sorted")
+    ax.set_title(
+        f"calibration: mean |f(x)|² {float(np.mean(observed)):.3g} (calibrated: {dim})",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def score_histogram_figure(
+    log_prob: np.ndarray, *, split: str = "test", method: str = "exact"
+) -> bytes:
+    """Histogram of held-out log-densities, the mean (minus the NLL) marked; rows below the
+    0.5% quantile are counted in the title, not drawn."""
+    values = np.asarray(log_prob, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    floor = float(np.quantile(values, 0.005))
+    below = int(np.sum(values < floor))
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.hist(values[values >= floor], bins=40, color="tab:blue", alpha=0.8)
+    mean = float(values.mean())
+    ax.axvline(mean, color="tab:red", ls="--", label=f"mean {mean:.4g} (NLL {-mean:.4g})")
+    ax.set_xlabel(f"log p(x), nats ({method} log-det)")
+    ax.set_ylabel("rows")
+    note = (
+        f"; {below} {'row' if below == 1 else 'rows'} below {floor:.3g} not drawn" if below else ""
+    )
+    ax.set_title(f"held-out log-density: {len(values)} {split} rows{note}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def heldout_figures(flow: Any, heldout: Heldout) -> dict[str, bytes]:
+    """Calibration and held-out score histogram for any model; a corner plot of samples
+    against the held-out rows for models of rows (not images)."""
+    scores = heldout_scores(flow, heldout)
+    plots = {
+        "calibration.png": calibration_figure(scores.sq_norms, int(flow.dim), split=heldout.split),
+        "score_histogram.png": score_histogram_figure(
+            scores.log_prob, split=heldout.split, method=scores.method
+        ),
+    }
+    if getattr(flow.config, "image_shape", None) is None:
+        samples = heldout_samples(flow, heldout)
+        plots["corner.png"] = corner_figure(heldout.rows, samples, split=heldout.split)
+    return plots
 
 
 def ot_figure(
@@ -300,9 +475,16 @@ def make_plots(
     history: Sequence[Mapping[str, Any]],
     *,
     contexts: np.ndarray | None = None,
+    heldout: Heldout | None = None,
+    loss: str | None = None,
+    best_iteration: int | None = None,
 ) -> dict:
-    """Every figure that applies to this model, keyed by file name."""
-    plots = {"training_curve.png": training_curve(history)}
+    """Every figure that applies to this model, keyed by file name (``loss`` and
+    ``best_iteration`` title and mark the training curve; ``heldout`` rows add the held-out
+    diagnostics)."""
+    plots = {
+        "training_curve.png": training_curve(history, loss=loss, best_iteration=best_iteration)
+    }
     dim = int(flow.dim)
     if getattr(flow.config, "image_shape", None) is not None:
         plots["samples.png"] = image_samples_figure(flow)
@@ -312,4 +494,6 @@ def make_plots(
     elif dim == 2:
         plots["density.png"] = density_figure(flow, train_data)
         plots["potential.png"] = potential_figure(flow, train_data)
+    if heldout is not None:
+        plots.update(heldout_figures(flow, heldout))
     return plots

@@ -40,7 +40,6 @@ _TOY_TRAIN = {
     "lr": 0.02,
     "batch_size": 128,
     "iterations": 2000,
-    "val_every": 250,
     "val_max_points": 2000,
     "schedule": "cosine",
 }
@@ -110,7 +109,6 @@ PRESETS: dict[str, Preset] = {
             "lr": 0.01,
             "batch_size": 128,
             "iterations": 600,
-            "val_every": 100,
             "val_max_points": 1000,
             "schedule": "cosine",
             "cosine_min_lr": 5e-4,

@@ -69,6 +69,12 @@ class RunData:
         self.c_val_all = None if c_val is None else self._contexts(c_val)
         self.x_val = self.x_val_all[: cfg.val_max_points] if cfg.val_max_points else self.x_val_all
         self.c_val = None if self.c_val_all is None else self.c_val_all[: self.x_val.shape[0]]
+        # the training curve's train NLL is scored on these fixed rows at each validation
+        self.train_probe = (
+            None
+            if cfg.train_nll_points is None
+            else self.train_subset(cfg.train_nll_points, cfg.seed + 9)
+        )
 
     @property
     def n_train(self) -> int:
@@ -112,21 +118,27 @@ class RunData:
             c = c[keep]
         return x[keep], c, stats_rows
 
+    def train_subset(
+        self, most: int | None, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Up to ``most`` train rows drawn with ``seed`` (None: all), and their contexts;
+        images dequantised with fixed noise (seed + 3)."""
+        x, c = self.x_train, self.c_train
+        if most and self.n_train > most:
+            sub = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(seed))
+            sub = sub[:most].to(self.device)
+            x, c = x[sub], None if c is None else c[sub]
+        if self.levels:
+            x = uniform_dequantize(x, self.levels, torch.Generator().manual_seed(seed + 3))
+        return x, c
+
     def final_parts(
         self,
     ) -> list[tuple[str, torch.Tensor | None, torch.Tensor | None]]:
         """(name, x, c) of the train (subsampled to ``final_train_max_points``, dequantised with
         fixed noise), val and test splits that the final metrics score."""
         cfg = self.cfg
-        x_tr, c_tr = self.x_train, self.c_train
-        if cfg.final_train_max_points and self.n_train > cfg.final_train_max_points:
-            gen = torch.Generator().manual_seed(cfg.seed + 4)
-            sub = torch.randperm(self.n_train, generator=gen)
-            sub = sub[: cfg.final_train_max_points].to(self.device)
-            x_tr, c_tr = x_tr[sub], None if c_tr is None else c_tr[sub]
-        if self.levels:
-            gen = torch.Generator().manual_seed(cfg.seed + 7)
-            x_tr = uniform_dequantize(x_tr, self.levels, gen)
+        x_tr, c_tr = self.train_subset(cfg.final_train_max_points, cfg.seed + 4)
         test = self.splits.test
         x_test = None if test is None else self.tensor(np.asarray(test), noise_seed=cfg.seed + 8)
         contexts = self.info.contexts

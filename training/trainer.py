@@ -42,6 +42,7 @@ __all__ = [
     "TrainingCancelled",
     "TrainingDiverged",
     "TrainingError",
+    "curve_points",
     "evaluate_nll",
     "fit_standardization",
     "parameter_count",
@@ -89,6 +90,8 @@ class ProgressEvent:
     seconds_per_iteration: float | None
     eta_s: float | None
     lr: float
+    curve: list[list[float | None]] = field(default_factory=list)  # see curve_points
+    loss: str | None = None  # the training objective: "exact" or "surrogate"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +116,24 @@ class TrainResult:
 
 ProgressCallback = Callable[[ProgressEvent], None]
 ValidateHook = Callable[[CPFlow, int], dict[str, Any] | None]
+
+
+CURVE_POINTS = 200
+"""Most points of the training curve a progress event carries (a longer one is thinned)."""
+
+
+def curve_points(
+    history: list[dict[str, Any]], most: int = CURVE_POINTS
+) -> list[list[float | None]]:
+    """``[iteration, train NLL, validation NLL]`` per validation, thinned evenly to at most
+    ``most`` points (the first and the last kept): the live training curve."""
+    picks: list[int] = list(range(len(history)))
+    if len(history) > most:
+        picks = sorted(set(np.linspace(0, len(history) - 1, most).round().astype(int).tolist()))
+    return [
+        [history[i]["iteration"], history[i].get("train_nll"), history[i]["val_nll"]]
+        for i in picks
+    ]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -370,6 +391,7 @@ class Trainer:
         self.batch_size = min(cfg.batch_size * self.group.world, self.data.n_train)  # global
         self.iterations_per_epoch = iterations_per_epoch(self.data.n_train, self.batch_size)
         self.total = cfg.total_iterations(self.data.n_train)
+        self.val_every = cfg.validation_interval(self.total)
         self.schedule = _Schedule(cfg, self.total)
         self.fingerprint = _fingerprint(self.flow_config, cfg, self.data.info.sha256)
         self.progress, self.should_stop, self.on_validate = progress, should_stop, on_validate
@@ -380,6 +402,7 @@ class Trainer:
         self._step_time = 0.0  # optimiser steps only (this process), for seconds/iteration
         self.heldout: tuple[str, np.ndarray] | None = None  # set by _final_metrics
         self._steps_here = 0
+        self._curve: list[list[float | None]] = []
         if not (resume and self._restore()):
             self._initialise()
 
@@ -416,6 +439,7 @@ class Trainer:
                 "trainer settings or data differ); use another directory or resume=False"
             )
         restore_state(self.state, tensors, meta)
+        self._curve = curve_points(self.state.history)
         return True
 
     def _initialise(self) -> None:
@@ -447,7 +471,7 @@ class Trainer:
                 self.checkpoint()
                 raise TrainingCancelled(state.iteration)
             self.step()
-            if state.iteration % cfg.val_every == 0 or state.iteration == self.total:
+            if state.iteration % self.val_every == 0 or state.iteration == self.total:
                 self.validate()
             if cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0:
                 self.checkpoint()
@@ -537,6 +561,8 @@ class Trainer:
         # rank 0 scores; every rank then decides on the same number
         scored = self._score(self.data.x_val, self.data.c_val, 3) if group.main else None
         val_nll, val_err = group.share(scored)
+        probe = self.data.train_probe
+        train_nll = self._score(*probe, 9)[0] if probe is not None and group.main else None
         self.flow.train()
         if not math.isfinite(val_nll):
             raise TrainingDiverged(
@@ -549,12 +575,14 @@ class Trainer:
             "cg_iterations": float(np.mean(state.cg_window)) if state.cg_window else None,
             "val_nll": val_nll,
             "val_nll_stderr": val_err,
+            "train_nll": train_nll,
             "lr": state.optimizer.param_groups[0]["lr"],
             "elapsed_s": self._elapsed(),
         }
         if self.on_validate is not None and group.main:
             record.update(self.on_validate(self.flow, state.iteration) or {})
         state.history.append(record)
+        self._curve = curve_points(state.history)
         state.loss_window, state.cg_window = [], []
         if val_nll < state.best_val - cfg.early_stopping_min_delta or math.isinf(state.best_val):
             state.best_val, state.best_iteration = val_nll, state.iteration
@@ -684,6 +712,8 @@ class Trainer:
             "seconds_per_iteration": sec,
             "eta_s": None if sec is None else sec * (self.total - state.iteration),
             "lr": state.optimizer.param_groups[0]["lr"],
+            "curve": self._curve,
+            "loss": self.loss_method,
         }
         base.update(kw)
         self.progress(ProgressEvent(**base))

@@ -50,7 +50,7 @@ def test_key_entered_once_opens_models_and_plots(bare_page, stack, page_log, sho
     wait_until(page, "img => img.complete && img.naturalWidth > 0", plot.element_handle())
     assert page.locator("#model-title").inner_text() == "demo · version 2"
     metrics = page.locator("#model-metrics").inner_text()
-    assert "test_nll" in metrics and "2.71" in metrics
+    assert "Test NLL\n2.71 nats per row" in metrics  # named, with units
     assert "Dimension" in page.locator("#model-summary").inner_text()
     assert_labelled(page)
     page.screenshot(path=shots / "model.png", full_page=True)

@@ -59,6 +59,11 @@ def test_upload_train_and_score_without_restart(stack: Stack) -> None:
     progress = job["progress"]
     assert progress["iteration"] == progress["total"] == SHORT_TRAINING["iterations"]
     assert np.isfinite(progress["val_nll"]) and progress["seconds_per_iteration"] > 0
+    # The training curve so far (the console's job page draws it): one point per validation.
+    every = SHORT_TRAINING["val_every"]
+    assert [p[0] for p in progress["curve"]] == list(range(0, progress["total"] + 1, every))
+    assert all(np.isfinite(p[1]) and np.isfinite(p[2]) for p in progress["curve"])
+    assert progress["loss"] == "exact"  # 2-D data: the auto loss is the exact NLL
 
     # The manifest names the job and the uploaded data it was trained on.
     store = ModelStore(stack.store_dir)

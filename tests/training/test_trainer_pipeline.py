@@ -45,11 +45,11 @@ def test_publishes_the_training_summary(tmp_path) -> None:
     assert set(training["metrics"]) >= {"train_nll", "val_nll", "test_nll", "method"}
     assert training["seconds_per_iteration"] > 0
     assert [h["iteration"] for h in training["history"]] == [0, 5]
-    # 3-D: only the training curve is drawn.
-    assert [
+    # 3-D: the training curve and the held-out diagnostics are drawn.
+    assert {
         p if isinstance(p, str) else p.get("filename", p.get("name"))
         for p in store.manifest("job-model")["plots"]
-    ] == ["training_curve.png"]
+    } == {"training_curve.png", "corner.png", "calibration.png", "score_histogram.png"}
     assert events[-1].phase == "done"
     # The listing shows the real metrics.
     (row,) = store.list_models()

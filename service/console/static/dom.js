@@ -23,14 +23,16 @@ export function clearAlert(element) {
   element.hidden = true;
 }
 
-// Run an async handler, showing any failure in the given alert element.
-export async function guarded(alertElement, work) {
+// Run an async handler, showing any failure in the given alert element; a failure hides the
+// result element it replaces (an earlier result must not pass for this request's).
+export async function guarded(alertElement, work, resultElement = null) {
   clearAlert(alertElement);
   try {
     return await work();
   } catch (error) {
     const where = error.status ? ` (${error.code}, HTTP ${error.status})` : ""; // an ApiError
     showAlert(alertElement, `${error.message}${where}`);
+    if (resultElement) resultElement.hidden = true;
     return undefined;
   }
 }

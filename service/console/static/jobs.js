@@ -1,5 +1,6 @@
 // The jobs page (form, self-refreshing list) and one job's page, followed live.
 import { api } from "./api.js";
+import { frame, quantile } from "./chart.js";
 import { $, cell, duration, enc, fillTable, guarded, handle, link, number, when } from "./dom.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -98,6 +99,82 @@ function showJob(job) {
     result.textContent = job.error ? `error: ${job.error}` : "not yet";
   }
   $("#job-cancel").disabled = TERMINAL.has(job.status) || job.cancel_requested;
+  if (p.curve) {
+    p.curve.forEach(([iteration, train, val]) => curvePoints.set(iteration, [train, val]));
+    drawCurve($("#job-curve"), p.loss);
+  }
+}
+
+// ------------------------------------------------------------------ the live training curve
+
+// iteration -> [train NLL, validation NLL]: every point any event brought (an event carries
+// the curve so far, thinned to 200 points for long runs).
+const curvePoints = new Map();
+const LOSS_TITLES = { exact: "trained on the exact NLL", surrogate: "trained on the surrogate loss" };
+
+function drawCurve(canvas, loss) {
+  const its = [...curvePoints.keys()].sort((a, b) => a - b);
+  const val = its.map((i) => curvePoints.get(i)[1]);
+  const train = its.map((i) => curvePoints.get(i)[0]);
+  const values = [...val, ...train].filter(Number.isFinite);
+  if (!values.length) return;
+  const lo = Math.min(...values);
+  // A first, far higher point (the untrained model) must not flatten the rest of the curve.
+  const q90 = quantile(values, 0.9);
+  const hi = values.length >= 10 ? Math.min(Math.max(...values), q90 + 0.5 * (q90 - lo)) : Math.max(...values);
+  const pad = 0.05 * (hi - lo || 1);
+  const chart = frame(canvas, [0, Math.max(its[its.length - 1], 1)], [lo - pad, hi + pad], {
+    xLabel: "iteration",
+    yLabel: "NLL (nats per row)",
+    title: `training curve: ${LOSS_TITLES[loss] || "training loss not reported"}`,
+  });
+  chart.clear();
+  chart.grid();
+  const { ctx } = chart;
+  const series = (ys, colour, label, row) => {
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(chart.box.left, chart.box.top, chart.box.width, chart.box.height);
+    ctx.clip();
+    ctx.strokeStyle = colour;
+    ctx.fillStyle = colour;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    let started = false;
+    its.forEach((it, k) => {
+      if (!Number.isFinite(ys[k])) return;
+      if (started) ctx.lineTo(chart.x(it), chart.y(ys[k]));
+      else ctx.moveTo(chart.x(it), chart.y(ys[k]));
+      started = true;
+    });
+    ctx.stroke();
+    its.forEach((it, k) => Number.isFinite(ys[k]) && ctx.fillRect(chart.x(it) - 2, chart.y(ys[k]) - 2, 4, 4));
+    ctx.restore();
+    ctx.fillStyle = colour;
+    ctx.fillRect(chart.box.left + chart.box.width - 150, chart.box.top + 8 + 16 * row, 12, 3);
+    ctx.fillStyle = "#1d232b";
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "middle";
+    ctx.fillText(label, chart.box.left + chart.box.width - 133, chart.box.top + 10 + 16 * row);
+  };
+  series(val, "#1f77b4", "validation NLL", 0);
+  if (train.some(Number.isFinite)) series(train, "#ff7f0e", "train NLL", 1);
+  const finite = val.map((v, k) => [v, its[k]]).filter(([v]) => Number.isFinite(v));
+  const [best, bestIt] = finite.reduce((a, b) => (b[0] < a[0] ? b : a));
+  ctx.fillStyle = "#2ca02c";
+  ctx.font = "18px system-ui, sans-serif";
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  ctx.fillText("★", chart.x(bestIt), chart.y(best));
+  chart.axes();
+  canvas.dataset.points = String(finite.length);
+  canvas.setAttribute(
+    "aria-label",
+    `Training curve, ${LOSS_TITLES[loss] || "training loss not reported"}: ${finite.length} ` +
+      `validations up to iteration ${its[its.length - 1]}; lowest validation NLL ` +
+      `${number(best, 5)} at iteration ${bestIt}`,
+  );
 }
 
 // Follow the API's server-sent events. EventSource cannot send the Authorization header, so

@@ -47,16 +47,51 @@ export async function modelPage() {
     ["Latest version", model.latest_version],
     ["Loaded in memory", model.loaded ? "yes" : "no"],
   ]);
-  const metrics = Object.entries(model.metrics || {}).map(([k, v]) => [
-    k,
-    typeof v === "number" ? number(v, 6) : JSON.stringify(v),
-  ]);
-  fillFacts($("#model-metrics"), metrics);
+  fillFacts($("#model-metrics"), metricFacts(model.metrics || {}));
   setUpScoring(model, base);
   setUpDrift(model, base);
   setUpSampling(model, base);
   setUpTransport(model, base);
   await showPlots(model);
+}
+
+// ------------------------------------------------------------------ metrics, named
+
+const SPLITS = { train: "Train", val: "Validation", test: "Test" };
+const METHODS = { exact: "exact log-det (Cholesky)", slq: "SLQ estimate of the log-det" };
+const LOSSES = {
+  exact: "the exact NLL",
+  surrogate: "the surrogate loss (Algorithm 2; its gradient is the NLL's)",
+};
+const NAMED = {
+  method: ["NLLs computed with", (v) => METHODS[v] || v],
+  train_loss: ["Trained on", (v) => LOSSES[v] || v],
+  best_iteration: ["Kept iteration (best validation NLL)", (v) => String(v)],
+  world_size: ["Training processes", (v) => String(v)],
+  global_batch_size: ["Batch size (all processes)", (v) => `${v} rows`],
+};
+
+// [name, value with unit] per metric: NLLs in nats per row with their standard error, bits
+// per dimension, named settings; unknown ones under their own key.
+export function metricFacts(metrics) {
+  const facts = [];
+  Object.entries(metrics).forEach(([key, value]) => {
+    const nll = /^(train|val|test)_nll$/.exec(key);
+    const bits = /^(train|val|test)_bits_per_dim$/.exec(key);
+    if (/_stderr$/.test(key) || value === null || value === undefined) return;
+    if (nll) {
+      const err = metrics[`${key}_stderr`];
+      const pm = typeof err === "number" ? ` ± ${number(err, 2)}` : "";
+      facts.push([`${SPLITS[nll[1]]} NLL`, `${number(value, 6)}${pm} nats per row`]);
+    } else if (bits) {
+      facts.push([`${SPLITS[bits[1]]} bits per dimension`, `${number(value, 5)} bits`]);
+    } else if (NAMED[key]) {
+      facts.push([NAMED[key][0], NAMED[key][1](value)]);
+    } else {
+      facts.push([key.replaceAll("_", " "), typeof value === "number" ? number(value, 6) : JSON.stringify(value)]);
+    }
+  });
+  return facts;
 }
 
 function showVersionPicker(model) {
@@ -77,12 +112,14 @@ function showVersionPicker(model) {
 // Plots sit behind the API's auth, so they are fetched with the key and shown as blobs.
 async function showPlots(model) {
   const holder = $("#model-plots");
-  const entries = Object.entries(model.plots || {});
+  // The diagnostics first, in PLOT_CAPTIONS' order, then the model's other figures.
+  const rank = (file) => (file in PLOT_CAPTIONS ? Object.keys(PLOT_CAPTIONS).indexOf(file) : 99);
+  const entries = Object.entries(model.plots || {}).sort(([a], [b]) => rank(a) - rank(b));
   if (!entries.length) {
     holder.replaceChildren(cell("p", "No plots stored with this version."));
     return;
   }
-  // Fetched together, shown in the manifest's order.
+  // Fetched together.
   const figures = await Promise.all(entries.map(([file, url]) => plotFigure(model, file, url)));
   holder.replaceChildren(...figures);
 }
@@ -95,10 +132,19 @@ async function plotFigure(model, file, url) {
     img.src = URL.createObjectURL(blob);
     const what = file.replace(/\.png$/i, "").replaceAll("_", " ");
     img.alt = `${what} plot of ${model.name} version ${model.version}`;
+    img.dataset.plot = file;
     figure.append(img);
   } catch (error) {
     figure.append(cell("p", `could not load ${file}: ${error.message}`));
   }
-  figure.append(cell("figcaption", file));
+  figure.append(cell("figcaption", PLOT_CAPTIONS[file] ? `${PLOT_CAPTIONS[file]} (${file})` : file));
   return figure;
 }
+
+const PLOT_CAPTIONS = {
+  "training_curve.png": "Train and validation NLL per iteration; the star marks the kept iteration",
+  "corner.png": "Samples against held-out rows, column by column and in pairs",
+  "calibration.png":
+    "Calibration: |f(x)|² of held-out rows against chi-square quantiles (on the line: calibrated)",
+  "score_histogram.png": "Log-density of held-out rows",
+};

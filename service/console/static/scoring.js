@@ -87,6 +87,6 @@ export function setUpScoring(model, base) {
       download.href = downloadUrl;
       download.download = `${model.name}-v${model.version}-scored.csv`;
       $("#score-result").hidden = false;
-    });
+    }, $("#score-result"));
   });
 }

@@ -55,6 +55,6 @@ export function setUpTransport(model, base) {
       $("#transport-summary").textContent =
         `${rows.length} rows mapped ${direction.value} (${from} to ${to})${solved}${more}.`;
       $("#transport-result").hidden = false;
-    });
+    }, $("#transport-result"));
   });
 }
