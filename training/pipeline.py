@@ -43,11 +43,12 @@ def load_splits(
     seed: int = 0,
     data_dir: str | Path | None = None,
     context_columns: Any = None,
+    table: Any = None,
 ) -> Any:
     """A data set name goes through ``training.datasets.load_dataset`` (``wishart_gaussian:D``
     builds the OT experiment's Gaussian; ``digits``, ``mnist`` and ``cifar10`` are images; the
     conditional toys, or any data with ``context_columns``, give (x, c) splits); splits pass
-    through."""
+    through. ``table`` (training.datasets.TableOptions) says how a file is checked and split."""
     if isinstance(dataset, str):
         from training.datasets.conditional import is_conditional_source, load_conditional_dataset
 
@@ -66,7 +67,9 @@ def load_splits(
             return make_splits(ot_dim, num_samples=num_samples, seed=seed)[0]
         from training.datasets import load_dataset
 
-        return load_dataset(dataset, num_samples=num_samples, seed=seed, data_dir=data_dir)
+        return load_dataset(
+            dataset, num_samples=num_samples, seed=seed, data_dir=data_dir, table=table
+        )
     return dataset
 
 
@@ -113,8 +116,15 @@ def auto_record(
 
 def data_summary(splits: Splits) -> dict[str, Any]:
     """What kind of data a model was trained on: rows, images (shape and grey levels) or
-    (x, c) with its context columns."""
+    (x, c) with its context columns; for a user's table also its column names, data report
+    and how it was split."""
     info = splits_info(splits)
+    meta = getattr(splits, "meta", None) or {}
+    table = {k: meta[k] for k in ("columns", "data_report", "split") if k in meta}
+    return {**_kind_summary(info), **table}
+
+
+def _kind_summary(info: SplitsInfo) -> dict[str, Any]:
     if info.contexts is not None:
         return {
             "kind": "conditional",
@@ -186,11 +196,13 @@ def train_and_publish(
     checkpoint_dir: str | Path | None = None,
     export_onnx: bool = True,
     context_columns: Any = None,
+    table: Any = None,
 ) -> Any:
     """Train on ``dataset`` (name or splits; None: the preset's default data set) and publish
     the best flow as a new version.
 
-    ``context_columns`` (with file data) trains p(x | c) on the other columns.
+    ``context_columns`` (with file data) trains p(x | c) on the other columns; ``table``
+    (training.datasets.TableOptions) drops columns and chooses the hold-outs of file data.
     ``flow_config`` may be a FlowConfig or a dict of overrides without ``dim``;
     ``train_config`` a TrainConfig or a dict. A ``preset`` fills what they leave out; without
     one the ``auto`` recipe chooses from the loaded data (the manifest's ``training.auto``
@@ -204,6 +216,7 @@ def train_and_publish(
     plan = _plan(
         dataset, flow_config, train_config, preset=preset or AUTO, num_samples=num_samples,
         data_dir=data_dir, dataset_seed=dataset_seed, context_columns=context_columns,
+        table=table,
     )  # fmt: skip
     info = splits_info(plan.splits)
     ot_curve, hook = None, None
@@ -265,6 +278,7 @@ def _plan(
     data_dir: str | Path | None,
     dataset_seed: int,
     context_columns: Any,
+    table: Any = None,
 ) -> _Plan:
     """Load the data and merge preset (or the auto recipe, which needs the data), and
     explicit overrides into the run's settings."""
@@ -297,6 +311,7 @@ def _plan(
         seed=dataset_seed,
         data_dir=data_dir,
         context_columns=context_columns,
+        table=table,
     )
     recipe = None
     if preset == AUTO:
@@ -318,6 +333,7 @@ def _plots(
             splits.train,
             result.history,
             contexts=None if contexts is None else contexts[0],
+            columns=(getattr(splits, "meta", None) or {}).get("columns"),
         )
         if ot_curve:
             plots["ot_transport_vs_kl.png"] = ot_figure(

@@ -90,9 +90,16 @@ def _log_prob_grid(flow: Any, pts: np.ndarray, context: np.ndarray | None = None
 
 
 def density_figure(
-    flow: Any, data: np.ndarray, *, n_samples: int = 1500, grid: int = 120, seed: int = 0
+    flow: Any,
+    data: np.ndarray,
+    *,
+    n_samples: int = 1500,
+    grid: int = 120,
+    seed: int = 0,
+    columns: Sequence[str] | None = None,
 ) -> bytes:
-    """Data, learned density exp(log p) on a grid, and samples drawn from the flow (2-D)."""
+    """Data, learned density exp(log p) on a grid, and samples drawn from the flow (2-D),
+    the axes named by ``columns`` when given."""
     data = np.asarray(data, dtype=np.float64)
     bounds = _bounds(data)
     gx, _, pts = _grid(bounds, grid)
@@ -113,6 +120,9 @@ def density_figure(
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
+        if columns:
+            ax.set_xlabel(columns[0])
+            ax.set_ylabel(columns[1])
     return _png(fig)
 
 
@@ -300,8 +310,10 @@ def make_plots(
     history: Sequence[Mapping[str, Any]],
     *,
     contexts: np.ndarray | None = None,
+    columns: Sequence[str] | None = None,
 ) -> dict:
-    """Every figure that applies to this model, keyed by file name."""
+    """Every figure that applies to this model, keyed by file name (axes named by the
+    data's ``columns`` where a figure has data axes)."""
     plots = {"training_curve.png": training_curve(history)}
     dim = int(flow.dim)
     if getattr(flow.config, "image_shape", None) is not None:
@@ -310,6 +322,6 @@ def make_plots(
         if dim <= 2:
             plots["context_slices.png"] = context_slices_figure(flow, train_data, contexts)
     elif dim == 2:
-        plots["density.png"] = density_figure(flow, train_data)
+        plots["density.png"] = density_figure(flow, train_data, columns=columns)
         plots["potential.png"] = potential_figure(flow, train_data)
     return plots

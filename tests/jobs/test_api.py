@@ -78,7 +78,7 @@ def test_upload_csv_and_npy_same_content_is_one_dataset(client: TestClient) -> N
     ("content", "status", "code"),
     [
         (b"a,b\n1,2\n3,hello\n" + b"4,5\n" * 20, 422, "invalid_dataset"),  # text
-        (b"1,2\n" * 20 + b"nan,1\n", 422, "invalid_dataset"),  # NaN
+        (b"1,2\n" * 20 + b"nan,1\n", 422, "missing_values"),  # NaN: named by the data checks
         (b"1,2\n" * 20 + b"1,2,3\n", 422, "invalid_dataset"),  # ragged
         (b"a,b\n1,2\n", 422, "invalid_dataset"),  # a single row
         (b"1.5,2.5\n" * (UPLOAD_CAP // 8 + 1), 413, "payload_too_large"),  # over the cap
@@ -146,7 +146,9 @@ def test_job_routes_submit_list_get_cancel(client: TestClient) -> None:
     job_id = r.json()["id"]
     assert r.headers["location"] == f"/v1/jobs/{job_id}"
     job = client.get(f"/v1/jobs/{job_id}").json()
-    assert job["status"] == "queued" and job["dataset"] == {"id": ds}
+    # The record names the data set as the jobs list shows it, and carries its data report.
+    assert job["status"] == "queued" and job["dataset"] == {"id": ds, "name": "demo"}
+    assert job["data_report"]["errors"] == [] and job["data_report"]["columns"] == ["a", "b"]
     # A queued or running job pins its data set.
     r = client.delete(f"/v1/datasets/{ds}")
     assert r.status_code == 409 and r.json()["error"]["code"] == "dataset_in_use"
