@@ -42,10 +42,12 @@ async def read_csv_body(request: Request) -> tuple[list[str] | None, np.ndarray]
     return header, array
 
 
-def csv_lines(inputs: np.ndarray, scored: list[torch.Tensor]) -> bytes:
+def csv_lines(inputs: np.ndarray | torch.Tensor, scored: list[torch.Tensor]) -> bytes:
     """Rows as CSV lines: the inputs as sent, then the scores (Python's shortest round-trip
     spelling, so the file holds exactly the values the JSON route returns)."""
-    rows = np.hstack([inputs, *(t.double().numpy()[:, None] for t in scored)]).tolist()
+    if isinstance(inputs, torch.Tensor):
+        inputs = inputs.cpu().numpy()
+    rows = np.hstack([inputs, *(t.double().cpu().numpy()[:, None] for t in scored)]).tolist()
     return "".join(",".join(map(repr, row)) + "\n" for row in rows).encode()
 
 

@@ -78,7 +78,11 @@ class ErrorCode(StrEnum):
     DATASET_CORRUPT = "dataset_corrupt", 503, "a stored data set is damaged"
     DATASET_IN_USE = "dataset_in_use", 409, "queued or running jobs still use the data set"
     # -- data checks (model_store.data_checks): refused tables; the message names the columns
-    MISSING_VALUES = "missing_values", 422, "cells are empty, NaN or infinite (column and row named)"
+    MISSING_VALUES = (
+        "missing_values",
+        422,
+        "cells are empty, NaN or infinite (column and row named)",
+    )
     CONSTANT_COLUMN = "constant_column", 422, "a column holds one value: drop it"
     INDEX_COLUMN = "index_column", 422, "a column is a running count (a saved row index): drop it"
     LINEAR_DEPENDENCY = (

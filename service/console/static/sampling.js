@@ -5,6 +5,7 @@ import { $, fillTable, guarded, handle, number } from "./dom.js";
 export function setUpSampling(model, base) {
   const conditional = model.context_dim !== null && model.context_dim !== undefined;
   $("#sample-context-field").hidden = !conditional;
+  let downloadUrl = null;
   handle($("#sample-form"), async () => {
     await guarded($("#sample-error"), async () => {
       const body = { num_samples: Number($("#sample-n").value) };
@@ -25,9 +26,20 @@ export function setUpSampling(model, base) {
       const table = $("#sample-table");
       table.hidden = image; // image samples are drawn, not listed
       if (!image) {
-        const header = samples.length ? samples[0].map((_, j) => `x${j + 1}`) : [];
+        const header = result.columns || (samples.length ? samples[0].map((_, j) => `x${j + 1}`) : []);
         fillTable(table, header, samples.slice(0, 20).map((r) => r.map((v) => number(v, 6))), "no samples");
       }
+      // The same draw (same seed) as a CSV file from sample.csv, every digit, named columns.
+      const csv = await api(`${base}/sample.csv`, {
+        method: "POST",
+        json: { ...body, seed: result.seed },
+        raw: true,
+      });
+      if (downloadUrl) URL.revokeObjectURL(downloadUrl);
+      downloadUrl = URL.createObjectURL(await csv.blob());
+      const download = $("#sample-download");
+      download.href = downloadUrl;
+      download.download = `${model.name}-v${model.version}-samples.csv`;
       $("#sample-result").hidden = false;
       const canvas = $("#sample-plot");
       canvas.hidden = !image && model.dim !== 2;
