@@ -15,9 +15,9 @@ import os
 import re
 import shutil
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 

@@ -44,14 +44,15 @@ export function setUpSampling(model, base) {
       const canvas = $("#sample-plot");
       canvas.hidden = !image && model.dim !== 2;
       if (image) drawImages(canvas, samples, model.input_shape);
-      else if (model.dim === 2) await drawScatter(canvas, base, samples, context);
+      else if (model.dim === 2) await drawScatter(canvas, base, samples, context, result.columns);
     });
   });
 }
 
 // The model's density exp(log p) on a grid (one exact log_prob request) as a heat map, with
 // the samples drawn over it.
-async function drawScatter(canvas, base, samples, context) {
+async function drawScatter(canvas, base, samples, context, names) {
+  const [xName, yName] = names || ["x", "y"];
   const xs = samples.map((s) => s[0]);
   const ys = samples.map((s) => s[1]);
   const pad = (lo, hi) => [lo - 0.1 * (hi - lo || 1), hi + 0.1 * (hi - lo || 1)];
@@ -86,7 +87,8 @@ async function drawScatter(canvas, base, samples, context) {
   canvas.setAttribute(
     "aria-label",
     `Scatter of ${samples.length} samples over the model density, ` +
-      `x from ${number(x0, 3)} to ${number(x1, 3)}, y from ${number(y0, 3)} to ${number(y1, 3)}`,
+      `${xName} from ${number(x0, 3)} to ${number(x1, 3)}, ` +
+      `${yName} from ${number(y0, 3)} to ${number(y1, 3)}`,
   );
   canvas.dataset.drawn = String(samples.length);
 }
