@@ -299,6 +299,7 @@ def _dataset_source(dataset: dict[str, Any], store: Any) -> Any:
             name=record.name,
             seed=dataset.get("seed", 0),
             sha256=record.sha256,
+            columns=record.column_names,
         )
     options = TableOptions(
         val_fraction=dataset.get("val_fraction"), test_fraction=dataset.get("test_fraction")

@@ -120,7 +120,8 @@ def data_summary(splits: Splits) -> dict[str, Any]:
     and how it was split."""
     info = splits_info(splits)
     meta = getattr(splits, "meta", None) or {}
-    table = {k: meta[k] for k in ("columns", "data_report", "split") if k in meta}
+    keys = ("columns", "context_names", "data_report", "split")
+    table = {k: meta[k] for k in keys if k in meta}
     return {**_kind_summary(info), **table}
 
 

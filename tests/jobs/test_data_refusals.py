@@ -228,3 +228,16 @@ def test_a_warning_reaches_data_set_job_record_manifest_and_cli(
     args = ["--dataset", f"file:{path}", "--name", "m", "--store-dir", str(store), "--quiet"]
     assert cli_main([*args, "--iterations", "5", "--no-plots", "--no-onnx"]) == 0
     assert "data warning: 20 of 150 rows repeat" in capsys.readouterr().err
+
+
+def test_conditional_tables_are_checked_and_keep_their_names() -> None:
+    """p(x | c) data goes through the same checks; its data and context columns keep names."""
+    from training.datasets.conditional import conditional_splits
+
+    x = _table()
+    splits = conditional_splits(x, [3], name="t", columns=NAMES)
+    assert splits.meta["columns"] == NAMES[:3] and splits.meta["context_names"] == NAMES[3:]
+    assert splits.meta["data_report"]["errors"] == []
+    x[:, 3] = 2.0
+    with pytest.raises(DatasetError, match="'petal_width' is constant"):
+        conditional_splits(x, [3], name="t", columns=NAMES)
