@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from model_store.data_checks import DataRefused, checked, column_names
+from model_store.data_checks import checked, column_names
 
 from .errors import DatasetError
 from .splits import SPLIT_FRACTIONS, SPLIT_SEED, DatasetSplits, make_splits, random_split
@@ -56,9 +56,7 @@ def check_table_values(
             values, column_names(header, values.shape[1]), options.drop_columns,
             drop_flagged=options.drop_flagged,
         )  # fmt: skip
-    except DataRefused as exc:
-        raise DatasetError(f"{source}: {exc}") from None
-    except ValueError as exc:  # a drop names no column
+    except ValueError as exc:  # DataRefused, or a drop that names no column
         raise DatasetError(f"{source}: {exc}") from None
     return kept, columns, report.to_dict()
 
