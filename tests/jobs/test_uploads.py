@@ -76,7 +76,11 @@ def test_missing_cells_reach_the_data_checks_as_nan(filename: str, content: byte
 @pytest.mark.parametrize(
     ("filename", "content", "fragment"),
     [
-        ("t.csv", b"a,b\n1,2\n3,hello\n" + b"4,5\n" * 20, "column 2 ('b') has a non-numeric value 'hello'"),
+        (
+            "t.csv",
+            b"a,b\n1,2\n3,hello\n" + b"4,5\n" * 20,
+            "column 2 ('b') has a non-numeric value 'hello'",
+        ),
         ("r.csv", b"1,2\n" * 20 + b"1,2,3\n", "ragged rows"),
         ("s.csv", b"a,b\n1,2\n", f"at least {MIN_ROWS}"),
         ("e.csv", b"", "no rows"),
