@@ -15,7 +15,9 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,12 @@ def array_sha256(array: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class DatasetRecord:
-    """What the store knows about one data set (id == sha256)."""
+    """What the store knows about one data set (id == sha256).
+
+    ``name`` is the latest name it was uploaded under and ``names`` every name it had (each
+    addresses it: :meth:`DatasetStore.resolve`); ``uploaded_at`` is the latest upload's time;
+    ``columns`` its column names (None in records written before they were kept: x1..xd);
+    ``report`` the data checks' findings (model_store.data_checks), None in older records."""
 
     id: str
     name: str
@@ -57,10 +64,34 @@ class DatasetRecord:
     dim: int
     sha256: str
     created_at: str
+    columns: list[str] | None = None
+    names: list[str] = field(default_factory=list)
+    uploaded_at: str | None = None
+    report: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, for JSON responses."""
         return asdict(self)
+
+    @property
+    def column_names(self) -> list[str]:
+        """The column names (x1..xd when the record has none)."""
+        return list(self.columns) if self.columns else [f"x{j + 1}" for j in range(self.dim)]
+
+    @property
+    def all_names(self) -> list[str]:
+        """Every name this data set was uploaded under, the latest last."""
+        return [n for n in self.names if n != self.name] + [self.name]
+
+    @property
+    def last_upload(self) -> str:
+        """When it was last uploaded (created_at for older records)."""
+        return self.uploaded_at or self.created_at
+
+
+def _upload_time() -> str:
+    """Now, ISO 8601 to the microsecond: orders the uploads under one name."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _validate_array(array: object) -> np.ndarray:
@@ -113,14 +144,26 @@ class DatasetStore:
             raise DatasetNotFound(f"data set {dataset_id!r} not found (ids are 64 hex digits)")
         return self.root / dataset_id
 
-    def put(self, array: np.ndarray, name: str) -> DatasetRecord:
-        """Store ``array`` under its sha256 (atomically); an existing copy is reused."""
+    def put(
+        self,
+        array: np.ndarray,
+        name: str,
+        *,
+        columns: list[str] | None = None,
+        report: dict[str, Any] | None = None,
+    ) -> DatasetRecord:
+        """Store ``array`` under its sha256 (atomically). An existing copy is reused, and
+        its record takes this upload's name (the earlier names stay in ``names``), columns
+        and report: an upload's name is never dropped."""
         values = _validate_array(array)
         label = _validate_label(name)
+        if columns is not None and len(columns) != values.shape[1]:
+            raise InvalidDataset(f"{len(columns)} column names for {values.shape[1]} columns")
         digest = array_sha256(values)
         folder = self.root / digest
         if (folder / RECORD_FILE).exists():
-            return self.get(digest)
+            return self._renamed(digest, label, columns, report)
+        now = _upload_time()
         record = DatasetRecord(
             id=digest,
             name=label,
@@ -128,6 +171,10 @@ class DatasetStore:
             dim=int(values.shape[1]),
             sha256=digest,
             created_at=utc_now(),
+            columns=columns,
+            names=[label],
+            uploaded_at=now,
+            report=report,
         )
         buffer = io.BytesIO()
         np.save(buffer, values, allow_pickle=False)
@@ -146,7 +193,7 @@ class DatasetStore:
             except OSError:
                 # Someone stored the same content first: theirs is identical by construction.
                 if (folder / RECORD_FILE).exists():
-                    return self.get(digest)
+                    return self._renamed(digest, label, columns, report)
                 raise
             fsio.fsync_dir(self.root)
         finally:
@@ -154,6 +201,43 @@ class DatasetStore:
             if tmp_fd is not None:
                 os.close(tmp_fd)
         return record
+
+    def _renamed(
+        self,
+        digest: str,
+        name: str,
+        columns: list[str] | None,
+        report: dict[str, Any] | None,
+    ) -> DatasetRecord:
+        """The stored record, updated by a new upload of the same content (under the lock)."""
+        with fsio.locked(self.root / _LOCK_FILE):
+            old = self.get(digest)
+            names = [n for n in old.all_names if n != name] + [name]
+            record = replace(
+                old, name=name, names=names, uploaded_at=_upload_time(),
+                columns=columns if columns is not None else old.columns,
+                report=report if report is not None else old.report,
+            )  # fmt: skip
+            raw = json.dumps(record.to_dict()).encode()
+            fsio.replace_durable(self._folder(digest) / RECORD_FILE, raw)
+        return record
+
+    def resolve(self, ref: str, visible: Callable[[str], bool] | None = None) -> DatasetRecord:
+        """The data set ``ref`` names: its id, else the latest upload under that name (among
+        those ``visible`` says the caller may see); DatasetNotFound otherwise."""
+        if isinstance(ref, str) and _ID_RE.fullmatch(ref):
+            if visible is None or visible(ref):
+                return self.get(ref)
+            raise DatasetNotFound(f"data set {ref!r} not found")
+        named = [
+            r for r in self.list()
+            if ref in r.all_names and (visible is None or visible(r.id))
+        ]  # fmt: skip
+        if not named:
+            raise DatasetNotFound(f"data set {ref!r} not found (neither an id nor a name)")
+        # The latest upload under that name: a data set uploaded later under another name
+        # gave this one up, unless no data set holds it as its current name.
+        return max(named, key=lambda r: (r.name == ref, r.last_upload))
 
     def _cleanup_locked(self) -> list[str]:
         """Remove temp folders of dead writers and leftover trash; caller holds the lock."""

@@ -18,6 +18,7 @@ __all__ = [
     "check_manifest",
     "dump_manifest",
     "json_safe",
+    "manifest_columns",
     "manifest_flow_config",
     "utc_now",
 ]
@@ -123,3 +124,19 @@ def manifest_flow_config(manifest: dict[str, Any]) -> Any:
         return FlowConfig.model_validate(manifest.get("flow_config"))
     except (TypeError, ValueError):
         return None
+
+
+def manifest_columns(manifest: dict[str, Any]) -> list[str]:
+    """The names of a model's data columns: those of the table it was trained on (the
+    manifest's ``training.columns``), else ``x1`` ... ``x<dim>``."""
+    dim = manifest.get("dim")
+    dim = dim if isinstance(dim, int) and not isinstance(dim, bool) else 0
+    training = manifest.get("training")
+    columns = training.get("columns") if isinstance(training, dict) else None
+    if (
+        isinstance(columns, list)
+        and len(columns) == dim
+        and all(isinstance(c, str) and c for c in columns)
+    ):
+        return list(columns)
+    return [f"x{j + 1}" for j in range(dim)]

@@ -358,14 +358,21 @@ class ObjectDatasetStore(DatasetStore):
             return super().get(dataset_id)
         return parse_record(dataset_id, self.objects.get(self._remote(dataset_id, RECORD_FILE)))
 
-    def put(self, array: Any, name: str) -> DatasetRecord:
-        record = super().put(array, name)  # validates, and keeps the local copy
+    def put(
+        self,
+        array: Any,
+        name: str,
+        *,
+        columns: builtins.list[str] | None = None,
+        report: dict[str, Any] | None = None,
+    ) -> DatasetRecord:
+        # validates, and keeps the local copy (its record renamed by a repeated upload)
+        record = super().put(array, name, columns=columns, report=report)
+        folder = self.root / record.id
         if self.objects.get(self._remote(record.id, RECORD_FILE)) is None:
-            folder = self.root / record.id
             self.objects.put(self._remote(record.id, DATA_FILE), (folder / DATA_FILE).read_bytes())
-            self.objects.put(
-                self._remote(record.id, RECORD_FILE), (folder / RECORD_FILE).read_bytes()
-            )
+        # The record last (it makes the array visible), and again on each upload: its name.
+        self.objects.put(self._remote(record.id, RECORD_FILE), (folder / RECORD_FILE).read_bytes())
         return record
 
     def list(self) -> list[DatasetRecord]:

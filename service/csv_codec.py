@@ -42,10 +42,17 @@ async def read_csv_body(request: Request) -> tuple[list[str] | None, np.ndarray]
     return header, array
 
 
-def csv_lines(inputs: np.ndarray, scored: list[torch.Tensor | np.ndarray]) -> bytes:
+def csv_lines(inputs: np.ndarray | torch.Tensor, scored: list[torch.Tensor | np.ndarray]) -> bytes:
     """Rows as CSV lines: the inputs as sent, then the scores (Python's shortest round-trip
     spelling, so the file holds exactly the values the JSON route returns; flags as 1.0/0.0)."""
-    columns = (np.asarray(t, dtype=np.float64)[:, None] for t in scored)
+    if isinstance(inputs, torch.Tensor):
+        inputs = inputs.cpu().numpy()
+    columns = (
+        np.asarray(t.double().cpu() if isinstance(t, torch.Tensor) else t, dtype=np.float64)[
+            :, None
+        ]
+        for t in scored
+    )
     rows = np.hstack([inputs, *columns]).tolist()
     return "".join(",".join(map(repr, row)) + "\n" for row in rows).encode()
 

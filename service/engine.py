@@ -35,6 +35,7 @@ import torch
 
 from model_store import ModelNotFound, ModelStore, StoreUnavailable, open_store
 from model_store.calibration import Reference
+from model_store.manifest import manifest_columns
 from service.batching import MicroBatcher
 from service.metrics import ServiceMetrics
 from service.runtime import Runtimes, calibrate, open_runtimes, planned_runtimes
@@ -123,6 +124,12 @@ class ServedModel:
     @property
     def conditional(self) -> bool:
         return self.context_dim is not None
+
+    @property
+    def columns(self) -> list[str]:
+        """The names of the data columns (the training table's, else x1..xd)."""
+        names = manifest_columns(self.manifest)
+        return names if len(names) == self.dim else [f"x{j + 1}" for j in range(self.dim)]
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:

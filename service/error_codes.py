@@ -87,6 +87,21 @@ class ErrorCode(StrEnum):
     INVALID_DATASET = "invalid_dataset", 422, "the uploaded file is not a usable data set"
     DATASET_CORRUPT = "dataset_corrupt", 503, "a stored data set is damaged"
     DATASET_IN_USE = "dataset_in_use", 409, "queued or running jobs still use the data set"
+    # -- data checks (model_store.data_checks): refused tables; the message names the columns
+    MISSING_VALUES = (
+        "missing_values",
+        422,
+        "cells are empty, NaN or infinite (column and row named)",
+    )
+    CONSTANT_COLUMN = "constant_column", 422, "a column holds one value: drop it"
+    INDEX_COLUMN = "index_column", 422, "a column is a running count (a saved row index): drop it"
+    LINEAR_DEPENDENCY = (
+        "linear_dependency",
+        422,
+        "a column is an exact or near-exact linear combination of others: drop it",
+    )
+    UNKNOWN_COLUMNS = "unknown_columns", 422, "column names that the data set or model lacks"
+    MISSING_COLUMNS = "missing_columns", 422, "rows keyed by name lack some of the model's columns"
     # -- training jobs
     DATASET_UNUSABLE = "dataset_unusable", 422, "the job's data set cannot be trained on"
     DIMENSION_MISMATCH = "dimension_mismatch", 422, "model.dim differs from the data's columns"

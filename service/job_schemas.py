@@ -90,7 +90,12 @@ class UploadedDataset(BaseModel):
     """Train on a data set uploaded with POST /v1/datasets."""
 
     model_config = _Strict
-    id: str = Field(min_length=1, max_length=128, description="id returned by POST /v1/datasets")
+    id: str = Field(
+        min_length=1,
+        max_length=200,
+        description="id returned by POST /v1/datasets, or a data set's name (the latest "
+        "upload under that name)",
+    )
     context_columns: list[int] | None = Field(
         default=None,
         max_length=4096,
@@ -98,6 +103,34 @@ class UploadedDataset(BaseModel):
         description="0-based indices of the columns that are the context c: the job then "
         "trains a conditional model p(x | c) on the other columns (checked against the data set "
         "at submit time: in range, no repeats, at least one data column left)",
+    )
+    val_fraction: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=0.9,
+        description="share of the rows held out for validation (default 0.15; none is cut "
+        "when `validation` names a data set)",
+    )
+    test_fraction: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=0.9,
+        description="share of the rows held out for the test metrics (default 0.15; none is "
+        "cut when `test` names a data set)",
+    )
+    validation: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="an uploaded data set (id or name) with the same columns to validate on "
+        "instead of a share of this one",
+    )
+    test: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="an uploaded data set (id or name) with the same columns to report the "
+        "test metrics on instead of a share of this one",
     )
 
 
@@ -252,7 +285,12 @@ class JobPublic(BaseModel):
     id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     model_name: str | None = None
-    dataset: dict[str, Any] | None = None
+    dataset: dict[str, Any] | None = Field(
+        default=None, description="the job's data set (an uploaded one with its id and name)"
+    )
+    data_report: dict[str, Any] | None = Field(
+        default=None, description="the data checks' findings on the uploaded data set"
+    )
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
@@ -266,11 +304,23 @@ class DatasetPublic(BaseModel):
     """An uploaded data set."""
 
     id: str
-    name: str
+    name: str = Field(description="the latest name it was uploaded under")
+    names: list[str] = Field(
+        default_factory=list, description="every name it was uploaded under, the latest last"
+    )
     rows: int
     dim: int
+    columns: list[str] = Field(
+        default_factory=list, description="column names: the CSV header's, else x1..xd"
+    )
     sha256: str
     created_at: str | None = None
+    uploaded_at: str | None = Field(default=None, description="when it was last uploaded")
+    report: dict[str, Any] | None = Field(
+        default=None,
+        description="the data checks' findings (warnings; refusals are not stored): "
+        "{rows, columns, dropped, errors, warnings}",
+    )
 
 
 JobSpecBody = Annotated[JobSpec, Field(description="the training job to run")]

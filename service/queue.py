@@ -453,6 +453,7 @@ class JobQueue:
             "status": raw["status"],
             "model_name": raw.get("model_name"),
             "dataset": spec.get("dataset"),
+            "data_report": spec.get("data_report"),
             "created_at": _iso(raw.get("created_at")),
             "started_at": _iso(raw.get("started_at")),
             "finished_at": _iso(raw.get("finished_at")),

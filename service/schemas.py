@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    TypeAdapter,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 __all__ = [
     "HealthResponse",
@@ -34,11 +44,26 @@ __all__ = [
 # keeps NaN/Infinity out (the JSON parser accepts them as an extension).
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 # An image item is a C-long list of H x W lists (image models only: [n, C, H, W]).
+_ListRows = Annotated[list[list[Number | list[list[Number]]]], Field(min_length=1)]
+# Or rows as objects keyed by the model's column names (GET /v1/models/{name}: columns).
+_KEYED_ROWS = TypeAdapter(Annotated[list[dict[str, Number]], Field(min_length=1)])
+
+
+def _keyed_or_lists(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Rows whose first is an object are all objects keyed by name; else lists (errors keep
+    their plain locations, inputs.<row>.<column>)."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return _KEYED_ROWS.validate_python(value)
+    return handler(value)
+
+
 InputRows = Annotated[
-    list[list[Number | list[list[Number]]]],
+    _ListRows,
+    WrapValidator(_keyed_or_lists),
     Field(
-        min_length=1,
-        description="Rows of raw (unstandardised) data, each a list of `dim` finite numbers; "
+        description="Rows of raw (unstandardised) data, each a list of `dim` finite numbers in "
+        "the model's column order, or each an object keyed by the model's column names (its "
+        '`columns`, e.g. {"sepal_length": 5.1, ...}; a missing or unknown name is a 422); '
         "image models (with an `input_shape` (C, H, W)) also take [n, C, H, W] nested lists.",
     ),
 ]
@@ -204,6 +229,9 @@ class SampleResponse(BaseModel):
 
     model: str
     version: int
+    columns: list[str] | None = Field(
+        default=None, description="The names of the samples' columns (null for images)."
+    )
     samples: OutputRows
     max_residual: float | None = Field(description="Largest max|f(x) - z| over the samples.")
     converged: bool = Field(description="Whether every sample reached the tolerance.")
@@ -250,6 +278,11 @@ class TransportResponse(BaseModel):
     model: str
     version: int
     direction: Literal["forward", "inverse"]
+    columns: list[str] | None = Field(
+        default=None,
+        description="The names of the outputs' columns: the model's for inverse (data x), "
+        "z1..zd for forward (base space); null for images.",
+    )
     outputs: OutputRows = Field(description="In the layout of the inputs (rows or images).")
     max_residual: float | None = Field(description="Inverse: largest max|f(x) - z|; else null.")
     converged: bool | None = Field(default=None, description="Inverse: all rows converged.")
@@ -321,6 +354,11 @@ class ModelDetail(BaseModel):
     latest_version: int
     versions: list[int]
     dim: int
+    columns: list[str] = Field(
+        default_factory=list,
+        description="The names of the data columns (the training table's header, else "
+        "x1..xd): the order of each input row, and the keys of rows sent as objects.",
+    )
     input_shape: list[int] | None = Field(
         default=None, description="(C, H, W) of an image model; null for a model over rows."
     )

@@ -27,16 +27,20 @@ class UploadError(ValueError):
 
 def parse_upload(
     filename: str, content: bytes, *, min_rows: int = MIN_ROWS, max_dim: int = MAX_DIM
-) -> np.ndarray:
-    """Return the upload as a finite float64 array of shape (rows, dim), or raise UploadError."""
+) -> tuple[list[str] | None, np.ndarray]:
+    """The upload as (its CSV header or None, a float64 array (rows, dim)), or UploadError.
+
+    Empty cells are NaN: missing values are the data checks' to report
+    (model_store.data_checks names each column and row), not a parse error."""
     lower = (filename or "").lower()
+    header = None
     if lower.endswith(".npy"):
         array = _parse_npy(content)
     elif lower.endswith((".csv", ".txt")):
-        array = _parse_csv(content)
+        header, array = read_csv(content, missing=True)
     else:
         raise UploadError(f"file {filename!r}: send a .npy or .csv file")
-    return _check(array, min_rows=min_rows, max_dim=max_dim)
+    return header, _check(array, min_rows=min_rows, max_dim=max_dim)
 
 
 def _parse_npy(content: bytes) -> np.ndarray:
@@ -62,13 +66,10 @@ def _parse_npy(content: bytes) -> np.ndarray:
     return array.astype(np.float64, copy=False)
 
 
-def _parse_csv(content: bytes) -> np.ndarray:
-    return read_csv(content)[1]
-
-
-def read_csv(content: bytes) -> tuple[list[str] | None, np.ndarray]:
+def read_csv(content: bytes, *, missing: bool = False) -> tuple[list[str] | None, np.ndarray]:
     """A CSV of numbers as (its header row, or None, and a float64 array (rows, columns));
-    UploadError names the first row that is ragged or not numeric."""
+    UploadError names the first row that is ragged or not numeric, and its column. With
+    ``missing`` an empty cell reads as NaN instead."""
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -98,12 +99,18 @@ def read_csv(content: bytes) -> tuple[list[str] | None, np.ndarray]:
                 "every row needs the same number of values"
             )
         try:
-            values.append([float(c) for c in row])
+            values.append([_cell(c, missing) for c in row])
         except ValueError:
-            bad = next(c for c in row if not _is_float(c))
+            j = next(j for j, c in enumerate(row) if not _is_float(c))
+            name = f" ({header[j]!r})" if header and header[j] else ""
+            what = (
+                "is empty (a missing value)"
+                if not row[j].strip()
+                else (f"has a non-numeric value {row[j].strip()[:40]!r}")
+            )
             raise UploadError(
-                f"data row {i} has a non-numeric value {bad.strip()[:40]!r}; "
-                "only numbers (and one header row) are allowed"
+                f"data row {i}, column {j + 1}{name} {what}; only numbers (and one header "
+                "row) are allowed: fill or remove that row"
             ) from None
     return header, np.asarray(values, dtype=np.float64)
 
@@ -142,6 +149,11 @@ def _read_plain_numbers(text: str) -> tuple[list[str] | None, np.ndarray] | None
     return (header, array) if array.size else None
 
 
+def _cell(cell: str, missing: bool) -> float:
+    """A cell's number; an empty cell is NaN when ``missing`` allows it."""
+    return float("nan") if missing and not cell.strip() else float(cell)
+
+
 def _is_float(cell: str) -> bool:
     try:
         float(cell)
@@ -165,16 +177,10 @@ def _check(array: np.ndarray, *, min_rows: int, max_dim: int) -> np.ndarray:
             f"the data set has {rows} row(s); at least {min_rows} are needed to split it "
             "into train, validation and test sets"
         )
-    finite = np.isfinite(array)
-    if not finite.all():
-        r, c = np.argwhere(~finite)[0]
-        raise UploadError(
-            f"value at row {r + 1}, column {c + 1} is {array[r, c]}; "
-            "every value must be finite (no NaN or infinity)"
-        )
     # Data sets are stored (and trained on) as float32: a value beyond its range would be inf.
-    with np.errstate(over="ignore"):
-        fits = np.isfinite(array.astype(np.float32))
+    # (NaN and inf cells are the data checks' to name: model_store.data_checks.)
+    with np.errstate(over="ignore", invalid="ignore"):
+        fits = np.isfinite(array.astype(np.float32)) | ~np.isfinite(array)
     if not fits.all():
         r, c = np.argwhere(~fits)[0]
         raise UploadError(

@@ -57,6 +57,41 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--num-samples", type=int, help="rows to generate for toy data sets")
     p.add_argument("--data-dir", help="folder with the paper's tabular data sets")
+    _table_options(p)
+
+
+def _table_options(p: argparse.ArgumentParser) -> None:
+    """How a file: data set is checked and split (training.datasets.TableOptions)."""
+    g = p.add_argument_group(
+        "file data",
+        "file: data sets are checked first (constant, index-like, linearly dependent columns "
+        "and missing cells are refused, naming the columns; other findings are warnings) and "
+        "split 70/15/15 unless told otherwise",
+    )
+    g.add_argument(
+        "--drop-columns",
+        metavar="NAMES",
+        help="comma-separated column names (the header's, else x1..xd) to drop before the checks",
+    )
+    g.add_argument(
+        "--drop-flagged",
+        action="store_true",
+        help="drop every column a data-check refusal names, and train on the rest",
+    )
+    g.add_argument("--val-fraction", type=float, help="share of rows held out for validation")
+    g.add_argument("--test-fraction", type=float, help="share of rows held out for the test")
+    g.add_argument(
+        "--val-file",
+        metavar="PATH",
+        help="your own validation table (same columns); the training file is then not cut "
+        "for validation",
+    )
+    g.add_argument(
+        "--test-file",
+        metavar="PATH",
+        help="your own test table (same columns); the training file is then not cut for a "
+        "test set",
+    )
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
@@ -155,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    problem = _context_columns_misuse(args)
+    problem = _context_columns_misuse(args) or _table_misuse(args)
     if problem:
         print(f"cpflow-train: error: {problem}", file=sys.stderr)
         return 2
@@ -223,6 +258,7 @@ def _train(args: argparse.Namespace, group: Dist, cache_dir: Path | None) -> int
             checkpoint_dir=args.checkpoint_dir,
             export_onnx=args.onnx,
             context_columns=args.context_columns,
+            table=_table(args),
         )
     except DatasetError as exc:  # the data or its context columns: say what to give instead
         return _fail(bar, str(exc), 2 if args.context_columns is not None else 1)
@@ -234,10 +270,26 @@ def _train(args: argparse.Namespace, group: Dist, cache_dir: Path | None) -> int
         return _fail(bar, str(exc), 1)
     bar.close()
     if published is not None:  # None: not rank 0 of a torchrun group
+        for warning in (published.manifest["training"].get("data_report") or {}).get(
+            "warnings", []
+        ):
+            print(f"cpflow-train: data warning: {warning['message']}", file=sys.stderr)
         print(json.dumps(_summary(published), indent=2))
         if new_store is not None:
             print(_new_store_notice(new_store), file=sys.stderr)
     return 0
+
+
+def _table(args: argparse.Namespace) -> Any:
+    """The file-data options (training.datasets.TableOptions) of the command line."""
+    from training.datasets import TableOptions
+
+    drop = [c.strip() for c in (args.drop_columns or "").split(",") if c.strip()]
+    return TableOptions(
+        drop_columns=tuple(drop), drop_flagged=args.drop_flagged,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        val_file=args.val_file, test_file=args.test_file,
+    )  # fmt: skip
 
 
 def _new_store_folder(store_dir: Path) -> Path | None:
@@ -271,6 +323,7 @@ def _summary(published: Any) -> dict[str, Any]:
         "kind": training.get("kind"),
         "dataset": training.get("dataset"),
         **{k: training[k] for k in ("context_columns", "context_dim") if k in training},
+        **{k: training[k] for k in ("columns", "data_report", "split") if k in training},
         "metrics": training.get("metrics"),
         "world_size": training.get("world_size", 1),
         "wall_time_s": training.get("wall_time_s"),
@@ -327,6 +380,19 @@ _FLOW_OPTIONS = (
     "init_gain",
     "radial_units",
 )
+
+
+def _table_misuse(args: argparse.Namespace) -> str | None:
+    """What is wrong with the file-data options here, or None (they apply to file: data)."""
+    given = [
+        f"--{k.replace('_', '-')}"
+        for k in ("drop_columns", "drop_flagged", "val_fraction", "test_fraction",
+                  "val_file", "test_file")
+        if getattr(args, k)
+    ]  # fmt: skip
+    if not given or (args.dataset or "").startswith("file:"):
+        return None
+    return f"{', '.join(given)} apply to file: data sets only; give --dataset file:/path.csv"
 
 
 def _context_columns_misuse(args: argparse.Namespace) -> str | None:

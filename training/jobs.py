@@ -14,6 +14,7 @@ notices that its parent is gone and stops instead of training on unsupervised.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from training.datasets.splits import DatasetSplits
+from training.datasets.tables import Holdout, TableOptions, table_splits
 from training.distributed import launch
 from training.group_events import die_with_parent, parse_event
 from training.settings import TrainingSettings, child_env
@@ -251,23 +253,38 @@ def _result(published: Any) -> dict[str, Any]:
     }
 
 
-def split_upload(array: np.ndarray, *, name: str, sha256: str, seed: int = 0) -> DatasetSplits:
-    """Seeded train/val/test split of an uploaded array, cut as ``training.datasets`` cuts files.
+def split_upload(
+    array: np.ndarray,
+    *,
+    name: str,
+    sha256: str,
+    seed: int = 0,
+    columns: list[str] | None = None,
+    options: TableOptions | None = None,
+    val: Holdout | None = None,
+    test: Holdout | None = None,
+) -> DatasetSplits:
+    """An uploaded array, checked (model_store.data_checks: a data set stored before the
+    checks existed may still be degenerate) and split as cpflow-train splits files: seeded,
+    by the job's fractions, or with its own validation / test data sets.
 
     ``sha256`` stays the data set's id in the store, so the manifest names the exact upload.
     """
-    from training.datasets import random_split
-
     x = np.ascontiguousarray(array, dtype=np.float32)
-    train, val, test = random_split(x, seed=seed)
-    return DatasetSplits(
-        name=name,
-        train=train,
-        val=val,
-        test=test,
-        sha256=sha256,
+    splits = table_splits(
+        name, x, columns, options or TableOptions(), val=val, test=test, seed=seed,
         meta={"source": "upload", "rows": len(x), "seed": seed},
-    )
+    )  # fmt: skip
+    return dataclasses.replace(splits, sha256=sha256)
+
+
+def _stored_holdout(store: Any, dataset_id: str | None) -> Holdout | None:
+    """A validation or test data set of a job, from the store."""
+    if dataset_id is None:
+        return None
+    record = store.datasets.get(dataset_id)
+    source = f"data set {record.name!r} ({record.id[:12]})"
+    return Holdout(store.datasets.load(dataset_id), record.column_names, source)
 
 
 def _dataset_source(dataset: dict[str, Any], store: Any) -> Any:
@@ -285,12 +302,20 @@ def _dataset_source(dataset: dict[str, Any], store: Any) -> Any:
             name=record.name,
             seed=dataset.get("seed", 0),
             sha256=record.sha256,
+            columns=record.column_names,
         )
+    options = TableOptions(
+        val_fraction=dataset.get("val_fraction"), test_fraction=dataset.get("test_fraction")
+    )
     return split_upload(
         store.datasets.load(dataset["id"]),
         name=record.name,
         sha256=record.sha256,
         seed=dataset.get("seed", 0),
+        columns=record.column_names,
+        options=options,
+        val=_stored_holdout(store, dataset.get("validation")),
+        test=_stored_holdout(store, dataset.get("test")),
     )
 
 

@@ -44,11 +44,12 @@ def load_splits(
     seed: int = 0,
     data_dir: str | Path | None = None,
     context_columns: Any = None,
+    table: Any = None,
 ) -> Any:
     """A data set name goes through ``training.datasets.load_dataset`` (``wishart_gaussian:D``
     builds the OT experiment's Gaussian; ``digits``, ``mnist`` and ``cifar10`` are images; the
     conditional toys, or any data with ``context_columns``, give (x, c) splits); splits pass
-    through."""
+    through. ``table`` (training.datasets.TableOptions) says how a file is checked and split."""
     if isinstance(dataset, str):
         from training.datasets.conditional import is_conditional_source, load_conditional_dataset
 
@@ -67,7 +68,9 @@ def load_splits(
             return make_splits(ot_dim, num_samples=num_samples, seed=seed)[0]
         from training.datasets import load_dataset
 
-        return load_dataset(dataset, num_samples=num_samples, seed=seed, data_dir=data_dir)
+        return load_dataset(
+            dataset, num_samples=num_samples, seed=seed, data_dir=data_dir, table=table
+        )
     return dataset
 
 
@@ -114,8 +117,16 @@ def auto_record(
 
 def data_summary(splits: Splits) -> dict[str, Any]:
     """What kind of data a model was trained on: rows, images (shape and grey levels) or
-    (x, c) with its context columns."""
+    (x, c) with its context columns; for a user's table also its column names, data report
+    and how it was split."""
     info = splits_info(splits)
+    meta = getattr(splits, "meta", None) or {}
+    keys = ("columns", "context_names", "data_report", "split")
+    table = {k: meta[k] for k in keys if k in meta}
+    return {**_kind_summary(info), **table}
+
+
+def _kind_summary(info: SplitsInfo) -> dict[str, Any]:
     if info.contexts is not None:
         return {
             "kind": "conditional",
@@ -191,12 +202,14 @@ def train_and_publish(
     export_onnx: bool = True,
     context_columns: Any = None,
     tenant: str | None = None,
+    table: Any = None,
 ) -> Any:
     """Train on ``dataset`` (name or splits; None: the preset's default data set) and publish
     the best flow as a new version.
 
-    ``context_columns`` (with file data) trains p(x | c) on the other columns. ``tenant``:
-    the version is that tenant's (a job of a service with CPFLOW_MODEL_SCOPE=tenant).
+    ``context_columns`` (with file data) trains p(x | c) on the other columns; ``table``
+    (training.datasets.TableOptions) drops columns and chooses the hold-outs of file data.
+    ``tenant``: the version is that tenant's (a job of a service with CPFLOW_MODEL_SCOPE=tenant).
     ``flow_config`` may be a FlowConfig or a dict of overrides without ``dim``;
     ``train_config`` a TrainConfig or a dict. A ``preset`` fills what they leave out; without
     one the ``auto`` recipe chooses from the loaded data (the manifest's ``training.auto``
@@ -210,6 +223,7 @@ def train_and_publish(
     plan = _plan(
         dataset, flow_config, train_config, preset=preset or AUTO, num_samples=num_samples,
         data_dir=data_dir, dataset_seed=dataset_seed, context_columns=context_columns,
+        table=table,
     )  # fmt: skip
     info = splits_info(plan.splits)
     ot_curve, hook = None, None
@@ -225,6 +239,20 @@ def train_and_publish(
     if not trainer.group.main:  # in a torchrun group, rank 0 alone publishes (one version)
         return None
     plots = _plots(result, plan.splits, info, ot_curve) if make_plots else None
+    summary = _summary(result, plan, info, ot_curve, job_id)
+    return store.publish(
+        model_name,
+        result.flow,
+        training=summary,
+        plots=plots,
+        export_onnx=export_onnx,
+        tenant=tenant,
+    )
+
+
+def _summary(result: Any, plan: Any, info: Any, ot_curve: Any, job_id: str | None) -> dict:
+    """The manifest's ``training`` record of a finished run: its metrics, data, calibration
+    reference, the auto recipe's choices and the OT experiment's figures where they apply."""
     summary = training_summary(
         result,
         dataset_name=str(info.name if info.name is not None else plan.dataset_name),
@@ -247,14 +275,7 @@ def train_and_publish(
             "final_kl": ot_curve[-1][0],
             "final_transport_cost": ot_curve[-1][1],
         }
-    return store.publish(
-        model_name,
-        result.flow,
-        training=summary,
-        plots=plots,
-        export_onnx=export_onnx,
-        tenant=tenant,
-    )
+    return summary
 
 
 @dataclass(frozen=True)
@@ -281,6 +302,7 @@ def _plan(
     data_dir: str | Path | None,
     dataset_seed: int,
     context_columns: Any,
+    table: Any = None,
 ) -> _Plan:
     """Load the data and merge preset (or the auto recipe, which needs the data), and
     explicit overrides into the run's settings."""
@@ -313,6 +335,7 @@ def _plan(
         seed=dataset_seed,
         data_dir=data_dir,
         context_columns=context_columns,
+        table=table,
     )
     recipe = None
     if preset == AUTO:
@@ -339,6 +362,7 @@ def _plots(
             heldout=heldout_rows(splits, most, seed=result.train_config.seed),
             loss=result.metrics.get("train_loss"),
             best_iteration=result.best_iteration,
+            columns=(getattr(splits, "meta", None) or {}).get("columns"),
         )
         if ot_curve:
             plots["ot_transport_vs_kl.png"] = ot_figure(

@@ -104,9 +104,16 @@ def _log_prob_grid(flow: Any, pts: np.ndarray, context: np.ndarray | None = None
 
 
 def density_figure(
-    flow: Any, data: np.ndarray, *, n_samples: int = 1500, grid: int = 120, seed: int = 0
+    flow: Any,
+    data: np.ndarray,
+    *,
+    n_samples: int = 1500,
+    grid: int = 120,
+    seed: int = 0,
+    columns: Sequence[str] | None = None,
 ) -> bytes:
-    """Data, learned density exp(log p) on a grid, and samples drawn from the flow (2-D)."""
+    """Data, learned density exp(log p) on a grid, and samples drawn from the flow (2-D),
+    the axes named by ``columns`` when given."""
     data = np.asarray(data, dtype=np.float64)
     bounds = _bounds(data)
     gx, _, pts = _grid(bounds, grid)
@@ -127,6 +134,9 @@ def density_figure(
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
+        if columns:
+            ax.set_xlabel(columns[0])
+            ax.set_ylabel(columns[1])
     return _png(fig)
 
 
@@ -295,11 +305,13 @@ def corner_figure(
     *,
     split: str = "test",
     most_columns: int = CORNER_COLUMNS,
+    columns: Sequence[str] | None = None,
 ) -> bytes:
     """Samples against held-out rows over the first ``most_columns`` columns: pairwise
     scatters below the diagonal, both marginals' histograms on it, the view the held-out
-    rows' robust quantile range."""
+    rows' robust quantile range; axes named by ``columns`` (x1..xd without)."""
     dim = heldout.shape[1]
+    names = list(columns) if columns is not None else [f"x{i + 1}" for i in range(dim)]
     k = min(dim, most_columns)
     data, drawn = heldout[:, :k], samples[:, :k]
     lo, hi = _view(data)
@@ -325,11 +337,11 @@ def corner_figure(
             ax.set_xlim(lo[j], hi[j])
             ax.tick_params(labelsize=7)
             if i == k - 1:
-                ax.set_xlabel(f"x{j + 1}")
+                ax.set_xlabel(names[j])
             else:
                 ax.set_xticklabels([])
             if j == 0 and i > 0:
-                ax.set_ylabel(f"x{i + 1}")
+                ax.set_ylabel(names[i])
             elif i != j:
                 ax.set_yticklabels([])
     shown = f"first {k} of {dim} columns" if k < dim else f"{dim} columns"
@@ -389,9 +401,11 @@ def score_histogram_figure(
     return _png(fig)
 
 
-def heldout_figures(flow: Any, heldout: Heldout) -> dict[str, bytes]:
+def heldout_figures(
+    flow: Any, heldout: Heldout, columns: Sequence[str] | None = None
+) -> dict[str, bytes]:
     """Calibration and held-out score histogram for any model; a corner plot of samples
-    against the held-out rows for models of rows (not images)."""
+    against the held-out rows (axes named by ``columns``) for models of rows (not images)."""
     scores = heldout_scores(flow, heldout)
     plots = {
         "calibration.png": calibration_figure(scores.sq_norms, int(flow.dim), split=heldout.split),
@@ -401,7 +415,9 @@ def heldout_figures(flow: Any, heldout: Heldout) -> dict[str, bytes]:
     }
     if getattr(flow.config, "image_shape", None) is None:
         samples = heldout_samples(flow, heldout)
-        plots["corner.png"] = corner_figure(heldout.rows, samples, split=heldout.split)
+        plots["corner.png"] = corner_figure(
+            heldout.rows, samples, split=heldout.split, columns=columns
+        )
     return plots
 
 
@@ -478,10 +494,11 @@ def make_plots(
     heldout: Heldout | None = None,
     loss: str | None = None,
     best_iteration: int | None = None,
+    columns: Sequence[str] | None = None,
 ) -> dict:
     """Every figure that applies to this model, keyed by file name (``loss`` and
     ``best_iteration`` title and mark the training curve; ``heldout`` rows add the held-out
-    diagnostics)."""
+    diagnostics; axes are named by the data's ``columns`` where a figure has data axes)."""
     plots = {
         "training_curve.png": training_curve(history, loss=loss, best_iteration=best_iteration)
     }
@@ -492,8 +509,8 @@ def make_plots(
         if dim <= 2:
             plots["context_slices.png"] = context_slices_figure(flow, train_data, contexts)
     elif dim == 2:
-        plots["density.png"] = density_figure(flow, train_data)
+        plots["density.png"] = density_figure(flow, train_data, columns=columns)
         plots["potential.png"] = potential_figure(flow, train_data)
     if heldout is not None:
-        plots.update(heldout_figures(flow, heldout))
+        plots.update(heldout_figures(flow, heldout, columns))
     return plots

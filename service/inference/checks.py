@@ -26,6 +26,7 @@ __all__ = [
     "check_samples",
     "context_tensor",
     "inputs_tensor",
+    "keyed_rows",
     "reference_of",
     "rows_to_tensor",
     "solver_for",
@@ -141,11 +142,34 @@ def _array_tensor(array: np.ndarray, model: ServedModel) -> tuple[torch.Tensor, 
 
 def inputs_tensor(inputs: Inputs, model: ServedModel) -> tuple[torch.Tensor, bool]:
     """The request's inputs as (an (n, d) tensor in the model's dtype, whether the caller sent
-    images); 422 wrong_dimension, wrong_shape or value_out_of_range when they do not fit."""
+    images); 422 wrong_dimension, wrong_shape or value_out_of_range when they do not fit.
+    Rows sent as objects keyed by column name are put in the model's column order first."""
+    if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict):
+        inputs = keyed_rows(inputs, model.columns)
     if not isinstance(inputs, np.ndarray):
         return inputs_to_rows(inputs, model, rows_to_tensor)
     fitted = _array_tensor(inputs, model)
     return fitted if fitted is not None else inputs_to_rows(inputs.tolist(), model, rows_to_tensor)
+
+
+def keyed_rows(rows: list[dict[str, Any]], columns: list[str]) -> list[list[Any]]:
+    """Rows given as {column name: value} as lists in ``columns``' order; 422
+    missing_columns / unknown_columns naming the first row that lacks or adds a name."""
+    wanted = set(columns)
+    out = []
+    for i, row in enumerate(rows):
+        if row.keys() != wanted:
+            missing = [c for c in columns if c not in row]
+            unknown = [k for k in row if k not in wanted]
+            code = ErrorCode.UNKNOWN_COLUMNS if unknown else ErrorCode.MISSING_COLUMNS
+            problem = f"unknown column(s) {unknown}" if unknown else f"lacks column(s) {missing}"
+            raise ApiError(
+                code,
+                f"inputs[{i}] {problem}; the model's columns are {columns} (send each row "
+                "as an object with exactly these keys, or as a list in this order)",
+            )
+        out.append([row[c] for c in columns])
+    return out
 
 
 def context_tensor(context: Any, rows: int, model: ServedModel) -> torch.Tensor | None:

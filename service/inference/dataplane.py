@@ -131,6 +131,7 @@ class DataPlane:
         return SampleResult(
             model.name, model.version, result.samples, layout,
             _finite_or_none(result.max_residual), result.converged, result.seed,
+            None if layout is not None else model.columns,
         )  # fmt: skip
 
     async def transport(self, request: TransportRequest) -> TransportResult:
@@ -145,10 +146,14 @@ class DataPlane:
             max_iterations=request.max_iterations, solver=checks.solver_for(request.solver, model),
             context=context,
         )  # fmt: skip
+        columns = (
+            model.columns if request.direction == "inverse"
+            else [f"z{j + 1}" for j in range(model.dim)]
+        )  # fmt: skip
         return TransportResult(
             model.name, model.version, request.direction, result.outputs,
             model.image_shape if images else None, _finite_or_none(result.max_residual),
-            result.converged,
+            result.converged, None if images else columns,
         )  # fmt: skip
 
     async def table(self, request: TableRequest) -> TableScoring:

@@ -147,6 +147,7 @@ class SampleResult:
     max_residual: float | None  # None when unknown or not finite
     converged: bool
     seed: int
+    columns: list[str] | None = None  # the samples' column names (None for images)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class TransportResult:
     image_shape: tuple[int, int, int] | None
     max_residual: float | None
     converged: bool | None
+    columns: list[str] | None = None  # the outputs' column names (None for images)
 
 
 @dataclass(frozen=True)

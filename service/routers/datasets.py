@@ -19,9 +19,10 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from model_store.data_checks import DataRefused, checked, column_names
 from model_store.errors import DatasetNotFound, StoreError
 from service.deps import StoreDep
-from service.error_codes import ErrorCode
+from service.error_codes import ErrorCode, parse_code
 from service.errors import ApiError, error_responses
 from service.job_schemas import DatasetPublic
 from service.queue import QueueUnavailable
@@ -48,7 +49,21 @@ _UPLOAD_DOC = {
                             "description": ".npy (2-D numeric array) or .csv (numbers, "
                             "optionally one header row)",
                         },
-                        "name": {"type": "string", "description": "label; default: file name"},
+                        "name": {
+                            "type": "string",
+                            "description": "label; default: file name. The data set is then "
+                            "addressable by it (the latest upload of that name)",
+                        },
+                        "drop_columns": {
+                            "type": "string",
+                            "description": "comma-separated column names to drop before the "
+                            "data checks (e.g. those a refusal named)",
+                        },
+                        "drop_flagged": {
+                            "type": "boolean",
+                            "description": "drop every column a data-check refusal names "
+                            "(constant, index-like, linearly dependent, with missing cells)",
+                        },
                     },
                 }
             }
@@ -83,11 +98,36 @@ def _public(record: Any) -> dict[str, Any]:
     return {
         "id": record.id,
         "name": record.name,
+        "names": record.all_names,
         "rows": record.rows,
         "dim": record.dim,
+        "columns": record.column_names,
         "sha256": record.sha256,
         "created_at": record.created_at,
+        "uploaded_at": record.last_upload,
+        "report": record.report,
     }
+
+
+def _flag(value: object) -> bool:
+    return isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _checked_upload(filename: str, content: bytes, drop: list[str], flagged: bool) -> Any:
+    """Parse and check an upload: (values, columns, report); ApiError for a refusal (with
+    each finding in ``details``) or an unusable file. Nothing is stored before this passes."""
+    try:
+        header, array = parse_upload(filename, content)
+        return checked(array, column_names(header, array.shape[1]), drop, drop_flagged=flagged)
+    except UploadError as exc:
+        raise ApiError(ErrorCode.INVALID_DATASET, str(exc)) from None
+    except DataRefused as exc:
+        findings = exc.report.to_dict()
+        raise ApiError(
+            parse_code(exc.check), str(exc), details=findings["errors"] + findings["warnings"]
+        ) from None
+    except ValueError as exc:  # drop_columns names no column, or all of them
+        raise ApiError(ErrorCode.UNKNOWN_COLUMNS, f"drop_columns: {exc}") from None
 
 
 @router.post(
@@ -117,7 +157,7 @@ async def upload_dataset(
         )
     settings = request.app.state.settings
     try:
-        form = await request.form(max_files=1, max_fields=4)
+        form = await request.form(max_files=1, max_fields=6)
     except Exception as exc:  # noqa: BLE001 - malformed multipart, too many parts
         raise ApiError(
             ErrorCode.BAD_REQUEST, f"could not read the multipart body: {exc}"
@@ -137,16 +177,19 @@ async def upload_dataset(
     filename = upload.filename or ""
     name = form.get("name")
     label = name.strip() if isinstance(name, str) and name.strip() else PurePath(filename).stem
-    try:
-        array = await run_in_threadpool(parse_upload, filename, content)
-    except UploadError as exc:
-        raise ApiError(ErrorCode.INVALID_DATASET, str(exc)) from None
-
+    drops = form.get("drop_columns")
+    drop = [c.strip() for c in drops.split(",") if c.strip()] if isinstance(drops, str) else []
+    flagged = _flag(form.get("drop_flagged"))
+    array, columns, report = await run_in_threadpool(
+        _checked_upload, filename, content, drop, flagged
+    )
     tenant = tenant_of(request)
 
     def put() -> tuple[Any, bool]:
         before = {r.id for r in store.datasets.list()}
-        record = store.datasets.put(array, label or "dataset")
+        record = store.datasets.put(
+            array, label or "dataset", columns=columns, report=report.to_dict()
+        )
         if owners is None:
             return record, record.id in before
         existed = record.id in before and owned(owners, tenant, record.id)
@@ -178,27 +221,25 @@ def list_datasets(request: Request, store: StoreDep, owners: OwnersDep) -> list[
     return [_public(r) for r in store.datasets.list() if owned(owners, tenant, r.id)]
 
 
-def _record(store: Any, dataset_id: str, visible: bool = True) -> Any:
-    """The data set's record; 404 when it does not exist or is another tenant's (not
-    ``visible``): another tenant's data set looks exactly like a missing one."""
+def _record(store: Any, ref: str, owners: Any, tenant: str) -> Any:
+    """The data set ``ref`` names (its id, or the latest upload under that name); 404 when
+    there is none or it is another tenant's: that looks exactly like a missing one."""
     try:
-        if not visible:
-            raise DatasetNotFound(dataset_id)
-        return store.datasets.get(dataset_id)
+        return store.datasets.resolve(ref, lambda i: owned(owners, tenant, i))
     except DatasetNotFound:
-        raise ApiError(ErrorCode.DATASET_NOT_FOUND, f"data set {dataset_id!r} not found") from None
+        raise ApiError(ErrorCode.DATASET_NOT_FOUND, f"data set {ref!r} not found") from None
 
 
 @router.get(
     "/datasets/{dataset_id}",
     response_model=DatasetPublic,
-    summary="One data set",
+    summary="One data set, by id or by name (the latest upload under that name)",
     responses=error_responses(401, 404),
 )
 def get_dataset(
     dataset_id: str, request: Request, store: StoreDep, owners: OwnersDep
 ) -> dict[str, Any]:
-    return _public(_record(store, dataset_id, owned(owners, tenant_of(request), dataset_id)))
+    return _public(_record(store, dataset_id, owners, tenant_of(request)))
 
 
 @router.delete(
@@ -211,7 +252,7 @@ def delete_dataset(
     dataset_id: str, request: Request, store: StoreDep, queue: QueueDep, owners: OwnersDep
 ) -> Response:
     tenant = tenant_of(request)
-    _record(store, dataset_id, owned(owners, tenant, dataset_id))
+    dataset_id = _record(store, dataset_id, owners, tenant).id
     try:
         users = queue.active_jobs_using(dataset_id, tenant if owners is not None else None)
     except QueueUnavailable as exc:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service import inference as dp
@@ -149,7 +149,7 @@ async def _sample(
         )
     )  # fmt: skip
     return schemas.SampleResponse(
-        model=result.model, version=result.version,
+        model=result.model, version=result.version, columns=result.columns,
         samples=_layout(result.samples, result.image_shape), max_residual=result.max_residual,
         converged=result.converged, seed=result.seed,
     )  # fmt: skip
@@ -175,6 +175,60 @@ async def sample_version(
     return await _sample(plane, name, version, body)
 
 
+_SAMPLE_CSV = "Draw samples as a CSV file"
+_SAMPLE_CSV_DOC = (
+    "The same draw as `sample` (same body, same seed, same samples), as a CSV download: a "
+    "header of the model's column names, then one sample per line (image models: one "
+    "flattened image per line). X-Cpflow-Seed, X-Cpflow-Max-Residual and X-Cpflow-Converged "
+    "say how it was drawn."
+)
+_SAMPLE_CSV_OK = {200: {"content": {"text/csv": {}}, "description": "The samples."}}
+
+
+async def _sample_csv(
+    plane: dp.DataPlane, name: str, version: int | None, body: schemas.SampleRequest
+) -> Response:
+    result = await plane.sample(
+        dp.SampleRequest(
+            name, version, body.num_samples, seed=body.seed, tolerance=body.tolerance,
+            max_iterations=body.max_iterations, solver=body.solver, layout="rows",
+            context=body.context,
+        )
+    )  # fmt: skip
+    columns = result.columns or [f"x{j + 1}" for j in range(result.samples.shape[1])]
+    text = csv_header(columns) + await run_in_threadpool(csv_lines, result.samples.double(), [])
+    headers = {
+        "Content-Disposition": (
+            f'attachment; filename="{result.model}-v{result.version}-samples.csv"'
+        ),
+        "X-Cpflow-Model-Version": str(result.version),
+        "X-Cpflow-Seed": str(result.seed),
+        "X-Cpflow-Max-Residual": repr(result.max_residual),
+        "X-Cpflow-Converged": "true" if result.converged else "false",
+    }
+    return Response(text, media_type="text/csv", headers=headers)
+
+
+@router.post(
+    f"{_LATEST}/sample.csv", name="sample_csv", response_class=Response,
+    **_route(_SAMPLE_CSV, _SAMPLE_CSV_DOC, False, responses={**_SAMPLE_CSV_OK, **_ERRORS}),
+)  # fmt: skip
+async def sample_csv(
+    name: ModelName, body: schemas.SampleRequest, plane: DataPlaneDep
+) -> Response:
+    return await _sample_csv(plane, name, None, body)
+
+
+@router.post(
+    f"{_PINNED}/sample.csv", name="sample_csv_version", response_class=Response,
+    **_route(_SAMPLE_CSV, _SAMPLE_CSV_DOC, True, responses={**_SAMPLE_CSV_OK, **_ERRORS}),
+)  # fmt: skip
+async def sample_csv_version(
+    name: ModelName, version: VersionNumber, body: schemas.SampleRequest, plane: DataPlaneDep
+) -> Response:
+    return await _sample_csv(plane, name, version, body)
+
+
 # ------------------------------------------------------------------------ transport
 
 _TRANSPORT = "Transport rows forward (x -> z) or inverse (z -> x)"
@@ -196,6 +250,7 @@ async def _transport(
     )  # fmt: skip
     return schemas.TransportResponse(
         model=result.model, version=result.version, direction=result.direction,
+        columns=result.columns,
         outputs=_layout(result.outputs, result.image_shape), max_residual=result.max_residual,
         converged=result.converged,
     )  # fmt: skip
@@ -299,7 +354,10 @@ async def _log_prob_csv(
             seed=options.seed, calibration=options.calibration,
         )
     )  # fmt: skip
-    columns = header or [f"x{j + 1}" for j in range(table.shape[1])]
+    model = scoring.model
+    # The header as sent, else the model's column names (then a conditional model's context)
+    context = [f"c{j + 1}" for j in range(table.shape[1] - model.dim)]
+    columns = header or [*model.columns, *context]
     extra = ["log_prob", "stderr"] if scoring.method == "slq" else ["log_prob"]
     calibration = options.calibration
     if calibration is not None:
@@ -316,7 +374,6 @@ async def _log_prob_csv(
             # Off the event loop: formatting a batch takes tens of milliseconds.
             yield await run_in_threadpool(csv_lines, table[batch.start : batch.stop], scored)
 
-    model = scoring.model
     headers = {
         "Content-Disposition": f'attachment; filename="{model.name}-v{model.version}-scored.csv"',
         "X-Cpflow-Model-Version": str(model.version),

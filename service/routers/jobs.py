@@ -124,10 +124,10 @@ def unavailable(exc: QueueUnavailable) -> ApiError:
 
 def _dataset_dims(
     spec: JobSpec, store: Any, visible: Callable[[str], bool]
-) -> tuple[int, int | None, str | None]:
-    """(data dimension, context dimension or None for an unconditional job, id when uploaded);
-    422 when the data set does not exist (or is not ``visible`` to the caller) or its context
-    columns do not fit it."""
+) -> tuple[int, int | None, Any]:
+    """(data dimension, context dimension or None for an unconditional job, the record when
+    uploaded); 422 when the data set does not exist (or is not ``visible`` to the caller) or
+    its context columns do not fit it."""
     ref = spec.dataset
     if hasattr(ref, "builtin"):
         if ref.builtin in CONDITIONAL_BUILTIN_DATASETS:
@@ -135,9 +135,7 @@ def _dataset_dims(
             return dim, context_dim, None
         return BUILTIN_DATASETS[ref.builtin], None, None
     try:
-        if not visible(ref.id):
-            raise DatasetNotFound(ref.id)
-        record = store.datasets.get(ref.id)
+        record = store.datasets.resolve(ref.id, visible)
     except DatasetNotFound:
         raise ApiError(
             ErrorCode.DATASET_NOT_FOUND,
@@ -148,9 +146,43 @@ def _dataset_dims(
     except StoreError as exc:
         raise ApiError(ErrorCode.DATASET_UNUSABLE, str(exc)) from None
     if ref.context_columns is None:
-        return record.dim, None, record.id
+        return record.dim, None, record
     _check_context_columns(ref.context_columns, record.dim)
-    return record.dim - len(ref.context_columns), len(ref.context_columns), record.id
+    return record.dim - len(ref.context_columns), len(ref.context_columns), record
+
+
+def _holdouts(
+    spec: JobSpec, record: Any, store: Any, visible: Callable[[str], bool]
+) -> dict[str, str]:
+    """The ids of the job's own validation / test data sets; 422 when one is missing or has
+    other columns than the training data set."""
+    ref = spec.dataset
+    out = {}
+    for field in ("validation", "test"):
+        name = getattr(ref, field, None)
+        if name is None:
+            continue
+        if getattr(ref, "context_columns", None) is not None:
+            raise ApiError(
+                ErrorCode.VALIDATION_ERROR,
+                f"dataset.{field}: not for a conditional job (context_columns); drop one",
+            )
+        try:
+            held = store.datasets.resolve(name, visible)
+        except DatasetNotFound:
+            raise ApiError(
+                ErrorCode.DATASET_NOT_FOUND,
+                f"dataset.{field}: data set {name!r} does not exist; upload it first",
+                status=422,
+            ) from None
+        if sorted(held.column_names) != sorted(record.column_names):
+            raise ApiError(
+                ErrorCode.UNKNOWN_COLUMNS,
+                f"dataset.{field}: data set {name!r} has columns {held.column_names}, the "
+                f"training data set {record.column_names}; give it the same columns",
+            )
+        out[field] = held.id
+    return out
 
 
 def _check_context_columns(columns: list[int], ncols: int) -> None:
@@ -245,15 +277,23 @@ def submit_job(
     limits = limits_for(settings, client)
     check_job_size(spec, limits)
     tenant = tenant_of(request)
-    dim, context_dim, dataset_id = _dataset_dims(
+    dim, context_dim, record = _dataset_dims(
         spec, store, lambda dataset_id: owned(owners, tenant, dataset_id)
     )
     _check_model(spec, dim, context_dim)
     model_tenant = _model_owner(spec, store, settings, tenant)
     body = spec.model_dump(mode="json")
     body["model"]["dim"] = dim
-    if body["dataset"].get("context_columns", 0) is None:
-        del body["dataset"]["context_columns"]  # an unconditional job's record stays as it was
+    # Options left out stay out of the record (an unconditional job's record stays as it was)
+    optional = ("context_columns", "val_fraction", "test_fraction", "validation", "test")
+    body["dataset"] = {
+        k: v for k, v in body["dataset"].items() if v is not None or k not in optional
+    }
+    dataset_id = None if record is None else record.id
+    if record is not None:  # ids (names resolve now), and the name the jobs list shows
+        body["dataset"] |= _holdouts(spec, record, store, lambda i: owned(owners, tenant, i))
+        body["dataset"].update(id=record.id, name=record.name)
+        body["data_report"] = record.report
     try:
         with admitted(queue, settings, client, limits) as job_id:
             record = queue.submit(

@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_store.manifest import manifest_flow_config
+from model_store.manifest import manifest_columns, manifest_flow_config
 from model_store.names import MAX_NAME_LENGTH
 from service.deps import EngineDep, SettingsDep
 from service.errors import error_responses
@@ -101,6 +101,7 @@ async def _detail(engine: Any, name: str, version: int | None) -> ModelDetail:
         latest_version=versions[-1] if versions else number,
         versions=versions,
         dim=int(manifest.get("dim", 0)),
+        columns=manifest_columns(manifest),
         input_shape=list(shape) if (shape := image_shape(manifest)) else None,
         context_dim=getattr(manifest_flow_config(manifest), "context_dim", None),
         created_at=manifest.get("created_at"),

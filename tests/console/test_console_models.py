@@ -143,7 +143,10 @@ def test_bad_csv_shows_the_error(page, stack, page_log):
     error = page.locator("#score-error")
     error.wait_for()
     text = error.inner_text()
-    assert "data row 2 has a non-numeric value 'oops'" in text and "invalid_csv" in text
+    assert (
+        "data row 2, column 2 ('y') has a non-numeric value 'oops'" in text
+        and "invalid_csv" in text
+    )
     assert page.locator("#score-result").is_hidden()
     # Nothing to score: said before any request.
     page.fill("#score-rows", "")

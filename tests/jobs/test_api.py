@@ -78,7 +78,7 @@ def test_upload_csv_and_npy_same_content_is_one_dataset(client: TestClient) -> N
     ("content", "status", "code"),
     [
         (b"a,b\n1,2\n3,hello\n" + b"4,5\n" * 20, 422, "invalid_dataset"),  # text
-        (b"1,2\n" * 20 + b"nan,1\n", 422, "invalid_dataset"),  # NaN
+        (b"1,2\n" * 20 + b"nan,1\n", 422, "missing_values"),  # NaN: named by the data checks
         (b"1,2\n" * 20 + b"1,2,3\n", 422, "invalid_dataset"),  # ragged
         (b"a,b\n1,2\n", 422, "invalid_dataset"),  # a single row
         (b"1.5,2.5\n" * (UPLOAD_CAP // 8 + 1), 413, "payload_too_large"),  # over the cap
@@ -146,7 +146,9 @@ def test_job_routes_submit_list_get_cancel(client: TestClient) -> None:
     job_id = r.json()["id"]
     assert r.headers["location"] == f"/v1/jobs/{job_id}"
     job = client.get(f"/v1/jobs/{job_id}").json()
-    assert job["status"] == "queued" and job["dataset"] == {"id": ds}
+    # The record names the data set as the jobs list shows it, and carries its data report.
+    assert job["status"] == "queued" and job["dataset"] == {"id": ds, "name": "demo"}
+    assert job["data_report"]["errors"] == [] and job["data_report"]["columns"] == ["a", "b"]
     # A queued or running job pins its data set.
     r = client.delete(f"/v1/datasets/{ds}")
     assert r.status_code == 409 and r.json()["error"]["code"] == "dataset_in_use"
@@ -224,3 +226,23 @@ def test_job_and_dataset_routes_need_the_api_key_when_configured(
         assert c.get("/v1/jobs", headers=auth).json() == []
         r = c.post("/v1/datasets", headers=auth, files={"file": ("d.csv", _csv(_data()))})
         assert r.status_code == 201 and r.json()["name"] == "d"  # label defaults to file stem
+
+
+def test_data_sets_by_name_and_a_reupload_keeps_its_new_name(client: TestClient) -> None:
+    """#28: data sets were known only by their 64-hex id, and uploading the same file under a
+    new name silently kept the old one."""
+    x = _data()
+    first = _upload(client, _csv(x, "u,v"), name="iris").json()
+    assert first["columns"] == ["u", "v"] and first["names"] == ["iris"]
+    again = _upload(client, _csv(x, "u,v"), name="iris-v2")
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    assert (again.json()["name"], again.json()["names"]) == ("iris-v2", ["iris", "iris-v2"])
+    assert client.get("/v1/datasets").json()[0]["name"] == "iris-v2"
+    for ref in ("iris", "iris-v2", first["id"]):
+        assert client.get(f"/v1/datasets/{ref}").json()["id"] == first["id"]
+    # The latest upload under a name wins: other numbers under "iris" take it over.
+    other = _upload(client, _csv(_data(n=30), "u,v"), name="iris").json()
+    assert client.get("/v1/datasets/iris").json()["id"] == other["id"]
+    assert client.get("/v1/datasets/nope").json()["error"]["code"] == "dataset_not_found"
+    assert client.delete("/v1/datasets/iris-v2").status_code == 204
+    assert [d["id"] for d in client.get("/v1/datasets").json()] == [other["id"]]

@@ -21,9 +21,10 @@ def _npy(array: np.ndarray) -> bytes:
 def test_csv_with_header_round_trips_values() -> None:
     x = np.random.default_rng(0).normal(size=(12, 3))
     text = "a,b,c\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in x) + "\n\n"
-    out = parse_upload("d.csv", text.encode())
+    header, out = parse_upload("d.csv", text.encode())
     # repr() of a float64 round-trips exactly, so the parse must be exact.
     np.testing.assert_array_equal(out, x)
+    assert header == ["a", "b", "c"]
 
 
 def test_plain_and_careful_parsers_agree() -> None:
@@ -42,24 +43,44 @@ def test_plain_and_careful_parsers_agree() -> None:
 
 def test_csv_without_header_and_integers() -> None:
     rows = "\n".join(f"{i},{2 * i}" for i in range(MIN_ROWS))
-    out = parse_upload("d.CSV", rows.encode())
-    assert out.shape == (MIN_ROWS, 2)
+    header, out = parse_upload("d.CSV", rows.encode())
+    assert header is None and out.shape == (MIN_ROWS, 2)
     np.testing.assert_array_equal(out[:, 1], 2 * np.arange(MIN_ROWS))
 
 
 def test_npy_float32_and_int_accepted() -> None:
     x = np.arange(40, dtype=np.int32).reshape(20, 2)
-    np.testing.assert_array_equal(parse_upload("x.npy", _npy(x)), x.astype(np.float64))
+    np.testing.assert_array_equal(parse_upload("x.npy", _npy(x))[1], x.astype(np.float64))
     y = np.ones((15, 4), dtype=np.float32)
-    assert parse_upload("y.npy", _npy(y)).shape == (15, 4)
+    assert parse_upload("y.npy", _npy(y))[1].shape == (15, 4)
+
+
+@pytest.mark.parametrize(
+    ("filename", "content"),
+    [
+        ("n.csv", b"a,b\n" + b"1,2\n" * 20 + b"nan,1\n"),
+        ("i.csv", b"a,b\n" + b"1,2\n" * 20 + b"inf,1\n"),
+        ("e.csv", b"a,b\n" + b"1,2\n" * 20 + b",1\n"),
+        ("q.csv", b"a,b\n" + b'"1","2"\n' * 20 + b'"",1\n'),
+        ("m.npy", _npy(np.array([[1.0, 2.0]] * 20 + [[np.nan, 1.0]]))),
+    ],
+)
+def test_missing_cells_reach_the_data_checks_as_nan(filename: str, content: bytes) -> None:
+    """An empty, NaN or infinite cell is not a parse error: it is kept (non-finite) for the
+    data checks, which name its column and row (model_store.data_checks)."""
+    _, values = parse_upload(filename, content)
+    bad = np.argwhere(~np.isfinite(values))
+    assert bad.tolist() == [[20, 0]]
 
 
 @pytest.mark.parametrize(
     ("filename", "content", "fragment"),
     [
-        ("t.csv", b"a,b\n1,2\n3,hello\n" + b"4,5\n" * 20, "non-numeric value 'hello'"),
-        ("n.csv", b"1,2\n" * 20 + b"nan,1\n", "finite"),
-        ("i.csv", b"1,2\n" * 20 + b"inf,1\n", "finite"),
+        (
+            "t.csv",
+            b"a,b\n1,2\n3,hello\n" + b"4,5\n" * 20,
+            "column 2 ('b') has a non-numeric value 'hello'",
+        ),
         ("r.csv", b"1,2\n" * 20 + b"1,2,3\n", "ragged rows"),
         ("s.csv", b"a,b\n1,2\n", f"at least {MIN_ROWS}"),
         ("e.csv", b"", "no rows"),
@@ -87,7 +108,6 @@ def test_bad_uploads_are_refused_with_a_reason(filename: str, content: bytes, fr
         (np.arange(30.0), "1-D"),
         (np.zeros((4, 5, 6)), "2-D"),
         (np.array([["a", "b"]] * 20), "not numeric"),
-        (np.array([[1.0, np.nan]] * 20), "finite"),
         (np.ones((1, 3)), f"at least {MIN_ROWS}"),
         (np.array([[object(), 1]] * 20, dtype=object), "npy"),
     ],

@@ -31,11 +31,38 @@ def test_put_get_load_roundtrip(store) -> None:
     assert [r.id for r in store.datasets.list()] == [record.id]
 
 
-def test_same_content_is_stored_once(store) -> None:
+def test_same_content_is_stored_once_and_takes_the_new_name(store) -> None:
     first = store.datasets.put(_data(), "a")
     again = store.datasets.put(_data().astype(np.float64), "b")  # same float32 values
-    assert again == first
+    assert (again.id, again.created_at) == (first.id, first.created_at)
+    # The new upload's name is recorded, never dropped; the old one still addresses it.
+    assert (again.name, again.all_names) == ("b", ["a", "b"])
+    assert store.datasets.get(first.id) == again
     assert len(store.datasets.list()) == 1
+    assert store.datasets.resolve("a").id == store.datasets.resolve("b").id == first.id
+
+
+def test_columns_and_report_are_kept(store) -> None:
+    report = {"rows": 50, "columns": ["u", "v", "w"], "errors": [], "warnings": []}
+    record = store.datasets.put(_data(), "t", columns=["u", "v", "w"], report=report)
+    assert store.datasets.get(record.id).column_names == ["u", "v", "w"]
+    assert store.datasets.get(record.id).report == report
+    plain = store.datasets.put(_data(seed=1), "p")
+    assert plain.column_names == ["x1", "x2", "x3"]  # no header: x1..xd
+    with pytest.raises(InvalidDataset, match="2 column names for 3 columns"):
+        store.datasets.put(_data(seed=2), "q", columns=["u", "v"])
+
+
+def test_a_name_addresses_its_latest_upload(store) -> None:
+    old = store.datasets.put(_data(seed=0), "iris")
+    new = store.datasets.put(_data(seed=1), "iris")
+    assert store.datasets.resolve("iris").id == new.id
+    assert store.datasets.resolve(old.id).id == old.id  # the id still works
+    store.datasets.put(_data(seed=0), "iris")  # the first content again, under that name
+    assert store.datasets.resolve("iris").id == old.id
+    assert store.datasets.resolve("iris", visible=lambda i: i != old.id).id == new.id
+    with pytest.raises(DatasetNotFound, match="neither an id nor a name"):
+        store.datasets.resolve("nope")
 
 
 def test_digest_depends_on_shape_and_values() -> None:

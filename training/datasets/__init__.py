@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import MIN_ROWS, load_array_file, parse_array_bytes, validate_array
+from .arrays import MIN_ROWS, load_array_file, load_table, parse_array_bytes, validate_array
 from .benchmarks import BENCHMARK_DATASETS, load_benchmark
 from .errors import DatasetError
 from .sklearn_sets import SKLEARN_DATASETS, load_sklearn
@@ -28,6 +28,7 @@ from .splits import (
     splits_sha256,
     subsample_splits,
 )
+from .tables import Holdout, TableOptions, table_splits
 from .toy import TOY_DATASETS, canonical_toy_name, sample_toy, toy_log_density
 
 __all__ = [
@@ -35,9 +36,11 @@ __all__ = [
     "DEFAULT_TOY_SAMPLES",
     "MIN_ROWS",
     "SKLEARN_DATASETS",
+    "SPLIT_SEED",
     "TOY_DATASETS",
     "DatasetError",
     "DatasetSplits",
+    "TableOptions",
     "available_datasets",
     "fit_standardization",
     "load_array_file",
@@ -85,20 +88,36 @@ def _load_toy(key: str, num_samples: int | None, seed: int) -> DatasetSplits:
     return make_splits(key, train, val, test, meta=meta)
 
 
-def _load_file(path: str, num_samples: int | None, seed: int) -> DatasetSplits:
+def _holdout_file(path: str | None) -> Holdout | None:
+    if path is None:
+        return None
+    values, header = load_table(path, min_rows=1)
+    return Holdout(values, header, f"file:{os.path.abspath(path)}")
+
+
+def _load_file(
+    path: str, num_samples: int | None, seed: int, table: TableOptions | None
+) -> DatasetSplits:
+    """A user's file, checked (model_store.data_checks) and split as ``table`` says."""
     if not path:
         raise DatasetError("file: needs a path, e.g. file:/data/x.csv")
-    data = load_array_file(path, min_rows=MIN_ROWS)
-    parts = subsample_splits(random_split(data), num_samples, seed, f"file:{path}")
+    options = table or TableOptions()
+    data, header = load_table(path, min_rows=MIN_ROWS)
     meta: dict[str, Any] = {
         "kind": "file",
         "source": os.path.abspath(path),
         "rows_total": int(data.shape[0]),
-        "split": {"fractions": [0.7, 0.15, 0.15], "seed": SPLIT_SEED},
         "num_samples": num_samples,
         "seed": seed,
     }
-    return make_splits(f"file:{os.path.basename(path)}", *parts, meta=meta)
+    splits = table_splits(
+        f"file:{os.path.basename(path)}", data, header, options,
+        val=_holdout_file(options.val_file), test=_holdout_file(options.test_file), meta=meta,
+    )  # fmt: skip
+    if num_samples is None:
+        return splits
+    parts = subsample_splits((splits.train, splits.val, splits.test), num_samples, seed, path)
+    return make_splits(splits.name, *parts, meta=splits.meta)
 
 
 def load_dataset(
@@ -107,13 +126,15 @@ def load_dataset(
     num_samples: int | None = None,
     seed: int = 0,
     data_dir: str | os.PathLike[str] | None = None,
+    table: TableOptions | None = None,
 ) -> DatasetSplits:
     """Load a data set by name as float32 train/val/test splits with an identity hash.
 
     Names: a toy set (``eight_gaussians``, ``rings``, ...; FFJORD spellings also work),
     ``sklearn:<wine|breast_cancer|digits|iris|diabetes>``, ``file:<path.csv|.npy>``, or a
     benchmark (``power``, ``gas``, ``hepmass``, ``miniboone``, ``bsds300``; read from
-    ``data_dir`` or $CPFLOW_DATA_DIR). For toy sets ``num_samples`` is the total drawn with
+    ``data_dir`` or $CPFLOW_DATA_DIR). A file is checked (model_store.data_checks) and split
+    as ``table`` says (dropped columns, hold-out fractions or files). For toy sets ``num_samples`` is the total drawn with
     ``seed`` (default 100,000, split 70/15/15); for the others it keeps that many rows spread
     over the fixed splits (default: all) and ``seed`` picks which.
     """
@@ -128,7 +149,7 @@ def load_dataset(
     if lowered.startswith("file:"):
         # file:/abs/x.csv, file:relative/x.csv, or the URI form file:///abs/x.csv
         path = raw[len("file://") :] if lowered.startswith("file://") else raw[len("file:") :]
-        return _load_file(path, num_samples, seed)
+        return _load_file(path, num_samples, seed, table)
     if lowered.startswith("sklearn:"):
         return load_sklearn(raw[len("sklearn:") :], num_samples=num_samples, seed=seed)
     if lowered in BENCHMARK_DATASETS:

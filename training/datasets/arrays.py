@@ -19,6 +19,7 @@ __all__ = [
     "MIN_ROWS",
     "SUPPORTED_SUFFIXES",
     "load_array_file",
+    "load_table",
     "parse_array_bytes",
     "validate_array",
 ]
@@ -34,11 +35,13 @@ def validate_array(
     min_rows: int = MIN_ROWS,
     source: str = "data",
     column_names: list[str] | None = None,
+    allow_missing: bool = False,
 ) -> np.ndarray:
     """Check that ``arr`` is a finite numeric 2-D array (rows x features); return it as float64.
 
     Raises DatasetError naming the first offending row and column (0-based array indices are
     reported 1-based, as a spreadsheet would). ``source`` prefixes the message (e.g. a file name).
+    ``allow_missing`` lets NaN and inf through (the data checks name them).
     """
     if not isinstance(arr, np.ndarray):
         try:
@@ -89,14 +92,14 @@ def validate_array(
         )
     out = np.ascontiguousarray(arr, dtype=np.float64)
     bad = ~np.isfinite(out)
-    if bad.any():
+    if bad.any() and not allow_missing:
         r, c = (int(i) for i in np.argwhere(bad)[0])
         raise DatasetError(
             f"{source}: {int(bad.sum())} missing or infinite value(s); the first is "
             f"{_describe(out[r, c])} at row {r + 1}, {_col(c, column_names)}; remove or impute "
             "those rows before uploading"
         )
-    big = np.abs(out) > _FLOAT32_MAX
+    big = np.isfinite(out) & (np.abs(out) > _FLOAT32_MAX)
     if big.any():
         r, c = (int(i) for i in np.argwhere(big)[0])
         raise DatasetError(
@@ -118,6 +121,30 @@ def _col(index: int, names: list[str] | None) -> str:
 
 def load_array_file(path: str | Path, *, min_rows: int = MIN_ROWS) -> np.ndarray:
     """Read a .npy or .csv/.tsv/.txt file of numbers (header row optional) into a float64 array."""
+    data, fmt, name = _read_file(path)
+    return parse_array_bytes(data, fmt, min_rows=min_rows, source=name)
+
+
+def load_table(
+    path: str | Path, *, min_rows: int = MIN_ROWS
+) -> tuple[np.ndarray, list[str] | None]:
+    """A data file as (float64 array, the CSV header's names or None). Empty cells read as
+    NaN and NaN / inf are kept: the data checks (model_store.data_checks) name them."""
+    data, fmt, name = _read_file(path)
+    if not data or not data.strip():
+        raise DatasetError(f"{name}: the file is empty")
+    if fmt == "npy":
+        values, names = _read_npy(data, name), None
+    else:
+        values, names = _read_csv(data, name, missing=True)
+    arr = validate_array(
+        values, min_rows=min_rows, source=name, column_names=names, allow_missing=True
+    )
+    return arr, names
+
+
+def _read_file(path: str | Path) -> tuple[bytes, str, str]:
+    """A data file's bytes, format (npy or csv) and name; DatasetError when unreadable."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -133,8 +160,7 @@ def load_array_file(path: str | Path, *, min_rows: int = MIN_ROWS) -> np.ndarray
         raise DatasetError(f"{p}: is a directory, not a data file") from exc
     except OSError as exc:
         raise DatasetError(f"{p}: cannot be read ({exc.strerror or exc})") from exc
-    fmt = "npy" if suffix == ".npy" else "csv"
-    return parse_array_bytes(data, fmt, min_rows=min_rows, source=p.name)
+    return data, "npy" if suffix == ".npy" else "csv", p.name
 
 
 def parse_array_bytes(
@@ -182,8 +208,11 @@ def _split_cells(lines: list[str], delim: str | None) -> list[list[str]]:
     return list(csv.reader(lines, delimiter=delim, skipinitialspace=True))
 
 
-def _read_csv(data: bytes, source: str) -> tuple[np.ndarray, list[str] | None]:
+def _read_csv(
+    data: bytes, source: str, *, missing: bool = False
+) -> tuple[np.ndarray, list[str] | None]:
     """Parse delimited text of numbers; the first line is a header when none of its cells is a number.
+    With ``missing`` an empty cell reads as NaN instead of raising.
 
     A fast C parser (numpy.loadtxt) reads well-formed files; anything it rejects is parsed again
     cell by cell, to name the first bad line and column.
@@ -236,7 +265,7 @@ def _read_csv(data: bytes, source: str) -> tuple[np.ndarray, list[str] | None]:
             )
     for no, cells in rows:  # find the first bad cell, to name it
         for j, cell in enumerate(cells):
-            if _is_number(cell):
+            if _is_number(cell) or (missing and not cell.strip()):
                 continue
             where = f"line {no}, {_col(j, names)}"
             if not cell.strip():
@@ -247,7 +276,10 @@ def _read_csv(data: bytes, source: str) -> tuple[np.ndarray, list[str] | None]:
                 f"{source}: {where} holds {cell.strip()[:40]!r}, which is not a number; only "
                 "numeric columns are supported (drop text columns such as labels or IDs)"
             )
-    values = np.array([[float(c) for c in cells] for _, cells in rows], dtype=np.float64)
+    values = np.array(
+        [[float(c) if c.strip() else np.nan for c in cells] for _, cells in rows],
+        dtype=np.float64,
+    )
     return values, names
 
 

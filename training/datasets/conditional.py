@@ -16,11 +16,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from training.datasets.arrays import load_array_file
+from training.datasets.arrays import load_table
 from training.datasets.errors import DatasetError
+from training.datasets.tables import TableOptions, check_table_values
 
 __all__ = [
     "CONDITIONAL_TOYS",
@@ -109,6 +111,7 @@ class ConditionalSplits:
     c_test: np.ndarray
     context_columns: list[int] = field(default_factory=list)
     source_sha256: str | None = None  # the uploaded file's digest, when it came from one
+    meta: dict[str, Any] = field(default_factory=dict)  # a table's column names, data report
 
     @property
     def dim(self) -> int:
@@ -199,21 +202,31 @@ def conditional_splits(
     name: str,
     seed: int = 0,
     sha256: str | None = None,
+    columns: list[str] | None = None,
 ) -> ConditionalSplits:
-    """An in-memory array (e.g. an uploaded data set, whose ``sha256`` is recorded) split
-    into data and context, then into seeded train / val / test parts."""
-    x, c, cols = split_context_columns(arr, context_columns)
+    """An in-memory table (e.g. an uploaded data set, whose ``sha256`` is recorded; its
+    column names ``columns``) checked (model_store.data_checks), split into data and
+    context, then into seeded train / val / test parts."""
+    checked, names, report = check_table_values(np.asarray(arr), columns, TableOptions(), name)
+    x, c, cols = split_context_columns(checked, context_columns)
     splits = _split(name, x, c, seed, cols)
     splits.source_sha256 = sha256
+    splits.meta = {
+        "columns": [n for j, n in enumerate(names) if j not in cols],
+        "context_names": [names[j] for j in cols],
+        "data_report": report,
+    }
     return splits
 
 
 def load_conditional_array(
     path: str | Path, context_columns: str | Sequence[int], *, seed: int = 0
 ) -> ConditionalSplits:
-    """A .npy / .csv file (validated by training.datasets) split into data and context."""
+    """A .npy / .csv file (read by training.datasets, with its header) split into data and
+    context."""
+    values, header = load_table(path)
     return conditional_splits(
-        load_array_file(path), context_columns, name=f"file:{path}", seed=seed
+        values, context_columns, name=f"file:{path}", seed=seed, columns=header
     )
 
 

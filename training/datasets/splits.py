@@ -101,11 +101,12 @@ def random_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shuffle rows with ``seed`` and cut them into train/val/test by ``fractions``.
 
-    Val and test get round(fraction * n) rows but at least one each; train gets the rest.
+    Val and test get round(fraction * n) rows but at least one each (none for a fraction of
+    0: a part the caller brings from elsewhere); train gets the rest.
     """
     n = len(data)
-    n_val = max(1, round(fractions[1] * n))
-    n_test = max(1, round(fractions[2] * n))
+    n_val = max(1, round(fractions[1] * n)) if fractions[1] else 0
+    n_test = max(1, round(fractions[2] * n)) if fractions[2] else 0
     if n - n_val - n_test < 1:
         raise DatasetError(f"{n} rows are too few to split into train, val and test")
     perm = np.random.default_rng(seed).permutation(n)

@@ -1,6 +1,6 @@
 // The data sets page: upload, list, delete, "Train on it".
 import { api } from "./api.js";
-import { $, cell, enc, fillTable, guarded, handle, link, when } from "./dom.js";
+import { $, cell, enc, fillTable, guarded, handle, link, reportText, when } from "./dom.js";
 
 export async function datasetsPage() {
   handle($("#dataset-form"), async () => {
@@ -10,8 +10,13 @@ export async function datasetsPage() {
       form.append("file", $("#dataset-file").files[0]);
       const name = $("#dataset-name").value.trim();
       if (name) form.append("name", name);
+      const drop = $("#dataset-drop").value.trim();
+      if (drop) form.append("drop_columns", drop);
+      if ($("#dataset-drop-flagged").checked) form.append("drop_flagged", "true");
       const d = await api("/v1/datasets", { method: "POST", body: form });
-      $("#dataset-done").textContent = `Uploaded ${d.name}: ${d.rows} rows × ${d.dim} columns (id ${d.id}).`;
+      $("#dataset-done").textContent =
+        `Uploaded ${d.name}: ${d.rows} rows × ${d.dim} columns (${d.columns.join(", ")}; ` +
+        `id ${d.id}). Data checks: ${reportText(d.report)}.`;
       $("#dataset-form").reset();
       await listDatasets();
     });
@@ -37,7 +42,8 @@ async function listDatasets() {
         });
       });
       actions.append(remove);
-      return [d.name, String(d.rows), String(d.dim), d.id.slice(0, 12), when(d.created_at), actions];
+      const dim = `${d.dim}: ${d.columns.join(", ")}`;
+      return [d.name, String(d.rows), dim, d.id.slice(0, 12), when(d.uploaded_at || d.created_at), actions];
     });
     fillTable($("#datasets"), null, rows, "No data sets uploaded yet.");
   });

@@ -100,3 +100,12 @@ export function duration(seconds) {
   if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
   return `${Math.floor(seconds / 3600)} h ${Math.round((seconds % 3600) / 60)} min`;
 }
+
+// The data checks' warnings (refused data sets never reach a job), one line each.
+export function reportText(report) {
+  if (!report) return "not checked";
+  const warnings = report.warnings || [];
+  const dropped = report.dropped?.length ? `dropped ${report.dropped.join(", ")}; ` : "";
+  if (!warnings.length) return `${dropped}no warnings`;
+  return dropped + warnings.map((w) => w.message).join(" · ");
+}

@@ -1,7 +1,7 @@
 // The jobs page (form, self-refreshing list) and one job's page, followed live.
 import { api } from "./api.js";
 import { frame, quantile } from "./chart.js";
-import { $, cell, duration, enc, fillTable, guarded, handle, link, number, when } from "./dom.js";
+import { $, cell, duration, enc, fillTable, guarded, handle, link, number, reportText, when } from "./dom.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
@@ -53,8 +53,10 @@ function progressText(job) {
 
 function datasetText(dataset) {
   if (!dataset) return "";
-  return dataset.builtin ? dataset.builtin : `uploaded ${String(dataset.id).slice(0, 8)}`;
+  if (dataset.builtin) return dataset.builtin;
+  return dataset.name || `uploaded ${String(dataset.id).slice(0, 8)}`;
 }
+
 
 // The list refreshes itself every 2 s while a job is queued or running.
 let jobsTimer = null;
@@ -83,6 +85,8 @@ function showJob(job) {
   const cancelling = job.cancel_requested && !TERMINAL.has(job.status);
   $("#job-status").textContent = job.status + (cancelling ? " (cancelling)" : "");
   $("#job-model").textContent = job.model_name || "";
+  $("#job-dataset").textContent = datasetText(job.dataset);
+  $("#job-data-report").textContent = job.dataset?.builtin ? "built-in" : reportText(job.data_report);
   $("#job-iteration").textContent = progressText(job) || "not started";
   $("#job-val-nll").textContent = number(p.val_nll, 5) || "not yet";
   $("#job-eta").textContent = TERMINAL.has(job.status) ? "done" : duration(p.eta_s) || "estimating";

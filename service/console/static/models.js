@@ -1,7 +1,7 @@
 // The models list and one model's page (summary, metrics, plots, version picker).
 import { api } from "./api.js";
 import { setUpDrift } from "./calibration.js";
-import { $, cell, enc, fillFacts, fillTable, guarded, link, number, when } from "./dom.js";
+import { $, cell, enc, fillFacts, fillTable, guarded, link, number, reportText, when } from "./dom.js";
 import { setUpSampling } from "./sampling.js";
 import { setUpScoring } from "./scoring.js";
 import { setUpTransport } from "./transport.js";
@@ -33,8 +33,12 @@ export async function modelPage() {
   showVersionPicker(model);
   const config = model.flow_config || {};
   const potential = config.potential || {};
+  const columns = model.input_shape ? null : (model.columns || []).join(", ");
+  const report = model.training?.data_report;
   fillFacts($("#model-summary"), [
     ["Dimension", model.input_shape ? `${model.dim} (image ${model.input_shape.join("×")})` : model.dim],
+    ["Columns", columns],
+    ["Data checks", report ? reportText(report) : null],
     ["Context dimension", model.context_dim],
     ["Created", when(model.created_at)],
     ["Library version", model.library_version],
@@ -48,6 +52,7 @@ export async function modelPage() {
     ["Loaded in memory", model.loaded ? "yes" : "no"],
   ]);
   fillFacts($("#model-metrics"), metricFacts(model.metrics || {}));
+  showPlaceholders(model);
   setUpScoring(model, base);
   setUpDrift(model, base);
   setUpSampling(model, base);
@@ -92,6 +97,17 @@ export function metricFacts(metrics) {
     }
   });
   return facts;
+}
+
+// Example rows in the model's own columns (a header of its names, then one row of zeros),
+// not a 2-column placeholder for every model; a conditional model's context comes last.
+function showPlaceholders(model) {
+  if (model.input_shape) return;
+  const names = [...(model.columns || [])];
+  for (let j = 0; j < (model.context_dim || 0); j++) names.push(`c${j + 1}`);
+  const example = `${names.join(",")}\n${names.map(() => "0.0").join(",")}`;
+  $("#score-rows").placeholder = example;
+  $("#transport-rows").placeholder = example;
 }
 
 function showVersionPicker(model) {

@@ -4,9 +4,8 @@ import { api } from "./api.js";
 import { frame, robustRange } from "./chart.js";
 import { $, cell, fillTable, guarded, handle, number } from "./dom.js";
 
-const columnName = (j) => `x${j + 1}`;
-
 export function setUpSampling(model, base) {
+  const columnName = (j) => (model.columns && model.columns[j]) || `x${j + 1}`;
   const conditional = model.context_dim !== null && model.context_dim !== undefined;
   const image = Array.isArray(model.input_shape);
   const wide = !image && model.dim > 2;
@@ -25,12 +24,17 @@ export function setUpSampling(model, base) {
     });
   }
   let last = null; // the samples drawn, redrawn when other columns are chosen
+  let downloadUrl = null;
   const draw = async () => {
     const canvas = $("#sample-plot");
     canvas.hidden = !image && model.dim < 2;
     if (image) drawImages(canvas, last.samples, model.input_shape);
-    else if (model.dim === 2) await drawScatter(canvas, last.samples, [0, 1], { base, context: last.context });
-    else if (wide) await drawScatter(canvas, last.samples, [Number($("#sample-x").value), Number($("#sample-y").value)]);
+    else if (model.dim === 2) {
+      await drawScatter(canvas, last.samples, [0, 1], columnName, { base, context: last.context });
+    } else if (wide) {
+      const pair = [Number($("#sample-x").value), Number($("#sample-y").value)];
+      await drawScatter(canvas, last.samples, pair, columnName);
+    }
   };
   const redraw = () => last && guarded($("#sample-error"), draw);
   $("#sample-x").addEventListener("change", redraw);
@@ -56,9 +60,20 @@ export function setUpSampling(model, base) {
         const table = $("#sample-table");
         table.hidden = image; // image samples are drawn, not listed
         if (!image) {
-          const header = samples.length ? samples[0].map((_, j) => columnName(j)) : [];
+          const header = result.columns || (samples.length ? samples[0].map((_, j) => columnName(j)) : []);
           fillTable(table, header, samples.slice(0, 20).map((r) => r.map((v) => number(v, 6))), "no samples");
         }
+        // The same draw (same seed) as a CSV file from sample.csv, every digit, named columns.
+        const csv = await api(`${base}/sample.csv`, {
+          method: "POST",
+          json: { ...body, seed: result.seed },
+          raw: true,
+        });
+        if (downloadUrl) URL.revokeObjectURL(downloadUrl);
+        downloadUrl = URL.createObjectURL(await csv.blob());
+        const download = $("#sample-download");
+        download.href = downloadUrl;
+        download.download = `${model.name}-v${model.version}-samples.csv`;
         $("#sample-result").hidden = false;
         last = { samples, context };
         await draw();
@@ -70,7 +85,7 @@ export function setUpSampling(model, base) {
 
 // Samples' columns [i, j] as a scatter on labelled axes over their robust range; for a 2-D
 // model over its density exp(log p) on a grid (one exact log_prob request).
-async function drawScatter(canvas, samples, [i, j], density = null) {
+async function drawScatter(canvas, samples, [i, j], columnName, density = null) {
   const xs = samples.map((s) => s[i]);
   const ys = samples.map((s) => s[j]);
   const [x0, x1] = robustRange(xs);
