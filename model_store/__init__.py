@@ -11,6 +11,7 @@ from .errors import (
     InvalidDataset,
     InvalidName,
     ModelNotFound,
+    PlotNotFound,
     StoreError,
 )
 from .names import validate_name
@@ -29,6 +30,7 @@ __all__ = [
     "ModelNotFound",
     "ModelStore",
     "ObjectModelStore",
+    "PlotNotFound",
     "PublishedVersion",
     "StoreBackend",
     "StoreError",

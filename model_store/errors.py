@@ -9,6 +9,7 @@ __all__ = [
     "InvalidDataset",
     "InvalidName",
     "ModelNotFound",
+    "PlotNotFound",
     "StoreError",
 ]
 
@@ -32,6 +33,17 @@ class ModelNotFound(StoreError, LookupError):
         else:
             message = f"model {name!r} version {version} not found"
         super().__init__(f"{message}{': ' + detail if detail else ''}")
+
+
+class PlotNotFound(ModelNotFound):
+    """The model version exists but has no plot of this name."""
+
+    def __init__(
+        self, name: str, version: int, filename: str, plots: list[str], hint: str
+    ) -> None:
+        listed = ", ".join(sorted(plots)) or "none"
+        super().__init__(name, version, f"it has no plot {filename!r}{hint}; its plots: {listed}")
+        self.filename = filename
 
 
 class CorruptModel(StoreError):

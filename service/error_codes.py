@@ -63,6 +63,7 @@ class ErrorCode(StrEnum):
     CONTEXT_NOT_FINITE = "context_not_finite", 422, "a context value is NaN or infinite"
     # -- the model store
     MODEL_NOT_FOUND = "model_not_found", 404, "no such model, or no such version of it"
+    PLOT_NOT_FOUND = "plot_not_found", 404, "the model version has no plot of this name"
     INVALID_NAME = "invalid_name", 422, "a model or data set name breaks the naming rules"
     MODEL_CORRUPT = "model_corrupt", 503, "a stored version is damaged and cannot be served"
     STORE_UNAVAILABLE = "store_unavailable", 503, "the model store cannot be reached"

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
+from model_store.names import did_you_mean
+
 __all__ = [
     "BUILTIN_DATASETS",
     "CONDITIONAL_BUILTIN_DATASETS",
@@ -78,10 +80,11 @@ class BuiltinDataset(BaseModel):
     @field_validator("builtin")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in BUILTIN_DATASETS and value not in CONDITIONAL_BUILTIN_DATASETS:
+        known = sorted([*BUILTIN_DATASETS, *CONDITIONAL_BUILTIN_DATASETS])
+        if value not in known:
             raise ValueError(
-                f"unknown built-in data set {value!r}; choose one of "
-                + ", ".join(sorted([*BUILTIN_DATASETS, *CONDITIONAL_BUILTIN_DATASETS]))
+                f"unknown built-in data set {value!r}{did_you_mean(value, known)}; choose one "
+                "of " + ", ".join(known)
             )
         return value
 
