@@ -1,7 +1,7 @@
 """The catalogue of machine codes the service answers in ``{"error": {"code", "message"}}``.
 
 Every error the service sends names one :class:`ErrorCode`; each code carries its HTTP status
-and a one-line meaning, and the README's error table is checked against this list
+and a one-line meaning, and the error table of docs/http-api.md is checked against this list
 (tests/service/test_error_codes.py), so a code is added here, once, or not at all.
 ``python -m service.error_codes`` prints that table.
 """
@@ -126,7 +126,7 @@ def parse_code(value: str) -> ErrorCode:
 
 
 def markdown_table() -> str:
-    """The README's error table: one row per code, in catalogue order."""
+    """The error table of docs/http-api.md: one row per code, in catalogue order."""
     rows = ["| code | status | meaning |", "| --- | --- | --- |"]
     rows += [f"| `{c.value}` | {c.status} | {c.meaning} |" for c in ErrorCode]
     return "\n".join(rows)
