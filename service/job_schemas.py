@@ -17,6 +17,7 @@ from model_store.names import did_you_mean
 __all__ = [
     "BUILTIN_DATASETS",
     "CONDITIONAL_BUILTIN_DATASETS",
+    "JOB_PRESETS",
     "BuiltinDataset",
     "DatasetPublic",
     "JobAccepted",
@@ -56,6 +57,12 @@ _Strict = ConfigDict(extra="forbid")
 _BUILTIN_NAMES: list[JsonValue] = [
     *sorted([*BUILTIN_DATASETS, *CONDITIONAL_BUILTIN_DATASETS])
 ]  # the JSON schema's enum of data set names
+
+
+# Named settings a job may ask for (training/presets.py; the service does not import training,
+# tests/jobs/test_builtin_names.py keeps the two in step): those that fit any data set. auto:
+# chosen from the data (training/recipes.py).
+JOB_PRESETS = ("auto", "demo", "gaussian_ot", "small_tabular", "toy")
 
 
 class BuiltinDataset(BaseModel):
@@ -195,6 +202,14 @@ class JobSpec(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: Resources = Field(default_factory=Resources)
+    preset: str = Field(
+        default="auto",
+        examples=["auto", "toy"],
+        description="named settings that fill the model and training fields left out: "
+        + ", ".join(JOB_PRESETS)
+        + " (auto: chosen from the data; the job record's resolved says what was chosen "
+        "and why). iterations is 2000 unless given.",
+    )
     plots: bool = Field(default=True, description="store density/curve plots with the model")
     timeout_s: int | None = Field(
         default=None,
@@ -202,6 +217,16 @@ class JobSpec(BaseModel):
         le=30 * 24 * 3600,
         description="wall-clock limit; default: the server's",
     )
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in JOB_PRESETS:
+            raise ValueError(
+                f"unknown preset {value!r}{did_you_mean(value, JOB_PRESETS)}; choose one of "
+                + ", ".join(JOB_PRESETS)
+            )
+        return value
 
     @field_validator("model_name")
     @classmethod
@@ -252,6 +277,18 @@ class JobPublic(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     progress: JobProgress | None = None
+    phase: Literal["loading", "training", "evaluating", "plotting", "publishing"] | None = Field(
+        default=None, description="what a running job is doing now (null before it starts)"
+    )
+    spec: dict[str, Any] | None = Field(
+        default=None, description="the job as submitted (options, preset)"
+    )
+    resolved: dict[str, Any] | None = Field(
+        default=None,
+        description="what the job trains with once its data is loaded: the preset, the model "
+        "and training settings after the preset or the auto recipe filled the rest, and (auto) "
+        "each choice with its reason",
+    )
     result: JobResult | None = None
     error: str | None = None
     cancel_requested: bool = False

@@ -85,6 +85,11 @@ def test_bad_log_prob_bodies(client, payload, status, code, needles):
         ),
         (
             "/v1/jobs",
+            {"model_name": "m", "dataset": {"builtin": "rings"}, "preset": "toyy"},
+            ("unknown preset 'toyy' (did you mean 'toy'?)", "auto, demo"),
+        ),
+        (
+            "/v1/jobs",
             {"model_name": "m", "dataset": {"id": "abc", "context_colums": [1]}},
             ("dataset.context_colums: unknown field (did you mean 'context_columns'?)",),
         ),
