@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from model_store.names import did_you_mean
 from training.settings import TorchrunSettings, TrainingSettings
 
 if TYPE_CHECKING:
@@ -51,9 +52,20 @@ def _data_options(p: argparse.ArgumentParser) -> None:
         "default: none, an unconditional model)",
     )
     p.add_argument("--name", required=True, help="model name in the store (required)")
+    choices = ["auto", *sorted(PRESETS)]
+
+    def preset(value: str) -> str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(
+                f"unknown preset {value!r}{did_you_mean(value, choices)}; choose one of "
+                + ", ".join(choices)
+            )
+        return value
+
     p.add_argument(
         "--preset",
-        choices=["auto", *sorted(PRESETS)],
+        type=preset,
+        choices=choices,
         default="auto",
         help="named settings (docs/cli.md); auto (the default) chooses them from the data",
     )
