@@ -398,7 +398,10 @@ def run_group(spec: dict[str, Any], recorder: JobRecorder, processes: int) -> di
             if "pids" in event:
                 pids = [proc.pid, *event["pids"]]
                 recorder.progress({"iteration": 0, "processes": pids}, force=True)
+            elif "stage" in event:
+                recorder.stage(event["stage"], event.get("details"))
             elif "progress" in event:
+                recorder.stage(_TRAINER_PHASES.get(event.get("phase", "train"), "training"))
                 iteration = event["progress"].get("iteration", iteration)
                 values = {**event["progress"], "processes": pids}
                 recorder.progress(values, force=event["force"])
