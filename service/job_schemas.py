@@ -8,7 +8,7 @@ those of ``cpflow.FlowConfig`` (without ``dim``, which comes from the data set).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
@@ -62,7 +62,8 @@ _BUILTIN_NAMES: list[JsonValue] = [
 # Named settings a job may ask for (training/presets.py; the service does not import training,
 # tests/jobs/test_builtin_names.py keeps the two in step): those that fit any data set. auto:
 # chosen from the data (training/recipes.py).
-JOB_PRESETS = ("auto", "demo", "gaussian_ot", "small_tabular", "toy")
+JobPreset = Literal["auto", "demo", "gaussian_ot", "small_tabular", "toy"]
+JOB_PRESETS: tuple[str, ...] = get_args(JobPreset)
 
 
 class BuiltinDataset(BaseModel):
@@ -202,7 +203,7 @@ class JobSpec(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: Resources = Field(default_factory=Resources)
-    preset: str = Field(
+    preset: JobPreset = Field(
         default="auto",
         examples=["auto", "toy"],
         description="named settings that fill the model and training fields left out: "
@@ -217,16 +218,6 @@ class JobSpec(BaseModel):
         le=30 * 24 * 3600,
         description="wall-clock limit; default: the server's",
     )
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        if value not in JOB_PRESETS:
-            raise ValueError(
-                f"unknown preset {value!r}{did_you_mean(value, JOB_PRESETS)}; choose one of "
-                + ", ".join(JOB_PRESETS)
-            )
-        return value
 
     @field_validator("model_name")
     @classmethod

@@ -121,6 +121,11 @@ def _one_message(err: dict[str, Any], body_model: Any) -> str:
         return f"{where}: unknown field; remove it"
     if kind == "finite_number":
         return f"{where}: must be a finite number (no NaN or Infinity)"
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        got = err.get("input")
+        hint = did_you_mean(got, choices) if isinstance(got, str) else ""
+        return f"{where}: {got!r} is not one of {', '.join(choices)}{hint}"
     message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     return f"{where}: {message}"
 

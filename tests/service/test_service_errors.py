@@ -86,7 +86,7 @@ def test_bad_log_prob_bodies(client, payload, status, code, needles):
         (
             "/v1/jobs",
             {"model_name": "m", "dataset": {"builtin": "rings"}, "preset": "toyy"},
-            ("unknown preset 'toyy' (did you mean 'toy'?)", "auto, demo"),
+            ("preset: 'toyy' is not one of auto, demo", "(did you mean 'toy'?)"),
         ),
         (
             "/v1/jobs",
