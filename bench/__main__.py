@@ -31,11 +31,16 @@ def _run(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--set", dest="pairs", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-        help="set options (see below); repeatable",
+        help="set options (see below; default: each option's own default); repeatable",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, help="also write the report to this file")
     parser.add_argument(
-        "--results-dir", type=Path, default=RESULTS, help="where side files go (plots, weights)"
+        "--out", type=Path, help="also write the report to this file (default: printed only)"
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS,
+        help="where side files go (plots, weights; default: %(default)s)",
     )
     args = parser.parse_args(argv[1:])
     from bench.report import write_report

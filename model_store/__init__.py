@@ -12,6 +12,7 @@ from .errors import (
     InvalidName,
     ModelNameTaken,
     ModelNotFound,
+    PlotNotFound,
     StoreError,
 )
 from .names import validate_name
@@ -31,6 +32,7 @@ __all__ = [
     "ModelNotFound",
     "ModelStore",
     "ObjectModelStore",
+    "PlotNotFound",
     "PublishedVersion",
     "StoreBackend",
     "StoreError",

@@ -10,6 +10,7 @@ __all__ = [
     "InvalidName",
     "ModelNameTaken",
     "ModelNotFound",
+    "PlotNotFound",
     "StoreError",
 ]
 
@@ -45,6 +46,17 @@ class ModelNameTaken(StoreError):
             f"the model name {name!r} is taken: its versions belong to another owner (another "
             "tenant, or the shared models); publish under another name"
         )
+
+
+class PlotNotFound(ModelNotFound):
+    """The model version exists but has no plot of this name."""
+
+    def __init__(
+        self, name: str, version: int, filename: str, plots: list[str], hint: str
+    ) -> None:
+        listed = ", ".join(sorted(plots)) or "none"
+        super().__init__(name, version, f"it has no plot {filename!r}{hint}; its plots: {listed}")
+        self.filename = filename
 
 
 class CorruptModel(StoreError):

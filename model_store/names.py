@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 
 from .errors import InvalidName
 
-__all__ = ["MAX_NAME_LENGTH", "RESERVED_NAMES", "validate_filename", "validate_name"]
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "RESERVED_NAMES",
+    "did_you_mean",
+    "validate_filename",
+    "validate_name",
+]
 
 MAX_NAME_LENGTH = 128
 # Top-level folders of the store root that are not models.
@@ -45,3 +53,15 @@ def validate_name(name: object) -> str:
 def validate_filename(filename: object) -> str:
     """Return ``filename`` if it is a valid plot/file name inside a version folder."""
     return _check(filename, "file name")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the choice closest to a mistyped ``word``, else ``""``.
+
+    Close spellings count (difflib), and so do initials: ``learning_rate`` suggests ``lr``.
+    """
+    options = [str(c) for c in choices]
+    initials = "".join(part[:1] for part in word.lower().split("_")) if "_" in word else None
+    close = [c for c in options if initials and c.lower() == initials]
+    close = close or difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -183,6 +183,9 @@ class ObjectModelStore(ModelStore):
 
     # ------------------------------------------------------------------ reading
 
+    def _root_exists(self) -> bool:
+        return True  # the bucket is asked instead; self.root is only the local cache
+
     def versions(self, name: str) -> list[int]:
         """Committed versions of ``name`` (their markers), ascending."""
         return self._numbers(validate_name(name), "committed")

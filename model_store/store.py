@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import fsio
 from .datasets import DatasetStore
-from .errors import CorruptModel, InvalidName, ModelNameTaken, ModelNotFound, StoreError
+from .errors import (
+    CorruptModel,
+    InvalidName,
+    ModelNameTaken,
+    ModelNotFound,
+    PlotNotFound,
+    StoreError,
+)
 from .manifest import (
     FORMAT_VERSION,
     MANIFEST_DIGEST_FILE,
@@ -51,7 +58,7 @@ from .manifest import (
     json_safe,
     utc_now,
 )
-from .names import RESERVED_NAMES, validate_filename, validate_name
+from .names import RESERVED_NAMES, did_you_mean, validate_filename, validate_name
 
 if TYPE_CHECKING:
     import torch
@@ -149,7 +156,7 @@ class ModelStore:
         available = self.versions(name)
         if version == "latest":
             if not available:
-                raise ModelNotFound(name, detail="it has no published version")
+                raise ModelNotFound(name, detail=self._unknown_model_detail(name))
             return available[-1]
         if isinstance(version, str):
             parsed = _parse_version(version)
@@ -161,6 +168,19 @@ class ModelStore:
         if version not in available:
             raise ModelNotFound(name, version)
         return version
+
+    def _unknown_model_detail(self, name: str) -> str:
+        """Why ``name`` has no version: a store folder that does not exist, or a likely typo."""
+        if not self._root_exists():
+            return (
+                f"the store folder {self.root.resolve()} does not exist (a relative path is "
+                f"taken from the current folder, {Path.cwd()}); give the folder that "
+                "cpflow-train printed when it published, or set CPFLOW_STORE_DIR"
+            )
+        return "it has no published version" + did_you_mean(name, self.names())
+
+    def _root_exists(self) -> bool:
+        return self.root.is_dir()
 
     def version_path(self, name: str, version: int | str = "latest") -> Path:
         """Folder of a published version."""
@@ -351,8 +371,9 @@ class ModelStore:
         number = self.resolve(name, version)
         folder = self._folder(name, number)
         manifest = self._read_manifest(name, number, folder)
-        if filename not in manifest["plots"]:
-            raise ModelNotFound(name, number, f"it has no plot {filename!r}")
+        plots = [str(p) for p in manifest["plots"]]
+        if filename not in plots:
+            raise PlotNotFound(name, number, filename, plots, did_you_mean(filename, plots))
         return folder / PLOTS_DIR / filename
 
     # ------------------------------------------------------------------ writing

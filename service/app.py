@@ -22,6 +22,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 
 import cpflow
+from service.api_docs import install_api_docs
 from service.auth import ApiKeyMiddleware, bearer_scheme
 from service.console import install_console
 from service.drift import DriftMonitor
@@ -135,7 +136,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=_DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=_unique_id,
+        docs_url=None,  # served from local assets by install_api_docs, not from a CDN
+        redoc_url=None,
     )
+    install_api_docs(app)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.engine = engine

@@ -35,10 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         "over all of them; default 1)",
     )
     parser.add_argument(
-        "--log-level", default=None, help="override CPFLOW_LOG_LEVEL (debug, info, warning, error)"
+        "--log-level",
+        default=None,
+        help="debug, info, warning or error (default: CPFLOW_LOG_LEVEL, else info)",
     )
     parser.add_argument(
-        "--store-url", help="override CPFLOW_STORE_URL (s3://bucket/prefix or file:///path)"
+        "--store-url",
+        help="the model store as s3://bucket/prefix or file:///path (default: "
+        "CPFLOW_STORE_URL, else the folder CPFLOW_STORE_DIR)",
     )
     return parser
 

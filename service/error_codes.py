@@ -1,7 +1,7 @@
 """The catalogue of machine codes the service answers in ``{"error": {"code", "message"}}``.
 
 Every error the service sends names one :class:`ErrorCode`; each code carries its HTTP status
-and a one-line meaning, and the README's error table is checked against this list
+and a one-line meaning, and the error table of docs/http-api.md is checked against this list
 (tests/service/test_error_codes.py), so a code is added here, once, or not at all.
 ``python -m service.error_codes`` prints that table.
 """
@@ -73,6 +73,7 @@ class ErrorCode(StrEnum):
         409,
         "another tenant's or the shared models use the name",
     )
+    PLOT_NOT_FOUND = "plot_not_found", 404, "the model version has no plot of this name"
     INVALID_NAME = "invalid_name", 422, "a model or data set name breaks the naming rules"
     MODEL_CORRUPT = "model_corrupt", 503, "a stored version is damaged and cannot be served"
     STORE_UNAVAILABLE = "store_unavailable", 503, "the model store cannot be reached"
@@ -150,7 +151,7 @@ def parse_code(value: str) -> ErrorCode:
 
 
 def markdown_table() -> str:
-    """The README's error table: one row per code, in catalogue order."""
+    """The error table of docs/http-api.md: one row per code, in catalogue order."""
     rows = ["| code | status | meaning |", "| --- | --- | --- |"]
     rows += [f"| `{c.value}` | {c.status} | {c.meaning} |" for c in ErrorCode]
     return "\n".join(rows)

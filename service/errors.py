@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.error_codes import ErrorCode, code_for_status
+from service.validation_text import describe_errors
 
 __all__ = [
     "ApiError",
@@ -102,13 +103,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorResponse, "description": code_for_status(s).value} for s in statuses}
 
 
-def _loc_text(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
-    return ".".join(parts) if parts else "body"
-
-
-def validation_message(errors: list[dict[str, Any]]) -> tuple[ErrorCode, str, int]:
-    """Turn pydantic errors into (code, message, status) a caller can act on."""
+def validation_message(
+    errors: list[dict[str, Any]], body_model: Any = None
+) -> tuple[ErrorCode, str, int]:
+    """Turn pydantic errors (in a body of type ``body_model``, when known) into (code,
+    message, status) a caller can act on."""
     first = errors[0]
     if first.get("type") == "json_invalid":
         ctx = first.get("ctx") or {}
@@ -118,17 +117,13 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[ErrorCode, str, in
             f"request body is not valid JSON ({ctx.get('error', 'decode error')} at char {pos})",
             400,
         )
-    shown = []
-    for err in errors[:5]:
-        loc = _loc_text(err.get("loc", ()))
-        msg = err.get("msg", "invalid")
-        if err.get("type") == "extra_forbidden":
-            msg = "unknown field; remove it"
-        elif err.get("type") == "finite_number":
-            msg = "must be a finite number (no NaN or Infinity)"
-        shown.append(f"{loc}: {msg}")
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return ErrorCode.VALIDATION_ERROR, "; ".join(shown) + more, 422
+    return ErrorCode.VALIDATION_ERROR, describe_errors(errors, body_model), 422
+
+
+def _body_model(request: Request) -> Any:
+    """The body type of the route that refused the request, if it has one."""
+    body = getattr(request.scope.get("route"), "body_field", None)
+    return body.field_info.annotation if body is not None else None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -145,7 +140,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
-        code, message, status = validation_message(errors)
+        code, message, status = validation_message(errors, _body_model(request))
         details = [
             {
                 "loc": [str(p) for p in e.get("loc", ())],
@@ -194,11 +189,13 @@ def _install_store_handlers(app: FastAPI) -> None:
         InvalidName,
         ModelNameTaken,
         ModelNotFound,
+        PlotNotFound,
         StoreError,
     )
     from model_store.object_store import StoreUnavailable
 
     mapping: list[tuple[type[Exception], ErrorCode]] = [
+        (PlotNotFound, ErrorCode.PLOT_NOT_FOUND),  # a subclass: its own handler wins
         (ModelNotFound, ErrorCode.MODEL_NOT_FOUND),
         (ModelNameTaken, ErrorCode.MODEL_NAME_TAKEN),
         (DatasetNotFound, ErrorCode.DATASET_NOT_FOUND),

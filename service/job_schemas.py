@@ -8,13 +8,16 @@ those of ``cpflow.FlowConfig`` (without ``dim``, which comes from the data set).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+from model_store.names import did_you_mean
 
 __all__ = [
     "BUILTIN_DATASETS",
     "CONDITIONAL_BUILTIN_DATASETS",
+    "JOB_PRESETS",
     "BuiltinDataset",
     "DatasetPublic",
     "JobAccepted",
@@ -56,6 +59,13 @@ _BUILTIN_NAMES: list[JsonValue] = [
 ]  # the JSON schema's enum of data set names
 
 
+# Named settings a job may ask for (training/presets.py; the service does not import training,
+# tests/jobs/test_builtin_names.py keeps the two in step): those that fit any data set. auto:
+# chosen from the data (training/recipes.py).
+JobPreset = Literal["auto", "demo", "gaussian_ot", "small_tabular", "toy"]
+JOB_PRESETS: tuple[str, ...] = get_args(JobPreset)
+
+
 class BuiltinDataset(BaseModel):
     """Train on a data set that ships with cpflow."""
 
@@ -78,10 +88,11 @@ class BuiltinDataset(BaseModel):
     @field_validator("builtin")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in BUILTIN_DATASETS and value not in CONDITIONAL_BUILTIN_DATASETS:
+        known = sorted([*BUILTIN_DATASETS, *CONDITIONAL_BUILTIN_DATASETS])
+        if value not in known:
             raise ValueError(
-                f"unknown built-in data set {value!r}; choose one of "
-                + ", ".join(sorted([*BUILTIN_DATASETS, *CONDITIONAL_BUILTIN_DATASETS]))
+                f"unknown built-in data set {value!r}{did_you_mean(value, known)}; choose one "
+                "of " + ", ".join(known)
             )
         return value
 
@@ -225,6 +236,14 @@ class JobSpec(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: Resources = Field(default_factory=Resources)
+    preset: JobPreset = Field(
+        default="auto",
+        examples=["auto", "toy"],
+        description="named settings that fill the model and training fields left out: "
+        + ", ".join(JOB_PRESETS)
+        + " (auto: chosen from the data; the job record's resolved says what was chosen "
+        "and why). iterations is 2000 unless given.",
+    )
     plots: bool = Field(default=True, description="store density/curve plots with the model")
     timeout_s: int | None = Field(
         default=None,
@@ -295,6 +314,18 @@ class JobPublic(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     progress: JobProgress | None = None
+    phase: Literal["loading", "training", "evaluating", "plotting", "publishing"] | None = Field(
+        default=None, description="what a running job is doing now (null before it starts)"
+    )
+    spec: dict[str, Any] | None = Field(
+        default=None, description="the job as submitted (options, preset)"
+    )
+    resolved: dict[str, Any] | None = Field(
+        default=None,
+        description="what the job trains with once its data is loaded: the preset, the model "
+        "and training settings after the preset or the auto recipe filled the rest, and (auto) "
+        "each choice with its reason",
+    )
     result: JobResult | None = None
     error: str | None = None
     cancel_requested: bool = False

@@ -1,7 +1,7 @@
 """Settings of the service's processes, read from ``CPFLOW_*`` environment variables by
 pydantic-settings: :class:`Settings` (the HTTP service, cpflow-serve) and :class:`JobSettings`
-(the training-job queue that the API and cpflow-worker share). README's configuration table
-documents every field of both (tests/test_readme.py checks it).
+(the training-job queue that the API and cpflow-worker share). docs/configuration.md's table
+documents every field of both (tests/test_docs.py checks it).
 
 Use :func:`get_settings` (cached) rather than a module-level instance, so importing the app
 never needs a full environment and tests can build their own :class:`Settings`.

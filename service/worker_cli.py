@@ -36,20 +36,33 @@ def _parser() -> argparse.ArgumentParser:
         description="Run training jobs queued by the cpflow service (one worker per GPU: "
         "pin each with CUDA_VISIBLE_DEVICES).",
     )
-    p.add_argument("--redis-url", help="default: CPFLOW_REDIS_URL")
+    p.add_argument(
+        "--redis-url",
+        help="Redis holding the job queue (default: CPFLOW_REDIS_URL, else "
+        "redis://127.0.0.1:6379/0)",
+    )
     p.add_argument("--queue", help="queue name (default: CPFLOW_QUEUE_NAME, else cpflow-training)")
     p.add_argument("--name", help="worker name (default: host-pid)")
-    p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
-    p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p.add_argument(
+        "--burst", action="store_true", help="exit once the queue is empty (default: wait)"
+    )
+    p.add_argument(
+        "--max-jobs", type=int, default=None, help="exit after this many jobs (default: no limit)"
+    )
     p.add_argument(
         "--max-reconnect-wait",
         type=float,
         default=5.0,
-        help="longest pause (s) between attempts to reach Redis again after it went away",
+        help="longest pause (s) between attempts to reach Redis again after it went away "
+        "(default: %(default)s)",
     )
-    p.add_argument("--log-level", help="default: CPFLOW_LOG_LEVEL, else INFO")
     p.add_argument(
-        "--store-url", help="override CPFLOW_STORE_URL (s3://bucket/prefix or file:///path)"
+        "--log-level", help="DEBUG, INFO, WARNING or ERROR (default: CPFLOW_LOG_LEVEL, else INFO)"
+    )
+    p.add_argument(
+        "--store-url",
+        help="the model store as s3://bucket/prefix or file:///path (default: "
+        "CPFLOW_STORE_URL, else the folder CPFLOW_STORE_DIR)",
     )
     return p
 

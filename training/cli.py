@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from model_store.names import did_you_mean
 from training.settings import TorchrunSettings, TrainingSettings
 
 if TYPE_CHECKING:
@@ -40,23 +41,43 @@ def _data_options(p: argparse.ArgumentParser) -> None:
         "--dataset",
         help="built-in name (eight_gaussians, sklearn:wine, ...), "
         "power/gas/... with --data-dir, or file:/path.csv|.npy; the conditional toys "
-        "mog1d and banana train p(x | c); digits (mnist, cifar10 with --data-dir) are images",
+        "mog1d and banana train p(x | c); digits (mnist, cifar10 with --data-dir) are images "
+        "(default: the --preset's own data set; required with auto)",
     )
     p.add_argument(
         "--context-columns",
         metavar="SPEC",
         help="train a conditional model p(x | c) on file: data: the comma-separated column "
-        "indices of the context c (e.g. 3,4; negatives count from the end, -1 is the last)",
+        "indices of the context c (e.g. 3,4; negatives count from the end, -1 is the last; "
+        "default: none, an unconditional model)",
     )
-    p.add_argument("--name", required=True, help="model name in the store")
+    p.add_argument("--name", required=True, help="model name in the store (required)")
+    choices = ["auto", *sorted(PRESETS)]
+
+    def preset(value: str) -> str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(
+                f"unknown preset {value!r}{did_you_mean(value, choices)}; choose one of "
+                + ", ".join(choices)
+            )
+        return value
+
     p.add_argument(
         "--preset",
-        choices=["auto", *sorted(PRESETS)],
+        type=preset,
+        choices=choices,
         default="auto",
-        help="paper settings (see README); auto (the default) chooses from the data",
+        help="named settings (docs/cli.md); auto (the default) chooses them from the data",
     )
-    p.add_argument("--num-samples", type=int, help="rows to generate for toy data sets")
-    p.add_argument("--data-dir", help="folder with the paper's tabular data sets")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        help="rows to generate for toy data sets (default: the data set's own size)",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="folder with the paper's tabular data sets (default: CPFLOW_DATA_DIR)",
+    )
     _table_options(p)
 
 
@@ -71,84 +92,115 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--drop-columns",
         metavar="NAMES",
-        help="comma-separated column names (the header's, else x1..xd) to drop before the checks",
+        help="comma-separated column names (the header's, else x1..xd) to drop before the checks (default: none)",
     )
     g.add_argument(
         "--drop-flagged",
         action="store_true",
-        help="drop every column a data-check refusal names, and train on the rest",
+        help="drop every column a data-check refusal names, and train on the rest (default: off)",
     )
-    g.add_argument("--val-fraction", type=float, help="share of rows held out for validation")
-    g.add_argument("--test-fraction", type=float, help="share of rows held out for the test")
+    g.add_argument(
+        "--val-fraction", type=float, help="share of rows held out for validation (default: 0.15)"
+    )
+    g.add_argument(
+        "--test-fraction", type=float, help="share of rows held out for the test (default: 0.15)"
+    )
     g.add_argument(
         "--val-file",
         metavar="PATH",
         help="your own validation table (same columns); the training file is then not cut "
-        "for validation",
+        "for validation (default: none)",
     )
     g.add_argument(
         "--test-file",
         metavar="PATH",
         help="your own test table (same columns); the training file is then not cut for a "
-        "test set",
+        "test set (default: none)",
     )
+
+
+# Training and model options left out take the preset's value, or the auto recipe's choice
+# from the data (recorded with its reason in the manifest's training.auto).
+_CHOSEN = "default: the preset's, or with auto chosen from the data"
+
+
+def _recipe_option(p: argparse.ArgumentParser, flag: str, what: str, **kw: Any) -> None:
+    """An option whose default is the preset's or the auto recipe's: the help says so."""
+    p.add_argument(flag, help=f"{what} ({_CHOSEN})", **kw)
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--iterations", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=["none", "plateau", "cosine"])
-    p.add_argument("--grad-clip", type=float)
-    p.add_argument(
-        "--warmup", type=int, dest="warmup_iterations", help="linear lr warm-up iterations"
-    )
-    p.add_argument(
+    opt = _recipe_option
+    opt(p, "--iterations", "optimiser steps", type=int)
+    opt(p, "--epochs", "passes over the training rows, instead of --iterations", type=int)
+    opt(p, "--batch-size", "rows per step and process", type=int)
+    opt(p, "--lr", "Adam learning rate", type=float)
+    opt(p, "--weight-decay", "Adam weight decay", type=float)
+    opt(p, "--schedule", "learning-rate schedule", choices=["none", "plateau", "cosine"])
+    opt(p, "--grad-clip", "largest gradient norm (0: no clipping)", type=float)
+    opt(p, "--warmup", "linear lr warm-up iterations", type=int, dest="warmup_iterations")
+    opt(
+        p,
         "--loss",
+        "training objective: CG surrogate, exact log-det, or auto (exact for d <= 2)",
         choices=["auto", "surrogate", "exact"],
-        help="training objective: CG surrogate, exact log-det, or auto (exact for d <= 2)",
     )
-    p.add_argument("--val-every", type=int)
-    p.add_argument("--early-stopping", type=int, dest="early_stopping_patience")
-    p.add_argument("--dtype", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int)
+    opt(p, "--val-every", "iterations between two validation passes", type=int)
+    opt(
+        p,
+        "--early-stopping",
+        "stop after this many validations without improvement",
+        type=int,
+        dest="early_stopping_patience",
+    )
+    opt(p, "--dtype", "float type of the flow", choices=["float32", "float64"])
+    p.add_argument("--seed", type=int, help="seed of the split, init and batches (default: 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: CPFLOW_DEVICE or cpu)")
-    p.add_argument("--checkpoint-dir", help="resumable trainer checkpoints go here")
-    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument(
+        "--checkpoint-dir", help="resumable trainer checkpoints go here (default: none kept)"
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="iterations between checkpoints (default: one at the end only)",
+    )
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--blocks", type=int)
-    p.add_argument("--hidden", type=int)
-    p.add_argument("--depth", type=int)
-    p.add_argument("--icnn", choices=["vanilla", "augmented", "dense"])
-    p.add_argument("--activation", choices=["logistic", "gaussian", "laplace"])
-    p.add_argument(
+    opt = _recipe_option
+    opt(p, "--blocks", "flow blocks (convex potentials)", type=int)
+    opt(p, "--hidden", "hidden units per ICNN layer", type=int)
+    opt(p, "--depth", "ICNN layers per block", type=int)
+    opt(p, "--icnn", "ICNN kind", choices=["vanilla", "augmented", "dense"])
+    opt(p, "--activation", "ICNN activation", choices=["logistic", "gaussian", "laplace"])
+    opt(
+        p,
         "--standardization",
+        "input scaling fitted on the train split (whiten: full covariance)",
         choices=["diagonal", "isotropic", "whiten"],
-        help="input scaling fitted on the train split (whiten: full covariance)",
     )
-    p.add_argument(
-        "--init-gain", type=float, help="softplus(w1) at init (default: log 2, the paper's)"
-    )
-    p.add_argument(
+    opt(p, "--init-gain", "softplus(w1) at init (the paper's: log 2)", type=float)
+    opt(
+        p,
         "--radial-units",
+        "radial convex units per block (steps of the map along |x|; the rings preset's)",
         type=int,
-        help="radial convex units per block (steps of the map along |x|; the rings preset's)",
     )
 
 
 def _run_options(p: argparse.ArgumentParser, settings: TrainingSettings) -> None:
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: CPFLOW_WORKER_TORCH_THREADS, else torch's choice)",
+    )
     p.add_argument(
         "--nproc",
         type=int,
         default=1,
         help="data-parallel processes on this machine (runs torchrun; --batch-size is per "
         "process, the global batch is N times it). Several machines: start torchrun yourself, "
-        "see README",
+        "see docs/deployment.md (default: 1)",
     )
     p.add_argument(
         "--store-dir",
@@ -159,9 +211,11 @@ def _run_options(p: argparse.ArgumentParser, settings: TrainingSettings) -> None
         "--store-url",
         default=settings.store_url,
         help="model store as s3://bucket/prefix (AWS_* variables) or file:///path; overrides "
-        "--store-dir",
+        "--store-dir (default: CPFLOW_STORE_URL, else none)",
     )
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--no-plots", action="store_true", help="publish no plots (default: plots are made)"
+    )
     p.add_argument(
         "--onnx",
         action=argparse.BooleanOptionalAction,
@@ -169,7 +223,9 @@ def _run_options(p: argparse.ArgumentParser, settings: TrainingSettings) -> None
         help="export the forward transport and (small d) the exact log-density to ONNX, "
         "parity-checked, so the service answers them with onnxruntime (default: on)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bar (default: a progress bar)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,8 @@
     python -m torch.distributed.run --standalone --nproc-per-node N -m training.job_group SPEC
 
 Every rank trains (training.distributed); rank 0 publishes and reports on stdout, one JSON
-event per line (training.group_events): the group's pids first, then progress, then the result.
+event per line (training.group_events): the group's pids first, then its stages and progress,
+then the result.
 The worker process that launched the group keeps the job record (heartbeat, progress, cancel):
 it ends the group by signalling its process group. Each rank dies with torchrun, and torchrun
 with the worker (Linux parent-death signals), so a killed worker leaves no rank behind.
@@ -38,10 +39,20 @@ def main(argv: list[str] | None = None) -> int:
         emit_event({"pids": pids})
 
     def progress(event: ProgressEvent) -> None:
-        emit_event({"progress": progress_values(event), "force": event.phase != "train"})
+        emit_event(
+            {
+                "progress": progress_values(event),
+                "force": event.phase != "train",
+                "phase": event.phase,
+            }
+        )
+
+    def stage(phase: str, details: dict) -> None:
+        if group.main:
+            emit_event({"stage": phase, "details": details})
 
     try:
-        result = execute_spec(spec, progress=progress)
+        result = execute_spec(spec, progress=progress, on_stage=stage)
     finally:
         distributed.destroy_process_group()
     if group.main:

@@ -4,7 +4,7 @@ The API enqueues :func:`run_training_job` by its dotted path ``training.jobs.run
 with ``kwargs={"spec": ...}`` (JSON only). ``spec["runtime"]`` says where the job's record
 lives in Redis (``record_key``) and how often to heartbeat; the record fields are described in
 ``service/queue.py``. This module writes only these fields: status, started_at, finished_at,
-heartbeat_at, progress, result, error, worker; it reads ``cancel_requested``.
+heartbeat_at, progress, phase, resolved, result, error, worker; it reads ``cancel_requested``.
 
 Why a heartbeat thread: a worker killed with SIGKILL cannot say so; the API marks a running job
 whose heartbeat is older than its lease as failed. Why a parent check: RQ runs the job in a
@@ -49,6 +49,15 @@ __all__ = [
 
 log = logging.getLogger("cpflow.jobs")
 
+PHASES = ("loading", "training", "evaluating", "plotting", "publishing")
+"""What a running job is doing, in order (the record's ``phase``)."""
+_TRAINER_PHASES = {
+    "train": "training",
+    "validate": "training",
+    "evaluate": "evaluating",
+    "done": "evaluating",  # the trainer's last event, once the test split is scored
+}
+
 PROGRESS_INTERVAL_S = 1.0
 """Least seconds between two progress writes to the record (validation events always go)."""
 
@@ -83,6 +92,7 @@ class JobRecorder:
         self._last_progress = 0.0
         self._last_cancel_check = -CANCEL_POLL_S
         self._cancelled = False
+        self._phase: str | None = None
         self.orphaned = False
         self.record_lost = False
         self._set_if_running = connection.register_script(_SET_IF_RUNNING_LUA)
@@ -171,6 +181,18 @@ class JobRecorder:
         except RedisError as exc:  # progress is best effort
             log.warning("progress write failed: %s", exc)
 
+    def stage(self, phase: str, details: dict[str, Any] | None = None) -> None:
+        """Record the job's phase (one of PHASES) and, when the run has resolved its settings,
+        what it trains with (``details["resolved"]``); best effort, as progress."""
+        try:
+            if details and "resolved" in details:
+                self._write_if_running("resolved", json.dumps(details["resolved"]))
+            if phase != self._phase:
+                self._phase = phase
+                self._write_if_running("phase", phase)
+        except RedisError as exc:
+            log.warning("phase write failed: %s", exc)
+
     def cancel_requested(self) -> bool:
         try:
             return self.connection.hget(self.key, "cancel_requested") == b"1"
@@ -206,8 +228,10 @@ def execute_spec(
     *,
     progress: Callable[[ProgressEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_stage: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Load the data, train, publish; return ``{model, version, test_nll}``.
+    """Load the data, train, publish; return ``{model, version, test_nll}``. ``on_stage``
+    hears the pipeline's stages (``training.pipeline.train_and_publish``).
 
     Raises ``training.trainer.TrainingCancelled`` when ``should_stop`` fires (nothing published).
     """
@@ -239,6 +263,8 @@ def execute_spec(
         make_plots=bool(spec.get("plots", True)),
         context_columns=dataset.get("context_columns") if "builtin" in dataset else None,
         tenant=runtime.get("model_tenant"),
+        preset=spec.get("preset"),
+        on_stage=on_stage,
     )
     return {} if published is None else _result(published)  # None: not rank 0 of a group
 
@@ -341,6 +367,7 @@ def run_with_recorder(spec: dict[str, Any], recorder: JobRecorder) -> dict[str, 
         return {"status": "cancelled"}
 
     def on_progress(event: ProgressEvent) -> None:
+        recorder.stage(_TRAINER_PHASES.get(event.phase, "training"))
         recorder.progress(progress_values(event), force=event.phase != "train")
 
     processes = int(spec.get("resources", {}).get("processes", 1))
@@ -348,7 +375,12 @@ def run_with_recorder(spec: dict[str, Any], recorder: JobRecorder) -> dict[str, 
         if processes > 1:
             result = run_group(spec, recorder, processes)
         else:
-            result = execute_spec(spec, progress=on_progress, should_stop=recorder.should_stop)
+            result = execute_spec(
+                spec,
+                progress=on_progress,
+                should_stop=recorder.should_stop,
+                on_stage=recorder.stage,
+            )
     except TrainingCancelled as exc:
         if recorder.record_lost:
             log.warning("job record left 'running' (lease expired?); stopped without publishing")
@@ -394,7 +426,10 @@ def run_group(spec: dict[str, Any], recorder: JobRecorder, processes: int) -> di
             if "pids" in event:
                 pids = [proc.pid, *event["pids"]]
                 recorder.progress({"iteration": 0, "processes": pids}, force=True)
+            elif "stage" in event:
+                recorder.stage(event["stage"], event.get("details"))
             elif "progress" in event:
+                recorder.stage(_TRAINER_PHASES.get(event.get("phase", "train"), "training"))
                 iteration = event["progress"].get("iteration", iteration)
                 values = {**event["progress"], "processes": pids}
                 recorder.progress(values, force=event["force"])

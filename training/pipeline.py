@@ -203,9 +203,14 @@ def train_and_publish(
     context_columns: Any = None,
     tenant: str | None = None,
     table: Any = None,
+    on_stage: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Any:
     """Train on ``dataset`` (name or splits; None: the preset's default data set) and publish
     the best flow as a new version.
+
+    ``on_stage(stage, details)`` hears each stage as it begins: ``loading``, ``training``
+    (details: ``{"resolved": ...}``, what the run will train with and why), ``plotting`` and
+    ``publishing`` (the trainer's progress events tell validation and evaluation apart).
 
     ``context_columns`` (with file data) trains p(x | c) on the other columns; ``table``
     (training.datasets.TableOptions) drops columns and chooses the hold-outs of file data.
@@ -220,12 +225,15 @@ def train_and_publish(
 
     if not hasattr(store, "publish"):
         store = ModelStore(store)
+    stage = on_stage or (lambda name, details: None)
+    stage("loading", {})
     plan = _plan(
         dataset, flow_config, train_config, preset=preset or AUTO, num_samples=num_samples,
         data_dir=data_dir, dataset_seed=dataset_seed, context_columns=context_columns,
         table=table,
     )  # fmt: skip
     info = splits_info(plan.splits)
+    stage("training", {"resolved": resolved_spec(plan)})
     ot_curve, hook = None, None
     if info.problem is not None:  # the OT experiment: follow KL and transport cost as Fig. 4
         from training.ot import ot_monitor
@@ -238,8 +246,11 @@ def train_and_publish(
     result = trainer.run()
     if not trainer.group.main:  # in a torchrun group, rank 0 alone publishes (one version)
         return None
+    if make_plots:
+        stage("plotting", {})
     plots = _plots(result, plan.splits, info, ot_curve) if make_plots else None
     summary = _summary(result, plan, info, ot_curve, job_id)
+    stage("publishing", {})
     return store.publish(
         model_name,
         result.flow,
@@ -250,32 +261,18 @@ def train_and_publish(
     )
 
 
-def _summary(result: Any, plan: Any, info: Any, ot_curve: Any, job_id: str | None) -> dict:
-    """The manifest's ``training`` record of a finished run: its metrics, data, calibration
-    reference, the auto recipe's choices and the OT experiment's figures where they apply."""
-    summary = training_summary(
-        result,
-        dataset_name=str(info.name if info.name is not None else plan.dataset_name),
-        dataset_sha256=info.sha256,
-        job_id=job_id,
-        preset=plan.preset,
-        num_train=len(plan.splits.train),
-    )
-    summary.update(data_summary(plan.splits))
-    heldout = result.extra.get("heldout_log_prob")
-    if heldout is not None:  # the reference of calibrated scores (model_store.calibration)
-        summary["calibration"] = reference_summary(
-            heldout[1], split=heldout[0], method=result.metrics["method"]
-        )
+def resolved_spec(plan: _Plan) -> dict[str, Any]:
+    """What a run trains with: the preset, the flow and trainer settings after the preset or
+    the auto recipe filled what was left out, and (auto) each choice with its reason."""
+    resolved: dict[str, Any] = {
+        "preset": plan.preset,
+        "data": {"name": str(plan.dataset_name), "train_rows": len(plan.splits.train)},
+        "model": dict(plan.flow),
+        "training": plan.train.model_dump(mode="json"),
+    }
     if plan.recipe is not None:
-        summary["auto"] = auto_record(plan.recipe, plan.flow_overrides, plan.train_overrides)
-    if ot_curve:
-        summary["ot"] = {
-            "w2_squared_optimum": info.problem.w2_squared,
-            "final_kl": ot_curve[-1][0],
-            "final_transport_cost": ot_curve[-1][1],
-        }
-    return summary
+        resolved["auto"] = auto_record(plan.recipe, plan.flow_overrides, plan.train_overrides)
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -342,6 +339,36 @@ def _plan(
         recipe = auto_recipe(rows_of(splits), image_shape=image_shape_of(splits))
         _, flow_kw, cfg, _ = build_configs(preset=AUTO, dataset=None, recipe=recipe, **configs)
     return _Plan(splits, ds_name, preset, flow_kw, cfg, recipe, flow_overrides, train_overrides)
+
+
+def _summary(
+    result: TrainResult, plan: _Plan, info: SplitsInfo, ot_curve: list[Any] | None, job_id: Any
+) -> dict[str, Any]:
+    """The manifest's ``training`` record of a finished run: its metrics, data, calibration
+    reference, the auto recipe's choices and the OT experiment's figures where they apply."""
+    summary = training_summary(
+        result,
+        dataset_name=str(info.name if info.name is not None else plan.dataset_name),
+        dataset_sha256=info.sha256,
+        job_id=job_id,
+        preset=plan.preset,
+        num_train=len(plan.splits.train),
+    )
+    summary.update(data_summary(plan.splits))
+    heldout = result.extra.get("heldout_log_prob")
+    if heldout is not None:  # the reference of calibrated scores (model_store.calibration)
+        summary["calibration"] = reference_summary(
+            heldout[1], split=heldout[0], method=result.metrics["method"]
+        )
+    if plan.recipe is not None:
+        summary["auto"] = auto_record(plan.recipe, plan.flow_overrides, plan.train_overrides)
+    if ot_curve:
+        summary["ot"] = {
+            "w2_squared_optimum": info.problem.w2_squared,
+            "final_kl": ot_curve[-1][0],
+            "final_transport_cost": ot_curve[-1][1],
+        }
+    return summary
 
 
 def _plots(

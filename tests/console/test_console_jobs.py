@@ -147,6 +147,9 @@ def test_long_job_progress_updates_live_and_cancel(page, stack, shots):
     )
     assert _iteration(page) > first
     assert page.locator("#job-status").inner_text() == "running"
+    assert page.locator("#job-phase").inner_text() == "training"
+    settings = page.locator("#job-resolved").inner_text()  # what the job resolved, and why
+    assert "preset auto" in settings and "blocks 1" in settings, settings
     assert page.locator("#job-val-nll").inner_text() != "not yet" or _iteration(page) < 50
     assert page.locator("#job-eta").inner_text() != ""
     page.screenshot(path=shots / "job-running.png", full_page=True)

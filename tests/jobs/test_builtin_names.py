@@ -36,3 +36,16 @@ def test_sklearn_dimensions_match_the_source() -> None:
         if name.startswith("sklearn:"):
             loader = getattr(skd, f"load_{name.split(':', 1)[1]}")
             assert loader().data.shape[1] == dim, name
+
+
+def test_job_presets_are_training_presets_that_fit_any_data() -> None:
+    """The presets a job may name exist in training/presets.py and take any data set (the
+    image and paper-table presets need files a job cannot name)."""
+    from service.job_schemas import JOB_PRESETS
+    from training.presets import PRESETS
+    from training.recipes import AUTO
+
+    assert AUTO in JOB_PRESETS
+    for name in set(JOB_PRESETS) - {AUTO}:
+        assert PRESETS[name].datasets is None, name
+    assert {n for n, p in PRESETS.items() if p.datasets is None} <= set(JOB_PRESETS)

@@ -98,3 +98,73 @@ def test_conditional_job_honours_every_trainer_setting(
     assert config["early_stopping_patience"] == 50
     assert manifest["training"]["kind"] == "conditional"
     assert ModelStore(store_dir).load("mog").flow.context_dim == 1
+
+
+def test_job_with_a_preset_records_its_phases_and_what_it_resolved(
+    redis_conn: redis.Redis, queue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job naming the toy preset trains with the preset's settings where it gave none, says
+    so in its record (``resolved``, with the spec as submitted) and passes through every
+    phase in order."""
+    monkeypatch.setenv("CPFLOW_STORE_DIR", str(tmp_path / "store"))
+    queue = JobQueue(redis_conn, queue_name=queue_name, heartbeat_s=0.2)
+    spec = {
+        "model_name": "toyjob",
+        "preset": "toy",
+        "dataset": {"builtin": "two_moons", "num_samples": 400, "seed": 0},
+        "model": {"blocks": 1, "hidden": 8},  # depth and the rest: the preset's
+        "training": {**SHORT_TRAINING},
+        "plots": True,
+    }
+    job = queue.submit(spec, model_name="toyjob", dataset_id=None)
+    runtime = in_process_runtime(queue_name, job)
+    recorder = JobRecorder(redis_conn, runtime)
+    phases: list[str] = []
+    snapshots: list[dict] = []
+    original = recorder.stage
+
+    def stage(phase: str, details: dict | None = None) -> None:
+        original(phase, details)
+        if not phases or phases[-1] != phase:
+            phases.append(phase)
+            snapshots.append(queue.get(job["id"]))
+
+    recorder.stage = stage  # type: ignore[method-assign]
+    out = run_with_recorder({**spec, "runtime": runtime}, recorder)
+    assert out["status"] == "succeeded", out
+    assert phases == ["loading", "training", "evaluating", "plotting", "publishing"]
+    # Each phase was in the record while the job was in it.
+    assert [s["phase"] for s in snapshots] == phases
+    done = queue.get(job["id"])
+    assert done["spec"]["preset"] == "toy"
+    resolved = done["resolved"]
+    assert resolved["preset"] == "toy" and resolved["data"]["name"] == "two_moons"
+    toy = {"depth": 3, "icnn": "augmented", "activation": "logistic"}  # training/presets.py
+    assert {k: resolved["model"][k] for k in toy} == toy
+    assert resolved["model"]["blocks"] == 1 and resolved["model"]["hidden"] == 8
+    assert resolved["training"]["schedule"] == "cosine"  # the preset's
+    assert resolved["training"]["lr"] == SHORT_TRAINING["lr"]  # given: wins over the preset
+    manifest = ModelStore(tmp_path / "store").manifest("toyjob")
+    assert manifest["training"]["preset"] == "toy"
+
+
+def test_an_auto_job_records_the_recipe_choices_with_reasons(
+    redis_conn: redis.Redis, queue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CPFLOW_STORE_DIR", str(tmp_path / "store"))
+    queue = JobQueue(redis_conn, queue_name=queue_name, heartbeat_s=0.2)
+    spec = {
+        "model_name": "autojob",
+        "dataset": {"builtin": "sklearn:iris", "seed": 0},
+        "model": {**TINY_MODEL},
+        "training": {**SHORT_TRAINING},
+        "plots": False,
+    }
+    job = queue.submit(spec, model_name="autojob", dataset_id=None)
+    runtime = in_process_runtime(queue_name, job)
+    out = run_with_recorder({**spec, "runtime": runtime}, JobRecorder(redis_conn, runtime))
+    assert out["status"] == "succeeded", out
+    resolved = queue.get(job["id"])["resolved"]
+    assert resolved["preset"] == "auto"
+    manifest_auto = ModelStore(tmp_path / "store").manifest("autojob")["training"]["auto"]
+    assert resolved["auto"] == manifest_auto  # the same choices and reasons as published

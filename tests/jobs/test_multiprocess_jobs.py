@@ -34,6 +34,8 @@ def test_two_process_job_publishes_one_version_that_is_served(stack: Stack) -> N
     job = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=180)
     assert job["status"] == "succeeded", job
     assert job["progress"]["iteration"] == 30 and len(job["progress"]["processes"]) == 3
+    # rank 0's stages reach the record too: the last phase, and what the group trained with
+    assert job["phase"] == "publishing" and job["resolved"]["training"]["lr"] == 5e-3
     store = ModelStore(stack.store_dir)
     assert store.versions("ddp-model") == [job["result"]["version"]]  # exactly one version
     training_rec = store.manifest("ddp-model")["training"]

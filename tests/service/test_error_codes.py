@@ -1,6 +1,6 @@
-"""The error-code catalogue (service.error_codes) is the one list of codes: the README's table
-is exactly it, every code the service raises comes from it (no string literal at a raise site),
-and each error answers with its catalogued status."""
+"""The error-code catalogue (service.error_codes) is the one list of codes: the table of
+docs/http-api.md is exactly it, every code the service raises comes from it (no string
+literal at a raise site), and each error answers with its catalogued status."""
 
 from __future__ import annotations
 
@@ -14,26 +14,28 @@ from service.error_codes import ErrorCode, code_for_status, markdown_table, pars
 from service.errors import ApiError
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
+HTTP_API = (ROOT / "docs" / "http-api.md").read_text()
 # Callables whose argument names an error code: ApiError(code, message), send_error(scope, send,
 # status, code, message) and error_content(path, code, message).
 _CODE_ARGUMENT = {"ApiError": 0, "send_error": 3, "error_content": 1, "error_payload": 0}
 
 
 def _readme_rows() -> dict[str, tuple[int, str]]:
-    section = README.split("\n### Errors\n", 1)[1].split("\n#", 1)[0]
+    section = HTTP_API.split("\n## Errors\n", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \| (.+) \|$", section, re.MULTILINE)
     return {code: (int(status), meaning) for code, status, meaning in rows}
 
 
-def test_readme_table_lists_every_code_and_no_other():
+def test_docs_table_lists_every_code_and_no_other():
     table = _readme_rows()
     catalogue = {c.value: (c.status, c.meaning) for c in ErrorCode}
     missing, unknown = sorted(set(catalogue) - set(table)), sorted(set(table) - set(catalogue))
-    assert not missing, f"codes missing from README's error table: {missing}"
-    assert not unknown, f"README lists codes that do not exist: {unknown}"
-    assert table == catalogue, "README's error table is stale: python -m service.error_codes"
-    assert markdown_table() in README
+    assert not missing, f"codes missing from the error table of docs/http-api.md: {missing}"
+    assert not unknown, f"docs/http-api.md lists codes that do not exist: {unknown}"
+    assert table == catalogue, (
+        "the error table of docs/http-api.md is stale: python -m service.error_codes"
+    )
+    assert markdown_table() in HTTP_API
 
 
 def _code_arguments(path: Path) -> list[tuple[int, ast.expr]]:

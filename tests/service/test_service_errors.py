@@ -33,27 +33,76 @@ def assert_envelope(r, status: int, code: str | None = None, *needles: str) -> d
         ),
         ({"inputs": [[1.0, 2.0], [1.0]]}, 422, "wrong_dimension", ("row 1", "1 values")),
         ({"inputs": [[1e308, 0.0]]}, 422, "value_out_of_range", ("inputs[0][0]", "float32")),
-        ({"inputs": [["1.0", 2.0]]}, 422, "validation_error", ("inputs.0.0",)),
-        ({"inputs": [[True, 2.0]]}, 422, "validation_error", ("inputs.0.0",)),
-        ({"inputs": [[[1.0, 2.0]]]}, 422, "validation_error", ("inputs.0.0",)),
-        ({"inputs": [1.0, 2.0]}, 422, "validation_error", ("inputs.0",)),
-        ({"inputs": []}, 422, "validation_error", ("inputs",)),
+        ({"inputs": [["1.0", 2.0]]}, 422, "validation_error", ("inputs row 0, value 0", "'1.0'")),
+        ({"inputs": [[True, 2.0]]}, 422, "validation_error", ("inputs row 0, value 0",)),
+        ({"inputs": [[[1.0, 2.0]]]}, 422, "validation_error", ("inputs row 0, value 0",)),
+        (
+            {"inputs": [1.0, 2.0]},
+            422,
+            "validation_error",
+            ("send a list of rows, e.g. [[0.5, 0.1]]",),
+        ),
+        ({"inputs": []}, 422, "validation_error", ("inputs is empty",)),
         ({"inputs": [[]]}, 422, "wrong_dimension", ("row 0", "0 values")),
         (
             {"inputs": [[1.0, 2.0]], "metod": "exact"},
             422,
             "validation_error",
-            ("metod", "unknown field"),
+            ("metod", "unknown field (did you mean 'method'?)"),
         ),
         ({"inputs": [[1.0, 2.0]], "method": "fast"}, 422, "validation_error", ("method",)),
         ({"inputs": [[1.0, 2.0]], "slq": {"probes": 0}}, 422, "validation_error", ("slq.probes",)),
         ({"inputs": [[1.0, 2.0]], "seed": -1}, 422, "validation_error", ("seed",)),
-        ({}, 422, "validation_error", ("inputs",)),
+        ({}, 422, "validation_error", ("inputs is missing",)),
         ([[1.0, 2.0]], 422, "validation_error", ()),
     ],
 )
 def test_bad_log_prob_bodies(client, payload, status, code, needles):
-    assert_envelope(client.post(LP, json=payload), status, code, *needles)
+    r = client.post(LP, json=payload)
+    assert_envelope(r, status, code, *needles)
+    # pydantic's union alternatives (float | list[list[float]]) never reach the message
+    assert "list[list" not in r.json()["error"]["message"]
+    assert "valid list" not in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "needles"),
+    [
+        (
+            LP,
+            {"inputs": [[0.5, 0.1]], "seeds": 1},
+            ("seeds: unknown field (did you mean 'seed'?)",),
+        ),
+        (
+            "/v1/jobs",
+            {"model_name": "m", "dataset": {"builtin": "rings"}, "training": {"learning_rate": 1}},
+            ("training.learning_rate: unknown field (did you mean 'lr'?)", "allowed here:"),
+        ),
+        (
+            "/v1/jobs",
+            {"model_name": "m", "dataset": {"builtin": "two_moon"}},
+            ("unknown built-in data set 'two_moon' (did you mean 'two_moons'?)",),
+        ),
+        (
+            "/v1/jobs",
+            {"model_name": "m", "dataset": {"builtin": "rings"}, "preset": "toyy"},
+            ("preset: 'toyy' is not one of auto, demo", "(did you mean 'toy'?)"),
+        ),
+        (
+            "/v1/jobs",
+            {"model_name": "m", "dataset": {"id": "abc", "context_colums": [1]}},
+            ("dataset.context_colums: unknown field (did you mean 'context_columns'?)",),
+        ),
+    ],
+)
+def test_unknown_names_get_the_closest_one(client, path, body, needles):
+    """One message per mistake, naming the closest allowed field or data set; of the data set
+    union (builtin | id) only the alternative the body meant is reported."""
+    r = client.post(path, json=body)
+    assert_envelope(r, 422, "validation_error", *needles)
+    message = r.json()["error"]["message"]
+    assert "BuiltinDataset" not in message and "UploadedDataset" not in message
+    assert message.count("; ") <= 1 or "allowed here" in message
 
 
 @pytest.mark.parametrize(
@@ -140,7 +189,10 @@ def test_unknown_model_and_version(client):
     assert_envelope(client.get("/v1/models/nope"), 404, "model_not_found")
     assert_envelope(client.get("/v1/models/toy2d/versions/0"), 422, "validation_error")
     assert_envelope(client.get("/v1/models/toy2d/versions/abc"), 422, "validation_error")
-    assert_envelope(client.get("/v1/models/toy2d/plots/nothere.png"), 404, "model_not_found")
+    r = client.get("/v1/models/toy2d/plots/densty.png")
+    assert_envelope(r, 404, "plot_not_found", "(did you mean 'density.png'?)", "density.png")
+    r = client.post("/v1/models/toy2/log_prob", json={"inputs": [[1, 2]]})
+    assert_envelope(r, 404, "model_not_found", "(did you mean 'toy2d'?)")
     assert_envelope(client.get("/v1/models/.hidden"), 422, "invalid_name")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from model_store import InvalidName, StoreError
-from model_store.names import MAX_NAME_LENGTH, validate_filename, validate_name
+from model_store import InvalidName, ModelNotFound, ModelStore, StoreError
+from model_store.names import MAX_NAME_LENGTH, did_you_mean, validate_filename, validate_name
 
 BAD_NAMES = [
     "",
@@ -74,3 +74,24 @@ def test_store_refuses_invalid_names_everywhere(store, tmp_path, name: str) -> N
 def test_plot_filenames_validated(filename: str) -> None:
     with pytest.raises(InvalidName):
         validate_filename(filename)
+
+
+def test_did_you_mean_offers_close_spellings_and_initials() -> None:
+    assert did_you_mean("demoo", ["demo", "moons"]) == " (did you mean 'demo'?)"
+    assert did_you_mean("learning_rate", ["iterations", "lr", "batch_size"]) == (
+        " (did you mean 'lr'?)"
+    )
+    assert did_you_mean("zzz", ["demo", "moons"]) == ""
+
+
+def test_reading_a_store_folder_that_does_not_exist_says_so(tmp_path, monkeypatch) -> None:
+    """Run from another folder, ModelStore("var/store") names the absolute folder it looked
+    in instead of "no published version"."""
+    monkeypatch.chdir(tmp_path)
+    store = ModelStore("var/store")
+    with pytest.raises(ModelNotFound) as err:
+        store.load("demo")
+    message = str(err.value)
+    assert f"the store folder {tmp_path / 'var' / 'store'} does not exist" in message
+    assert "CPFLOW_STORE_DIR" in message
+    assert not (tmp_path / "var").exists()  # reading never creates the folder

@@ -238,3 +238,19 @@ def test_cli_prints_absolute_store_paths_and_says_when_it_creates_a_store(
     second = capsys.readouterr()
     assert json.loads(second.out)["path"] == str(store / "m" / "2")
     assert "created a new model store" not in second.err
+
+
+def test_cli_names_the_closest_preset_and_data_set(tmp_path, capsys) -> None:
+    """A mistyped preset or built-in data set is refused with the name it was likely meant
+    to be, before anything trains."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "two_moons", "--preset", "toyy", "--name", "x"])
+    assert exit_info.value.code == 2
+    assert "unknown preset 'toyy' (did you mean 'toy'?)" in capsys.readouterr().err
+    store = str(tmp_path / "store")
+    rc = main(["--dataset", "two_moon", "--name", "x", "--store-dir", store, "--quiet"])
+    assert rc != 0
+    assert "unknown data set 'two_moon' (did you mean 'two_moons'?)" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()

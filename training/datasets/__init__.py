@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from model_store.names import did_you_mean
+
 from .arrays import MIN_ROWS, load_array_file, load_table, parse_array_bytes, validate_array
 from .benchmarks import BENCHMARK_DATASETS, load_benchmark
 from .errors import DatasetError
@@ -158,8 +160,10 @@ def load_dataset(
     if toy is not None:
         return _load_toy(toy, num_samples, seed)
     names = available_datasets()
+    known = [*names["toy"], *names["sklearn"], *names["benchmark"]]
     raise DatasetError(
-        f"unknown data set {name!r}; built-in names: {', '.join(names['toy'])}, "
+        f"unknown data set {name!r}{did_you_mean(raw, known)}; built-in names: "
+        f"{', '.join(names['toy'])}, "
         f"{', '.join(names['sklearn'])}, {', '.join(names['benchmark'])} (with data_dir), "
         "or file:/path/to/data.csv|.npy"
     )

@@ -80,6 +80,22 @@ async function listJobs() {
 
 // ------------------------------------------------------------------ one job, live
 
+// What the job trains with once its data is loaded: preset, model and training settings, and
+// each choice of the auto recipe with its reason.
+function resolvedText(job) {
+  const r = job.resolved;
+  if (!r) return "once the data is loaded";
+  const pairs = (obj) => Object.entries(obj || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+  const keep = ["iterations", "batch_size", "lr", "schedule", "loss", "val_every"];
+  const training = Object.fromEntries(keep.filter((k) => k in r.training).map((k) => [k, r.training[k]]));
+  const lines = [`preset ${r.preset}`, `model: ${pairs(r.model)}`, `training: ${pairs(training)}`];
+  const choices = (r.auto && r.auto.choices) || {};
+  for (const [name, choice] of Object.entries(choices)) {
+    if (choice && choice.why) lines.push(`${name} = ${choice.value}: ${choice.why}`);
+  }
+  return lines.join("\n");
+}
+
 function showJob(job) {
   const p = job.progress || {};
   const cancelling = job.cancel_requested && !TERMINAL.has(job.status);
@@ -87,6 +103,8 @@ function showJob(job) {
   $("#job-model").textContent = job.model_name || "";
   $("#job-dataset").textContent = datasetText(job.dataset);
   $("#job-data-report").textContent = job.dataset?.builtin ? "built-in" : reportText(job.data_report);
+  $("#job-phase").textContent = TERMINAL.has(job.status) ? "ended" : job.phase || "waiting for a worker";
+  $("#job-resolved").textContent = resolvedText(job);
   $("#job-iteration").textContent = progressText(job) || "not started";
   $("#job-val-nll").textContent = number(p.val_nll, 5) || "not yet";
   $("#job-eta").textContent = TERMINAL.has(job.status) ? "done" : duration(p.eta_s) || "estimating";
