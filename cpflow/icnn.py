@@ -264,10 +264,7 @@ class ICNN(nn.Module):
         shared_part = torch.addmm(shift * eye, shared_w, outer)
         H = x.new_zeros(n, d, d) if upper is not None else shared_part.reshape(n, d, d)
         for k, VT in enumerate(self._sample_rows(w, s1, tensors), start=1):
-            # the weights as their own contiguous (n, 1, h_pos) tensor: broadcasting a strided
-            # slice over d ran ~10x slower than the product itself
-            wk = wts[k][:, : pos[k]].contiguous()[:, None, :]
-            H.baddbmm_(VT * wk, VT.transpose(1, 2))
+            H.baddbmm_(VT * wts[k][:, None, : pos[k]], VT.transpose(1, 2))
         if upper is not None:
             H.view(n, d * d).index_add_(1, upper, shared_part)
         return grad, H
@@ -319,8 +316,7 @@ class ICNN(nn.Module):
             Vk = Vk.reshape(n * d, hp)
             for i, j in enumerate(self.sources[k]):
                 if pos[j] > 0:
-                    slope = s1[j][:, : pos[j]].contiguous()[:, None, :]  # see grad_and_hessian
-                    src = (VT[j - 1] * slope).reshape(n * d, pos[j])
+                    src = (s1[j][:, None, : pos[j]] * VT[j - 1]).reshape(n * d, pos[j])
                     Vk.addmm_(src, Pk[:, i * h : i * h + pos[j]].T)
             VT.append(Vk.reshape(n, d, hp))
         return VT
