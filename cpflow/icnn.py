@@ -18,7 +18,7 @@ hidden layers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -41,6 +41,7 @@ class _Weights:
     P: list[Tensor | None]  # (h_pos, H_src)
     w_out: Tensor  # (H_out,)
     a_out: Tensor  # (d,)
+    cache: dict = field(default_factory=dict)  # weight-only tensors derived from these
 
     def select(self, idx: Tensor) -> _Weights:
         """The weights for the samples idx: the same, as they are shared by every sample."""
@@ -246,52 +247,79 @@ class ICNN(nn.Module):
         With ``upper_only`` only the upper triangle (i <= j) is right -- all that an upper
         Cholesky factorisation reads -- and the shared rows' part costs half.
 
-        Rows of U_k = du_k/dx split into per-sample rows V_k (the P_k-fed units) and rows
-        shared by every sample (layer 0 entirely; the x-only half of an augmented layer). The
-        shared rows' part of H, sum_r w_r(x) a_r a_r^T, is one (n, R) x (R, d^2) product with
-        weight-only outer products. The V_k are kept transposed, (n, d, h_pos), so that
-        propagating them through P is one (n d, .) x (., h_pos) product and only the Gram
-        matrices V_k^T diag(w) V_k need per-sample (batched) products.
+        Rows of U_k = du_k/dx split into per-sample rows (the P_k-fed units) and rows shared
+        by every sample (layer 0 entirely; the x-only half of an augmented layer). The shared
+        rows' part of H, sum_r w_r(x) a_r a_r^T, is one (n, R) x (R, d^2) product with
+        weight-only outer products. The per-sample rows V_k are kept transposed,
+        (n, d, h_pos) (:meth:`_sample_rows`), and their Gram matrices V_k^T diag(w) V_k are
+        batched products accumulated into one (n, d, d) tensor.
         """
         w = self.weights() if w is None else w
         _, _, s1, s2 = self._forward(x, w, 2)
         cs, grad = self._adjoints(w, s1, x.shape[:-1])
-        n, d, h, pos = x.shape[0], self.dim, self.hidden, self.pos_rows
+        n, d, pos = x.shape[0], self.dim, self.pos_rows
+        outer, eye, upper, tensors = self._hessian_constants(w, upper_only)
         wts = [scale * c * s for c, s in zip(cs, s2, strict=True)]
-        shared = [w.A[k][pos[k] :] for k in range(self.depth)]  # rows equal for all samples
-        outer = torch.cat([torch.einsum("rp,rq->rpq", S, S) for S in shared]).reshape(-1, d * d)
         shared_w = torch.cat([wt[:, pos[k] :] for k, wt in enumerate(wts)], dim=1)
-        bias = shift * torch.eye(d, dtype=x.dtype, device=x.device).reshape(-1)
-        H: Tensor | None = None
-        if upper_only:
-            iu, ju = torch.triu_indices(d, d, device=x.device)
-            upper = iu * d + ju
-            shared_part = torch.addmm(bias[upper], shared_w, outer[:, upper])
-        else:
-            H = torch.addmm(bias, shared_w, outer).reshape(n, d, d)
-        VT: dict[int, Tensor] = {}  # (n, d, h_pos): per-sample rows of U_k, k >= 1
+        shared_part = torch.addmm(shift * eye, shared_w, outer)
+        H = x.new_zeros(n, d, d) if upper is not None else shared_part.reshape(n, d, d)
+        for k, VT in enumerate(self._sample_rows(w, s1, tensors), start=1):
+            H.baddbmm_(VT * wts[k][:, None, : pos[k]], VT.transpose(1, 2))
+        if upper is not None:
+            H.view(n, d * d).index_add_(1, upper, shared_part)
+        return grad, H
+
+    def _hessian_constants(
+        self, w: _Weights, upper_only: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
+        """The weight-only parts of the Hessian, built once per prepared weights (the batches
+        of one log_prob, the iterations of a Newton solve share them): the shared rows' outer
+        products (R, d^2) and the identity (d^2,) -- with ``upper_only`` only the upper
+        triangle's columns, and their flat indices -- and, per layer k >= 1, the
+        (R_src, d h_pos) map from the shared source rows' slopes to V_k."""
+        key = ("hessian", upper_only)
+        if key not in w.cache:
+            d, h, pos, like = self.dim, self.hidden, self.pos_rows, w.A[0]
+            shared = [w.A[k][pos[k] :] for k in range(self.depth)]  # rows equal for all samples
+            outer = torch.cat([torch.einsum("rp,rq->rpq", S, S) for S in shared]).reshape(
+                -1, d * d
+            )
+            eye = torch.eye(d, dtype=like.dtype, device=like.device).reshape(-1)
+            upper = None
+            if upper_only:
+                iu, ju = torch.triu_indices(d, d, device=like.device)
+                upper = iu * d + ju
+                outer, eye = outer[:, upper], eye[upper]
+            tensors = []
+            for k in range(1, self.depth):
+                Pk = w.P[k]
+                assert Pk is not None  # every layer after the first has a positive map
+                parts = [
+                    torch.einsum("pr,rq->rqp", Pk[:, i * h + pos[j] : (i + 1) * h], shared[j])
+                    for i, j in enumerate(self.sources[k])
+                ]
+                tensors.append(torch.cat(parts).reshape(-1, d * pos[k]))
+            w.cache[key] = (outer, eye, upper, tensors)
+        return w.cache[key]
+
+    def _sample_rows(self, w: _Weights, s1: list[Tensor], tensors: list[Tensor]) -> list[Tensor]:
+        """The per-sample rows V_k of U_k for k = 1.. (transposed, (n, d, h_pos)), ``tensors``
+        from :meth:`_hessian_constants`: kept transposed so that propagating V_j through P_k
+        is one (n d, .) x (., h_pos) product."""
+        n, d, h, pos = s1[0].shape[0], self.dim, self.hidden, self.pos_rows
+        VT: list[Tensor] = []  # VT[k - 1] for layer k
         for k in range(1, self.depth):
             hp, Pk = pos[k], w.P[k]
             assert Pk is not None  # every layer after the first has a positive map
-            coeffs, tensors = [], []
-            for i, j in enumerate(self.sources[k]):
-                cols = Pk[:, i * h + pos[j] : (i + 1) * h]
-                coeffs.append(s1[j][:, pos[j] :])
-                tensors.append(torch.einsum("pr,rq->rqp", cols, shared[j]).reshape(-1, d * hp))
-            Vk = torch.addmm(w.A[k][:hp].T.reshape(-1), torch.cat(coeffs, 1), torch.cat(tensors))
+            coeffs = torch.cat([s1[j][:, pos[j] :] for j in self.sources[k]], 1)
+            Vk = torch.addmm(w.A[k][:hp].T.reshape(-1), coeffs, tensors[k - 1])
             Vk = Vk.reshape(n * d, hp)
             for i, j in enumerate(self.sources[k]):
                 if pos[j] > 0:
-                    src = (s1[j][:, None, : pos[j]] * VT[j]).reshape(n * d, pos[j])
+                    src = (s1[j][:, None, : pos[j]] * VT[j - 1]).reshape(n * d, pos[j])
                     Vk.addmm_(src, Pk[:, i * h : i * h + pos[j]].T)
-            VT[k] = Vk.reshape(n, d, hp)
-            gram = (VT[k] * wts[k][:, None, :hp], VT[k].transpose(1, 2))
-            H = torch.bmm(*gram) if H is None else H.baddbmm_(*gram)
-        if upper_only:
-            H = x.new_zeros(n, d, d) if H is None else H
-            H.view(n, d * d).index_add_(1, upper, shared_part)
-        assert H is not None  # without upper_only it is built before the loop
-        return grad, H
+            VT.append(Vk.reshape(n, d, hp))
+        return VT
 
     def linearize(self, x: Tensor, w: _Weights | None = None) -> tuple[Tensor, ICNNLinearization]:
         """(grad G (n, d), an object applying the Hessian at x to vectors)."""

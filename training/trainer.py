@@ -545,7 +545,10 @@ class Trainer:
             )
         self.state.optimizer.step()
         with torch.no_grad():
-            bad = [n for n, p in self.flow.named_parameters() if not _finite(p)]
+            # one fused norm over every tensor (finite iff all weights are), and the names
+            # only when it is not: a per-tensor check was ~330 of a step's ~1,900 ops
+            ok = _finite(torch.nn.utils.get_total_norm(params))
+            bad = [] if ok else [n for n, p in self.flow.named_parameters() if not _finite(p)]
         if bad:
             raise TrainingDiverged(
                 step,

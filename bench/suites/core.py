@@ -5,12 +5,19 @@ step (d=43), peak memory of a training step (CG surrogate vs back-propagating th
 log-det, separate processes) and an SLQ-vs-exact table (d=64, 256). Same model, same weights,
 same inputs for both sides; ratios are baseline/ours.
 
+Two parts measure ours alone against a yardstick in the same run: ``roofline`` (the exact
+log-density's FLOP rate at d=43 on one thread as a fraction of that thread's 1024 x 1024 SGEMM
+rate) and ``steptime`` (one training step of the auto recipe's model against zuko's NSF,
+d = 2 ... 32, batch 128).
+
 Model: float32, 5 blocks, input-augmented ICNN 3 hidden layers x 64, batch 1024, with
 parameters perturbed away from initialisation (a stand-in for a trained model, so that the
 inverse problems are not trivially the identity).
 
     python -m bench run core [--set only=logprob,train trained_steps=300 quick=true]
     python -m bench run core_slq --set quick=true
+    python -m bench run core_roofline
+    python -m bench run core_step_time --set dims=2,4,8,16 rows=2000,10000
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import statistics
+import time
+from types import SimpleNamespace
 
 import torch
 
@@ -25,12 +35,17 @@ from bench.registry import Option, benchmark
 from bench.suites import baseline as paper
 from bench.suites.common import child_env, python_child, threads_option, time_interleaved, timeit
 
-PARTS = ("logprob", "inverse", "train", "memory", "slq")
+PARTS = ("logprob", "inverse", "train", "memory", "slq", "roofline", "steptime")
 DEVICE = Option("device", "str", "cpu", "torch device (cpu, cuda, cuda:N)")
 QUICK = Option("quick", "bool", False, "fewer repeats and a smaller SLQ batch")
 TRAINED = Option(
     "trained_steps", "int", 0, "invert through a model trained this many steps (0: random one)"
 )
+STEP_OPTIONS = [
+    Option("dims", "ints", [2, 4, 8, 16, 32], "steptime: dimensions"),
+    Option("rows", "ints", [2000, 10000], "steptime: training rows (the recipe depends on them)"),
+    Option("batch", "int", 128, "steptime: batch size"),
+]
 
 
 # -- library calls (re-point these when the cpflow API changes) ---------------------------------
@@ -375,6 +390,168 @@ def bench_memory(device: str, threads: int) -> dict:
     return out
 
 
+def time_both_clocks(fns: dict, repeats: int) -> dict[str, dict[str, float]]:
+    """{name: {"wall_s", "cpu_s"}}: medians over ``repeats`` interleaved calls (a, b, a, b,
+    ...) after one warm-up call each. ``cpu_s`` is this process's CPU time, which a loaded
+    machine's waits do not inflate: with one torch thread it is the time the work took."""
+    for fn in fns.values():
+        fn()
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            cpu[name].append(time.process_time() - c0)
+            wall[name].append(time.perf_counter() - w0)
+    return {
+        name: {"wall_s": statistics.median(wall[name]), "cpu_s": statistics.median(cpu[name])}
+        for name in fns
+    }
+
+
+def _matmul_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the in-place addmm_ / baddbmm_, which FlopCounterMode leaves uncounted."""
+    batch = a_shape[0] if len(a_shape) == 3 else 1
+    return 2 * batch * a_shape[-2] * a_shape[-1] * b_shape[-1]
+
+
+def count_flops(fn) -> dict[str, int]:
+    """FLOPs of one call of fn by torch.utils.flop_counter.FlopCounterMode: as it counts
+    (``counted``) and with the in-place matrix products it skips counted too (``flops``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    out = {}
+    for key, mapping in (
+        ("counted", {}),
+        ("flops", {aten.addmm_: _matmul_flops, aten.baddbmm_: _matmul_flops}),
+    ):
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            fn()
+        out[key] = counter.get_total_flops()
+    return out
+
+
+def bench_roofline(quick: bool, dim: int = 43, batch: int = 1024) -> dict:
+    """The exact log-density (and the exact loss's forward + backward) on ONE thread: FLOP rate
+    against the same thread's 1024 x 1024 SGEMM rate, measured interleaved in this run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        flow, x = make_model(dim, "cpu")
+        x = x[:batch]
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+
+        def loss_step():
+            flow.zero_grad()
+            (-flow.log_prob(x[:256], method="exact").mean()).backward()
+
+        fns = {"log_prob": lambda: exact_log_prob(flow, x), "exact_loss": loss_step}
+        flops = {name: count_flops(fn) for name, fn in fns.items()}
+        timed = time_both_clocks({**fns, "sgemm": lambda: a @ b}, 3 if quick else 9)
+    finally:
+        torch.set_num_threads(before)
+    out: dict = {"dim": dim, "batch": batch, "exact_loss_batch": 256, "threads": 1}
+    for clock in ("cpu_s", "wall_s"):
+        peak = 2 * 1024**3 / timed["sgemm"][clock]
+        out[f"sgemm_gflops_{clock[:-2]}"] = peak / 1e9
+        for name in fns:
+            rate = flops[name]["flops"] / timed[name][clock]
+            out[name] = out.get(name, {"flops": flops[name]["flops"], **flops[name]})
+            out[name][clock] = timed[name][clock]
+            out[name][f"gflops_{clock[:-2]}"] = rate / 1e9
+            out[name][f"fraction_of_sgemm_{clock[:-2]}"] = rate / peak
+    out["target_fraction"] = 0.4
+    return out
+
+
+STEP_DIMS = (2, 4, 8, 16, 32)
+
+
+def cpflow_step(dim: int, rows: int, batch: int, seed: int = 0, loss: str | None = None):
+    """(step function, recipe summary, training rows): cpflow's Trainer.step with the auto
+    recipe's model and settings for ``rows`` training rows of :func:`warped_mixture` data in
+    ``dim``-D; ``loss`` overrides the recipe's objective (``exact`` or ``surrogate``)."""
+    from training.pipeline import build_configs
+    from training.recipes import AUTO, auto_recipe
+    from training.trainer import Trainer
+
+    data = warped_mixture(rows + 1024, dim, torch.Generator().manual_seed(seed)).numpy()
+    splits = SimpleNamespace(train=data[:rows], val=data[rows:-512], test=data[-512:])
+    recipe = auto_recipe(splits.train)
+    budget = {"iterations": 10**6, "batch_size": batch, "seed": seed, "loss": loss}
+    _, flow_kw, cfg, _ = build_configs(
+        preset=AUTO, dataset=None, train_overrides=budget, recipe=recipe
+    )
+    trainer = Trainer(flow_kw, splits, cfg)
+    trainer.flow.train()
+    fc = trainer.flow_config
+    pot = fc.potential
+    summary = {
+        "blocks": fc.blocks,
+        "hidden": getattr(pot, "hidden", None),
+        "depth": getattr(pot, "depth", None),
+        "radial_units": getattr(pot, "radial_units", 0),
+        "loss": trainer.loss_method,
+        "parameters": sum(p.numel() for p in trainer.flow.parameters()),
+    }
+    return trainer.step, summary, data[:rows]
+
+
+def nsf_step(data, batch: int, seed: int = 0):
+    """One Adam step of zuko's NSF (5 transforms x (64, 64)) on ``batch`` rows of ``data``."""
+    import zuko
+
+    torch.manual_seed(seed)
+    x = torch.as_tensor(data, dtype=torch.float32)
+    flow = zuko.flows.NSF(features=x.shape[1], transforms=5, hidden_features=[64, 64])
+    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+
+    def step():
+        idx = torch.randint(0, x.shape[0], (batch,), generator=gen)
+        loss = -flow().log_prob(x[idx]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step, sum(p.numel() for p in flow.parameters())
+
+
+def bench_step_time(opts, log=None) -> list[dict]:
+    """cpflow (auto recipe, Trainer.step) and zuko NSF training steps side by side, per d and
+    table size (the recipe depends on the rows), interleaved in one process."""
+    rows_out = []
+    repeats = 5 if opts.quick else 25
+    for rows in opts.rows:
+        for dim in opts.dims:
+            step, recipe, data = cpflow_step(dim, rows, opts.batch)
+            nsf, nsf_params = nsf_step(data, opts.batch)
+            fns = {"cpflow": step, "nsf": nsf}
+            if recipe["loss"] == "exact":  # what the other objective would cost, same model
+                fns["cpflow_surrogate"] = cpflow_step(dim, rows, opts.batch, loss="surrogate")[0]
+            timed = time_both_clocks(fns, repeats)
+            nsf_cpu = timed["nsf"]["cpu_s"]
+            row = {
+                "dim": dim,
+                "rows": rows,
+                "batch": opts.batch,
+                "threads": torch.get_num_threads(),
+                "cpflow": {**recipe, **timed["cpflow"]},
+                "nsf": {"parameters": nsf_params, **timed["nsf"]},
+                "ratio_cpu": timed["cpflow"]["cpu_s"] / nsf_cpu,
+                "ratio_wall": timed["cpflow"]["wall_s"] / timed["nsf"]["wall_s"],
+            }
+            if "cpflow_surrogate" in timed:
+                row["cpflow_surrogate"] = timed["cpflow_surrogate"]
+                row["ratio_cpu_surrogate"] = timed["cpflow_surrogate"]["cpu_s"] / nsf_cpu
+            rows_out.append(row)
+            if log is not None:
+                log({f"steptime_d{dim}_rows{rows}": row})
+    return rows_out
+
+
 def _loadavg() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
@@ -394,6 +571,10 @@ def run_parts(parts, opts, ctx) -> dict:
         result["train_step_memory"] = bench_memory(opts.device, opts.threads)
     if "slq" in parts:
         result["slq_vs_exact"] = bench_slq(opts.device, quick)
+    if "roofline" in parts:
+        result["roofline"] = bench_roofline(quick)
+    if "steptime" in parts:
+        result["step_time"] = bench_step_time(opts, ctx.log)
     result["loadavg_end"] = _loadavg()
     return result
 
@@ -407,6 +588,7 @@ def run_parts(parts, opts, ctx) -> dict:
         threads_option(2),
         Option("only", "strs", list(PARTS), "parts to run", choices=PARTS),
         TRAINED,
+        *STEP_OPTIONS,
     ],
 )
 def core(opts, ctx) -> dict:
@@ -439,6 +621,16 @@ _PARTS = {
         "slq",
         "SLQ log-det against the exact one at d=64 and 256 (error, standard error, speed)",
         [QUICK],
+    ),
+    "core_roofline": (
+        "roofline",
+        "exact log_prob at d=43 on one thread: GFLOP/s as a fraction of the same thread's SGEMM",
+        [QUICK],
+    ),
+    "core_step_time": (
+        "steptime",
+        "training step: cpflow auto recipe vs zuko NSF (5 x (64, 64)), d=2..32, batch 128",
+        [QUICK, *STEP_OPTIONS],
     ),
 }
 
