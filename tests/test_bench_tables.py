@@ -13,10 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 from bench.suites.tables import (
     HELD_OUT,
     LARGE,
+    NEW_HELD_OUT,
     TABLES,
     TUNING,
     continuous_columns,
     subsample,
+    table_array,
     table_splits,
 )
 
@@ -47,7 +49,7 @@ def test_every_model_gets_the_same_80_20_split_standardised_by_the_train_rows() 
     assert splits.meta["dequantized"] == {c: 0.1 for c in splits.meta["columns"]}
     again = table_splits("sklearn:iris")
     assert splits.sha256 == again.sha256  # fixed shuffle and fixed noise
-    groups = [set(TUNING), set(HELD_OUT), set(LARGE)]
+    groups = [set(TUNING), set(HELD_OUT), set(LARGE), set(NEW_HELD_OUT)]
     assert sum(map(len, groups)) == len(TABLES) and set().union(*groups) == set(TABLES)
 
 
@@ -59,3 +61,11 @@ def test_a_large_table_is_cut_to_the_same_seeded_subsample_in_table_order() -> N
     assert cut.equals(subsample(frame, 100))  # fixed seed
     assert not cut.equals(frame.iloc[:100])  # drawn, not the first rows
     assert subsample(frame, None) is frame and subsample(frame, 5000) is frame
+
+
+def test_the_new_held_out_tables_are_unseen_and_as_large_and_wide_as_issue_30_asks() -> None:
+    seen = set(TUNING) | set(HELD_OUT) | set(LARGE)
+    assert len(NEW_HELD_OUT) >= 6 and not seen & set(NEW_HELD_OUT)
+    shapes = [table_array(name)[0].shape for name in NEW_HELD_OUT]
+    assert sum(rows >= 5000 for rows, _ in shapes) >= 2
+    assert sum(cols >= 30 for _, cols in shapes) >= 2
