@@ -22,6 +22,11 @@ The rules and the measurements behind them:
   settings but not its budget; other shapes get the same narrow potential with as many scales
   as the sides halve. The library default (one scale of 64 channels) needed 23 GB to score
   the 8x8 digits (issue #31).
+* Time budgets (TrainConfig.time_budget_s): the trainer plans the iterations from its measured
+  step time (training.budget); the recipe's ``budget_validations`` spreads as many validations
+  over them as its 2,000-iteration schedule has, so the validation interval, and with it the
+  plateau decay and early stopping (counted in validations), scale with the budget, and the
+  toys' cosine decay runs over the planned iterations.
 * Objective: the exact log-det up to EXACT_LOSS_MAX_DIM columns, the CG surrogate above.
 """
 
@@ -159,7 +164,8 @@ def _toy(rows: np.ndarray, choices: dict, flow: dict, train: dict) -> None:
         _choose(choices, flow, name, value, why)
     for key, setting in (("lr", 0.02), ("schedule", "cosine")):
         _choose(choices, train, key, setting, why + ", lr measured on eight_gaussians")
-    train.update(val_every=250, val_max_points=2000)
+    # a time budget keeps 2,000 iterations' 8 validations, however many iterations it plans
+    train.update(val_every=250, budget_validations=8, val_max_points=2000)
     moment = angular_anisotropy(rows) if rows.shape[1] == 2 else 1.0
     radial = moment <= RADIAL_MAX_ANISOTROPY
     why = (
@@ -193,6 +199,15 @@ def _table(n: int, dim: int, choices: dict, flow: dict, train: dict) -> None:
     _choose(choices, train, "weight_decay", 0.0, "1e-4 and 1e-3 measured no better on the tables")
     _choose(choices, train, "schedule", "plateau", "10x decay on validation plateaus")
     every, patience = (10, 60) if small else (50, 20)
+    _choose(
+        choices,
+        train,
+        "budget_validations",
+        2000 // every,
+        f"with a time budget: as many validations as {every}-iteration intervals in 2,000 "
+        "iterations, so the validation interval, the plateau decay and early stopping "
+        "(counted in validations) scale with the iterations the budget allows",
+    )
     _choose(
         choices,
         train,

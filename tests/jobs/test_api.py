@@ -224,3 +224,27 @@ def test_job_and_dataset_routes_need_the_api_key_when_configured(
         assert c.get("/v1/jobs", headers=auth).json() == []
         r = c.post("/v1/datasets", headers=auth, files={"file": ("d.csv", _csv(_data()))})
         assert r.status_code == 201 and r.json()["name"] == "d"  # label defaults to file stem
+
+
+def test_a_job_gives_iterations_or_a_time_budget_and_the_budget_fits_its_timeout(
+    client: TestClient,
+) -> None:
+    cases = {
+        "both": ({"iterations": 50, "time_budget_s": 30}, "not both"),
+        "neither": ({"iterations": None}, "training.iterations or training.time_budget_s"),
+        "zero budget": ({"time_budget_s": 0}, "greater than 0"),
+    }
+    for what, (training, says) in cases.items():
+        r = client.post("/v1/jobs", json=_spec({"builtin": "two_moons"}, training=training))
+        assert r.status_code == 422, (what, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "validation_error" and says in error["message"], (what, error)
+    late = _spec({"builtin": "two_moons"}, training={"time_budget_s": 60}, timeout_s=60)
+    r = client.post("/v1/jobs", json=late)
+    assert r.status_code == 422 and "below timeout_s" in r.json()["error"]["message"]
+    r = client.post(
+        "/v1/jobs", json=_spec({"builtin": "two_moons"}, training={"time_budget_s": 30})
+    )
+    assert r.status_code == 202
+    r = client.post("/v1/jobs", json=_spec({"builtin": "two_moons"}))
+    assert r.status_code == 202  # no budget named: 2,000 iterations, as before
