@@ -469,31 +469,35 @@ class Trainer:
 
     def _plan_budget(self) -> None:
         """With a time budget: once the first steps are timed, plan the iterations and the
-        validation interval (training.budget.plan_budget)."""
-        cfg = self.cfg
+        validation interval (training.budget.plan_budget; rank 0's plan for a group)."""
+        cfg, group = self.cfg, self.group
         if cfg.time_budget_s is None or self.budget_plan is not None:
             return
         times = self._calibration
         calibrating = self._elapsed() < CALIBRATION_SHARE * cfg.time_budget_s
-        if len(times) < CALIBRATION_STEPS and calibrating:
+        if not group.any(len(times) >= CALIBRATION_STEPS or not calibrating)[0]:
             return
-        plan = plan_budget(
-            cfg.time_budget_s, self._elapsed(), self.state.iteration,
-            step_s=float(np.mean(times[1:] or times)), validation_s=self._validation_s,
-            final_s=self._final_scoring_s(), val_every=cfg.val_every,
-            validations=cfg.budget_validations,
+        plan = group.share(
+            plan_budget(
+                cfg.time_budget_s, self._elapsed(), self.state.iteration,
+                step_s=float(np.mean(times[1:] or times)), validation_s=self._validation_s,
+                final_s=self._final_scoring_s(), val_every=cfg.val_every,
+                validations=cfg.budget_validations,
+            )
+            if group.main
+            else None
         )  # fmt: skip
         self.budget_plan, self.total, self.val_every = plan, plan.iterations, plan.val_every
         self.schedule.total = plan.iterations
 
     def _budget_spent(self) -> bool:
         """True (and the run ends) when one more validation and the final scoring would
-        take the run past its time budget."""
+        take the run past its time budget (on any rank of a group: every rank stops)."""
         budget = self.cfg.time_budget_s
         if budget is None:
             return False
         reserve = self._validation_s + self._final_scoring_s()
-        self.stopped_by_budget = self._elapsed() + reserve >= budget
+        self.stopped_by_budget = self.group.any(self._elapsed() + reserve >= budget)[0]
         return self.stopped_by_budget
 
     def _final_scoring_s(self) -> float:
