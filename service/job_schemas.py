@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from model_store.names import did_you_mean
 
@@ -192,7 +192,20 @@ class TrainingSpec(BaseModel):
     out (null) beside the budget is chosen from the data by the ``auto`` recipe."""
 
     model_config = _Strict
-    iterations: int = Field(default=2000, ge=1, le=1_000_000)
+    iterations: int | None = Field(
+        default=2000,
+        ge=1,
+        le=1_000_000,
+        description="optimiser steps; leave out (or null) with time_budget_s",
+    )
+    time_budget_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=30 * 24 * 3600,
+        description="wall-clock seconds for the whole run instead of iterations: the worker "
+        "plans the iterations from its measured step time and the auto recipe sizes its "
+        "validation interval, lr decay and early stopping to them",
+    )
     batch_size: int = Field(default=128, ge=1, le=65_536)
     lr: float | None = Field(default=None, gt=0.0, le=1.0, description="Adam learning rate")
     weight_decay: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -206,6 +219,20 @@ class TrainingSpec(BaseModel):
     val_every: int | None = Field(default=None, ge=1, le=1_000_000)
     early_stopping_patience: int | None = Field(default=None, ge=1)
     seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainingSpec:
+        if self.time_budget_s is None:
+            if self.iterations is None:
+                raise ValueError("give training.iterations or training.time_budget_s")
+        elif "iterations" in self.model_fields_set and self.iterations is not None:
+            raise ValueError(
+                "give training.iterations or training.time_budget_s, not both: a time budget "
+                "plans its own iterations"
+            )
+        else:
+            self.iterations = None  # the default 2000 does not apply to a timed job
+        return self
 
 
 class Resources(BaseModel):
@@ -258,6 +285,16 @@ class JobSpec(BaseModel):
         if value == "datasets":
             raise ValueError("model name 'datasets' is reserved; choose another")
         return value
+
+    @model_validator(mode="after")
+    def _budget_within_timeout(self) -> JobSpec:
+        budget = self.training.time_budget_s
+        if budget is not None and self.timeout_s is not None and budget >= self.timeout_s:
+            raise ValueError(
+                f"training.time_budget_s ({budget:g}) must be below timeout_s "
+                f"({self.timeout_s}): the job would be stopped before its budget ends"
+            )
+        return self
 
 
 class JobAccepted(BaseModel):

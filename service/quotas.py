@@ -91,8 +91,11 @@ def _either(own: object, default: object) -> Any:
 
 
 def check_job_size(spec: JobSpec, limits: Limits) -> None:
-    """422 job_too_large when iterations x batch x processes passes the caller's cap."""
+    """422 job_too_large when iterations x batch x processes passes the caller's cap (a job
+    with a time budget instead of iterations is bounded by its time limit instead)."""
     t, processes = spec.training, spec.resources.processes
+    if t.iterations is None:
+        return
     work = t.iterations * t.batch_size * processes
     if work > limits.max_job_work:
         raise ApiError(

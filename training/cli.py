@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,10 +130,31 @@ def _recipe_option(p: argparse.ArgumentParser, flag: str, what: str, **kw: Any) 
     p.add_argument(flag, help=f"{what} ({_CHOSEN})", **kw)
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _training_options(p: argparse.ArgumentParser) -> None:
     opt = _recipe_option
     opt(p, "--iterations", "optimiser steps", type=int)
     opt(p, "--epochs", "passes over the training rows, instead of --iterations", type=int)
+    p.add_argument(
+        "--time-budget",
+        type=_seconds,
+        dest="time_budget_s",
+        metavar="SECONDS",
+        help="wall-clock seconds for the whole run (training, validations, final scoring) "
+        "instead of --iterations / --epochs: the iterations are planned from the measured "
+        "step time, and auto sizes its validation interval, lr decay and early stopping to "
+        "them (default: none, the budget is iterations)",
+    )
     opt(p, "--batch-size", "rows per step and process", type=int)
     opt(p, "--lr", "Adam learning rate", type=float)
     opt(p, "--weight-decay", "Adam weight decay", type=float)
@@ -246,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    problem = _context_columns_misuse(args) or _table_misuse(args)
+    problem = _context_columns_misuse(args) or _table_misuse(args) or _budget_misuse(args)
     if problem:
         print(f"cpflow-train: error: {problem}", file=sys.stderr)
         return 2
@@ -409,13 +431,14 @@ class _Bar:
             post["phase"] = ev.phase
         self.update(ev.iteration, ev.total, post)
 
-    def update(self, iteration: int, total: int, post: dict[str, str]) -> None:
+    def update(self, iteration: int, total: int | None, post: dict[str, str]) -> None:
         if self.quiet:
             return
         if self.bar is None:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="it", dynamic_ncols=True, file=sys.stderr)
+        self.bar.total = total  # a time budget's total is known once its steps are timed
         self.bar.n = iteration
         self.bar.set_postfix(post, refresh=False)
         self.bar.refresh()
@@ -449,6 +472,16 @@ def _table_misuse(args: argparse.Namespace) -> str | None:
     if not given or (args.dataset or "").startswith("file:"):
         return None
     return f"{', '.join(given)} apply to file: data sets only; give --dataset file:/path.csv"
+
+
+def _budget_misuse(args: argparse.Namespace) -> str | None:
+    """What is wrong with --time-budget here, or None (it replaces iterations and epochs)."""
+    if args.time_budget_s is None:
+        return None
+    given = [f"--{k}" for k in ("iterations", "epochs") if getattr(args, k) is not None]
+    if given:
+        return f"--time-budget replaces {given[0]}: give one of them"
+    return None
 
 
 def _context_columns_misuse(args: argparse.Namespace) -> str | None:

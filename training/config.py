@@ -13,13 +13,17 @@ __all__ = ["VALIDATION_POINTS", "TrainConfig"]
 
 VALIDATION_POINTS = 20
 """Validations over a run whose ``val_every`` is left unset (the training curve's points)."""
+UNPLANNED = 2**62
+"""The validation interval of a time-budgeted run before its plan: none until the plan."""
 
 
 class TrainConfig(BaseModel):
     """How to train a CP-Flow: optimiser, schedule, budget, validation and checkpoints.
 
     The budget is ``iterations`` (optimiser steps) unless ``epochs`` is given, in which case
-    it is ``epochs`` passes over the training split (rounded up to whole batches).
+    it is ``epochs`` passes over the training split (rounded up to whole batches), or
+    ``time_budget_s`` seconds of wall clock instead of either (training.budget plans the
+    iterations from the measured step time).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -47,6 +51,19 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(128, ge=1)
     iterations: int | None = Field(2000, ge=1)
     epochs: int | None = Field(None, ge=1)
+    time_budget_s: float | None = Field(
+        None,
+        gt=0,
+        description="wall-clock seconds for the whole run (training, validations, final "
+        "scoring) instead of iterations or epochs; the trainer plans the iterations from its "
+        "measured step time",
+    )
+    budget_validations: int | None = Field(
+        None,
+        ge=1,
+        description="with time_budget_s: validations spread over the planned run (val_every "
+        "follows from the planned iterations); None keeps val_every",
+    )
 
     # Training objective. "surrogate" is Algorithm 2 (CG, an unbiased gradient estimate);
     # "exact" back-propagates through the exact (Cholesky) log-det, an exact gradient that is
@@ -119,8 +136,17 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _budget(self) -> TrainConfig:
-        if self.iterations is None and self.epochs is None:
-            raise ValueError("set iterations or epochs")
+        if self.time_budget_s is not None:
+            given = [
+                k
+                for k in ("iterations", "epochs")
+                if k in self.model_fields_set and getattr(self, k) is not None
+            ]
+            if given:
+                raise ValueError(f"give time_budget_s or {given[0]}, not both")
+            self.iterations = None  # the default 2000 does not apply to a timed run
+        elif self.iterations is None and self.epochs is None:
+            raise ValueError("set iterations, epochs or time_budget_s")
         return self
 
     def loss_method(self, dim: int) -> Literal["surrogate", "exact"]:
@@ -129,17 +155,20 @@ class TrainConfig(BaseModel):
             return "exact" if dim <= self.exact_loss_max_dim else "surrogate"
         return self.loss
 
-    def validation_interval(self, total: int) -> int:
-        """Iterations between validations in a run of ``total`` iterations."""
+    def validation_interval(self, total: int | None) -> int:
+        """Iterations between validations in a run of ``total`` iterations (None: a time
+        budget not planned yet, validated only at its end until the plan sets the interval)."""
         if self.val_every is not None:
             return self.val_every
+        if total is None:
+            return UNPLANNED
         return max(1, total // VALIDATION_POINTS)
 
-    def total_iterations(self, num_train: int) -> int:
-        """Optimiser steps this config runs on a training split of ``num_train`` rows."""
+    def total_iterations(self, num_train: int) -> int | None:
+        """Optimiser steps this config runs on a training split of ``num_train`` rows (None for
+        a time budget: the trainer plans them once it has timed its steps)."""
         if self.epochs is not None:
             return self.epochs * iterations_per_epoch(num_train, self.batch_size)
-        assert self.iterations is not None
         return self.iterations
 
 

@@ -214,7 +214,7 @@ def progress_values(event: ProgressEvent) -> dict[str, Any]:
     """What a job record's progress field holds (a subset of the trainer's event)."""
     return {
         "iteration": int(event.iteration),
-        "total": int(event.total),
+        "total": None if event.total is None else int(event.total),
         "val_nll": event.val_nll,
         "seconds_per_iteration": event.seconds_per_iteration,
         "eta_s": event.eta_s,

@@ -99,6 +99,11 @@ def build_configs(
     overrides = {k: v for k, v in (train_overrides or {}).items() if v is not None}
     if "iterations" in overrides:
         train_kw["epochs"] = None  # an explicit iteration budget replaces a preset's epochs
+    if "time_budget_s" in overrides:  # a time budget replaces a preset's iterations or epochs
+        train_kw.pop("iterations", None)
+        train_kw.pop("epochs", None)
+    if {"val_every", "iterations", "epochs"} & set(overrides):
+        train_kw.pop("budget_validations", None)  # the user's own validation interval
     train_kw.update(overrides)
     return dataset, flow, TrainConfig.model_validate(train_kw), num_samples
 
@@ -180,6 +185,7 @@ def training_summary(
         ),
         "job_id": job_id,
         "history": compact,
+        **{k: result.extra[k] for k in ("time_budget",) if k in result.extra},
     }
 
 

@@ -132,6 +132,15 @@ class RunData:
             x = uniform_dequantize(x, self.levels, torch.Generator().manual_seed(seed + 3))
         return x, c
 
+    def final_row_count(self) -> int:
+        """Rows the final metrics score (train subsample, val and test), without building
+        them."""
+        train = self.n_train
+        if self.cfg.final_train_max_points:
+            train = min(train, self.cfg.final_train_max_points)
+        test = self.splits.test
+        return train + len(self.x_val_all) + (0 if test is None else len(test))
+
     def final_parts(
         self,
     ) -> list[tuple[str, torch.Tensor | None, torch.Tensor | None]]:

@@ -7,6 +7,10 @@ The surrogate loss (Algorithm 2) only has the right *gradient*; its value is not
 reported as ``surrogate`` only. Every NLL this module reports (validation, final metrics) is
 ``-flow.log_prob`` with the exact log-det up to ``exact_max_dim`` and SLQ (with its standard
 error) above. The model returned is the one with the best validation NLL.
+
+With a time budget (``TrainConfig.time_budget_s``) the iterations are planned once the first
+steps are timed (training.budget) and the run stops within the budget, keeping the best
+validated weights; a resumed timed run plans again from the time left.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import numpy as np
 import torch
 
 from cpflow import CPFlow, FlowConfig
+from training.budget import CALIBRATION_SHARE, CALIBRATION_STEPS, BudgetPlan, plan_budget
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from training.config import TrainConfig, iterations_per_epoch
+from training.config import VALIDATION_POINTS, TrainConfig, iterations_per_epoch
 from training.distributed import current
 from training.images import bits_per_dim
 from training.memory import activation_floats, eval_chunk_rows
@@ -81,7 +86,7 @@ class ProgressEvent:
 
     phase: str  # "train" | "validate" | "evaluate" | "done"
     iteration: int
-    total: int
+    total: int | None  # None while a time budget is still timing its first steps
     epoch: float
     surrogate_loss: float | None  # training objective: the surrogate, or the batch NLL if exact
     val_nll: float | None
@@ -270,7 +275,7 @@ class _Schedule:
     ``lr_at`` and ``decays_after`` are pure (the trainer keeps ``decays`` in its TrainState);
     ``lr`` and ``on_validation`` keep a count of their own, for use without a trainer."""
 
-    def __init__(self, cfg: TrainConfig, total: int) -> None:
+    def __init__(self, cfg: TrainConfig, total: int) -> None:  # total: planned iterations
         self.cfg = cfg
         self.total = total
         self.decays = 0
@@ -336,6 +341,14 @@ def _effective_flow_config(
     return FlowConfig.model_validate(data)
 
 
+def _budget_validations(cfg: TrainConfig) -> int | None:
+    """Validations a time budget spreads over its planned run: the recipe's count, else
+    VALIDATION_POINTS when val_every is left unset (the curve's points), else None (keep it)."""
+    if cfg.budget_validations is not None:
+        return cfg.budget_validations
+    return VALIDATION_POINTS if cfg.val_every is None else None
+
+
 class Trainer:
     """One training run: the data on the device, the flow, its optimiser and one
     :class:`~training.state.TrainState` (everything a resume needs).
@@ -390,9 +403,13 @@ class Trainer:
         self.eval_rows = self._eval_rows(eval_memory_mb, dtype)
         self.batch_size = min(cfg.batch_size * self.group.world, self.data.n_train)  # global
         self.iterations_per_epoch = iterations_per_epoch(self.data.n_train, self.batch_size)
-        self.total = cfg.total_iterations(self.data.n_train)
+        self.total = cfg.total_iterations(self.data.n_train)  # None: a time budget, unplanned
+        self.schedule = _Schedule(cfg, self.total or 0)
         self.val_every = cfg.validation_interval(self.total)
-        self.schedule = _Schedule(cfg, self.total)
+        self.budget_plan: BudgetPlan | None = None
+        self.stopped_by_budget = False
+        self._validation_s = 0.0  # the last validation's wall time
+        self._calibration: list[float] = []  # step times before the budget plan
         self.fingerprint = _fingerprint(self.flow_config, cfg, self.data.info.sha256)
         self.progress, self.should_stop, self.on_validate = progress, should_stop, on_validate
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -466,17 +483,62 @@ class Trainer:
         self.flow.train()
         if state.iteration == 0 and not state.history:
             self.validate()  # the starting point: the curve and the "best" both begin here
-        while state.iteration < self.total and not state.stopped_early:
+        while not self._finished():
             if self._stop_requested():
                 self.checkpoint()
                 raise TrainingCancelled(state.iteration)
             self.step()
-            if state.iteration % self.val_every == 0 or state.iteration == self.total:
+            self._plan_budget()
+            last = state.iteration == self.total or self._budget_spent()
+            if state.iteration % self.val_every == 0 or last:
                 self.validate()
             if cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0:
                 self.checkpoint()
         self.checkpoint()
         return self.finish()
+
+    def _finished(self) -> bool:
+        state = self.state
+        if state.stopped_early or self.stopped_by_budget:
+            return True
+        return self.total is not None and state.iteration >= self.total
+
+    def _plan_budget(self) -> None:
+        """With a time budget: once the first steps are timed, plan the iterations and the
+        validation interval (training.budget.plan_budget; rank 0's plan for a group)."""
+        cfg, group = self.cfg, self.group
+        if cfg.time_budget_s is None or self.budget_plan is not None:
+            return
+        times = self._calibration
+        calibrating = self._elapsed() < CALIBRATION_SHARE * cfg.time_budget_s
+        if not group.any(len(times) >= CALIBRATION_STEPS or not calibrating)[0]:
+            return
+        plan = group.share(
+            plan_budget(
+                cfg.time_budget_s, self._elapsed(), self.state.iteration,
+                step_s=float(np.mean(times[1:] or times)), validation_s=self._validation_s,
+                final_s=self._final_scoring_s(), val_every=cfg.val_every or 1,
+                validations=_budget_validations(cfg),
+            )
+            if group.main
+            else None
+        )  # fmt: skip
+        self.budget_plan, self.total, self.val_every = plan, plan.iterations, plan.val_every
+        self.schedule.total = plan.iterations
+
+    def _budget_spent(self) -> bool:
+        """True (and the run ends) when one more validation and the final scoring would
+        take the run past its time budget (on any rank of a group: every rank stops)."""
+        budget = self.cfg.time_budget_s
+        if budget is None:
+            return False
+        reserve = self._validation_s + self._final_scoring_s()
+        self.stopped_by_budget = self.group.any(self._elapsed() + reserve >= budget)[0]
+        return self.stopped_by_budget
+
+    def _final_scoring_s(self) -> float:
+        """The final scoring's time, from the last validation's rows per second."""
+        return self._validation_s * self.data.final_row_count() / max(len(self.data.x_val), 1)
 
     def _stop_requested(self) -> bool:
         stop = self.should_stop is not None and self.group.main and self.should_stop()
@@ -530,6 +592,8 @@ class Trainer:
         self._sec_per_it = dt if self._sec_per_it is None else 0.9 * self._sec_per_it + 0.1 * dt
         self._step_time += dt
         self._steps_here += 1
+        if self.cfg.time_budget_s is not None and self.budget_plan is None:
+            self._calibration.append(dt)
         cg = None if cg_mean is None else float(cg_mean)
         self._emit("train", surrogate_loss=loss_value, cg_iterations=cg)
         return loss_value
@@ -560,6 +624,7 @@ class Trainer:
         """Score the validation rows, record them in the history, keep the best weights, and
         decide the plateau decay and early stopping. Returns the history record."""
         state, cfg, group = self.state, self.cfg, self.group
+        started = time.perf_counter()
         self.flow.eval()
         # rank 0 scores; every rank then decides on the same number
         scored = self._score(self.data.x_val, self.data.c_val, 3) if group.main else None
@@ -587,6 +652,7 @@ class Trainer:
         state.history.append(record)
         self._curve = curve_points(state.history)
         state.loss_window, state.cg_window = [], []
+        self._validation_s = time.perf_counter() - started
         if val_nll < state.best_val - cfg.early_stopping_min_delta or math.isinf(state.best_val):
             state.best_val, state.best_iteration = val_nll, state.iteration
             state.best_weights = {k: v.detach().clone() for k, v in self.flow.state_dict().items()}
@@ -646,8 +712,24 @@ class Trainer:
                     self._step_time / self._steps_here if self._steps_here else None
                 ),
                 "heldout_log_prob": self.heldout,
+                **self._budget_record(wall),
             },
         )
+
+    def _budget_record(self, wall: float) -> dict[str, Any]:
+        """What a timed run reports: its budget, the plan and whether the guard ended it."""
+        budget = self.cfg.time_budget_s
+        if budget is None:
+            return {}
+        plan = self.budget_plan.to_dict() if self.budget_plan is not None else None
+        return {
+            "time_budget": {
+                "time_budget_s": budget,
+                "wall_time_s": wall,
+                "plan": plan,
+                "stopped_by_budget": self.stopped_by_budget,
+            }
+        }
 
     def _final_metrics(self) -> dict[str, Any]:
         """The final NLLs; keeps the held-out rows' log-densities (test, else val) in
@@ -713,7 +795,9 @@ class Trainer:
             "val_nll_stderr": last.get("val_nll_stderr"),
             "cg_iterations": None,
             "seconds_per_iteration": sec,
-            "eta_s": None if sec is None else sec * (self.total - state.iteration),
+            "eta_s": None
+            if sec is None or self.total is None
+            else sec * (self.total - state.iteration),
             "lr": state.optimizer.param_groups[0]["lr"],
             "curve": self._curve,
             "loss": self.loss_method,

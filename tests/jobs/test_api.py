@@ -246,3 +246,27 @@ def test_data_sets_by_name_and_a_reupload_keeps_its_new_name(client: TestClient)
     assert client.get("/v1/datasets/nope").json()["error"]["code"] == "dataset_not_found"
     assert client.delete("/v1/datasets/iris-v2").status_code == 204
     assert [d["id"] for d in client.get("/v1/datasets").json()] == [other["id"]]
+
+
+def test_a_job_gives_iterations_or_a_time_budget_and_the_budget_fits_its_timeout(
+    client: TestClient,
+) -> None:
+    cases = {
+        "both": ({"iterations": 50, "time_budget_s": 30}, "not both"),
+        "neither": ({"iterations": None}, "training.iterations or training.time_budget_s"),
+        "zero budget": ({"time_budget_s": 0}, "greater than 0"),
+    }
+    for what, (training, says) in cases.items():
+        r = client.post("/v1/jobs", json=_spec({"builtin": "two_moons"}, training=training))
+        assert r.status_code == 422, (what, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "validation_error" and says in error["message"], (what, error)
+    late = _spec({"builtin": "two_moons"}, training={"time_budget_s": 60}, timeout_s=60)
+    r = client.post("/v1/jobs", json=late)
+    assert r.status_code == 422 and "below timeout_s" in r.json()["error"]["message"]
+    r = client.post(
+        "/v1/jobs", json=_spec({"builtin": "two_moons"}, training={"time_budget_s": 30})
+    )
+    assert r.status_code == 202
+    r = client.post("/v1/jobs", json=_spec({"builtin": "two_moons"}))
+    assert r.status_code == 202  # no budget named: 2,000 iterations, as before

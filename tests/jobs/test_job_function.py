@@ -168,3 +168,39 @@ def test_an_auto_job_records_the_recipe_choices_with_reasons(
     assert resolved["preset"] == "auto"
     manifest_auto = ModelStore(tmp_path / "store").manifest("autojob")["training"]["auto"]
     assert resolved["auto"] == manifest_auto  # the same choices and reasons as published
+
+
+def test_a_timed_job_plans_its_iterations_and_records_its_budget(
+    redis_conn: redis.Redis, queue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store_dir = tmp_path / "store"
+    monkeypatch.setenv("CPFLOW_STORE_DIR", str(store_dir))
+    queue = JobQueue(redis_conn, queue_name=queue_name, heartbeat_s=0.2)
+    training = {k: v for k, v in SHORT_TRAINING.items() if k != "iterations"}
+    spec = {
+        "model_name": "timed",
+        "dataset": {"builtin": "two_moons", "num_samples": 300, "seed": 0},
+        "model": {**TINY_MODEL, "dim": 2},
+        "training": {**training, "iterations": None, "time_budget_s": 4.0},
+        "plots": False,
+    }
+    job = queue.submit(spec, model_name="timed", dataset_id=None)
+    runtime = in_process_runtime(queue_name, job)
+    events = []
+    recorder = JobRecorder(redis_conn, runtime)
+    original = recorder.progress
+    recorder.progress = lambda values, force=False: (
+        events.append(values),
+        original(values, force=force),
+    )
+    out = run_with_recorder({**spec, "runtime": runtime}, recorder)
+    assert out["status"] == "succeeded"
+    training_record = ModelStore(store_dir).manifest("timed")["training"]
+    budget = training_record["time_budget"]
+    assert training_record["config"]["time_budget_s"] == 4.0
+    assert training_record["config"]["iterations"] is None
+    run = training_record["iterations_run"]
+    assert run == budget["plan"]["iterations"] or budget["stopped_by_budget"]
+    # the progress total is unknown while the first steps are timed, then the planned one
+    totals = [e["total"] for e in events if "total" in e]
+    assert totals[0] is None and totals[-1] == budget["plan"]["iterations"]

@@ -254,3 +254,24 @@ def test_cli_names_the_closest_preset_and_data_set(tmp_path, capsys) -> None:
     assert rc != 0
     assert "unknown data set 'two_moon' (did you mean 'two_moons'?)" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
+
+
+def test_cli_time_budget_shows_in_help_replaces_iterations_and_reaches_the_trainer(
+    tmp_path, capsys
+) -> None:
+    from training.cli import build_parser
+
+    text = " ".join(build_parser().format_help().split())  # unwrapped
+    assert "--time-budget SECONDS" in text and "default: none, the budget is iterations" in text
+    args = _tiny_run(tmp_path, "t", "--time-budget", "3")
+    assert main(args) == 2  # _tiny_run names --iterations too
+    assert "--time-budget replaces --iterations" in capsys.readouterr().err
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(SystemExit):
+            main(["--dataset", "two_moons", "--name", "t", "--time-budget", bad])
+        assert "positive number of seconds" in capsys.readouterr().err
+    i = args.index("--iterations")
+    assert main(args[:i] + args[i + 2 :] + ["--time-budget", "3"]) == 0
+    training = ModelStore(tmp_path).manifest("t", 1)["training"]
+    assert training["config"]["time_budget_s"] == 3.0 and training["config"]["iterations"] is None
+    assert training["iterations_run"] >= 1 and "plan" in training["time_budget"]

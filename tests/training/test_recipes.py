@@ -10,7 +10,7 @@ import pytest
 
 from model_store import ModelStore
 from training.pipeline import build_configs
-from training.recipes import AUTO, auto_recipe
+from training.recipes import AUTO, WHITEN_MIN_ROWS_PER_COLUMN, WIDE_TABLE_DIM, auto_recipe
 
 
 def _rows(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -35,6 +35,27 @@ def test_small_tables_whiten_and_stop_early_large_tables_get_a_larger_flow() -> 
     # every choice says why, and the rows and dimension it read
     assert all(c["why"] for k, c in small.choices.items() if k != "data")
     assert small.choices["data"] == {"rows": 300, "dim": 8}
+
+
+def test_wide_tables_get_the_larger_flow_whatever_their_rows_and_wider_past_64_columns() -> None:
+    narrow, wide, wider = (auto_recipe(_rows(300, d)) for d in (WIDE_TABLE_DIM - 1, 47, 100))
+    large = auto_recipe(_rows(20_000, 8))
+    assert (narrow.flow["blocks"], narrow.flow["hidden"]) == (2, 64)
+    for key in ("blocks", "depth", "hidden"):
+        assert wide.flow[key] == large.flow[key]
+    assert wider.flow["hidden"] >= 200
+    assert wide.train["val_every"] == narrow.train["val_every"]  # rows set the validations
+    assert "47 columns >= " in wide.choices["hidden"]["why"]
+
+
+def test_tables_with_too_few_rows_for_a_covariance_are_standardised_column_by_column() -> None:
+    few = auto_recipe(_rows(WHITEN_MIN_ROWS_PER_COLUMN * 52 - 1, 52))
+    enough = auto_recipe(_rows(WHITEN_MIN_ROWS_PER_COLUMN * 52, 52))
+    assert (
+        few.flow["standardization"] == "diagonal"
+        and "too few" in few.choices["standardization"]["why"]
+    )
+    assert enough.flow["standardization"] == "whiten"
 
 
 def test_high_dimensional_tables_train_on_the_cg_surrogate() -> None:
