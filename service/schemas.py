@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, WrapValidator
+
+from service.json_codec import numeric_inputs
 
 __all__ = [
     "HealthResponse",
@@ -32,7 +34,8 @@ __all__ = [
 # StrictFloat accepts JSON integers and floats but not strings or booleans; allow_inf_nan=False
 # keeps NaN/Infinity out (the JSON parser accepts them as an extension).
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
-# An image item is a C-long list of H x W lists (image models only: [n, C, H, W]).
+# An image item is a C-long list of H x W lists (image models only: [n, C, H, W]). Inputs the
+# body parser already made into one array of finite numbers are taken whole (numeric_inputs).
 InputRows = Annotated[
     list[list[Number | list[list[Number]]]],
     Field(
@@ -40,6 +43,7 @@ InputRows = Annotated[
         description="Rows of raw (unstandardised) data, each a list of `dim` finite numbers; "
         "image models (with an `input_shape` (C, H, W)) also take [n, C, H, W] nested lists.",
     ),
+    WrapValidator(numeric_inputs),
 ]
 # Outputs follow the caller's layout: rows, or [n, C, H, W] for images.
 OutputRows = list[list[float | None | list[list[float | None]]]]
