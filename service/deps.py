@@ -43,9 +43,10 @@ def get_store(request: Request) -> ModelStore:
     return request.app.state.engine.store
 
 
-def get_dataplane(request: Request) -> DataPlane:
+async def get_dataplane(request: Request) -> DataPlane:
     """The data plane over the app's engine and settings, for the caller's tenant; the models
-    a request resolves label its metrics (``request.state.metric_model``)."""
+    a request resolves label its metrics (``request.state.metric_model``). Async: FastAPI
+    would run a plain ``def`` in a worker thread, a thread hop on every inference request."""
     state = request.app.state
 
     def label(name: str) -> None:

@@ -3,12 +3,11 @@
 
 The engine always works on flat rows; this module checks the caller's layout against the
 model's shape (422 ``wrong_shape`` naming the expected and the given shapes), flattens images
-to rows, and nests outputs back into the caller's layout.
+to rows (outputs go back into the caller's layout in service.json_codec.json_array).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ from model_store.manifest import manifest_flow_config
 from service.error_codes import ErrorCode
 from service.errors import ApiError
 
-__all__ = ["image_shape", "inputs_to_rows", "rows_to_layout"]
+__all__ = ["image_shape", "inputs_to_rows"]
 
 _DTYPE_MAX = {torch.float32: "3.4e38", torch.float64: "1.8e308"}
 
@@ -97,16 +96,3 @@ def inputs_to_rows(
             "rescale the data",
         )
     return x.reshape(x.shape[0], c * h * w), True
-
-
-def rows_to_layout(t: torch.Tensor, shape: tuple[int, int, int] | None, image: bool) -> list[Any]:
-    """(n, d) rows as nested lists (non-finite entries as None), as images when ``image``."""
-    rows = [[v if math.isfinite(v) else None for v in row] for row in t.tolist()]
-    if not image or shape is None:
-        return rows
-    _, h, w = shape
-    out = []
-    for row in rows:
-        channels = [row[k : k + h * w] for k in range(0, len(row), h * w)]
-        out.append([[ch[r * w : (r + 1) * w] for r in range(h)] for ch in channels])
-    return out

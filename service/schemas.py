@@ -22,6 +22,8 @@ from pydantic import (
     WrapValidator,
 )
 
+from service.json_codec import numeric_inputs
+
 __all__ = [
     "HealthResponse",
     "InputRows",
@@ -43,7 +45,8 @@ __all__ = [
 # StrictFloat accepts JSON integers and floats but not strings or booleans; allow_inf_nan=False
 # keeps NaN/Infinity out (the JSON parser accepts them as an extension).
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
-# An image item is a C-long list of H x W lists (image models only: [n, C, H, W]).
+# An image item is a C-long list of H x W lists (image models only: [n, C, H, W]). Inputs the
+# body parser already made into one array of finite numbers are taken whole (numeric_inputs).
 _ListRows = Annotated[list[list[Number | list[list[Number]]]], Field(min_length=1)]
 # Or rows as objects keyed by the model's column names (GET /v1/models/{name}: columns).
 _KEYED_ROWS = TypeAdapter(Annotated[list[dict[str, Number]], Field(min_length=1)])
@@ -66,6 +69,7 @@ InputRows = Annotated[
         '`columns`, e.g. {"sepal_length": 5.1, ...}; a missing or unknown name is a 422); '
         "image models (with an `input_shape` (C, H, W)) also take [n, C, H, W] nested lists.",
     ),
+    WrapValidator(numeric_inputs),
 ]
 # Outputs follow the caller's layout: rows, or [n, C, H, W] for images.
 OutputRows = list[list[float | None | list[list[float | None]]]]

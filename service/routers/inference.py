@@ -5,7 +5,6 @@ renders the result; every check lives there."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -22,14 +21,15 @@ from service.csv_codec import csv_header, csv_lines, read_csv_body
 from service.deps import DataPlaneDep
 from service.error_codes import ErrorCode
 from service.errors import ApiError, error_responses
-from service.images import rows_to_layout
+from service.json_codec import NumericJsonRoute, json_array, json_response
 from service.routers.models import ModelName, VersionNumber
 
 __all__ = ["require_json", "router"]
 
 
-def require_json(request: Request) -> None:
-    """415 unless the body is declared as JSON (``application/json`` or ``*+json``)."""
+async def require_json(request: Request) -> None:
+    """415 unless the body is declared as JSON (``application/json`` or ``*+json``). Async,
+    as every dependency on the inference path: FastAPI runs a plain ``def`` in a thread."""
     ctype = request.headers.get("content-type", "")
     main = ctype.split(";", 1)[0].strip().lower()
     if main != "application/json" and not (
@@ -42,7 +42,8 @@ def require_json(request: Request) -> None:
         )
 
 
-router = APIRouter(prefix="/models", tags=["inference"])
+# JSON bodies parsed and answers written by service.json_codec (orjson, numpy arrays)
+router = APIRouter(prefix="/models", tags=["inference"], route_class=NumericJsonRoute)
 _ERRORS = error_responses(400, 401, 404, 413, 415, 422, 503)
 _LATEST, _PINNED = "/{name}", "/{name}/versions/{version}"
 
@@ -53,21 +54,6 @@ def _route(summary: str, description: str, pinned: bool, **options: Any) -> dict
     route: dict[str, Any] = {"summary": f"{summary} ({which})", "description": description}
     route |= {"responses": _ERRORS, "dependencies": [Depends(require_json)]}
     return route | options
-
-
-def _floats(t: torch.Tensor) -> list[Any]:
-    """A tensor as nested lists, non-finite entries (overflow) as None (JSON null)."""
-    values = t.tolist()
-    if bool(torch.isfinite(t).all()):
-        return values
-    if t.dim() == 1:
-        return [v if math.isfinite(v) else None for v in values]
-    return [[v if math.isfinite(v) else None for v in row] for row in values]
-
-
-def _layout(t: torch.Tensor, image_shape: tuple[int, int, int] | None) -> list[Any]:
-    """Rows as lists, or as [n, C, H, W] images when the result asks for images."""
-    return _floats(t) if image_shape is None else rows_to_layout(t, image_shape, True)
 
 
 # ------------------------------------------------------------------------ log_prob
@@ -87,7 +73,7 @@ _LOG_PROB_DOC = (
 
 async def _log_prob(
     plane: dp.DataPlane, name: str, version: int | None, body: schemas.LogProbRequest
-) -> schemas.LogProbResponse:
+) -> Response:
     slq = body.slq
     result = await plane.log_prob(
         dp.LogProbRequest(
@@ -97,11 +83,11 @@ async def _log_prob(
         )
     )  # fmt: skip
     stderr, scores = result.stderr, result.scores
-    return schemas.LogProbResponse(
-        model=result.model, version=result.version, method=result.method,
-        log_prob=_floats(result.log_prob), stderr=None if stderr is None else _floats(stderr),
-        seed=result.seed,
-        percentile=None if scores is None else _floats(torch.from_numpy(scores.percentile)),
+    return json_response(
+        schemas.LogProbResponse, model=result.model, version=result.version,
+        method=result.method, log_prob=json_array(result.log_prob),
+        stderr=None if stderr is None else json_array(stderr), seed=result.seed,
+        percentile=None if scores is None else np.asarray(scores.percentile, dtype=np.float64),
         outlier=None if scores is None or scores.outlier is None else scores.outlier.tolist(),
         outlier_level=None if scores is None else scores.outlier_level,
     )  # fmt: skip
@@ -111,9 +97,7 @@ async def _log_prob(
     f"{_LATEST}/log_prob", name="log_prob", response_model=schemas.LogProbResponse,
     **_route(_LOG_PROB, _LOG_PROB_DOC, pinned=False),
 )  # fmt: skip
-async def log_prob(
-    name: ModelName, body: schemas.LogProbRequest, plane: DataPlaneDep
-) -> schemas.LogProbResponse:
+async def log_prob(name: ModelName, body: schemas.LogProbRequest, plane: DataPlaneDep) -> Response:
     return await _log_prob(plane, name, None, body)
 
 
@@ -123,7 +107,7 @@ async def log_prob(
 )  # fmt: skip
 async def log_prob_version(
     name: ModelName, version: VersionNumber, body: schemas.LogProbRequest, plane: DataPlaneDep
-) -> schemas.LogProbResponse:
+) -> Response:
     return await _log_prob(plane, name, version, body)
 
 
@@ -140,7 +124,7 @@ _SAMPLE_DOC = (
 
 async def _sample(
     plane: dp.DataPlane, name: str, version: int | None, body: schemas.SampleRequest
-) -> schemas.SampleResponse:
+) -> Response:
     result = await plane.sample(
         dp.SampleRequest(
             name, version, body.num_samples, seed=body.seed, tolerance=body.tolerance,
@@ -148,10 +132,10 @@ async def _sample(
             context=body.context,
         )
     )  # fmt: skip
-    return schemas.SampleResponse(
-        model=result.model, version=result.version, columns=result.columns,
-        samples=_layout(result.samples, result.image_shape), max_residual=result.max_residual,
-        converged=result.converged, seed=result.seed,
+    return json_response(
+        schemas.SampleResponse, model=result.model, version=result.version,
+        columns=result.columns, samples=json_array(result.samples, result.image_shape),
+        max_residual=result.max_residual, converged=result.converged, seed=result.seed,
     )  # fmt: skip
 
 
@@ -159,9 +143,7 @@ async def _sample(
     f"{_LATEST}/sample", name="sample", response_model=schemas.SampleResponse,
     **_route(_SAMPLE, _SAMPLE_DOC, pinned=False),
 )  # fmt: skip
-async def sample(
-    name: ModelName, body: schemas.SampleRequest, plane: DataPlaneDep
-) -> schemas.SampleResponse:
+async def sample(name: ModelName, body: schemas.SampleRequest, plane: DataPlaneDep) -> Response:
     return await _sample(plane, name, None, body)
 
 
@@ -171,7 +153,7 @@ async def sample(
 )  # fmt: skip
 async def sample_version(
     name: ModelName, version: VersionNumber, body: schemas.SampleRequest, plane: DataPlaneDep
-) -> schemas.SampleResponse:
+) -> Response:
     return await _sample(plane, name, version, body)
 
 
@@ -241,18 +223,18 @@ _TRANSPORT_DOC = (
 
 async def _transport(
     plane: dp.DataPlane, name: str, version: int | None, body: schemas.TransportRequest
-) -> schemas.TransportResponse:
+) -> Response:
     result = await plane.transport(
         dp.TransportRequest(
             name, version, body.inputs, body.direction, tolerance=body.tolerance,
             max_iterations=body.max_iterations, solver=body.solver, context=body.context,
         )
     )  # fmt: skip
-    return schemas.TransportResponse(
-        model=result.model, version=result.version, direction=result.direction,
-        columns=result.columns,
-        outputs=_layout(result.outputs, result.image_shape), max_residual=result.max_residual,
-        converged=result.converged,
+    return json_response(
+        schemas.TransportResponse, model=result.model, version=result.version,
+        direction=result.direction, columns=result.columns,
+        outputs=json_array(result.outputs, result.image_shape),
+        max_residual=result.max_residual, converged=result.converged,
     )  # fmt: skip
 
 
@@ -262,7 +244,7 @@ async def _transport(
 )  # fmt: skip
 async def transport(
     name: ModelName, body: schemas.TransportRequest, plane: DataPlaneDep
-) -> schemas.TransportResponse:
+) -> Response:
     return await _transport(plane, name, None, body)
 
 
@@ -272,7 +254,7 @@ async def transport(
 )  # fmt: skip
 async def transport_version(
     name: ModelName, version: VersionNumber, body: schemas.TransportRequest, plane: DataPlaneDep
-) -> schemas.TransportResponse:
+) -> Response:
     return await _transport(plane, name, version, body)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model_store import CorruptModel, StoreError
-from model_store.explicit_logprob import LOG_PROB_MAX_DIM, unrolled_cholesky_logdet
+from model_store.explicit_logprob import LOG_PROB_MAX_DIM, unrolled_logdet
 from model_store.manifest import ONNX_FILE, ONNX_LOG_PROB_FILE
 from model_store.onnx_export import PARITY_POINTS, PARITY_TOLERANCE, parity_points
 from model_store.onnx_runtime import OnnxLogProb, OnnxTransport
@@ -131,14 +131,62 @@ def test_dynamo_exporter_parity() -> None:
     assert exported.info["parity_max_abs_diff"] <= PARITY_TOLERANCE
 
 
-def test_unrolled_cholesky_matches_linalg() -> None:
-    """The exportable log-det equals torch.linalg.slogdet on random SPD matrices (float64)."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(50, 7, 7, generator=gen, dtype=torch.float64)
-    spd = a @ a.transpose(1, 2) + 0.1 * torch.eye(7, dtype=torch.float64)
-    sign, want = torch.linalg.slogdet(spd)
-    assert bool((sign > 0).all())
-    torch.testing.assert_close(unrolled_cholesky_logdet(spd), want, atol=1e-10, rtol=1e-10)
+@pytest.mark.parametrize("dim", [1, 2, 7, 16])
+def test_unrolled_logdet_matches_linalg(dim: int) -> None:
+    """The exportable log-det equals torch.linalg.slogdet on random SPD matrices (float64),
+    well and badly conditioned (eigenvalues spread over six decades)."""
+    gen = torch.Generator().manual_seed(dim)
+    a = torch.randn(50, dim, dim, generator=gen, dtype=torch.float64)
+    q, _ = torch.linalg.qr(a)
+    spread = torch.logspace(-3, 3, dim, dtype=torch.float64)
+    for spd in (a @ a.transpose(1, 2) + 0.1 * torch.eye(dim, dtype=torch.float64),
+                q @ torch.diag(spread) @ q.transpose(1, 2)):  # fmt: skip
+        sign, want = torch.linalg.slogdet(spd)
+        assert bool((sign > 0).all())
+        torch.testing.assert_close(unrolled_logdet(spd), want, atol=1e-9, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softplus_expanded_for_onnxruntime_is_the_same_function(dtype) -> None:
+    """The exported graphs carry no Softplus node (onnxruntime's kernel is scalar); the ops
+    replacing it are no farther from torch's softplus (float64) than that kernel is, within a
+    factor 2, from -100 to 100 (onnxruntime's float64 exp and log are not correctly rounded:
+    both are ~2e-9 off near 20)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from model_store.onnx_export import _expand_softplus
+
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    graph = helper.make_graph(
+        [helper.make_node("Softplus", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", elem, [None])],
+        [helper.make_tensor_value_info("y", elem, [None])],
+    )  # fmt: skip
+    native = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    expanded = _expand_softplus(native.SerializeToString())
+    assert "Softplus" not in {n.op_type for n in onnx.load_from_string(expanded).graph.node}
+    x = np.concatenate([np.linspace(-100, 100, 2001), [-30.5, -1e-8, 0.0, 1e-8, 30.5]])
+    x = x.astype(dtype)
+    want = torch.nn.functional.softplus(torch.from_numpy(x).double()).numpy()
+
+    def error(data: bytes) -> float:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        return float(np.max(np.abs(session.run(None, {"x": x})[0] - want)))
+
+    eps = float(np.finfo(dtype).eps)
+    assert error(expanded) <= 2 * max(error(native.SerializeToString()), eps)
+
+
+def test_exports_have_no_softplus_node(store) -> None:
+    import onnx
+
+    published = store.publish("nosoftplus", make_flow(2, seed=0, blocks=1, hidden=8),
+                              export_onnx=True)  # fmt: skip
+    for name in (ONNX_FILE, ONNX_LOG_PROB_FILE):
+        ops = {n.op_type for n in onnx.load(str(published.path / name)).graph.node}
+        assert ops and "Softplus" not in ops
 
 
 def test_whitened_model_round_trips_and_exports(store) -> None:
