@@ -156,7 +156,7 @@ class ModelStore:
         available = self.versions(name)
         if version == "latest":
             if not available:
-                raise ModelNotFound(name, detail=self._unknown_model_detail(name))
+                raise ModelNotFound(name, detail=self.unknown_model_detail(name))
             return available[-1]
         if isinstance(version, str):
             parsed = _parse_version(version)
@@ -169,7 +169,7 @@ class ModelStore:
             raise ModelNotFound(name, version)
         return version
 
-    def _unknown_model_detail(self, name: str) -> str:
+    def unknown_model_detail(self, name: str) -> str:
         """Why ``name`` has no version: a store folder that does not exist, or a likely typo."""
         if not self._root_exists():
             return (

@@ -292,13 +292,25 @@ class InferenceEngine:
                      extra={"model": name, "version": gone})  # fmt: skip
         return found
 
+    async def _unknown_detail(self, name: str) -> str:
+        """Why ``name`` has no version, with the closest published name where every model is
+        shared (with per-tenant models a suggestion could name another tenant's); the store
+        is listed off the event loop."""
+        detail = getattr(self.store, "unknown_model_detail", None)
+        if self.settings.model_scope != "shared" or detail is None:
+            return "it has no published version"
+        try:
+            return str(await asyncio.to_thread(detail, name))
+        except StoreUnavailable:
+            return "it has no published version"
+
     async def resolve(self, name: str, version: int | None) -> int:
         """The version to serve: the pinned one, or the latest, if the store (as last looked
         up, see :meth:`published`) has it; else ModelNotFound."""
         found = await self.published(name)
         if version is None:
             if not found:
-                raise ModelNotFound(name, detail="it has no published version")
+                raise ModelNotFound(name, detail=await self._unknown_detail(name))
             return found[-1]
         if version not in found:
             raise ModelNotFound(name, version)

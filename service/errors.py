@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.error_codes import ErrorCode, code_for_status
+from service.v2_schemas import InferRequest
 from service.validation_text import describe_errors
 
 __all__ = [
@@ -121,9 +122,12 @@ def validation_message(
 
 
 def _body_model(request: Request) -> Any:
-    """The body type of the route that refused the request, if it has one."""
+    """The body type of the route that refused the request, if it has one (/v2 parses its
+    inference body itself: an InferRequest)."""
     body = getattr(request.scope.get("route"), "body_field", None)
-    return body.field_info.annotation if body is not None else None
+    if body is not None:
+        return body.field_info.annotation
+    return InferRequest if is_protocol_path(request.url.path) else None
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -106,10 +106,16 @@ def _rows_message(field: str, err: dict[str, Any]) -> str:
     )
 
 
+def _holds_rows(body_model: Any, field: str) -> bool:
+    """Whether ``field`` of ``body_model`` holds rows of numbers (lists, or objects keyed by
+    column name) rather than objects of known fields (the /v2 tensors, also named inputs)."""
+    return body_model is None or fields_at(body_model, (field, 0)) is None
+
+
 def _one_message(err: dict[str, Any], body_model: Any) -> str:
     raw = tuple(err.get("loc", ()))
     loc = [str(p) for p in raw if p != "body" and not _is_tag(p)]
-    if loc and loc[0] in _ROW_FIELDS and raw[:1] == ("body",):
+    if loc and loc[0] in _ROW_FIELDS and raw[:1] == ("body",) and _holds_rows(body_model, loc[0]):
         return _rows_message(loc[0], err)
     where = ".".join(loc) if loc else "body"
     kind = err.get("type")

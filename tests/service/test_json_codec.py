@@ -116,6 +116,6 @@ def test_images_are_written_in_the_callers_layout():
 
 
 def test_an_unknown_field_is_a_programming_error():
-    with pytest.raises(TypeError, match="percentile"):
+    with pytest.raises(TypeError, match="rank"):
         json_response(schemas.LogProbResponse, model="m", version=1, method="exact",
-                      log_prob=np.zeros(1), stderr=None, percentile=[0.5])  # fmt: skip
+                      log_prob=np.zeros(1), stderr=None, rank=[0.5])  # fmt: skip
