@@ -207,7 +207,9 @@ def test_errors_take_the_protocol_shape(v2_server, triton_client):
         body = {"inputs": [tensor], "parameters": {"operation": "explode"}}
         assert "operation" in _error(c.post("/v2/models/dense/infer", json=body), 422)
         body = {"inputs": [{**tensor, "name": "x"}]}
-        assert "not one of input, context" in _error(c.post("/v2/models/dense/infer", json=body), 422)
+        assert "not one of input, context" in _error(
+            c.post("/v2/models/dense/infer", json=body), 422
+        )
         body = {"inputs": [tensor]}
         assert "context" in _error(c.post("/v2/models/cond/infer", json=body), 422)
         _error(c.post("/v2/models/dense/infer", content=b"{not json"), 400)
