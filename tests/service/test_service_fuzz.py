@@ -34,6 +34,11 @@ def operations(limited_server):
     ops = []
     for result in schema.get_all_operations():
         op = result.ok()
+        if op.method.upper() == "DELETE":
+            # Deleting models would empty the store the other service tests share (the fuzz
+            # deleted 'moons' and the examples test then got 404); tests/chaos/
+            # test_model_tenancy.py covers the delete routes on a store of their own.
+            continue
         if op.path.startswith(("/v1/models", "/v2")) or op.path in ("/healthz", "/readyz"):
             ops.append(op)
     assert len(ops) >= 21  # every model/inference route, latest and pinned, v2, health
