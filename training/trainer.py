@@ -537,8 +537,11 @@ class Trainer:
         return self.stopped_by_budget
 
     def _final_scoring_s(self) -> float:
-        """The final scoring's time, from the last validation's rows per second."""
-        return self._validation_s * self.data.final_row_count() / max(len(self.data.x_val), 1)
+        """The final scoring's time, from the last validation's rows per second (it scored
+        the validation rows and the train probe's)."""
+        probe = self.data.train_probe
+        scored = len(self.data.x_val) + (0 if probe is None else len(probe[0]))
+        return self._validation_s * self.data.final_row_count() / max(scored, 1)
 
     def _stop_requested(self) -> bool:
         stop = self.should_stop is not None and self.group.main and self.should_stop()

@@ -29,7 +29,7 @@ def publish_models(root: Path) -> None:
     store.publish("toy4d", make_flow(4, seed=1))
     store.publish("toy32d", make_flow(32, blocks=4, hidden=64, seed=1))  # for long requests
     # the name the OpenAPI examples use; with held-out scores, so percentiles and drift answer
-    store.publish("moons", moons := make_flow(2, seed=3), training=_calibration(moons))
+    store.publish("moons", moons := make_flow(2, seed=3), training=held_out_scores(moons))
     store.publish("broken", make_flow(2, seed=2))
     # Damage the weights after publishing: the manifest's sha256 no longer matches.
     weights = root / "broken" / "1" / "weights.safetensors"
@@ -38,7 +38,7 @@ def publish_models(root: Path) -> None:
     weights.write_bytes(bytes(data))
 
 
-def _calibration(flow) -> dict:
+def held_out_scores(flow) -> dict:
     """A manifest's training record with the held-out scores of 500 rows of ``make_flow``'s
     data, N(1, diag(0.5 ... 2.0)^2), as training publishes them."""
     import numpy as np

@@ -50,9 +50,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
         fake.now += fake.step_s
         apply(self, step, lr)
 
-    def timed_score(self: Trainer, x, c, seed: int):  # type: ignore[no-untyped-def]
+    def timed_score(self: Trainer, x, c, seed: int, keep=None):  # type: ignore[no-untyped-def]
         fake.now += fake.row_s * x.shape[0]
-        return score(self, x, c, seed)
+        return score(self, x, c, seed, keep)
 
     monkeypatch.setattr(Trainer, "_apply_gradient", timed_apply)
     monkeypatch.setattr(Trainer, "_score", timed_score)
@@ -92,7 +92,9 @@ def test_a_timed_run_plans_from_its_measured_steps_and_ends_within_its_budget(
     result = trainer.run()
     plan = trainer.budget_plan
     assert plan is not None and plan.step_s == pytest.approx(clock.step_s)
-    assert plan.validation_s == pytest.approx(clock.row_s * len(splits.val))
+    # a validation scores the validation rows and up to train_nll_points train rows
+    train_rows = min(len(splits.train), cfg.train_nll_points or 0)
+    assert plan.validation_s == pytest.approx(clock.row_s * (len(splits.val) + train_rows))
     assert plan.final_s == pytest.approx(clock.row_s * (len(splits.train) + 2 * len(splits.val)))
     assert result.iterations_run == plan.iterations > 40  # ~60 s of 1 s steps
     assert clock.now - start <= cfg.time_budget_s
